@@ -1,0 +1,151 @@
+//! Types shared by tcpmon's kernel program and its user space.
+//!
+//! Everything here is `#[repr(C)]`, fixed-width and free of implicit padding, so the
+//! bytes the kernel writes into the ring buffer are exactly the bytes user space reads.
+#![no_std]
+
+/// Kinds of record carried in the ring buffer (`SockEvent::kind`).
+pub mod kind {
+    /// sock:inet_sock_set_state: a TCP socket changed state.
+    pub const STATE: u8 = 1;
+    /// tcp:tcp_retransmit_synack: a listener retransmitted a SYN-ACK for a request socket.
+    pub const SYNACK_RETRANSMIT: u8 = 2;
+    /// cgroup sock_ops TIMEOUT_INIT on a request socket: a SYN created a half-open request.
+    pub const SYN_REQUEST: u8 = 3;
+}
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// `trace_entry.flags` bits (kernel/trace/trace.h) telling which context a tracepoint ran in.
+pub mod ctx_flags {
+    pub const HARDIRQ: u8 = 0x08;
+    pub const SOFTIRQ: u8 = 0x10;
+    pub const NMI: u8 = 0x40;
+    /// Set by the kernel program itself for records whose context is unknown (not a
+    /// tracepoint), so user space never attributes them to a process.
+    pub const UNKNOWN: u8 = 0x01;
+}
+
+/// One record in the ring buffer: a state transition, a SYN-ACK retransmit or a new
+/// half-open request, always with the socket's 4-tuple.
+///
+/// Ports are in host byte order. For IPv4, the address is in the first 4 bytes of
+/// `saddr`/`daddr` in network order; for IPv6 all 16 bytes are used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockEvent {
+    /// bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the socket: identifies it while it lives.
+    pub skaddr: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Inode of the socket's network namespace (0 when it could not be read).
+    pub netns: u32,
+    /// Thread group id of the current task; only meaningful in process context.
+    pub tgid: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// `trace_entry.flags` of the tracepoint record; see [`ctx_flags`].
+    pub ctx_flags: u8,
+    /// Kernel TCP state numbers (1 = ESTABLISHED ... 12 = NEW_SYN_RECV).
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// Explicit so the layout has no implicit padding.
+    pub _pad: [u8; 6],
+    pub comm: [u8; 16],
+}
+
+/// The ring-buffer record size; user space rejects any other length.
+pub const SOCK_EVENT_SIZE: usize = 88;
+const _: () = assert!(core::mem::size_of::<SockEvent>() == SOCK_EVENT_SIZE);
+const _: () = assert!(core::mem::align_of::<SockEvent>() == 8);
+
+impl SockEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            skaddr: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            netns: 0,
+            tgid: 0,
+            sport: 0,
+            dport: 0,
+            family: 0,
+            kind: 0,
+            ctx_flags: 0,
+            oldstate: 0,
+            newstate: 0,
+            _pad: [0; 6],
+            comm: [0; 16],
+        }
+    }
+
+    /// True when the tracepoint ran in process context, where pid/comm name the task that
+    /// caused the transition. In softirq (most receive-side transitions) they name whatever
+    /// task happened to be interrupted, so they must not be shown.
+    pub const fn in_process_context(&self) -> bool {
+        self.ctx_flags
+            & (ctx_flags::HARDIRQ | ctx_flags::SOFTIRQ | ctx_flags::NMI | ctx_flags::UNKNOWN)
+            == 0
+    }
+
+    /// The raw bytes of this record, as the kernel writes them.
+    pub fn as_bytes(&self) -> &[u8; SOCK_EVENT_SIZE] {
+        // SAFETY: SockEvent is repr(C), SOCK_EVENT_SIZE bytes (asserted above) and has no
+        // padding, so every byte is initialised.
+        unsafe { &*(self as *const Self as *const [u8; SOCK_EVENT_SIZE]) }
+    }
+
+    /// Decodes a record, checking its length; `None` for any other size.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != SOCK_EVENT_SIZE {
+            return None;
+        }
+        // SAFETY: the length is checked; every bit pattern is a valid SockEvent (integers
+        // and byte arrays only); read_unaligned because ring-buffer data is only 8-aligned
+        // by convention, not by type.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const Self) })
+    }
+}
+
+/// Indexes into the per-CPU `COUNTERS` array the kernel program keeps.
+pub mod counter {
+    /// Records committed to the ring buffer.
+    pub const SUBMITTED: u32 = 0;
+    /// Records lost because the ring buffer was full (bpf_ringbuf_reserve failed).
+    pub const RINGBUF_FULL: u32 = 1;
+    /// Records whose netns could not be read (sent with netns 0).
+    pub const NETNS_UNREADABLE: u32 = 2;
+    /// Records filtered out because they belong to another network namespace.
+    pub const OTHER_NETNS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Names shared by the kernel object and the loader.
+pub mod names {
+    pub const EVENTS_MAP: &str = "EVENTS";
+    pub const COUNTERS_MAP: &str = "COUNTERS";
+    pub const STATE_PROGRAM: &str = "inet_sock_set_state";
+    /// Global: netns inode to keep (0 keeps every namespace).
+    pub const TARGET_NETNS: &str = "TARGET_NETNS";
+    /// Global: offset of `__sk_common.skc_net` in `struct sock` (0: unknown).
+    pub const SK_NET_OFFSET: &str = "SK_NET_OFFSET";
+    /// Global: offset of `ns.inum` in `struct net`.
+    pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
+}
+
+/// Default ring buffer size: 16 MiB held every event of a ~400k transitions/s loopback
+/// churn on the reference machine where 256 KiB dropped some (KERNEL_FACTS.md).
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no padding, every bit pattern valid.
+unsafe impl aya::Pod for SockEvent {}

@@ -1,0 +1,223 @@
+//! tcpmon's kernel side: attach points only. Each program filters, fills one
+//! `SockEvent` and submits it; every loss is counted in `COUNTERS`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    Global,
+};
+use aya_log_ebpf::warn;
+use tcpmon_common::{counter, kind, SockEvent, AF_INET, DEFAULT_RING_BYTES, IPPROTO_TCP};
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[unsafe(no_mangle)]
+static TARGET_NETNS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SK_NET_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static NET_INUM_OFFSET: Global<u32> = Global::new(0);
+
+/// Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
+mod set_state {
+    pub const COMMON_FLAGS: usize = 2;
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+
+/// Field offsets from /sys/kernel/tracing/events/tcp/tcp_retransmit_synack/format.
+mod retransmit_synack {
+    pub const COMMON_FLAGS: usize = 2;
+    pub const SKADDR: usize = 8;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const SADDR: usize = 30;
+    pub const DADDR: usize = 34;
+    pub const SADDR_V6: usize = 38;
+    pub const DADDR_V6: usize = 54;
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and programs do not nest on one CPU (the kernel's recursion
+        // guard skips a nested run instead), so nothing else writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reads `sk->__sk_common.skc_net.net->ns.inum` with offsets user space found in BTF.
+#[inline(always)]
+fn netns_of(skaddr: u64) -> u32 {
+    let sk_net = SK_NET_OFFSET.load();
+    if sk_net == 0 {
+        return 0;
+    }
+    // SAFETY: probe reads tolerate any address; a failure yields an error, not a fault.
+    let net: u64 = match unsafe { bpf_probe_read_kernel((skaddr + u64::from(sk_net)) as *const u64) } {
+        Ok(net) => net,
+        Err(_) => return 0,
+    };
+    let inum = NET_INUM_OFFSET.load();
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((net + u64::from(inum)) as *const u32) }.unwrap_or(0)
+}
+
+/// Applies the namespace filter; `None` drops the event.
+#[inline(always)]
+fn wanted_netns(ctx: &TracePointContext, skaddr: u64) -> Option<u32> {
+    let netns = netns_of(skaddr);
+    if netns == 0 {
+        bump(counter::NETNS_UNREADABLE);
+        if SK_NET_OFFSET.load() != 0 {
+            warn!(ctx, "tcpmon: could not read netns of sock {:x}", skaddr);
+        }
+    }
+    let target = TARGET_NETNS.load();
+    if target != 0 && netns != target {
+        bump(counter::OTHER_NETNS);
+        return None;
+    }
+    Some(netns)
+}
+
+/// Direct (aligned) read of a tracepoint record field; the verifier allows it for
+/// offsets inside the record.
+#[inline(always)]
+unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    use aya_ebpf::EbpfContext as _;
+    // SAFETY: the caller passes an aligned offset inside the record, from the format file.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+}
+
+#[inline(always)]
+fn submit(ctx: &TracePointContext, fill: impl FnOnce(&mut SockEvent)) {
+    match EVENTS.reserve::<SockEvent>(0) {
+        Some(mut entry) => {
+            let event = entry.write(SockEvent::zeroed());
+            fill(event);
+            entry.submit(0);
+            bump(counter::SUBMITTED);
+        }
+        None => {
+            bump(counter::RINGBUF_FULL);
+            let _ = ctx;
+        }
+    }
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    use set_state as f;
+    // SAFETY: every offset below comes from the tracepoint's format file and is aligned.
+    unsafe {
+        if field::<u16>(&ctx, f::PROTOCOL) != IPPROTO_TCP {
+            return 0;
+        }
+        let skaddr: u64 = field(&ctx, f::SKADDR);
+        let Some(netns) = wanted_netns(&ctx, skaddr) else {
+            return 0;
+        };
+        let family: u16 = field(&ctx, f::FAMILY);
+        let oldstate: i32 = field(&ctx, f::OLDSTATE);
+        let newstate: i32 = field(&ctx, f::NEWSTATE);
+        let sport: u16 = field(&ctx, f::SPORT);
+        let dport: u16 = field(&ctx, f::DPORT);
+        let flags: u8 = field(&ctx, f::COMMON_FLAGS);
+        let (saddr, daddr) = if family == AF_INET {
+            let s: [u8; 4] = field(&ctx, f::SADDR);
+            let d: [u8; 4] = field(&ctx, f::DADDR);
+            let mut saddr = [0u8; 16];
+            let mut daddr = [0u8; 16];
+            saddr[..4].copy_from_slice(&s);
+            daddr[..4].copy_from_slice(&d);
+            (saddr, daddr)
+        } else {
+            (field::<[u8; 16]>(&ctx, f::SADDR_V6), field::<[u8; 16]>(&ctx, f::DADDR_V6))
+        };
+        submit(&ctx, |e| {
+            e.ts_ns = bpf_ktime_get_ns();
+            e.skaddr = skaddr;
+            e.saddr = saddr;
+            e.daddr = daddr;
+            e.netns = netns;
+            e.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            e.sport = sport;
+            e.dport = dport;
+            e.family = family;
+            e.kind = kind::STATE;
+            e.ctx_flags = flags;
+            e.oldstate = oldstate as u8;
+            e.newstate = newstate as u8;
+            e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        });
+    }
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    use retransmit_synack as f;
+    // SAFETY: offsets from the format file; the unaligned address fields go through
+    // probe reads.
+    unsafe {
+        let skaddr: u64 = field(&ctx, f::SKADDR);
+        let Some(netns) = wanted_netns(&ctx, skaddr) else {
+            return 0;
+        };
+        let family: u16 = field(&ctx, f::FAMILY);
+        let sport: u16 = field(&ctx, f::SPORT);
+        let dport: u16 = field(&ctx, f::DPORT);
+        let flags: u8 = field(&ctx, f::COMMON_FLAGS);
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        if family == AF_INET {
+            saddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(f::SADDR).unwrap_or([0; 4]));
+            daddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(f::DADDR).unwrap_or([0; 4]));
+        } else {
+            saddr = ctx.read_at::<[u8; 16]>(f::SADDR_V6).unwrap_or([0; 16]);
+            daddr = ctx.read_at::<[u8; 16]>(f::DADDR_V6).unwrap_or([0; 16]);
+        }
+        submit(&ctx, |e| {
+            e.ts_ns = bpf_ktime_get_ns();
+            e.skaddr = skaddr;
+            e.saddr = saddr;
+            e.daddr = daddr;
+            e.netns = netns;
+            e.sport = sport;
+            e.dport = dport;
+            e.family = family;
+            e.kind = kind::SYNACK_RETRANSMIT;
+            e.ctx_flags = flags;
+        });
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
