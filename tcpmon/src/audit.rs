@@ -1,0 +1,364 @@
+//! Snapshot audit: rules over a [`Summary`] that return findings with a severity and a
+//! message an operator can act on. Pure: no I/O, no rendering.
+use serde::{Deserialize, Serialize};
+
+use crate::{analysis::Summary, model::endpoint};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Ok(Self::Info),
+            "warning" | "warn" => Ok(Self::Warning),
+            "critical" | "crit" => Ok(Self::Critical),
+            other => Err(format!("unknown severity '{other}' (info, warning, critical)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable identifier of the rule: time_wait, close_wait, syn_backlog, per_ip,
+    /// port_exhaustion, wildcard_listener, unparsed_lines, owners_hidden.
+    pub rule: String,
+    pub message: String,
+}
+
+/// Thresholds, each settable from the command line (defaults documented in the README).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Thresholds {
+    pub time_wait_warn: u64,
+    pub time_wait_crit: u64,
+    /// Any CLOSE_WAIT is a warning; more than this is critical.
+    pub close_wait_crit: u64,
+    /// Half-open requests as a percentage of the listener's backlog.
+    pub syn_backlog_warn_pct: f64,
+    pub syn_backlog_crit_pct: f64,
+    pub per_ip_warn: u64,
+    pub per_ip_crit: u64,
+    /// Sockets toward one remote ip:port as a percentage of the ephemeral range.
+    pub port_exhaustion_warn_pct: f64,
+    pub port_exhaustion_crit_pct: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            time_wait_warn: 1000,
+            time_wait_crit: 5000,
+            close_wait_crit: 100,
+            syn_backlog_warn_pct: 50.0,
+            syn_backlog_crit_pct: 90.0,
+            per_ip_warn: 200,
+            per_ip_crit: 1000,
+            port_exhaustion_warn_pct: 50.0,
+            port_exhaustion_crit_pct: 80.0,
+        }
+    }
+}
+
+fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
+    if value > crit {
+        Some(Severity::Critical)
+    } else if value > warn {
+        Some(Severity::Warning)
+    } else {
+        None
+    }
+}
+
+/// Runs every rule; findings come back most severe first.
+pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut push = |severity, rule: &str, message: String| {
+        findings.push(Finding { severity, rule: rule.into(), message })
+    };
+
+    let tw = summary.states.get(crate::model::TcpState::TimeWait);
+    if let Some(sev) = level(tw as f64, t.time_wait_warn as f64, t.time_wait_crit as f64) {
+        push(
+            sev,
+            "time_wait",
+            format!(
+                "{tw} sockets in TIME_WAIT (warning above {}, critical above {}): short-lived \
+                 connections are closing faster than the 60 s TIME_WAIT drains them",
+                t.time_wait_warn, t.time_wait_crit
+            ),
+        );
+    }
+
+    let cw_total: u64 = summary.close_wait.iter().map(|g| g.count).sum();
+    let cw_sev = if cw_total > t.close_wait_crit { Severity::Critical } else { Severity::Warning };
+    for group in &summary.close_wait {
+        let owner = group
+            .process
+            .as_ref()
+            .map_or_else(|| "an unknown process (run as root to see it)".to_owned(), |p| p.to_string());
+        push(
+            cw_sev,
+            "close_wait",
+            format!(
+                "{} CLOSE_WAIT socket{} on local port {} held by {owner}: the peer closed but the \
+                 application never called close(){}",
+                group.count,
+                if group.count == 1 { "" } else { "s" },
+                group.local_port,
+                if group.unread_bytes > 0 {
+                    format!(" ({} unread bytes)", group.unread_bytes)
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+
+    for l in &summary.listeners {
+        if l.half_open == 0 || l.backlog == 0 {
+            continue;
+        }
+        let pct = l.half_open as f64 * 100.0 / f64::from(l.backlog);
+        if let Some(sev) = level(pct, t.syn_backlog_warn_pct, t.syn_backlog_crit_pct) {
+            push(
+                sev,
+                "syn_backlog",
+                format!(
+                    "{} half-open (SYN_RECV) requests on listener {} = {:.0}% of its backlog {} \
+                     from {} distinct source{}{}",
+                    l.half_open,
+                    endpoint(l.ip, l.port),
+                    pct,
+                    l.backlog,
+                    l.half_open_sources,
+                    if l.half_open_sources == 1 { "" } else { "s" },
+                    if l.half_open_sources * 10 >= l.half_open {
+                        " (many sources: looks like a spoofed SYN flood)"
+                    } else {
+                        " (few sources: one misbehaving client or a handshake problem)"
+                    }
+                ),
+            );
+        }
+    }
+
+    for ip in &summary.per_ip {
+        match level(ip.total as f64, t.per_ip_warn as f64, t.per_ip_crit as f64) {
+            Some(sev) => push(
+                sev,
+                "per_ip",
+                format!(
+                    "remote {} holds {} connections ({} established, {} TIME_WAIT, {} CLOSE_WAIT; \
+                     warning above {})",
+                    ip.ip, ip.total, ip.established, ip.time_wait, ip.close_wait, t.per_ip_warn
+                ),
+            ),
+            // per_ip is sorted largest first: nothing below can pass either threshold.
+            None => break,
+        }
+    }
+
+    let range = summary.port_range;
+    for dest in &summary.destinations {
+        let pct = dest.total as f64 * 100.0 / range.size() as f64;
+        if let Some(sev) = level(pct, t.port_exhaustion_warn_pct, t.port_exhaustion_crit_pct) {
+            push(
+                sev,
+                "port_exhaustion",
+                format!(
+                    "{} local ports ({} in TIME_WAIT) are tied up toward {} = {:.0}% of the \
+                     ephemeral range {}-{}: new connections there will fail with EADDRNOTAVAIL",
+                    dest.total,
+                    dest.time_wait,
+                    endpoint(dest.ip, dest.port),
+                    pct,
+                    range.low,
+                    range.high
+                ),
+            );
+        }
+    }
+
+    for l in summary.listeners.iter().filter(|l| l.wildcard) {
+        let owner = l.process.as_ref().map(|p| format!(" ({p})")).unwrap_or_default();
+        push(
+            Severity::Info,
+            "wildcard_listener",
+            format!("listening on all {} addresses: {}{owner}", l.family.name(), endpoint(l.ip, l.port)),
+        );
+    }
+
+    if summary.skipped.count > 0 {
+        push(
+            Severity::Warning,
+            "unparsed_lines",
+            format!(
+                "{} line{} of /proc/net/tcp{{,6}} could not be decoded and {} not counted",
+                summary.skipped.count,
+                if summary.skipped.count == 1 { "" } else { "s" },
+                if summary.skipped.count == 1 { "is" } else { "are" }
+            ),
+        );
+    }
+    if summary.owners_unknown > 0 {
+        push(
+            Severity::Info,
+            "owners_hidden",
+            format!(
+                "the owning process of {} listener/CLOSE_WAIT socket{} is not visible (run as root)",
+                summary.owners_unknown,
+                if summary.owners_unknown == 1 { "" } else { "s" }
+            ),
+        );
+    }
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings
+}
+
+/// `audit`'s exit status: 1 when any finding reaches `fail_on`.
+pub fn fails(findings: &[Finding], fail_on: Severity) -> bool {
+    findings.iter().any(|f| f.severity >= fail_on)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::{
+        analysis::{Aggregator, Collect, Filter, PortRange},
+        model::{Family, TcpState},
+        procfs::Socket,
+    };
+
+    fn sock(state: TcpState, lport: u16, remote: [u8; 4], rport: u16) -> Socket {
+        Socket {
+            family: Family::Ipv4,
+            state,
+            local_ip: [10, 0, 0, 1].into(),
+            local_port: lport,
+            remote_ip: remote.into(),
+            remote_port: rport,
+            tx_queue: 0,
+            rx_queue: 0,
+            timer: 0,
+            timer_jiffies: 0,
+            retransmits: 0,
+            uid: 0,
+            inode: 1,
+        }
+    }
+
+    fn run(sockets: impl IntoIterator<Item = Socket>, range: PortRange) -> Vec<Finding> {
+        let mut agg = Aggregator::new(Filter::default(), Collect::default(), range);
+        sockets.into_iter().for_each(|s| agg.add(&s));
+        audit(&agg.finish(&HashMap::new()), &Thresholds::default())
+    }
+
+    fn rules(findings: &[Finding]) -> Vec<(&str, Severity)> {
+        // The fixtures have no processes, so every owner is "hidden"; that rule has its own test.
+        findings
+            .iter()
+            .filter(|f| f.rule != "owners_hidden")
+            .map(|f| (f.rule.as_str(), f.severity))
+            .collect()
+    }
+
+    #[test]
+    fn time_wait_thresholds_are_strictly_above() {
+        let tw = |n: u32| (0..n).map(|i| sock(TcpState::TimeWait, 80, [192, 0, 2, (i % 250) as u8], 1024 + i as u16));
+        assert!(rules(&run(tw(1000), PortRange::LINUX_DEFAULT)).iter().all(|r| r.0 != "time_wait"));
+        assert!(rules(&run(tw(1001), PortRange::LINUX_DEFAULT)).contains(&("time_wait", Severity::Warning)));
+        assert!(rules(&run(tw(5001), PortRange::LINUX_DEFAULT)).contains(&("time_wait", Severity::Critical)));
+    }
+
+    #[test]
+    fn one_close_wait_warns_and_many_are_critical() {
+        let one = run([sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000)], PortRange::LINUX_DEFAULT);
+        assert_eq!(rules(&one), vec![("close_wait", Severity::Warning)]);
+        assert!(one[0].message.contains("local port 8080"));
+        let many = run(
+            (0..101).map(|i| sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000 + i)),
+            PortRange::LINUX_DEFAULT,
+        );
+        assert_eq!(rules(&many), vec![("close_wait", Severity::Critical)]);
+        assert!(many[0].message.starts_with("101 CLOSE_WAIT sockets"));
+        assert!(fails(&many, Severity::Critical));
+        assert!(!fails(&one, Severity::Critical));
+        assert!(fails(&one, Severity::Warning));
+    }
+
+    #[test]
+    fn every_ip_is_checked_not_only_the_top() {
+        let mut sockets = Vec::new();
+        for host in 1..=30u8 {
+            sockets.extend((0..201).map(|i| sock(TcpState::Established, 443, [198, 51, 100, host], 1000 + i)));
+        }
+        let findings = run(sockets, PortRange::LINUX_DEFAULT);
+        assert_eq!(findings.iter().filter(|f| f.rule == "per_ip").count(), 30);
+    }
+
+    #[test]
+    fn port_exhaustion_compares_with_the_range() {
+        let range = PortRange { low: 40000, high: 40099 };
+        let sockets = (0..60).map(|i| sock(TcpState::TimeWait, 40000 + i, [192, 0, 2, 9], 80));
+        let findings = run(sockets, range);
+        assert_eq!(rules(&findings), vec![("port_exhaustion", Severity::Warning)]);
+        assert!(findings[0].message.contains("192.0.2.9:80"), "{}", findings[0].message);
+        let sockets = (0..81).map(|i| sock(TcpState::Established, 40000 + i, [192, 0, 2, 9], 80));
+        assert_eq!(rules(&run(sockets, range)), vec![("port_exhaustion", Severity::Critical)]);
+    }
+
+    #[test]
+    fn syn_backlog_uses_the_listener_backlog() {
+        let mut listener = sock(TcpState::Listen, 80, [0, 0, 0, 0], 0);
+        listener.local_ip = [0, 0, 0, 0].into();
+        listener.tx_queue = 100;
+        let flood = (0..95).map(|i| sock(TcpState::SynRecv, 80, [203, 0, 113, (i % 200) as u8], 2000 + i));
+        let findings = run(std::iter::once(listener).chain(flood), PortRange::LINUX_DEFAULT);
+        let syn = findings.iter().find(|f| f.rule == "syn_backlog").unwrap();
+        assert_eq!(syn.severity, Severity::Critical);
+        assert!(syn.message.contains("95 half-open"), "{}", syn.message);
+        assert!(syn.message.contains("95 distinct sources"), "{}", syn.message);
+        assert!(findings.iter().any(|f| f.rule == "wildcard_listener" && f.severity == Severity::Info));
+    }
+
+    #[test]
+    fn hidden_owners_are_reported() {
+        let findings = run([sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000)], PortRange::LINUX_DEFAULT);
+        let hidden = findings.iter().find(|f| f.rule == "owners_hidden").unwrap();
+        assert_eq!(hidden.severity, Severity::Info);
+        assert!(findings[0].message.contains("unknown process"));
+    }
+
+    #[test]
+    fn severities_parse_and_order() {
+        assert_eq!("crit".parse::<Severity>(), Ok(Severity::Critical));
+        assert_eq!("Warning".parse::<Severity>(), Ok(Severity::Warning));
+        assert!("x".parse::<Severity>().is_err());
+        assert!(Severity::Critical > Severity::Warning && Severity::Warning > Severity::Info);
+    }
+}

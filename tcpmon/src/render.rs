@@ -1,0 +1,194 @@
+//! Output helpers shared by the commands: aligned tables, cut lists that say what they
+//! left out, and severity colouring that only happens on a terminal.
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::audit::Severity;
+
+/// A list cut to `--limit`, remembering how much was left out.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listed<T> {
+    pub total: usize,
+    pub omitted: usize,
+    pub items: Vec<T>,
+}
+
+impl<T: Clone> Listed<T> {
+    pub fn cut(all: &[T], limit: Option<usize>) -> Self {
+        let shown = limit.map_or(all.len(), |l| l.min(all.len()));
+        Self { total: all.len(), omitted: all.len() - shown, items: all[..shown].to_vec() }
+    }
+}
+
+impl<T> Listed<T> {
+    /// For lists whose items were collected with a cap and counted in full.
+    pub fn from_parts(items: Vec<T>, total: usize) -> Self {
+        Self { omitted: total.saturating_sub(items.len()), total, items }
+    }
+
+    /// The line printed under a cut list.
+    pub fn write_omitted(&self, w: &mut dyn Write, what: &str) -> io::Result<()> {
+        if self.omitted > 0 {
+            writeln!(
+                w,
+                "  ... {} more {what} not shown ({} in all; --limit N or --all to see more)",
+                self.omitted, self.total
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// A plain aligned table: headers, then rows, columns two spaces apart.
+pub struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(columns: &[(&'static str, Align)]) -> Self {
+        Self { columns: columns.to_vec(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.columns.len());
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn write(&self, w: &mut dyn Write, indent: &str) -> io::Result<()> {
+        let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| h.len()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let line = |w: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
+            let mut out = String::from(indent);
+            for (i, cell) in cells.enumerate() {
+                let (width, align) = (widths[i], self.columns[i].1);
+                let pad = width.saturating_sub(cell.chars().count());
+                let last = i + 1 == widths.len();
+                match align {
+                    Align::Left if last => out.push_str(cell),
+                    Align::Left => {
+                        out.push_str(cell);
+                        out.extend(std::iter::repeat_n(' ', pad));
+                    }
+                    Align::Right => {
+                        out.extend(std::iter::repeat_n(' ', pad));
+                        out.push_str(cell);
+                    }
+                }
+                if !last {
+                    out.push_str("  ");
+                }
+            }
+            writeln!(w, "{}", out.trim_end())
+        };
+        line(w, &mut self.columns.iter().map(|(h, _)| *h))?;
+        for row in &self.rows {
+            line(w, &mut row.iter().map(String::as_str))?;
+        }
+        Ok(())
+    }
+}
+
+/// ANSI styling, on only when writing to a terminal and NO_COLOR is unset.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    pub fn detect() -> Self {
+        use std::io::IsTerminal;
+        Self { color: io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+    }
+
+    pub fn severity(&self, severity: Severity) -> String {
+        let label = severity.name().to_ascii_uppercase();
+        if !self.color {
+            return label;
+        }
+        match severity {
+            Severity::Critical => format!("\x1b[1;31m{label}\x1b[0m"),
+            Severity::Warning => format!("\x1b[33m{label}\x1b[0m"),
+            Severity::Info => format!("\x1b[2m{label}\x1b[0m"),
+        }
+    }
+
+    pub fn heading(&self, text: &str) -> String {
+        if self.color {
+            format!("\x1b[1m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+/// Writes one JSON value followed by a newline.
+pub fn json_line(w: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, value).map_err(io::Error::other)?;
+    w.write_all(b"\n")
+}
+
+/// Groups digits for counts humans read at a glance: 12345 -> 12,345.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let mut t = Table::new(&[("STATE", Align::Left), ("COUNT", Align::Right)]);
+        t.row(vec!["ESTABLISHED".into(), "5".into()]);
+        t.row(vec!["LISTEN".into(), "12345".into()]);
+        let mut out = Vec::new();
+        t.write(&mut out, "").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "STATE        COUNT\nESTABLISHED      5\nLISTEN       12345\n"
+        );
+    }
+
+    #[test]
+    fn cut_lists_count_what_they_leave_out() {
+        let all: Vec<u32> = (0..10).collect();
+        let listed = Listed::cut(&all, Some(3));
+        assert_eq!((listed.items.len(), listed.total, listed.omitted), (3, 10, 7));
+        let mut out = Vec::new();
+        listed.write_omitted(&mut out, "IPs").unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("7 more IPs not shown"));
+        assert_eq!(Listed::cut(&all, None).omitted, 0);
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}
