@@ -6,9 +6,14 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let object = out_dir.join("tcpmon");
-    let workspace = manifest_dir.parent().expect("tcpmon/ lives in the workspace");
+    let workspace = manifest_dir
+        .parent()
+        .expect("tcpmon/ lives in the workspace");
     // aya-build watches the eBPF crate; the shared types matter just as much.
-    println!("cargo::rerun-if-changed={}", workspace.join("tcpmon-common/src").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        workspace.join("tcpmon-common/src").display()
+    );
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
 
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {

@@ -4,7 +4,9 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{map, tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -72,10 +74,11 @@ fn netns_of(skaddr: u64) -> u32 {
         return 0;
     }
     // SAFETY: probe reads tolerate any address; a failure yields an error, not a fault.
-    let net: u64 = match unsafe { bpf_probe_read_kernel((skaddr + u64::from(sk_net)) as *const u64) } {
-        Ok(net) => net,
-        Err(_) => return 0,
-    };
+    let net: u64 =
+        match unsafe { bpf_probe_read_kernel((skaddr + u64::from(sk_net)) as *const u64) } {
+            Ok(net) => net,
+            Err(_) => return 0,
+        };
     let inum = NET_INUM_OFFSET.load();
     // SAFETY: as above.
     unsafe { bpf_probe_read_kernel((net + u64::from(inum)) as *const u32) }.unwrap_or(0)
@@ -151,7 +154,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             daddr[..4].copy_from_slice(&d);
             (saddr, daddr)
         } else {
-            (field::<[u8; 16]>(&ctx, f::SADDR_V6), field::<[u8; 16]>(&ctx, f::DADDR_V6))
+            (
+                field::<[u8; 16]>(&ctx, f::SADDR_V6),
+                field::<[u8; 16]>(&ctx, f::DADDR_V6),
+            )
         };
         submit(&ctx, |e| {
             e.ts_ns = bpf_ktime_get_ns();

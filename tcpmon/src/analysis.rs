@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{canonical_ip, is_unspecified, Family, TcpState},
+    model::{canonical_ip, Family, TcpState},
     process::Process,
     procfs::{LineError, Socket},
     snapshot::Row,
@@ -31,7 +31,9 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, s: &Socket) -> bool {
         (self.states.is_empty() || self.states.contains(&s.state))
-            && self.port.is_none_or(|p| s.local_port == p || s.remote_port == p)
+            && self
+                .port
+                .is_none_or(|p| s.local_port == p || s.remote_port == p)
             && self.family.is_none_or(|f| s.family == f)
             && self.net.is_none_or(|net| {
                 [s.local_ip, s.remote_ip]
@@ -133,7 +135,15 @@ pub struct IpCount {
 
 impl IpCount {
     pub fn new(ip: IpAddr) -> Self {
-        Self { ip, total: 0, established: 0, time_wait: 0, close_wait: 0, syn_recv: 0, other: 0 }
+        Self {
+            ip,
+            total: 0,
+            established: 0,
+            time_wait: 0,
+            close_wait: 0,
+            syn_recv: 0,
+            other: 0,
+        }
     }
 }
 
@@ -188,7 +198,10 @@ pub struct PortRange {
 
 impl PortRange {
     /// The kernel's default when the sysctl cannot be read.
-    pub const LINUX_DEFAULT: Self = Self { low: 32768, high: 60999 };
+    pub const LINUX_DEFAULT: Self = Self {
+        low: 32768,
+        high: 60999,
+    };
 
     pub fn contains(&self, port: u16) -> bool {
         (self.low..=self.high).contains(&port)
@@ -262,7 +275,12 @@ pub struct Aggregator {
 
 impl Aggregator {
     pub fn new(filter: Filter, collect: Collect, port_range: PortRange) -> Self {
-        Self { filter, collect, port_range: Some(port_range), ..Default::default() }
+        Self {
+            filter,
+            collect,
+            port_range: Some(port_range),
+            ..Default::default()
+        }
     }
 
     pub fn add_row(&mut self, row: &Row<'_>) {
@@ -274,7 +292,11 @@ impl Aggregator {
 
     fn skip(&mut self, row: &Row<'_>, reason: LineError) {
         self.skipped.count += 1;
-        *self.skipped.by_reason.entry(reason.to_string()).or_default() += 1;
+        *self
+            .skipped
+            .by_reason
+            .entry(reason.to_string())
+            .or_default() += 1;
         if self.skipped.examples.len() < MAX_SKIP_EXAMPLES {
             self.skipped.examples.push(SkippedLine {
                 file: row.path.to_path_buf(),
@@ -304,8 +326,10 @@ impl Aggregator {
                 entry.1 += u64::from(s.rx_queue);
             }
             TcpState::SynRecv | TcpState::NewSynRecv => {
-                let entry =
-                    self.half_open.entry((canonical_ip(s.local_ip), s.local_port)).or_default();
+                let entry = self
+                    .half_open
+                    .entry((canonical_ip(s.local_ip), s.local_port))
+                    .or_default();
                 entry.0 += 1;
                 if entry.1.len() < MAX_DISTINCT_SOURCES {
                     entry.1.insert(remote);
@@ -313,8 +337,11 @@ impl Aggregator {
             }
             _ => {}
         }
-        if s.state != TcpState::Listen && !is_unspecified(remote) {
-            let ip = self.per_ip.entry(remote).or_insert_with(|| IpCount::new(remote));
+        if s.state != TcpState::Listen && !remote.is_unspecified() {
+            let ip = self
+                .per_ip
+                .entry(remote)
+                .or_insert_with(|| IpCount::new(remote));
             ip.total += 1;
             match s.state {
                 TcpState::Established => ip.established += 1,
@@ -325,7 +352,10 @@ impl Aggregator {
             }
             let range = self.port_range.unwrap_or(PortRange::LINUX_DEFAULT);
             if range.contains(s.local_port) && s.state != TcpState::SynRecv {
-                let dest = self.destinations.entry((remote, s.remote_port)).or_default();
+                let dest = self
+                    .destinations
+                    .entry((remote, s.remote_port))
+                    .or_default();
                 dest.1 += 1;
                 if s.state == TcpState::TimeWait {
                     dest.0 += 1;
@@ -334,7 +364,11 @@ impl Aggregator {
         }
         if self.collect.connections_of.contains(&s.state) {
             self.connections_seen += 1;
-            if self.collect.connection_limit.is_none_or(|limit| self.connections.len() < limit) {
+            if self
+                .collect
+                .connection_limit
+                .is_none_or(|limit| self.connections.len() < limit)
+            {
                 self.connections.push(Connection {
                     family: s.family,
                     state: s.state,
@@ -383,7 +417,7 @@ impl Aggregator {
                 family: s.family,
                 ip: s.local_ip,
                 port: s.local_port,
-                wildcard: is_unspecified(s.local_ip),
+                wildcard: s.local_ip.is_unspecified(),
                 backlog: s.tx_queue,
                 accept_queue: s.rx_queue,
                 half_open: 0,
@@ -393,7 +427,7 @@ impl Aggregator {
                 process: owner(s.inode),
             })
             .collect();
-        listeners.sort_by(|a, b| (a.port, a.family, a.ip).cmp(&(b.port, b.family, b.ip)));
+        listeners.sort_by_key(|l| (l.port, l.family, l.ip));
 
         let mut orphan_half_open = 0;
         let mut sources: HashMap<usize, HashSet<IpAddr>> = HashMap::new();
@@ -427,22 +461,31 @@ impl Aggregator {
         }
         let mut close_wait: Vec<CloseWaitGroup> = grouped
             .into_iter()
-            .map(|((local_port, process), (count, unread_bytes))| CloseWaitGroup {
-                local_port,
-                process,
-                count,
-                unread_bytes,
-            })
+            .map(
+                |((local_port, process), (count, unread_bytes))| CloseWaitGroup {
+                    local_port,
+                    process,
+                    count,
+                    unread_bytes,
+                },
+            )
             .collect();
         close_wait.sort_by(|a, b| b.count.cmp(&a.count).then(a.local_port.cmp(&b.local_port)));
 
         let mut destinations: Vec<Destination> = self
             .destinations
             .into_iter()
-            .map(|((ip, port), (time_wait, total))| Destination { ip, port, time_wait, total })
+            .map(|((ip, port), (time_wait, total))| Destination {
+                ip,
+                port,
+                time_wait,
+                total,
+            })
             .collect();
         destinations.sort_by(|a, b| {
-            (b.time_wait, b.total).cmp(&(a.time_wait, a.total)).then((a.ip, a.port).cmp(&(b.ip, b.port)))
+            (b.time_wait, b.total)
+                .cmp(&(a.time_wait, a.total))
+                .then((a.ip, a.port).cmp(&(b.ip, b.port)))
         });
 
         Summary {
@@ -466,7 +509,12 @@ impl Aggregator {
 /// The listener a request to `ip:port` belongs to: an exact address first, then a
 /// wildcard of the same family, then any wildcard (a dual-stack `[::]` socket).
 fn best_listener(listeners: &[Listener], ip: IpAddr, port: u16) -> Option<usize> {
-    let on_port = || listeners.iter().enumerate().filter(move |(_, l)| l.port == port);
+    let on_port = || {
+        listeners
+            .iter()
+            .enumerate()
+            .filter(move |(_, l)| l.port == port)
+    };
     on_port()
         .find(|(_, l)| canonical_ip(l.ip) == ip)
         .or_else(|| on_port().find(|(_, l)| l.wildcard && l.ip.is_ipv4() == ip.is_ipv4()))
@@ -482,7 +530,11 @@ mod tests {
     fn sock(state: TcpState, local: &str, lport: u16, remote: &str, rport: u16) -> Socket {
         let local_ip: IpAddr = local.parse().unwrap();
         Socket {
-            family: if local_ip.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },
+            family: if local_ip.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
             state,
             local_ip,
             local_port: lport,
@@ -511,7 +563,13 @@ mod tests {
         let sockets = [
             sock(TcpState::Listen, "0.0.0.0", 80, "0.0.0.0", 0),
             sock(TcpState::Established, "10.0.0.1", 80, "192.0.2.7", 50000),
-            sock(TcpState::Established, "::ffff:10.0.0.1", 80, "::ffff:192.0.2.7", 50001),
+            sock(
+                TcpState::Established,
+                "::ffff:10.0.0.1",
+                80,
+                "::ffff:192.0.2.7",
+                50001,
+            ),
             sock(TcpState::TimeWait, "10.0.0.1", 80, "192.0.2.7", 50002),
             sock(TcpState::Established, "::1", 80, "::1", 50003),
         ];
@@ -521,7 +579,13 @@ mod tests {
         let top = &s.per_ip[0];
         assert_eq!(top.ip, "192.0.2.7".parse::<IpAddr>().unwrap());
         assert_eq!((top.total, top.established, top.time_wait), (3, 2, 1));
-        assert_eq!(s.per_port, vec![PortCount { port: 80, established: 3 }]);
+        assert_eq!(
+            s.per_port,
+            vec![PortCount {
+                port: 80,
+                established: 3
+            }]
+        );
     }
 
     #[test]
@@ -531,13 +595,26 @@ mod tests {
         let specific = sock(TcpState::Listen, "127.0.0.2", 80, "0.0.0.0", 0);
         let mut sockets = vec![listener, specific];
         for i in 0..10 {
-            sockets.push(sock(TcpState::SynRecv, "10.0.0.1", 80, &format!("192.0.2.{}", i % 3), 1000 + i));
+            sockets.push(sock(
+                TcpState::SynRecv,
+                "10.0.0.1",
+                80,
+                &format!("192.0.2.{}", i % 3),
+                1000 + i,
+            ));
         }
         sockets.push(sock(TcpState::SynRecv, "127.0.0.2", 80, "192.0.2.1", 999));
         sockets.push(sock(TcpState::SynRecv, "10.0.0.1", 81, "192.0.2.1", 999));
         let s = summarize(&sockets, Filter::default());
         let wildcard = s.listeners.iter().find(|l| l.wildcard).unwrap();
-        assert_eq!((wildcard.half_open, wildcard.half_open_sources, wildcard.backlog), (10, 3, 128));
+        assert_eq!(
+            (
+                wildcard.half_open,
+                wildcard.half_open_sources,
+                wildcard.backlog
+            ),
+            (10, 3, 128)
+        );
         let exact = s.listeners.iter().find(|l| !l.wildcard).unwrap();
         assert_eq!(exact.half_open, 1);
         assert_eq!(s.orphan_half_open, 1);
@@ -551,16 +628,37 @@ mod tests {
             sock(TcpState::TimeWait, "10.0.0.1", 80, "198.51.100.1", 50002),
             sock(TcpState::Established, "::1", 80, "::1", 50003),
         ];
-        let by_port = summarize(&sockets, Filter { port: Some(80), ..Default::default() });
+        let by_port = summarize(
+            &sockets,
+            Filter {
+                port: Some(80),
+                ..Default::default()
+            },
+        );
         assert_eq!(by_port.total, 3);
         let by_net = summarize(
             &sockets,
-            Filter { net: Some(parse_net("192.0.2.0/24").unwrap()), ..Default::default() },
+            Filter {
+                net: Some(parse_net("192.0.2.0/24").unwrap()),
+                ..Default::default()
+            },
         );
         assert_eq!(by_net.total, 2);
-        let by_state = summarize(&sockets, Filter { states: vec![TcpState::TimeWait], ..Default::default() });
+        let by_state = summarize(
+            &sockets,
+            Filter {
+                states: vec![TcpState::TimeWait],
+                ..Default::default()
+            },
+        );
         assert_eq!(by_state.total, 1);
-        let v6 = summarize(&sockets, Filter { family: Some(Family::Ipv6), ..Default::default() });
+        let v6 = summarize(
+            &sockets,
+            Filter {
+                family: Some(Family::Ipv6),
+                ..Default::default()
+            },
+        );
         assert_eq!(v6.total, 1);
         assert!(parse_net("not-an-ip").is_err());
         assert_eq!(parse_net("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
@@ -576,13 +674,24 @@ mod tests {
             sock(TcpState::TimeWait, "10.0.0.1", 80, "192.0.2.7", 40003),
         ];
         let s = summarize(&sockets, Filter::default());
-        assert_eq!(s.destinations[0], Destination { ip: "192.0.2.7".parse().unwrap(), port: 80, time_wait: 2, total: 3 });
+        assert_eq!(
+            s.destinations[0],
+            Destination {
+                ip: "192.0.2.7".parse().unwrap(),
+                port: 80,
+                time_wait: 2,
+                total: 3
+            }
+        );
         assert_eq!(s.destinations.len(), 1);
     }
 
     #[test]
     fn port_range_parses_sysctl_text() {
-        assert_eq!(PortRange::parse("32768\t60999\n"), Some(PortRange::LINUX_DEFAULT));
+        assert_eq!(
+            PortRange::parse("32768\t60999\n"),
+            Some(PortRange::LINUX_DEFAULT)
+        );
         assert_eq!(PortRange::LINUX_DEFAULT.size(), 28232);
         assert_eq!(PortRange::parse("9 1"), None);
         assert_eq!(PortRange::parse("x"), None);

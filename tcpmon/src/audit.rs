@@ -35,7 +35,9 @@ impl std::str::FromStr for Severity {
             "info" => Ok(Self::Info),
             "warning" | "warn" => Ok(Self::Warning),
             "critical" | "crit" => Ok(Self::Critical),
-            other => Err(format!("unknown severity '{other}' (info, warning, critical)")),
+            other => Err(format!(
+                "unknown severity '{other}' (info, warning, critical)"
+            )),
         }
     }
 }
@@ -96,7 +98,11 @@ fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
 pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut push = |severity, rule: &str, message: String| {
-        findings.push(Finding { severity, rule: rule.into(), message })
+        findings.push(Finding {
+            severity,
+            rule: rule.into(),
+            message,
+        })
     };
 
     let tw = summary.states.get(crate::model::TcpState::TimeWait);
@@ -113,12 +119,19 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
     }
 
     let cw_total: u64 = summary.close_wait.iter().map(|g| g.count).sum();
-    let cw_sev = if cw_total > t.close_wait_crit { Severity::Critical } else { Severity::Warning };
+    let cw_sev = if cw_total > t.close_wait_crit {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
     for group in &summary.close_wait {
-        let owner = group
-            .process
-            .as_ref()
-            .map_or_else(|| "an unknown process (run as root to see it)".to_owned(), |p| p.to_string());
+        let owner = group.process.as_ref().map_or_else(
+            || {
+                "an unknown process (not visible: run as root, in the socket's PID namespace)"
+                    .to_owned()
+            },
+            |p| p.to_string(),
+        );
         push(
             cw_sev,
             "close_wait",
@@ -203,11 +216,19 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
     }
 
     for l in summary.listeners.iter().filter(|l| l.wildcard) {
-        let owner = l.process.as_ref().map(|p| format!(" ({p})")).unwrap_or_default();
+        let owner = l
+            .process
+            .as_ref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
         push(
             Severity::Info,
             "wildcard_listener",
-            format!("listening on all {} addresses: {}{owner}", l.family.name(), endpoint(l.ip, l.port)),
+            format!(
+                "listening on all {} addresses: {}{owner}",
+                l.family.name(),
+                endpoint(l.ip, l.port)
+            ),
         );
     }
 
@@ -219,7 +240,11 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
                 "{} line{} of /proc/net/tcp{{,6}} could not be decoded and {} not counted",
                 summary.skipped.count,
                 if summary.skipped.count == 1 { "" } else { "s" },
-                if summary.skipped.count == 1 { "is" } else { "are" }
+                if summary.skipped.count == 1 {
+                    "is"
+                } else {
+                    "are"
+                }
             ),
         );
     }
@@ -228,13 +253,13 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
             Severity::Info,
             "owners_hidden",
             format!(
-                "the owning process of {} listener/CLOSE_WAIT socket{} is not visible (run as root)",
+                "the owning process of {} listener/CLOSE_WAIT socket{} is not visible (run as root, in the sockets' PID namespace)",
                 summary.owners_unknown,
                 if summary.owners_unknown == 1 { "" } else { "s" }
             ),
         );
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
 
@@ -289,15 +314,31 @@ mod tests {
 
     #[test]
     fn time_wait_thresholds_are_strictly_above() {
-        let tw = |n: u32| (0..n).map(|i| sock(TcpState::TimeWait, 80, [192, 0, 2, (i % 250) as u8], 1024 + i as u16));
-        assert!(rules(&run(tw(1000), PortRange::LINUX_DEFAULT)).iter().all(|r| r.0 != "time_wait"));
-        assert!(rules(&run(tw(1001), PortRange::LINUX_DEFAULT)).contains(&("time_wait", Severity::Warning)));
-        assert!(rules(&run(tw(5001), PortRange::LINUX_DEFAULT)).contains(&("time_wait", Severity::Critical)));
+        let tw = |n: u32| {
+            (0..n).map(|i| {
+                sock(
+                    TcpState::TimeWait,
+                    80,
+                    [192, 0, 2, (i % 250) as u8],
+                    1024 + i as u16,
+                )
+            })
+        };
+        assert!(rules(&run(tw(1000), PortRange::LINUX_DEFAULT))
+            .iter()
+            .all(|r| r.0 != "time_wait"));
+        assert!(rules(&run(tw(1001), PortRange::LINUX_DEFAULT))
+            .contains(&("time_wait", Severity::Warning)));
+        assert!(rules(&run(tw(5001), PortRange::LINUX_DEFAULT))
+            .contains(&("time_wait", Severity::Critical)));
     }
 
     #[test]
     fn one_close_wait_warns_and_many_are_critical() {
-        let one = run([sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000)], PortRange::LINUX_DEFAULT);
+        let one = run(
+            [sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000)],
+            PortRange::LINUX_DEFAULT,
+        );
         assert_eq!(rules(&one), vec![("close_wait", Severity::Warning)]);
         assert!(one[0].message.contains("local port 8080"));
         let many = run(
@@ -315,7 +356,9 @@ mod tests {
     fn every_ip_is_checked_not_only_the_top() {
         let mut sockets = Vec::new();
         for host in 1..=30u8 {
-            sockets.extend((0..201).map(|i| sock(TcpState::Established, 443, [198, 51, 100, host], 1000 + i)));
+            sockets.extend(
+                (0..201).map(|i| sock(TcpState::Established, 443, [198, 51, 100, host], 1000 + i)),
+            );
         }
         let findings = run(sockets, PortRange::LINUX_DEFAULT);
         assert_eq!(findings.iter().filter(|f| f.rule == "per_ip").count(), 30);
@@ -323,13 +366,26 @@ mod tests {
 
     #[test]
     fn port_exhaustion_compares_with_the_range() {
-        let range = PortRange { low: 40000, high: 40099 };
+        let range = PortRange {
+            low: 40000,
+            high: 40099,
+        };
         let sockets = (0..60).map(|i| sock(TcpState::TimeWait, 40000 + i, [192, 0, 2, 9], 80));
         let findings = run(sockets, range);
-        assert_eq!(rules(&findings), vec![("port_exhaustion", Severity::Warning)]);
-        assert!(findings[0].message.contains("192.0.2.9:80"), "{}", findings[0].message);
+        assert_eq!(
+            rules(&findings),
+            vec![("port_exhaustion", Severity::Warning)]
+        );
+        assert!(
+            findings[0].message.contains("192.0.2.9:80"),
+            "{}",
+            findings[0].message
+        );
         let sockets = (0..81).map(|i| sock(TcpState::Established, 40000 + i, [192, 0, 2, 9], 80));
-        assert_eq!(rules(&run(sockets, range)), vec![("port_exhaustion", Severity::Critical)]);
+        assert_eq!(
+            rules(&run(sockets, range)),
+            vec![("port_exhaustion", Severity::Critical)]
+        );
     }
 
     #[test]
@@ -337,18 +393,37 @@ mod tests {
         let mut listener = sock(TcpState::Listen, 80, [0, 0, 0, 0], 0);
         listener.local_ip = [0, 0, 0, 0].into();
         listener.tx_queue = 100;
-        let flood = (0..95).map(|i| sock(TcpState::SynRecv, 80, [203, 0, 113, (i % 200) as u8], 2000 + i));
-        let findings = run(std::iter::once(listener).chain(flood), PortRange::LINUX_DEFAULT);
+        let flood = (0..95).map(|i| {
+            sock(
+                TcpState::SynRecv,
+                80,
+                [203, 0, 113, (i % 200) as u8],
+                2000 + i,
+            )
+        });
+        let findings = run(
+            std::iter::once(listener).chain(flood),
+            PortRange::LINUX_DEFAULT,
+        );
         let syn = findings.iter().find(|f| f.rule == "syn_backlog").unwrap();
         assert_eq!(syn.severity, Severity::Critical);
         assert!(syn.message.contains("95 half-open"), "{}", syn.message);
-        assert!(syn.message.contains("95 distinct sources"), "{}", syn.message);
-        assert!(findings.iter().any(|f| f.rule == "wildcard_listener" && f.severity == Severity::Info));
+        assert!(
+            syn.message.contains("95 distinct sources"),
+            "{}",
+            syn.message
+        );
+        assert!(findings
+            .iter()
+            .any(|f| f.rule == "wildcard_listener" && f.severity == Severity::Info));
     }
 
     #[test]
     fn hidden_owners_are_reported() {
-        let findings = run([sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000)], PortRange::LINUX_DEFAULT);
+        let findings = run(
+            [sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000)],
+            PortRange::LINUX_DEFAULT,
+        );
         let hidden = findings.iter().find(|f| f.rule == "owners_hidden").unwrap();
         assert_eq!(hidden.severity, Severity::Info);
         assert!(findings[0].message.contains("unknown process"));

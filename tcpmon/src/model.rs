@@ -1,7 +1,7 @@
 //! The shared vocabulary: TCP states, address families, socket endpoints.
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
 };
 
 use serde::{Deserialize, Serialize};
@@ -99,7 +99,9 @@ impl TcpState {
             .filter(|c| *c != '_' && *c != '-')
             .map(|c| c.to_ascii_uppercase())
             .collect();
-        Self::ALL.into_iter().find(|state| state.name().replace('_', "") == wanted)
+        Self::ALL
+            .into_iter()
+            .find(|state| state.name().replace('_', "") == wanted)
     }
 }
 
@@ -137,21 +139,10 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-pub fn is_unspecified(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4 == Ipv4Addr::UNSPECIFIED,
-        IpAddr::V6(v6) => v6 == Ipv6Addr::UNSPECIFIED,
-    }
-}
-
-/// `ip:port` with IPv6 bracketed, as ss prints it; the wildcard is `*`.
+/// `ip:port` with IPv6 bracketed (`[::]:80`, `0.0.0.0:22`), so a wildcard's family stays
+/// visible.
 pub fn endpoint(ip: IpAddr, port: u16) -> String {
-    let addr = SocketAddr::new(ip, port);
-    if is_unspecified(ip) {
-        format!("*:{port}")
-    } else {
-        addr.to_string()
-    }
+    SocketAddr::new(ip, port).to_string()
 }
 
 #[cfg(test)]
@@ -173,7 +164,10 @@ mod tests {
         assert_eq!(TcpState::parse_name("TIME_WAIT"), Some(TcpState::TimeWait));
         assert_eq!(TcpState::parse_name("time-wait"), Some(TcpState::TimeWait));
         assert_eq!(TcpState::parse_name("syn-recv"), Some(TcpState::SynRecv));
-        assert_eq!(TcpState::parse_name("established"), Some(TcpState::Established));
+        assert_eq!(
+            TcpState::parse_name("established"),
+            Some(TcpState::Established)
+        );
         assert_eq!(TcpState::parse_name("bogus"), None);
     }
 
@@ -189,8 +183,8 @@ mod tests {
 
     #[test]
     fn endpoints_print_like_ss() {
-        assert_eq!(endpoint("0.0.0.0".parse().unwrap(), 22), "*:22");
-        assert_eq!(endpoint("::".parse().unwrap(), 22), "*:22");
+        assert_eq!(endpoint("0.0.0.0".parse().unwrap(), 22), "0.0.0.0:22");
+        assert_eq!(endpoint("::".parse().unwrap(), 22), "[::]:22");
         assert_eq!(endpoint("::1".parse().unwrap(), 80), "[::1]:80");
         assert_eq!(endpoint("10.0.0.1".parse().unwrap(), 80), "10.0.0.1:80");
     }

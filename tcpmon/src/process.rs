@@ -50,7 +50,9 @@ pub fn find_owners(proc_root: &Path, wanted: &HashSet<u64>) -> Owners {
         };
         let mut comm: Option<String> = None;
         for fd in fds.filter_map(Result::ok) {
-            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
             let Some(inode) = socket_inode(target.as_os_str().as_encoded_bytes()) else {
                 continue;
             };

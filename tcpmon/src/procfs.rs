@@ -110,7 +110,10 @@ pub fn read_file(path: &Path) -> io::Result<Bytes> {
 
 /// Iterates the data rows of one file (the header line is skipped), yielding each row's
 /// 1-based line number and its decoded socket or the reason it was rejected.
-pub fn parse(data: &[u8], family: Family) -> impl Iterator<Item = (usize, Result<Socket, LineError>)> + '_ {
+pub fn parse(
+    data: &[u8],
+    family: Family,
+) -> impl Iterator<Item = (usize, Result<Socket, LineError>)> + '_ {
     data.split(|&b| b == b'\n')
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
@@ -128,7 +131,8 @@ pub fn parse_line(line: &[u8], family: Family) -> Result<Socket, LineError> {
     let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
     let mut next = || fields.next().ok_or(LineError::TooFewFields);
     let _slot = next()?;
-    let (local_ip, local_port) = parse_endpoint(next()?, family).ok_or(LineError::BadLocalAddress)?;
+    let (local_ip, local_port) =
+        parse_endpoint(next()?, family).ok_or(LineError::BadLocalAddress)?;
     let (remote_ip, remote_port) =
         parse_endpoint(next()?, family).ok_or(LineError::BadRemoteAddress)?;
     let state_field = next()?;
@@ -141,12 +145,16 @@ pub fn parse_line(line: &[u8], family: Family) -> Result<Socket, LineError> {
     let tx_queue = hex_u32(tx).ok_or(LineError::BadQueues)?;
     let rx_queue = hex_u32(rx).ok_or(LineError::BadQueues)?;
     let (tr, when) = split_pair(next()?).ok_or(LineError::BadTimer)?;
-    let timer = hex_u64(tr).filter(|t| *t <= 0xff).ok_or(LineError::BadTimer)? as u8;
+    let timer = hex_u64(tr)
+        .filter(|t| *t <= 0xff)
+        .ok_or(LineError::BadTimer)? as u8;
     // The kernel prints `jiffies_delta_to_clock_t(...)` with %08lX: a negative delta shows
     // as a huge unsigned value, so read it as a two's complement i64.
     let timer_jiffies = hex_u64(when).ok_or(LineError::BadTimer)? as i64;
     let retransmits = hex_u32(next()?).ok_or(LineError::BadNumber)?;
-    let uid = dec_u64(next()?).and_then(|v| u32::try_from(v).ok()).ok_or(LineError::BadNumber)?;
+    let uid = dec_u64(next()?)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or(LineError::BadNumber)?;
     let _timeout = next()?;
     let inode = dec_u64(next()?).ok_or(LineError::BadNumber)?;
     Ok(Socket {
@@ -262,7 +270,7 @@ pub fn format_line(slot: usize, s: &Socket) -> String {
         s.tx_queue,
         s.rx_queue,
         s.timer,
-        s.timer_jiffies as u64 & 0xffff_ffff_ffff_ffff,
+        s.timer_jiffies as u64,
         s.retransmits,
         s.uid,
         0,
@@ -326,7 +334,10 @@ mod tests {
     #[test]
     fn malformed_lines_are_rejected_with_a_reason() {
         let v4 = Family::Ipv4;
-        assert_eq!(parse_line(b"   0: 0100007F:0277", v4), Err(LineError::TooFewFields));
+        assert_eq!(
+            parse_line(b"   0: 0100007F:0277", v4),
+            Err(LineError::TooFewFields)
+        );
         assert_eq!(
             parse_line(b"   0: 0100007G:0277 00000000:0000 0A 0:0 00:0 0 0 0 1", v4),
             Err(LineError::BadLocalAddress)
@@ -336,11 +347,17 @@ mod tests {
             Err(LineError::UnknownState(13))
         );
         assert_eq!(
-            parse_line(b"   0: 0100007F:0277 00000000:0000 0A 00:0 00:0 0 x 0 1", v4),
+            parse_line(
+                b"   0: 0100007F:0277 00000000:0000 0A 00:0 00:0 0 x 0 1",
+                v4
+            ),
             Err(LineError::BadNumber)
         );
         assert_eq!(
-            parse_line(b"   0: 0100007F:0277 00000000:0000 0A 0:0 0:0 0 0 0 99999999999999999999999", v4),
+            parse_line(
+                b"   0: 0100007F:0277 00000000:0000 0A 0:0 0:0 0 0 0 99999999999999999999999",
+                v4
+            ),
             Err(LineError::BadNumber)
         );
     }
@@ -359,8 +376,8 @@ mod tests {
 
         fn arb_ip(family: Family) -> BoxedStrategy<IpAddr> {
             match family {
-                Family::Ipv4 => any::<[u8; 4]>().prop_map(|o| IpAddr::from(o)).boxed(),
-                Family::Ipv6 => any::<[u8; 16]>().prop_map(|o| IpAddr::from(o)).boxed(),
+                Family::Ipv4 => any::<[u8; 4]>().prop_map(IpAddr::from).boxed(),
+                Family::Ipv6 => any::<[u8; 16]>().prop_map(IpAddr::from).boxed(),
             }
         }
 
@@ -375,21 +392,23 @@ mod tests {
                     any::<(u32, u32, u8, u32, u32, u64)>(),
                     any::<i64>(),
                 )
-                    .prop_map(move |(lip, lp, rip, rp, st, (tx, rx, tr, re, uid, ino), when)| Socket {
-                        family,
-                        state: TcpState::try_from(st).unwrap(),
-                        local_ip: lip,
-                        local_port: lp,
-                        remote_ip: rip,
-                        remote_port: rp,
-                        tx_queue: tx,
-                        rx_queue: rx,
-                        timer: tr,
-                        timer_jiffies: when,
-                        retransmits: re,
-                        uid,
-                        inode: ino,
-                    })
+                    .prop_map(
+                        move |(lip, lp, rip, rp, st, (tx, rx, tr, re, uid, ino), when)| Socket {
+                            family,
+                            state: TcpState::try_from(st).unwrap(),
+                            local_ip: lip,
+                            local_port: lp,
+                            remote_ip: rip,
+                            remote_port: rp,
+                            tx_queue: tx,
+                            rx_queue: rx,
+                            timer: tr,
+                            timer_jiffies: when,
+                            retransmits: re,
+                            uid,
+                            inode: ino,
+                        },
+                    )
             })
         }
 

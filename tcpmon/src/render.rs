@@ -17,14 +17,22 @@ pub struct Listed<T> {
 impl<T: Clone> Listed<T> {
     pub fn cut(all: &[T], limit: Option<usize>) -> Self {
         let shown = limit.map_or(all.len(), |l| l.min(all.len()));
-        Self { total: all.len(), omitted: all.len() - shown, items: all[..shown].to_vec() }
+        Self {
+            total: all.len(),
+            omitted: all.len() - shown,
+            items: all[..shown].to_vec(),
+        }
     }
 }
 
 impl<T> Listed<T> {
     /// For lists whose items were collected with a cap and counted in full.
     pub fn from_parts(items: Vec<T>, total: usize) -> Self {
-        Self { omitted: total.saturating_sub(items.len()), total, items }
+        Self {
+            omitted: total.saturating_sub(items.len()),
+            total,
+            items,
+        }
     }
 
     /// The line printed under a cut list.
@@ -54,7 +62,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(columns: &[(&'static str, Align)]) -> Self {
-        Self { columns: columns.to_vec(), rows: Vec::new() }
+        Self {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -70,14 +81,14 @@ impl Table {
         let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| h.len()).collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
+                *width = (*width).max(visible_len(cell));
             }
         }
         let line = |w: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
             let mut out = String::from(indent);
             for (i, cell) in cells.enumerate() {
                 let (width, align) = (widths[i], self.columns[i].1);
-                let pad = width.saturating_sub(cell.chars().count());
+                let pad = width.saturating_sub(visible_len(cell));
                 let last = i + 1 == widths.len();
                 match align {
                     Align::Left if last => out.push_str(cell),
@@ -104,6 +115,21 @@ impl Table {
     }
 }
 
+/// Characters a terminal shows: ANSI colour sequences take no room.
+fn visible_len(cell: &str) -> usize {
+    let mut len = 0;
+    let mut in_escape = false;
+    for c in cell.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => len += 1,
+        }
+    }
+    len
+}
+
 /// ANSI styling, on only when writing to a terminal and NO_COLOR is unset.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Style {
@@ -113,7 +139,9 @@ pub struct Style {
 impl Style {
     pub fn detect() -> Self {
         use std::io::IsTerminal;
-        Self { color: io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+        Self {
+            color: io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
     }
 
     pub fn severity(&self, severity: Severity) -> String {
@@ -148,7 +176,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -174,13 +202,28 @@ mod tests {
     }
 
     #[test]
+    fn colour_codes_do_not_count_toward_width() {
+        let style = Style { color: true };
+        assert_eq!(
+            visible_len(&style.severity(Severity::Critical)),
+            "CRITICAL".len()
+        );
+        assert_eq!(visible_len(&style.severity(Severity::Info)), "INFO".len());
+    }
+
+    #[test]
     fn cut_lists_count_what_they_leave_out() {
         let all: Vec<u32> = (0..10).collect();
         let listed = Listed::cut(&all, Some(3));
-        assert_eq!((listed.items.len(), listed.total, listed.omitted), (3, 10, 7));
+        assert_eq!(
+            (listed.items.len(), listed.total, listed.omitted),
+            (3, 10, 7)
+        );
         let mut out = Vec::new();
         listed.write_omitted(&mut out, "IPs").unwrap();
-        assert!(String::from_utf8(out).unwrap().contains("7 more IPs not shown"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("7 more IPs not shown"));
         assert_eq!(Listed::cut(&all, None).omitted, 0);
     }
 

@@ -56,7 +56,10 @@ impl Snapshot {
             };
             files.push(SourceFile { family, path, data });
         }
-        Ok(Self { proc_root: proc_root.to_path_buf(), files })
+        Ok(Self {
+            proc_root: proc_root.to_path_buf(),
+            files,
+        })
     }
 
     /// A snapshot from bytes already in memory (tests, benchmarks, library callers).
@@ -64,8 +67,16 @@ impl Snapshot {
         Self {
             proc_root: PathBuf::from("<memory>"),
             files: vec![
-                SourceFile { family: Family::Ipv4, path: "<memory>/net/tcp".into(), data: Some(tcp) },
-                SourceFile { family: Family::Ipv6, path: "<memory>/net/tcp6".into(), data: tcp6 },
+                SourceFile {
+                    family: Family::Ipv4,
+                    path: "<memory>/net/tcp".into(),
+                    data: Some(tcp),
+                },
+                SourceFile {
+                    family: Family::Ipv6,
+                    path: "<memory>/net/tcp6".into(),
+                    data: tcp6,
+                },
             ],
         }
     }
@@ -88,6 +99,10 @@ impl Snapshot {
     }
 
     pub fn bytes_read(&self) -> usize {
-        self.files.iter().filter_map(|f| f.data.as_ref()).map(Bytes::len).sum()
+        self.files
+            .iter()
+            .filter_map(|f| f.data.as_ref())
+            .map(Bytes::len)
+            .sum()
     }
 }

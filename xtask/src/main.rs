@@ -127,7 +127,11 @@ fn build_ebpf(root: &Path) -> Result<()> {
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|msg| msg["reason"] == "build-script-executed")
-        .filter(|msg| msg["package_id"].as_str().is_some_and(|id| id.contains("/tcpmon#")))
+        .filter(|msg| {
+            msg["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("/tcpmon#"))
+        })
         .find_map(|msg| msg["out_dir"].as_str().map(PathBuf::from))
         .context("cargo did not report tcpmon's build-script output directory")?;
     let object = out_dir.join("tcpmon");
@@ -175,7 +179,11 @@ fn test(root: &Path) -> Result<()> {
     cargo(&["test"])?;
     // Root tests share kernel state (programs, namespaces): one at a time.
     let ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let strict = if ci { " (CI=true: a skip is a failure)" } else { "" };
+    let strict = if ci {
+        " (CI=true: a skip is a failure)"
+    } else {
+        ""
+    };
     eprintln!("xtask: root eBPF and namespace tests{strict}");
     cargo(&[
         "test",

@@ -27,15 +27,30 @@ pub fn ensure_all(verbose: bool) -> Result<()> {
 
 pub fn ensure_ebpf_toolchain() -> Result<()> {
     if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
-        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let sysroot = Command::new("rustup")
         .args(["run", "nightly", "rustc", "--print", "sysroot"])
         .output()
         .context("asking nightly rustc for its sysroot")?;
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
-    if !std::path::Path::new(&sysroot).join("lib/rustlib/src/rust/library/core").exists() {
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    if !std::path::Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
+    {
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker = Command::new("bpf-linker").arg("--version").output();
     let installed = linker
@@ -90,9 +105,8 @@ fn succeeds(cmd: &mut Command) -> bool {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 extern "C" {

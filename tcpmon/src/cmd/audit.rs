@@ -1,0 +1,58 @@
+//! `tcpmon audit`: findings and an exit status scripts can use.
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+use tcpmon::{
+    audit::{audit, fails, Finding, Severity, Thresholds},
+    render::Style,
+};
+
+use super::{load, write_header, write_json};
+use crate::cli::AuditArgs;
+
+pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+    let loaded = load(&args.snapshot, &[], true)?;
+    let thresholds = args.thresholds.thresholds();
+    let findings = audit(&loaded.summary, &thresholds);
+    let failed = fails(&findings, args.fail_on);
+    if args.snapshot.json {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            findings: &'a [Finding],
+            thresholds: &'a Thresholds,
+            fail_on: Severity,
+            failed: bool,
+        }
+        write_json(
+            out,
+            &loaded,
+            Body {
+                findings: &findings,
+                thresholds: &thresholds,
+                fail_on: args.fail_on,
+                failed,
+            },
+        )?;
+    } else {
+        write_header(out, &loaded, style)?;
+        writeln!(out)?;
+        if findings.is_empty() {
+            writeln!(out, "  clean: no finding")?;
+        } else {
+            super::findings_table(&findings, style).write(out, "  ")?;
+        }
+        let worst = findings.iter().map(|f| f.severity).max();
+        writeln!(
+            out,
+            "\n{} (fail-on {}): {}",
+            if failed { "FAIL" } else { "PASS" },
+            args.fail_on,
+            worst.map_or_else(
+                || "no findings".to_owned(),
+                |w| format!("worst finding is {w}")
+            )
+        )?;
+    }
+    Ok(u8::from(failed))
+}

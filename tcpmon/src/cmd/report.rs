@@ -1,0 +1,92 @@
+//! `tcpmon report`: everything a snapshot says, in one read.
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+use tcpmon::{
+    audit::audit,
+    render::{Listed, Style},
+};
+
+use super::{load, section, write_header, write_json, write_listed};
+use crate::cli::ReportArgs;
+
+pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+    let loaded = load(&args.snapshot, &[], true)?;
+    let s = &loaded.summary;
+    let limit = args.snapshot.limit();
+    let findings = audit(s, &args.thresholds.thresholds());
+    let listeners = Listed::cut(&s.listeners, limit);
+    let per_ip = Listed::cut(&s.per_ip, limit);
+    let per_port = Listed::cut(&s.per_port, limit);
+    let close_wait = Listed::cut(&s.close_wait, limit);
+    if args.snapshot.json {
+        #[derive(Serialize)]
+        struct Body<'a, S> {
+            states: &'a tcpmon::analysis::StateCounts,
+            listeners: &'a Listed<tcpmon::analysis::Listener>,
+            per_ip: &'a Listed<tcpmon::analysis::IpCount>,
+            per_port: &'a Listed<tcpmon::analysis::PortCount>,
+            close_wait: &'a Listed<tcpmon::analysis::CloseWaitGroup>,
+            findings: &'a S,
+        }
+        write_json(
+            out,
+            &loaded,
+            Body {
+                states: &s.states,
+                listeners: &listeners,
+                per_ip: &per_ip,
+                per_port: &per_port,
+                close_wait: &close_wait,
+                findings: &findings,
+            },
+        )?;
+        return Ok(0);
+    }
+    write_header(out, &loaded, style)?;
+    section(out, style, "STATES")?;
+    let states = super::states_table(s, false);
+    if states.is_empty() {
+        writeln!(out, "  (none)")?;
+    } else {
+        states.write(out, "  ")?;
+    }
+    section(out, style, &format!("LISTENERS ({})", s.listeners.len()))?;
+    write_listed(
+        out,
+        super::listeners_table(&listeners.items),
+        &listeners,
+        "listeners",
+    )?;
+    section(out, style, "TOP REMOTE IPS (listeners excluded)")?;
+    write_listed(
+        out,
+        super::per_ip_table(&per_ip.items),
+        &per_ip,
+        "remote IPs",
+    )?;
+    section(out, style, "TOP LOCAL PORTS (ESTABLISHED)")?;
+    write_listed(
+        out,
+        super::per_port_table(&per_port.items),
+        &per_port,
+        "ports",
+    )?;
+    if !s.close_wait.is_empty() {
+        section(out, style, "CLOSE_WAIT BY PORT AND PROCESS")?;
+        write_listed(
+            out,
+            super::close_wait_table(&close_wait.items),
+            &close_wait,
+            "groups",
+        )?;
+    }
+    section(out, style, &format!("FINDINGS ({})", findings.len()))?;
+    if findings.is_empty() {
+        writeln!(out, "  none: no threshold crossed")?;
+    } else {
+        super::findings_table(&findings, style).write(out, "  ")?;
+    }
+    Ok(0)
+}

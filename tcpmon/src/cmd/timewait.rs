@@ -1,0 +1,88 @@
+//! `tcpmon timewait`: how much TIME_WAIT there is, toward whom, and how close any
+//! destination is to running out of ephemeral ports.
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+use tcpmon::{
+    analysis::{Connection, Destination, PortRange},
+    model::{endpoint, TcpState},
+    render::{thousands, Align, Listed, Style, Table},
+};
+
+use super::{load, write_header, write_json, write_listed};
+use crate::cli::SnapshotArgs;
+
+pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+    let loaded = load(args, &[TcpState::TimeWait], false)?;
+    let s = &loaded.summary;
+    let time_wait = s.states.get(TcpState::TimeWait);
+    let with_tw: Vec<Destination> = s
+        .destinations
+        .iter()
+        .filter(|d| d.time_wait > 0)
+        .cloned()
+        .collect();
+    let destinations = Listed::cut(&with_tw, args.limit());
+    if args.json {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            time_wait: u64,
+            port_range: PortRange,
+            destinations: &'a Listed<Destination>,
+            sockets: &'a Listed<Connection>,
+        }
+        write_json(
+            out,
+            &loaded,
+            Body {
+                time_wait,
+                port_range: s.port_range,
+                destinations: &destinations,
+                sockets: &loaded.connections,
+            },
+        )?;
+        return Ok(0);
+    }
+    write_header(out, &loaded, style)?;
+    writeln!(
+        out,
+        "\n{} {}",
+        style.heading("TIME_WAIT:"),
+        thousands(time_wait)
+    )?;
+    let range = s.port_range;
+    super::section(
+        out,
+        style,
+        &format!(
+            "CLIENT-SIDE TIME_WAIT BY DESTINATION (ephemeral range {}-{}, {} ports)",
+            range.low,
+            range.high,
+            range.size()
+        ),
+    )?;
+    let mut table = Table::new(&[
+        ("DESTINATION", Align::Left),
+        ("TIME_WAIT", Align::Right),
+        ("ALL STATES", Align::Right),
+        ("% OF RANGE", Align::Right),
+    ]);
+    for d in &destinations.items {
+        table.row(vec![
+            endpoint(d.ip, d.port),
+            thousands(d.time_wait),
+            thousands(d.total),
+            format!("{:.1}", d.total as f64 * 100.0 / range.size() as f64),
+        ]);
+    }
+    write_listed(out, table, &destinations, "destinations")?;
+    super::section(out, style, "TIME_WAIT SOCKETS")?;
+    write_listed(
+        out,
+        super::connections_table(&loaded.connections.items, "EXPIRES IN"),
+        &loaded.connections,
+        "sockets",
+    )?;
+    Ok(0)
+}

@@ -1,0 +1,271 @@
+//! The snapshot commands end to end, on fixture /proc trees (no privileges needed).
+//! JSON is deserialized, never compared as text.
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn tcpmon(args: &[&str], fixture_name: &str) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("tcpmon")
+        .unwrap()
+        .args(args)
+        .arg("--proc-root")
+        .arg(fixture(fixture_name))
+        .env("NO_COLOR", "1")
+        .assert()
+}
+
+fn json(args: &[&str], fixture_name: &str) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = tcpmon(&all, fixture_name)
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).expect("valid JSON")
+}
+
+fn text(args: &[&str], fixture_name: &str) -> String {
+    String::from_utf8(
+        tcpmon(args, fixture_name)
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn report_counts_both_families_and_reports_bad_lines() {
+    let r = json(&["report"], "mixed");
+    assert_eq!(r["total"], 12);
+    assert_eq!(r["ipv4"], 8);
+    assert_eq!(r["ipv6"], 4);
+    assert_eq!(r["states"]["ESTABLISHED"], 4);
+    assert_eq!(r["states"]["TIME_WAIT"], 2);
+    assert_eq!(r["states"]["CLOSE_WAIT"], 2);
+    assert_eq!(r["states"]["LISTEN"], 3);
+    assert_eq!(r["states"]["SYN_RECV"], 1);
+    // garbage, an unknown state (0x0D) and a truncated last line of tcp6
+    assert_eq!(r["skipped"]["count"], 3);
+    assert_eq!(r["skipped"]["by_reason"]["unknown state 13"], 1);
+    assert_eq!(r["skipped"]["examples"][0]["line"], 10);
+    let rules: Vec<&str> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"unparsed_lines"), "{rules:?}");
+    assert!(rules.contains(&"close_wait"), "{rules:?}");
+}
+
+#[test]
+fn addresses_decode_and_v4_mapped_folds_into_ipv4() {
+    let r = json(&["per-ip"], "mixed");
+    let top = &r["per_ip"]["items"][0];
+    // two IPv4 sockets plus one v4-mapped IPv6 socket from the same client
+    assert_eq!(top["ip"], "192.0.2.10");
+    assert_eq!(top["total"], 3);
+    assert_eq!(top["established"], 3);
+    let ips: Vec<&str> = r["per_ip"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ip"].as_str().unwrap())
+        .collect();
+    assert!(ips.contains(&"2001:db8::99"), "{ips:?}");
+    assert!(ips.contains(&"::1"), "{ips:?}");
+    assert!(
+        !ips.contains(&"0.0.0.0") && !ips.contains(&"::"),
+        "listeners are excluded: {ips:?}"
+    );
+}
+
+#[test]
+fn listeners_show_backlog_queue_and_half_open() {
+    let r = json(&["listen"], "mixed");
+    let items = r["listeners"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    let ssh = items.iter().find(|l| l["port"] == 22).unwrap();
+    assert_eq!(ssh["wildcard"], true);
+    assert_eq!(ssh["backlog"], 128);
+    assert_eq!(ssh["half_open"], 1);
+    assert_eq!(ssh["half_open_sources"], 1);
+    let pg = items.iter().find(|l| l["port"] == 5432).unwrap();
+    assert_eq!(
+        (
+            pg["ip"].as_str(),
+            pg["wildcard"].as_bool(),
+            pg["accept_queue"].as_u64()
+        ),
+        (Some("127.0.0.1"), Some(false), Some(3))
+    );
+    let web = items.iter().find(|l| l["port"] == 80).unwrap();
+    assert_eq!(
+        (web["family"].as_str(), web["ip"].as_str()),
+        (Some("ipv6"), Some("::"))
+    );
+    assert!(text(&["listen"], "mixed").contains("[::]:80"));
+}
+
+#[test]
+fn per_port_counts_established_by_local_port() {
+    let r = json(&["per-port"], "mixed");
+    let items = r["per_port"]["items"].as_array().unwrap();
+    let count = |port: u64| {
+        items
+            .iter()
+            .find(|p| p["port"] == port)
+            .map(|p| p["established"].as_u64().unwrap())
+    };
+    assert_eq!(count(22), Some(2));
+    assert_eq!(count(80), Some(2));
+    assert_eq!(count(8080), None, "CLOSE_WAIT is not ESTABLISHED");
+}
+
+#[test]
+fn limits_say_what_they_leave_out() {
+    let r = json(&["per-ip", "--limit", "2"], "mixed");
+    assert_eq!(r["per_ip"]["items"].as_array().unwrap().len(), 2);
+    assert_eq!(r["per_ip"]["total"], 6);
+    assert_eq!(r["per_ip"]["omitted"], 4);
+    let human = text(&["per-ip", "--limit", "2"], "mixed");
+    assert!(human.contains("4 more remote IPs not shown"), "{human}");
+    let all = json(&["per-ip", "--all"], "mixed");
+    assert_eq!(all["per_ip"]["omitted"], 0);
+}
+
+#[test]
+fn filters_narrow_every_count() {
+    assert_eq!(
+        json(&["states", "--state", "time-wait"], "mixed")["total"],
+        2
+    );
+    assert_eq!(
+        json(&["states", "--state", "ESTABLISHED,CLOSE_WAIT"], "mixed")["total"],
+        6
+    );
+    assert_eq!(json(&["states", "-6"], "mixed")["total"], 4);
+    assert_eq!(json(&["states", "-4"], "mixed")["total"], 8);
+    assert_eq!(json(&["states", "--port", "22"], "mixed")["total"], 4);
+    // 192.0.2.10 twice over IPv4, once v4-mapped; 192.0.2.20 once
+    assert_eq!(
+        json(&["states", "--ip", "192.0.2.0/24"], "mixed")["total"],
+        4
+    );
+    assert_eq!(
+        json(&["states", "--ip", "2001:db8::99"], "mixed")["total"],
+        1
+    );
+    tcpmon(&["states", "--ip", "nonsense"], "mixed")
+        .failure()
+        .code(2);
+    tcpmon(&["states", "--state", "bogus"], "mixed")
+        .failure()
+        .code(2);
+}
+
+#[test]
+fn established_lists_connections() {
+    let r = json(&["established"], "mixed");
+    assert_eq!(r["established"]["total"], 4);
+    let first = &r["established"]["items"][0];
+    assert_eq!(first["local_port"], 22);
+    assert_eq!(first["remote_ip"], "192.0.2.10");
+    assert_eq!(first["timer_secs"], 70.0);
+}
+
+#[test]
+fn timewait_groups_client_side_destinations() {
+    let r = json(&["timewait"], "mixed");
+    assert_eq!(r["time_wait"], 2);
+    assert_eq!(r["port_range"]["low"], 32768);
+    let dest = &r["destinations"]["items"][0];
+    assert_eq!(
+        (
+            dest["ip"].as_str(),
+            dest["port"].as_u64(),
+            dest["time_wait"].as_u64()
+        ),
+        (Some("198.51.100.7"), Some(443), Some(2))
+    );
+    let secs: Vec<f64> = r["sockets"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["timer_secs"].as_f64().unwrap())
+        .collect();
+    assert_eq!(secs, vec![60.0, 30.0]);
+}
+
+#[test]
+fn audit_exit_status_follows_fail_on() {
+    // CLOSE_WAIT and bad lines are warnings: clean at the default (critical) ...
+    tcpmon(&["audit"], "mixed").success().code(0);
+    // ... failing when warnings count
+    tcpmon(&["audit", "--fail-on", "warning"], "mixed").code(1);
+    // ... and critical once the threshold is lowered below the CLOSE_WAIT count.
+    let r = Command::cargo_bin("tcpmon")
+        .unwrap()
+        .args(["audit", "--json", "--close-wait-crit", "1", "--proc-root"])
+        .arg(fixture("mixed"))
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let r: Value = serde_json::from_slice(&r).unwrap();
+    assert_eq!(r["failed"], true);
+    assert_eq!(r["findings"][0]["severity"], "critical");
+    assert_eq!(r["findings"][0]["rule"], "close_wait");
+}
+
+#[test]
+fn errors_are_one_clear_line_and_exit_2() {
+    let out = tcpmon(&["audit"], "does-not-exist")
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(
+        err.starts_with("tcpmon: reading the socket tables: cannot read"),
+        "{err}"
+    );
+    assert!(err.contains("No such file"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_missing_tcp6_is_said_not_hidden() {
+    let r = json(&["report"], "v4only");
+    assert_eq!(r["total"], 3);
+    assert!(r["missing"][0].as_str().unwrap().ends_with("net/tcp6"));
+    assert!(text(&["states"], "v4only").contains("tcp6 does not exist"));
+}
+
+#[test]
+fn human_report_has_every_section() {
+    let out = text(&["report"], "mixed");
+    for heading in [
+        "TCP sockets: 12",
+        "STATES",
+        "LISTENERS (3)",
+        "TOP REMOTE IPS",
+        "TOP LOCAL PORTS",
+        "CLOSE_WAIT BY PORT",
+        "FINDINGS",
+    ] {
+        assert!(out.contains(heading), "missing {heading}:\n{out}");
+    }
+    assert!(out.contains("3 malformed line(s) skipped"), "{out}");
+}
