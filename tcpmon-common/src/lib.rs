@@ -19,16 +19,6 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
-/// `trace_entry.flags` bits (kernel/trace/trace.h) telling which context a tracepoint ran in.
-pub mod ctx_flags {
-    pub const HARDIRQ: u8 = 0x08;
-    pub const SOFTIRQ: u8 = 0x10;
-    pub const NMI: u8 = 0x40;
-    /// Set by the kernel program itself for records whose context is unknown (not a
-    /// tracepoint), so user space never attributes them to a process.
-    pub const UNKNOWN: u8 = 0x01;
-}
-
 /// One record in the ring buffer: a state transition, a SYN-ACK retransmit or a new
 /// half-open request, always with the socket's 4-tuple.
 ///
@@ -45,20 +35,20 @@ pub struct SockEvent {
     pub daddr: [u8; 16],
     /// Inode of the socket's network namespace (0 when it could not be read).
     pub netns: u32,
-    /// Thread group id of the current task; only meaningful in process context.
+    /// Thread group id and name of the current task. Only meaningful for transitions the
+    /// kernel makes inside a system call; in softirq they name whichever task was
+    /// interrupted (the tracepoint does not say which context it ran in).
     pub tgid: u32,
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
     /// One of [`kind`].
     pub kind: u8,
-    /// `trace_entry.flags` of the tracepoint record; see [`ctx_flags`].
-    pub ctx_flags: u8,
     /// Kernel TCP state numbers (1 = ESTABLISHED ... 12 = NEW_SYN_RECV).
     pub oldstate: u8,
     pub newstate: u8,
     /// Explicit so the layout has no implicit padding.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 7],
     pub comm: [u8; 16],
 }
 
@@ -80,21 +70,11 @@ impl SockEvent {
             dport: 0,
             family: 0,
             kind: 0,
-            ctx_flags: 0,
             oldstate: 0,
             newstate: 0,
-            _pad: [0; 6],
+            _pad: [0; 7],
             comm: [0; 16],
         }
-    }
-
-    /// True when the tracepoint ran in process context, where pid/comm name the task that
-    /// caused the transition. In softirq (most receive-side transitions) they name whatever
-    /// task happened to be interrupted, so they must not be shown.
-    pub const fn in_process_context(&self) -> bool {
-        self.ctx_flags
-            & (ctx_flags::HARDIRQ | ctx_flags::SOFTIRQ | ctx_flags::NMI | ctx_flags::UNKNOWN)
-            == 0
     }
 
     /// The raw bytes of this record, as the kernel writes them.

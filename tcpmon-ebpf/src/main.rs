@@ -30,7 +30,6 @@ static NET_INUM_OFFSET: Global<u32> = Global::new(0);
 
 /// Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 mod set_state {
-    pub const COMMON_FLAGS: usize = 2;
     pub const SKADDR: usize = 8;
     pub const OLDSTATE: usize = 16;
     pub const NEWSTATE: usize = 20;
@@ -46,7 +45,6 @@ mod set_state {
 
 /// Field offsets from /sys/kernel/tracing/events/tcp/tcp_retransmit_synack/format.
 mod retransmit_synack {
-    pub const COMMON_FLAGS: usize = 2;
     pub const SKADDR: usize = 8;
     pub const SPORT: usize = 24;
     pub const DPORT: usize = 26;
@@ -111,6 +109,26 @@ unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
+/// An IPv4 address (network order, as loaded) in the first 4 bytes of a 16-byte field.
+#[inline(always)]
+fn widen_v4(addr: u32) -> [u8; 16] {
+    let b = addr.to_ne_bytes();
+    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// A 16-byte address read as two aligned 8-byte loads: a byte-wise copy would walk a
+/// modified context pointer, which the verifier refuses.
+#[inline(always)]
+unsafe fn v6_at(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    // SAFETY: the caller passes an 8-aligned offset of a 16-byte field of the record.
+    let (lo, hi) = unsafe { (field::<u64>(ctx, offset), field::<u64>(ctx, offset + 8)) };
+    let (a, b) = (lo.to_ne_bytes(), hi.to_ne_bytes());
+    [
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
+        b[7],
+    ]
+}
+
 #[inline(always)]
 fn submit(ctx: &TracePointContext, fill: impl FnOnce(&mut SockEvent)) {
     match EVENTS.reserve::<SockEvent>(0) {
@@ -144,20 +162,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         let newstate: i32 = field(&ctx, f::NEWSTATE);
         let sport: u16 = field(&ctx, f::SPORT);
         let dport: u16 = field(&ctx, f::DPORT);
-        let flags: u8 = field(&ctx, f::COMMON_FLAGS);
         let (saddr, daddr) = if family == AF_INET {
-            let s: [u8; 4] = field(&ctx, f::SADDR);
-            let d: [u8; 4] = field(&ctx, f::DADDR);
-            let mut saddr = [0u8; 16];
-            let mut daddr = [0u8; 16];
-            saddr[..4].copy_from_slice(&s);
-            daddr[..4].copy_from_slice(&d);
-            (saddr, daddr)
-        } else {
             (
-                field::<[u8; 16]>(&ctx, f::SADDR_V6),
-                field::<[u8; 16]>(&ctx, f::DADDR_V6),
+                widen_v4(field::<u32>(&ctx, f::SADDR)),
+                widen_v4(field::<u32>(&ctx, f::DADDR)),
             )
+        } else {
+            (v6_at(&ctx, f::SADDR_V6), v6_at(&ctx, f::DADDR_V6))
         };
         submit(&ctx, |e| {
             e.ts_ns = bpf_ktime_get_ns();
@@ -170,7 +181,6 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             e.dport = dport;
             e.family = family;
             e.kind = kind::STATE;
-            e.ctx_flags = flags;
             e.oldstate = oldstate as u8;
             e.newstate = newstate as u8;
             e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -192,7 +202,6 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
         let family: u16 = field(&ctx, f::FAMILY);
         let sport: u16 = field(&ctx, f::SPORT);
         let dport: u16 = field(&ctx, f::DPORT);
-        let flags: u8 = field(&ctx, f::COMMON_FLAGS);
         let mut saddr = [0u8; 16];
         let mut daddr = [0u8; 16];
         if family == AF_INET {
@@ -212,7 +221,6 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
             e.dport = dport;
             e.family = family;
             e.kind = kind::SYNACK_RETRANSMIT;
-            e.ctx_flags = flags;
         });
     }
     0

@@ -1,1 +1,407 @@
+//! Loading and attaching the kernel program, and reading what it counts.
+//!
+//! The object is built by build.rs (aya-build) and embedded; [`Probe::load`] sets its
+//! globals (netns filter, struct offsets from BTF), attaches the tracepoints and hands back
+//! the ring buffer. Dropping the probe detaches everything.
+use std::{
+    fs, io,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
 
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tcpmon_common::{counter, names, DEFAULT_RING_BYTES};
+
+/// The kernel object tcpmon-ebpf compiles to (empty when built with AYA_BUILD_SKIP=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon"));
+
+/// Why the live engine cannot run; each message is one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("this tcpmon was built without its eBPF program (AYA_BUILD_SKIP); rebuild with `cargo xtask build-ebpf`")]
+    NoObject,
+    #[error("not permitted to load eBPF ({0}): run as root, or grant CAP_BPF and CAP_PERFMON")]
+    Permission(String),
+    #[error("the kernel has no tracepoint {0} ({1})")]
+    MissingTracepoint(&'static str, String),
+    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0})")]
+    NoTracefs(String),
+    #[error("the kernel verifier rejected tcpmon's program ({0}); RUST_LOG=debug shows the log")]
+    Verifier(String),
+    #[error("loading the eBPF program failed: {0}")]
+    Other(String),
+}
+
+impl LoadError {
+    fn classify(context: &str, err: impl std::error::Error) -> Self {
+        let text = chain(&err);
+        if let Some((head, log)) = text.split_once("Verifier output:") {
+            log::debug!("verifier log for {context}:{log}");
+            let last = log
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| {
+                    !l.is_empty()
+                        && !l.starts_with(':')
+                        && !["processed", "verification time", "stack depth"]
+                            .iter()
+                            .any(|p| l.starts_with(p))
+                })
+                .unwrap_or("");
+            return LoadError::Verifier(format!(
+                "{context}: {} {}",
+                head.trim_end_matches(['.', ' ']),
+                last.trim()
+            ));
+        }
+        if text.contains("Operation not permitted")
+            || text.contains("EPERM")
+            || text.contains("Permission denied")
+        {
+            LoadError::Permission(format!("{context}: {text}"))
+        } else {
+            LoadError::Other(format!("{context}: {text}"))
+        }
+    }
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Which network namespaces' events to keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsFilter {
+    All,
+    Only(u32),
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub netns: NetnsFilter,
+    pub ring_bytes: u32,
+    /// Also attach tcp:tcp_retransmit_synack.
+    pub synack: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            netns: NetnsFilter::All,
+            ring_bytes: DEFAULT_RING_BYTES,
+            synack: true,
+        }
+    }
+}
+
+/// Loss and filter counters summed over CPUs, plus the kernel's own count of runs it
+/// skipped (recursion_misses in the program's fdinfo).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub submitted: u64,
+    pub ringbuf_full: u64,
+    pub netns_unreadable: u64,
+    pub other_netns: u64,
+    pub recursion_misses: u64,
+}
+
+impl KernelCounters {
+    /// Events the kernel could not deliver.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_full + self.recursion_misses
+    }
+}
+
+/// A loaded, attached kernel program.
+pub struct Probe {
+    // Keeps programs and links alive; dropped last.
+    ebpf: Ebpf,
+    pub ring: Option<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    program_fds: Vec<std::os::fd::OwnedFd>,
+    /// Things worth telling the operator once (e.g. "mounted tracefs").
+    pub notes: Vec<String>,
+    pub netns_readable: bool,
+}
+
+/// Offsets the kernel program needs to read `sk->__sk_common.skc_net.net->ns.inum`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    pub sk_net: u32,
+    pub net_inum: u32,
+}
+
+/// Looks the offsets up in the running kernel's BTF.
+pub fn netns_offsets(vmlinux_btf: &Path) -> Result<NetnsOffsets, String> {
+    struct Buffer(Vec<u8>);
+    impl btfparse::Readable for Buffer {
+        fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let bytes = start
+                .checked_add(buffer.len())
+                .and_then(|end| self.0.get(start..end))
+                .ok_or_else(|| {
+                    btfparse::Error::new(btfparse::ErrorKind::EOF, "read past the end of BTF")
+                })?;
+            buffer.copy_from_slice(bytes);
+            Ok(())
+        }
+    }
+    let data = fs::read(vmlinux_btf).map_err(|e| format!("{}: {e}", vmlinux_btf.display()))?;
+    let types =
+        btfparse::TypeInformation::new(&Buffer(data)).map_err(|e| format!("parsing BTF: {e:?}"))?;
+    let byte_offset = |ty: &str, path: &str| -> Result<u32, String> {
+        let id = types
+            .id_of(ty)
+            .ok_or_else(|| format!("no struct {ty} in BTF"))?;
+        match types.offset_of(id, path) {
+            Ok((_, btfparse::Offset::ByteOffset(off))) => Ok(off),
+            Ok((_, other)) => Err(format!("{ty}.{path} is a bitfield ({other:?})")),
+            Err(e) => Err(format!("{ty}.{path}: {e:?}")),
+        }
+    };
+    Ok(NetnsOffsets {
+        sk_net: byte_offset("sock", "__sk_common.skc_net.net")?,
+        net_inum: byte_offset("net", "ns.inum")?,
+    })
+}
+
+/// The network namespace inode of this process.
+pub fn own_netns() -> io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata("/proc/self/ns/net")?.ino();
+    u32::try_from(ino).map_err(|_| io::Error::other("netns inode does not fit 32 bits"))
+}
+
+/// Mounts tracefs where aya looks for tracepoint ids, when nothing is there yet
+/// (minimal systems and `ip netns exec`, which remounts /sys, often lack it).
+fn ensure_tracefs() -> Result<Option<String>, LoadError> {
+    let root = Path::new("/sys/kernel/tracing");
+    if root.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(None);
+    }
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (source, target, fstype) = (c("tracefs"), c("/sys/kernel/tracing"), c("tracefs"));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LoadError::NoTracefs(io::Error::last_os_error().to_string()));
+    }
+    Ok(Some(
+        "mounted tracefs at /sys/kernel/tracing (it was not mounted)".into(),
+    ))
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it; on 6.x memcg
+/// accounting makes this unnecessary, so failure is only worth a note.
+fn raise_memlock() -> Option<String> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    (rc != 0).then(|| {
+        format!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
+            io::Error::last_os_error()
+        )
+    })
+}
+
+impl Probe {
+    pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let mut notes = Vec::new();
+        if let Some(note) = raise_memlock() {
+            log::debug!("{note}");
+        }
+        let offsets = match netns_offsets(Path::new("/sys/kernel/btf/vmlinux")) {
+            Ok(offsets) => Some(offsets),
+            Err(e) => {
+                notes.push(format!(
+                    "cannot read socket namespaces ({e}): events from every namespace are shown"
+                ));
+                None
+            }
+        };
+        let target = match (options.netns, offsets) {
+            (NetnsFilter::Only(inode), Some(_)) => inode,
+            _ => 0,
+        };
+        let (sk_net, net_inum) = offsets.map_or((0, 0), |o| (o.sk_net, o.net_inum));
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::TARGET_NETNS, &target, true)
+            .override_global(names::SK_NET_OFFSET, &sk_net, true)
+            .override_global(names::NET_INUM_OFFSET, &net_inum, true)
+            .map_max_entries(names::EVENTS_MAP, options.ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| LoadError::classify("creating maps", e))?;
+        if let Some(note) = ensure_tracefs()? {
+            notes.push(note);
+        }
+        let mut program_fds = Vec::new();
+        let mut attach = |ebpf: &mut Ebpf,
+                          program: &str,
+                          category: &'static str,
+                          name: &'static str|
+         -> Result<(), LoadError> {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| {
+                    LoadError::Other(format!("program {program} missing from the object"))
+                })?
+                .try_into()
+                .map_err(|e| LoadError::Other(format!("{program}: {e}")))?;
+            prog.load()
+                .map_err(|e| LoadError::classify(&format!("loading {program}"), e))?;
+            prog.attach(category, name).map_err(|e| {
+                let text = chain(&e);
+                if text.contains("No such file") {
+                    LoadError::MissingTracepoint(
+                        if category == "sock" {
+                            "sock:inet_sock_set_state"
+                        } else {
+                            "tcp:tcp_retransmit_synack"
+                        },
+                        text,
+                    )
+                } else {
+                    LoadError::classify(&format!("attaching {category}:{name}"), e)
+                }
+            })?;
+            let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
+            program_fds.push(
+                fd.as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| LoadError::Other(e.to_string()))?,
+            );
+            Ok(())
+        };
+        attach(
+            &mut ebpf,
+            names::STATE_PROGRAM,
+            "sock",
+            "inet_sock_set_state",
+        )?;
+        if options.synack {
+            if let Err(e) = attach(
+                &mut ebpf,
+                "tcp_retransmit_synack",
+                "tcp",
+                "tcp_retransmit_synack",
+            ) {
+                notes.push(format!("SYN-ACK retransmits not watched: {e}"));
+            }
+        }
+        let ring = RingBuf::try_from(
+            ebpf.take_map(names::EVENTS_MAP)
+                .ok_or_else(|| LoadError::Other("EVENTS map missing".into()))?,
+        )
+        .map_err(|e| LoadError::Other(format!("EVENTS: {e}")))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(names::COUNTERS_MAP)
+                .ok_or_else(|| LoadError::Other("COUNTERS map missing".into()))?,
+        )
+        .map_err(|e| LoadError::Other(format!("COUNTERS: {e}")))?;
+        Ok(Self {
+            ebpf,
+            ring: Some(ring),
+            counters,
+            program_fds,
+            notes,
+            netns_readable: offsets.is_some(),
+        })
+    }
+
+    /// The aya-log channel, for callers that forward kernel diagnostics to `log`.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    pub fn counters(&self) -> io::Result<KernelCounters> {
+        let sum = |index: u32| -> io::Result<u64> {
+            let per_cpu = self.counters.get(&index, 0).map_err(io::Error::other)?;
+            Ok(per_cpu.iter().sum())
+        };
+        let mut recursion_misses = 0;
+        for fd in &self.program_fds {
+            recursion_misses += fdinfo_field(fd.as_raw_fd(), "recursion_misses").unwrap_or(0);
+        }
+        Ok(KernelCounters {
+            submitted: sum(counter::SUBMITTED)?,
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+            netns_unreadable: sum(counter::NETNS_UNREADABLE)?,
+            other_netns: sum(counter::OTHER_NETNS)?,
+            recursion_misses,
+        })
+    }
+}
+
+/// Reads one `name:\tvalue` line of /proc/self/fdinfo/FD.
+fn fdinfo_field(fd: i32, name: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_is_embedded_with_btf() {
+        if OBJECT.is_empty() {
+            // Built with AYA_BUILD_SKIP=1 on purpose: nothing to check.
+            assert!(
+                std::env::var("AYA_BUILD_SKIP").is_ok() || option_env!("AYA_BUILD_SKIP").is_some()
+            );
+            return;
+        }
+        assert_eq!(&OBJECT[..4], b"\x7fELF");
+        assert!(OBJECT.windows(5).any(|w| w == b".BTF\0"));
+    }
+
+    #[test]
+    fn netns_offsets_come_from_this_kernel() {
+        let btf = Path::new("/sys/kernel/btf/vmlinux");
+        if !btf.exists() {
+            return;
+        }
+        let offsets = netns_offsets(btf).expect("BTF has struct sock and struct net");
+        // skc_net sits inside sock_common, well within the first cache lines.
+        assert!(offsets.sk_net > 0 && offsets.sk_net < 128, "{offsets:?}");
+        assert!(offsets.net_inum < 4096, "{offsets:?}");
+    }
+
+    #[test]
+    fn fdinfo_fields_parse() {
+        let file = fs::File::open("/proc/self/status").unwrap();
+        // Every fdinfo has a pos: field.
+        assert_eq!(fdinfo_field(file.as_raw_fd(), "pos"), Some(0));
+        assert_eq!(fdinfo_field(file.as_raw_fd(), "no_such_field"), None);
+    }
+}

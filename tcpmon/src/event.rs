@@ -1,1 +1,273 @@
+//! User-side view of the kernel's [`SockEvent`] records: checked decoding from ring-buffer
+//! bytes into typed values (addresses, states), and back for tests.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use serde::Serialize;
+use tcpmon_common::{kind, SockEvent, AF_INET, AF_INET6, SOCK_EVENT_SIZE};
+
+use crate::model::{Family, TcpState};
+
+/// What a ring-buffer record can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Transition(Transition),
+    /// A listener retransmitted a SYN-ACK: a handshake is stuck (flood or lossy client).
+    SynAckRetransmit(Endpoints),
+    /// A SYN created a request socket (cgroup sock_ops TIMEOUT_INIT).
+    SynRequest(Endpoints),
+}
+
+/// The 4-tuple and identity shared by every record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoints {
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub netns: u32,
+    pub family: Family,
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+}
+
+/// One TCP state change as the kernel reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub at: Endpoints,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// The task in whose context the transition ran: `None` in softirq, where the kernel
+    /// processes packets on behalf of nobody in particular.
+    pub task: Option<Task>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+
+impl Task {
+    fn is_softirq_thread(&self) -> bool {
+        self.comm.starts_with(b"ksoftirqd/")
+    }
+
+    pub fn comm(&self) -> String {
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
+        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes (expected {SOCK_EVENT_SIZE})")]
+    Length(usize),
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+}
+
+/// Transitions the kernel only makes inside a system call of the socket's owner:
+/// listen(), connect() and close()/shutdown(). Everything else may run in softirq, where the
+/// current task is whoever was interrupted, and the tracepoint does not say which context
+/// it ran in (its context flags are not filled in for BPF, and BPF's private stack hides the
+/// IRQ stack), so those transitions get no pid rather than a wrong one.
+pub fn made_by_syscall(old: TcpState, new: TcpState) -> bool {
+    use TcpState::*;
+    matches!(
+        (old, new),
+        (Close, Listen)
+            | (Listen, Close)
+            | (Close, SynSent)
+            | (Established, FinWait1)
+            | (CloseWait, LastAck)
+    )
+}
+
+/// Decodes one ring-buffer record; never panics, whatever the bytes.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let raw = SockEvent::from_bytes(bytes).ok_or(DecodeError::Length(bytes.len()))?;
+    let family = match raw.family {
+        AF_INET => Family::Ipv4,
+        AF_INET6 => Family::Ipv6,
+        other => return Err(DecodeError::Family(other)),
+    };
+    let ip = |octets: [u8; 16]| match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3])),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(octets)),
+    };
+    let at = Endpoints {
+        ts_ns: raw.ts_ns,
+        skaddr: raw.skaddr,
+        netns: raw.netns,
+        family,
+        local_ip: ip(raw.saddr),
+        local_port: raw.sport,
+        remote_ip: ip(raw.daddr),
+        remote_port: raw.dport,
+    };
+    match raw.kind {
+        kind::STATE => {
+            let state = |n: u8| TcpState::try_from(n).map_err(|_| DecodeError::State(n));
+            let (old, new) = (state(raw.oldstate)?, state(raw.newstate)?);
+            let task = Task {
+                pid: raw.tgid,
+                comm: raw.comm,
+            };
+            Ok(Record::Transition(Transition {
+                at,
+                old,
+                new,
+                task: (made_by_syscall(old, new) && !task.is_softirq_thread()).then_some(task),
+            }))
+        }
+        kind::SYNACK_RETRANSMIT => Ok(Record::SynAckRetransmit(at)),
+        kind::SYN_REQUEST => Ok(Record::SynRequest(at)),
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+/// The kernel record for a transition: the inverse of [`decode`], for tests and replay.
+pub fn encode_transition(t: &Transition) -> SockEvent {
+    let mut raw = endpoints_raw(&t.at, kind::STATE);
+    raw.oldstate = t.old as u8;
+    raw.newstate = t.new as u8;
+    if let Some(task) = t.task {
+        raw.tgid = task.pid;
+        raw.comm = task.comm;
+    }
+    raw
+}
+
+fn endpoints_raw(at: &Endpoints, record_kind: u8) -> SockEvent {
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => {
+            let mut o = [0u8; 16];
+            o[..4].copy_from_slice(&v4.octets());
+            o
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let mut raw = SockEvent::zeroed();
+    raw.ts_ns = at.ts_ns;
+    raw.skaddr = at.skaddr;
+    raw.netns = at.netns;
+    raw.family = match at.family {
+        Family::Ipv4 => AF_INET,
+        Family::Ipv6 => AF_INET6,
+    };
+    raw.saddr = octets(at.local_ip);
+    raw.daddr = octets(at.remote_ip);
+    raw.sport = at.local_port;
+    raw.dport = at.remote_port;
+    raw.kind = record_kind;
+    raw
+}
+
+/// The record for a SYN-ACK retransmit or SYN request, for tests and replay.
+pub fn encode_endpoints(at: &Endpoints, record_kind: u8) -> SockEvent {
+    endpoints_raw(at, record_kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_endpoints() -> impl Strategy<Value = Endpoints> {
+        (
+            any::<bool>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<(u64, u64, u32, u16, u16)>(),
+        )
+            .prop_map(|(v6, l, r, (ts, sk, ns, lp, rp))| {
+                let (family, local_ip, remote_ip) = if v6 {
+                    (Family::Ipv6, IpAddr::from(l), IpAddr::from(r))
+                } else {
+                    (
+                        Family::Ipv4,
+                        IpAddr::from([l[0], l[1], l[2], l[3]]),
+                        IpAddr::from([r[0], r[1], r[2], r[3]]),
+                    )
+                };
+                Endpoints {
+                    ts_ns: ts,
+                    skaddr: sk,
+                    netns: ns,
+                    family,
+                    local_ip,
+                    local_port: lp,
+                    remote_ip,
+                    remote_port: rp,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn transitions_round_trip(at in arb_endpoints(), old in 1u8..=12, new in 1u8..=12,
+                                  pid in any::<u32>(), comm in any::<[u8; 16]>()) {
+            let (old, new) = (TcpState::try_from(old).unwrap(), TcpState::try_from(new).unwrap());
+            let task = Some(Task { pid, comm })
+                .filter(|t| made_by_syscall(old, new) && !t.is_softirq_thread());
+            let t = Transition { at, old, new, task };
+            let raw = encode_transition(&t);
+            prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Transition(t)));
+        }
+
+        #[test]
+        fn synack_records_round_trip(at in arb_endpoints()) {
+            let raw = encode_endpoints(&at, kind::SYNACK_RETRANSMIT);
+            prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::SynAckRetransmit(at)));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn bad_records_are_errors() {
+        assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Length(10)));
+        assert_eq!(decode(&[0u8; 96]), Err(DecodeError::Length(96)));
+        let mut raw = SockEvent::zeroed();
+        assert_eq!(decode(raw.as_bytes()), Err(DecodeError::Family(0)));
+        raw.family = AF_INET;
+        assert_eq!(decode(raw.as_bytes()), Err(DecodeError::Kind(0)));
+        raw.kind = kind::STATE;
+        raw.oldstate = 1;
+        raw.newstate = 99;
+        assert_eq!(decode(raw.as_bytes()), Err(DecodeError::State(99)));
+    }
+
+    #[test]
+    fn only_syscall_transitions_carry_a_task() {
+        let mut raw = SockEvent::zeroed();
+        raw.family = AF_INET;
+        raw.kind = kind::STATE;
+        raw.tgid = 4242;
+        raw.comm[..4].copy_from_slice(b"java");
+        let task_of = |raw: &SockEvent| match decode(raw.as_bytes()) {
+            Ok(Record::Transition(t)) => t.task.map(|t| (t.pid, t.comm())),
+            other => panic!("{other:?}"),
+        };
+        // ESTABLISHED -> CLOSE_WAIT happens when the peer's FIN arrives: softirq.
+        (raw.oldstate, raw.newstate) = (TcpState::Established as u8, TcpState::CloseWait as u8);
+        assert_eq!(task_of(&raw), None);
+        // CLOSE_WAIT -> LAST_ACK is the application's close().
+        (raw.oldstate, raw.newstate) = (TcpState::CloseWait as u8, TcpState::LastAck as u8);
+        assert_eq!(task_of(&raw), Some((4242, "java".to_owned())));
+        raw.comm = *b"ksoftirqd/1\0\0\0\0\0";
+        assert_eq!(task_of(&raw), None);
+    }
+}

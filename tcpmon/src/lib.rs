@@ -20,6 +20,7 @@ pub mod analysis;
 pub mod audit;
 pub mod ebpf;
 pub mod event;
+pub mod live;
 pub mod model;
 pub mod process;
 pub mod procfs;

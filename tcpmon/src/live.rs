@@ -1,0 +1,210 @@
+//! Presentation of live records: the NDJSON schema and the human line for each
+//! transition, plus the clock conversion from the kernel's monotonic timestamps.
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::Transition,
+    model::{endpoint, Family, TcpState},
+};
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock bpf_ktime_get_ns() reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Maps kernel monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    wall_at_start: SystemTime,
+    mono_at_start: u64,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Self {
+            wall_at_start: SystemTime::now(),
+            mono_at_start: monotonic_ns(),
+        }
+    }
+
+    pub fn fixed(wall_at_start: SystemTime, mono_at_start: u64) -> Self {
+        Self {
+            wall_at_start,
+            mono_at_start,
+        }
+    }
+
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        if mono_ns >= self.mono_at_start {
+            self.wall_at_start + Duration::from_nanos(mono_ns - self.mono_at_start)
+        } else {
+            self.wall_at_start - Duration::from_nanos(self.mono_at_start - mono_ns)
+        }
+    }
+}
+
+/// How a transition was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Reported by the kernel tracepoint as it happened.
+    Ebpf,
+    /// Deduced from the difference between two /proc snapshots (poll mode): the exact
+    /// moment and any intermediate states are unknown.
+    Inferred,
+}
+
+/// One NDJSON `transition` record. Field names are part of the interface.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    #[serde(rename = "type")]
+    pub record_type: String,
+    pub time: String,
+    pub ts_ns: u64,
+    pub origin: Origin,
+    pub family: Family,
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// Milliseconds spent in `old`, when tcpmon saw the socket enter it.
+    pub ms_in_old: Option<f64>,
+    /// Only in process context (connect, listen, close); never guessed from softirq.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub netns: u32,
+    pub skaddr: String,
+}
+
+impl TransitionRecord {
+    pub fn new(t: &Transition, clock: &Clock, ms_in_old: Option<f64>, origin: Origin) -> Self {
+        Self {
+            record_type: "transition".into(),
+            time: humantime::format_rfc3339_micros(clock.wall(t.at.ts_ns)).to_string(),
+            ts_ns: t.at.ts_ns,
+            origin,
+            family: t.at.family,
+            local_ip: t.at.local_ip,
+            local_port: t.at.local_port,
+            remote_ip: t.at.remote_ip,
+            remote_port: t.at.remote_port,
+            old: t.old,
+            new: t.new,
+            ms_in_old,
+            pid: t.task.map(|task| task.pid),
+            comm: t.task.map(|task| task.comm()),
+            netns: t.at.netns,
+            skaddr: format!("{:#x}", t.at.skaddr),
+        }
+    }
+
+    /// `21:40:12.123456  10.0.0.1:22  10.0.0.9:50112  ESTABLISHED -> CLOSE_WAIT  1532.4ms  sshd[812]`
+    pub fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
+        // RFC 3339 "YYYY-MM-DDTHH:MM:SS.uuuuuuZ": the time of day is enough on a live screen.
+        let time_of_day = self.time.get(11..26).unwrap_or(&self.time);
+        let elapsed = self.ms_in_old.map_or_else(|| "-".to_owned(), format_ms);
+        let who = match (&self.comm, self.pid) {
+            (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
+            _ => String::new(),
+        };
+        let marker = if self.origin == Origin::Inferred {
+            " (inferred)"
+        } else {
+            ""
+        };
+        writeln!(
+            w,
+            "{time_of_day}  {:<22} {:<22} {:>11} -> {:<11} {:>9}  {who}{marker}",
+            endpoint(self.local_ip, self.local_port),
+            endpoint(self.remote_ip, self.remote_port),
+            self.old.name(),
+            self.new.name(),
+            elapsed,
+        )
+    }
+}
+
+pub fn format_ms(ms: f64) -> String {
+    if ms >= 10_000.0 {
+        format!("{:.1}s", ms / 1000.0)
+    } else {
+        format!("{ms:.1}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Endpoints, Task};
+
+    fn transition() -> Transition {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        Transition {
+            at: Endpoints {
+                ts_ns: 5_000_000_000,
+                skaddr: 0xffff_8881_0000_1000,
+                netns: 4026531840,
+                family: Family::Ipv6,
+                local_ip: "::1".parse().unwrap(),
+                local_port: 41000,
+                remote_ip: "::1".parse().unwrap(),
+                remote_port: 80,
+            },
+            old: TcpState::SynSent,
+            new: TcpState::Established,
+            task: Some(Task { pid: 4242, comm }),
+        }
+    }
+
+    #[test]
+    fn clock_maps_monotonic_to_wall() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = Clock::fixed(start, 1_000_000_000);
+        assert_eq!(clock.wall(3_000_000_000), start + Duration::from_secs(2));
+        assert_eq!(clock.wall(500_000_000), start - Duration::from_millis(500));
+    }
+
+    #[test]
+    fn records_serialize_with_stable_names_and_read_back() {
+        let clock = Clock::fixed(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            5_000_000_000,
+        );
+        let record = TransitionRecord::new(&transition(), &clock, Some(1.5), Origin::Ebpf);
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["type"], "transition");
+        assert_eq!(json["time"], "2027-01-15T08:00:00.000000Z");
+        assert_eq!(json["old"], "SYN_SENT");
+        assert_eq!(json["new"], "ESTABLISHED");
+        assert_eq!(json["family"], "ipv6");
+        assert_eq!(json["pid"], 4242);
+        assert_eq!(json["comm"], "curl");
+        assert_eq!(json["origin"], "ebpf");
+        let back: TransitionRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+        let mut line = Vec::new();
+        record.write_human(&mut line).unwrap();
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.starts_with("08:00:00.000000  [::1]:41000"), "{line}");
+        assert!(line.contains("SYN_SENT -> ESTABLISHED"), "{line}");
+        assert!(
+            line.contains("1.5ms") && line.contains("curl[4242]"),
+            "{line}"
+        );
+    }
+}
