@@ -1,0 +1,264 @@
+//! Shared plumbing for the root tests: privilege gate, private network namespaces that
+//! clean up after themselves, threads that run inside a namespace, and a `tcpmon watch`
+//! child whose NDJSON output is collected.
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Returns false (and says why) when the test cannot run here; with CI=true that is a
+/// failure instead, because CI runs as root and must exercise the real kernel path.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let has_ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && has_ip {
+        return true;
+    }
+    let why = if root {
+        "the `ip` tool (iproute2) is missing"
+    } else {
+        "it needs root"
+    };
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: refusing to skip in CI: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why} (run `cargo xtask test` as root)");
+    false
+}
+
+pub fn tcpmon_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcpmon"))
+}
+
+/// A network namespace deleted on drop (also when the test panics).
+pub struct Netns {
+    pub name: String,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!(
+            "tcpmon-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's inode, as tcpmon reports it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    pub fn exec_ok(&self, argv: &[&str]) -> String {
+        let out = self
+            .command(argv[0])
+            .args(&argv[1..])
+            .output()
+            .expect("spawn ip netns exec");
+        assert!(
+            out.status.success(),
+            "{argv:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (setns affects only the
+    /// calling thread), so the test's own sockets live there.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = File::open(&path).expect("open netns");
+            // SAFETY: a valid netns fd; only this thread changes namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running `tcpmon` whose stdout lines are collected; killed on drop.
+pub struct Watcher {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    ready: mpsc::Receiver<()>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Watcher {
+    /// Starts `tcpmon <args>` (inside `netns` when given) and waits until it has printed
+    /// a line matching `ready` (its mode line: attached and baselined).
+    pub fn start(
+        netns: Option<&Netns>,
+        args: &[&str],
+        ready: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Self {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = ns.command(tcpmon_bin().to_str().unwrap());
+                c.args(args);
+                c
+            }
+            None => {
+                let mut c = Command::new(tcpmon_bin());
+                c.args(args);
+                c
+            }
+        };
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcpmon");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            let mut signalled = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !signalled && ready(&line) {
+                    signalled = true;
+                    let _ = tx.send(());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let err_sink = Arc::clone(&stderr_text);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut s = err_sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let watcher = Self {
+            child,
+            lines,
+            ready: rx,
+            stderr: stderr_text,
+        };
+        watcher.wait_ready(Duration::from_secs(30));
+        watcher
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        if self.ready.recv_timeout(timeout).is_err() {
+            panic!(
+                "tcpmon did not become ready in {timeout:?}\nstdout: {:?}\nstderr: {}",
+                self.lines.lock().unwrap(),
+                self.stderr.lock().unwrap()
+            );
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until some collected line satisfies `pred` (or panics after `timeout`).
+    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
+                return line.clone();
+            }
+            if start.elapsed() > timeout {
+                panic!("no {what} within {timeout:?}; stderr:\n{}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait for exit, and return every stdout line.
+    pub fn stop(mut self) -> (Vec<String>, std::process::ExitStatus) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tcpmon did not exit on SIGTERM; stderr:\n{}", self.stderr());
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reader thread drain the pipe.
+        thread::sleep(Duration::from_millis(200));
+        let lines = self.lines.lock().unwrap().clone();
+        (lines, status)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The NDJSON records of `kind` ("transition", "tally", ...).
+pub fn records<'a>(lines: &'a [String], kind: &'a str) -> impl Iterator<Item = Value> + 'a {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(move |v| v["type"] == kind)
+}

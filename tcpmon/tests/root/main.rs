@@ -1,0 +1,5 @@
+//! Root-only tests against the real kernel: eBPF attach, namespaces, real sockets.
+//! Run with `cargo xtask test` (one at a time: they share kernel state). Each test
+//! isolates itself in a private network namespace and filters by it.
+mod harness;
+mod watch_ebpf;

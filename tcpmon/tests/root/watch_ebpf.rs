@@ -1,0 +1,205 @@
+//! `tcpmon watch` on the eBPF path: exact transition sequences and honest loss counts.
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::harness::{records, require_root, Netns, Watcher};
+
+fn start_watch(ns: &Netns, extra: &[&str]) -> Watcher {
+    let mut args = vec![
+        "watch",
+        "--json",
+        "--mode",
+        "ebpf",
+        "--tally-interval",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Watcher::start(Some(ns), &args, |line| line.contains("\"type\":\"mode\""))
+}
+
+/// One connection with a byte each way; `client_closes_first` picks the active closer.
+fn one_connection(listen: SocketAddr, client_closes_first: bool) -> (u16, u16) {
+    let listener = TcpListener::bind(listen).unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(server_addr).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    client.write_all(b"x").unwrap();
+    let mut byte = [0u8; 1];
+    server.read_exact(&mut byte).unwrap();
+    server.write_all(b"y").unwrap();
+    client.read_exact(&mut byte).unwrap();
+    let (active, passive) = if client_closes_first {
+        (client, server)
+    } else {
+        (server, client)
+    };
+    let mut passive = passive;
+    drop(active);
+    // The passive side sees EOF (its socket is in CLOSE_WAIT), then closes.
+    assert_eq!(passive.read(&mut byte).unwrap(), 0);
+    drop(passive);
+    drop(listener);
+    // Let the final ACK arrive so the active side reaches TIME_WAIT (CLOSE event).
+    std::thread::sleep(Duration::from_millis(200));
+    (server_addr.port(), client_port)
+}
+
+/// Transitions grouped per socket (skaddr), in order, as "OLD->NEW".
+fn sequences(lines: &[String]) -> BTreeMap<String, (Vec<String>, Vec<Value>)> {
+    let mut per_socket: BTreeMap<String, (Vec<String>, Vec<Value>)> = BTreeMap::new();
+    for t in records(lines, "transition") {
+        let entry = per_socket
+            .entry(t["skaddr"].as_str().unwrap().to_owned())
+            .or_default();
+        entry.0.push(format!(
+            "{}->{}",
+            t["old"].as_str().unwrap(),
+            t["new"].as_str().unwrap()
+        ));
+        entry.1.push(t);
+    }
+    per_socket
+}
+
+fn check_sequences(family: &str, listen: SocketAddr) {
+    let test = format!("transition_sequences_{family}");
+    if !require_root(&test) {
+        return;
+    }
+    for client_closes_first in [true, false] {
+        let ns = Netns::new("seq");
+        let watcher = start_watch(&ns, &[]);
+        let (server_port, client_port) =
+            ns.run(move || one_connection(listen, client_closes_first));
+        watcher.wait_for(Duration::from_secs(10), "listener close", |l| {
+            l.contains("\"old\":\"LISTEN\",\"new\":\"CLOSE\"")
+        });
+        let (lines, status) = watcher.stop();
+        assert!(status.success(), "tcpmon exited with {status}");
+        let per_socket = sequences(&lines);
+        let find = |pred: &dyn Fn(&Value) -> bool| {
+            per_socket
+                .values()
+                .find(|(_, recs)| recs.iter().any(pred))
+                .map(|(seq, _)| seq.join(" "))
+                .unwrap_or_else(|| panic!("socket not found in {per_socket:#?}"))
+        };
+        let client = find(&|t| t["local_port"] == client_port && t["remote_port"] == server_port);
+        let server = find(&|t| t["local_port"] == server_port && t["remote_port"] == client_port);
+        let listener = find(&|t| t["new"] == "LISTEN");
+        let active = "ESTABLISHED->FIN_WAIT1 FIN_WAIT1->FIN_WAIT2 FIN_WAIT2->CLOSE";
+        let passive = "ESTABLISHED->CLOSE_WAIT CLOSE_WAIT->LAST_ACK LAST_ACK->CLOSE";
+        let (client_end, server_end) = if client_closes_first {
+            (active, passive)
+        } else {
+            (passive, active)
+        };
+        assert_eq!(
+            client,
+            format!("CLOSE->SYN_SENT SYN_SENT->ESTABLISHED {client_end}"),
+            "{family} client"
+        );
+        assert_eq!(
+            server,
+            format!("LISTEN->SYN_RECV SYN_RECV->ESTABLISHED {server_end}"),
+            "{family} server"
+        );
+        assert_eq!(listener, "CLOSE->LISTEN LISTEN->CLOSE", "{family} listener");
+        // Exactly these three sockets: nothing from other namespaces leaked in.
+        assert_eq!(per_socket.len(), 3, "{per_socket:#?}");
+        for t in records(&lines, "transition") {
+            assert_eq!(t["family"], family);
+            assert_eq!(t["netns"].as_u64(), Some(ns.inode()), "{t}");
+            // pid only where a syscall made the transition
+            let syscall = matches!(
+                (t["old"].as_str().unwrap(), t["new"].as_str().unwrap()),
+                ("CLOSE", "LISTEN")
+                    | ("LISTEN", "CLOSE")
+                    | ("CLOSE", "SYN_SENT")
+                    | ("ESTABLISHED", "FIN_WAIT1")
+                    | ("CLOSE_WAIT", "LAST_ACK")
+            );
+            assert_eq!(t["pid"].is_u64(), syscall, "{t}");
+            if syscall {
+                assert_eq!(
+                    t["pid"].as_u64(),
+                    Some(u64::from(std::process::id())),
+                    "{t}"
+                );
+            }
+        }
+        // Time in the old state is known for every transition but each socket's first.
+        let all = records(&lines, "transition").count();
+        let timed = records(&lines, "transition")
+            .filter(|t| t["ms_in_old"].is_f64())
+            .count();
+        assert_eq!((all, timed), (12, 9));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn transition_sequences_ipv4() {
+    check_sequences("ipv4", SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn transition_sequences_ipv6() {
+    check_sequences("ipv6", SocketAddr::from((Ipv6Addr::LOCALHOST, 0)));
+}
+
+/// N connections produce exactly 10 transitions each (plus the listener's two), or the
+/// shortfall is reported as lost: never silently missing.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn every_event_arrives_or_is_counted_lost() {
+    if !require_root("every_event_arrives_or_is_counted_lost") {
+        return;
+    }
+    const N: usize = 2000;
+    let ns = Netns::new("count");
+    let watcher = start_watch(&ns, &[]);
+    ns.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        for _ in 0..N {
+            let client = TcpStream::connect(addr).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            drop(client);
+            let mut buf = [0u8; 1];
+            assert_eq!(server.read(&mut buf).unwrap(), 0);
+        }
+        drop(listener);
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    watcher.wait_for(Duration::from_secs(20), "listener close", |l| {
+        l.contains("\"old\":\"LISTEN\",\"new\":\"CLOSE\"")
+    });
+    let (lines, status) = watcher.stop();
+    assert!(status.success());
+    let expected = (10 * N + 2) as u64;
+    let seen = records(&lines, "transition").count() as u64;
+    let last_tally = records(&lines, "tally").last().expect("a final tally");
+    let lost = last_tally["lost"].as_u64().unwrap();
+    let received = last_tally["received"]["transitions"].as_u64().unwrap();
+    assert_eq!(received, seen, "the tally counts what was printed");
+    assert!(
+        seen <= expected,
+        "more events than transitions: {seen} > {expected}"
+    );
+    assert_eq!(
+        seen + lost.min(expected - seen),
+        expected,
+        "shortfall {} but only {lost} reported lost",
+        expected - seen
+    );
+    eprintln!("{N} connections: {seen}/{expected} transitions received, {lost} reported lost");
+}
