@@ -167,8 +167,7 @@ fn lint() -> Result<()> {
             .args(["run", "nightly", "cargo", "clippy", "-p", "tcpmon-ebpf"])
             .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
             .args(["--", "-D", "warnings"])
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env("CARGO_CFG_BPF_TARGET_ARCH", env::consts::ARCH),
+            .env_remove("RUSTUP_TOOLCHAIN"),
     )
 }
 
