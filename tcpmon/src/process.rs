@@ -67,9 +67,9 @@ pub fn find_owners(proc_root: &Path, wanted: &HashSet<u64>) -> Owners {
                 })
                 .clone();
             owners.by_inode.insert(inode, Process { pid, comm });
-        }
-        if owners.by_inode.len() == wanted.len() {
-            break;
+            if owners.by_inode.len() == wanted.len() {
+                return owners;
+            }
         }
     }
     owners

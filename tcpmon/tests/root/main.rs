@@ -2,4 +2,5 @@
 //! Run with `cargo xtask test` (one at a time: they share kernel state). Each test
 //! isolates itself in a private network namespace and filters by it.
 mod harness;
+mod snapshot_vs_ss;
 mod watch_ebpf;
