@@ -1,8 +1,14 @@
 //! Socket inode -> owning process, by walking /proc/PID/fd (what `ss -p` does).
 use std::{
     collections::{HashMap, HashSet},
+    ffi::CString,
     fs,
+    os::fd::AsRawFd,
     path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Mutex,
+    },
 };
 
 use serde::{Deserialize, Serialize};
@@ -27,52 +33,113 @@ pub struct Owners {
     pub unreadable_processes: usize,
 }
 
-/// Finds the owners of `wanted` inodes. Stops as soon as every inode is found, so the
-/// cost is bounded by where the wanted sockets are, not by every fd on the machine.
+/// Finds the owners of `wanted` inodes. The walk is split over the available cores and
+/// stops as soon as every inode is found, so its cost is bounded by where the wanted
+/// sockets are rather than by every fd on the machine. When several processes share a
+/// socket (fork), the lowest pid is reported.
 pub fn find_owners(proc_root: &Path, wanted: &HashSet<u64>) -> Owners {
-    let mut owners = Owners::default();
     if wanted.is_empty() {
-        return owners;
+        return Owners::default();
     }
     let Ok(entries) = fs::read_dir(proc_root) else {
-        return owners;
+        return Owners::default();
     };
     let mut pids: Vec<u32> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    for pid in pids {
-        let fd_dir = proc_root.join(pid.to_string()).join("fd");
-        let Ok(fds) = fs::read_dir(&fd_dir) else {
-            owners.unreadable_processes += 1;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(pids.len().max(1));
+    let shared = Shared {
+        wanted,
+        found: Mutex::new(HashMap::new()),
+        done: AtomicBool::new(false),
+    };
+    let unreadable = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for part in 0..threads {
+            let (shared, unreadable, pids) = (&shared, &unreadable, &pids);
+            scope.spawn(move || {
+                // Interleaved so each thread gets a mix of old (system) and new processes.
+                for &pid in pids.iter().skip(part).step_by(threads) {
+                    if shared.done.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if scan_process(proc_root, pid, shared).is_err() {
+                        unreadable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    Owners {
+        by_inode: shared.found.into_inner().unwrap_or_else(|e| e.into_inner()),
+        unreadable_processes: unreadable.into_inner(),
+    }
+}
+
+struct Shared<'a> {
+    wanted: &'a HashSet<u64>,
+    found: Mutex<HashMap<u64, Process>>,
+    done: AtomicBool,
+}
+
+/// Reads one process's fd table with readlinkat() relative to its fd directory (one
+/// path component per lookup instead of four).
+fn scan_process(proc_root: &Path, pid: u32, shared: &Shared<'_>) -> std::io::Result<()> {
+    let dir_path = proc_root.join(pid.to_string()).join("fd");
+    let dir = fs::File::open(&dir_path)?;
+    let mut comm: Option<String> = None;
+    let mut link = [0u8; 64];
+    for entry in fs::read_dir(&dir_path)?.filter_map(Result::ok) {
+        if shared.done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let name = entry.file_name();
+        let Ok(name) = CString::new(name.as_encoded_bytes()) else {
             continue;
         };
-        let mut comm: Option<String> = None;
-        for fd in fds.filter_map(Result::ok) {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(target.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            if !wanted.contains(&inode) || owners.by_inode.contains_key(&inode) {
-                continue;
-            }
-            let comm = comm
-                .get_or_insert_with(|| {
-                    fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-                        .map(|c| c.trim_end().to_owned())
-                        .unwrap_or_else(|_| "?".into())
-                })
-                .clone();
-            owners.by_inode.insert(inode, Process { pid, comm });
-            if owners.by_inode.len() == wanted.len() {
-                return owners;
-            }
+        // SAFETY: valid dir fd, NUL-terminated name, buffer length passed.
+        let len = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                link.as_mut_ptr().cast(),
+                link.len(),
+            )
+        };
+        let Ok(len) = usize::try_from(len) else {
+            continue;
+        };
+        let Some(inode) = socket_inode(&link[..len]) else {
+            continue;
+        };
+        if !shared.wanted.contains(&inode) {
+            continue;
+        }
+        let comm = comm
+            .get_or_insert_with(|| {
+                fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
+                    .map(|c| c.trim_end().to_owned())
+                    .unwrap_or_else(|_| "?".into())
+            })
+            .clone();
+        let mut found = shared.found.lock().unwrap_or_else(|e| e.into_inner());
+        let owner = found.entry(inode).or_insert_with(|| Process {
+            pid,
+            comm: comm.clone(),
+        });
+        if pid < owner.pid {
+            *owner = Process { pid, comm };
+        }
+        if found.len() == shared.wanted.len() {
+            shared.done.store(true, Ordering::Relaxed);
+            return Ok(());
         }
     }
-    owners
+    Ok(())
 }
 
 /// Parses `socket:[12345]`.

@@ -18,6 +18,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("hping3", "hping3"),
     ("setpriv", "util-linux"),
     ("hyperfine", "hyperfine"),
+    ("netstat", "net-tools"),
+    ("bc", "bc"),
 ];
 
 pub fn ensure_all(verbose: bool) -> Result<()> {
