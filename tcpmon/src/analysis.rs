@@ -111,7 +111,9 @@ pub struct Listener {
     pub port: u16,
     /// Bound to 0.0.0.0 or :: (every interface).
     pub wildcard: bool,
-    pub backlog: u32,
+    /// listen()'s backlog (from sock_diag: /proc does not show it); `None` when it could
+    /// not be asked, e.g. for another machine's /proc.
+    pub backlog: Option<u32>,
     pub accept_queue: u32,
     /// Half-open (SYN_RECV) request sockets attributed to this listener.
     pub half_open: u64,
@@ -237,6 +239,8 @@ pub struct Summary {
     pub orphan_half_open: u64,
     /// Sockets whose owner was wanted but not visible (needs root).
     pub owners_unknown: u64,
+    /// net.core.somaxconn: the most any listener's backlog can be.
+    pub somaxconn: Option<u32>,
 }
 
 /// Options that make the aggregation do extra work only when a command shows it.
@@ -323,7 +327,8 @@ impl Aggregator {
             TcpState::CloseWait => {
                 let entry = self.close_wait.entry((s.local_port, s.inode)).or_default();
                 entry.0 += 1;
-                entry.1 += u64::from(s.rx_queue);
+                // rx_queue counts the peer's FIN as one byte of sequence space.
+                entry.1 += u64::from(s.rx_queue.saturating_sub(1));
             }
             TcpState::SynRecv | TcpState::NewSynRecv => {
                 let entry = self
@@ -401,7 +406,9 @@ impl Aggregator {
         (std::mem::take(&mut self.connections), self.connections_seen)
     }
 
-    pub fn finish(self, owners: &HashMap<u64, Process>) -> Summary {
+    /// Completes the summary with what the first pass could not know: owning processes
+    /// and listener backlogs, both by socket inode.
+    pub fn finish(self, owners: &HashMap<u64, Process>, backlogs: &HashMap<u64, u32>) -> Summary {
         let mut owners_unknown = 0;
         let mut owner = |inode: u64| {
             let found = owners.get(&inode).cloned();
@@ -418,7 +425,7 @@ impl Aggregator {
                 ip: s.local_ip,
                 port: s.local_port,
                 wildcard: s.local_ip.is_unspecified(),
-                backlog: s.tx_queue,
+                backlog: backlogs.get(&s.inode).copied(),
                 accept_queue: s.rx_queue,
                 half_open: 0,
                 half_open_sources: 0,
@@ -502,6 +509,7 @@ impl Aggregator {
             port_range: self.port_range.unwrap_or(PortRange::LINUX_DEFAULT),
             orphan_half_open,
             owners_unknown,
+            somaxconn: None,
         }
     }
 }
@@ -555,7 +563,7 @@ mod tests {
         for s in sockets {
             agg.add(s);
         }
-        agg.finish(&HashMap::new())
+        agg.finish(&HashMap::new(), &HashMap::new())
     }
 
     #[test]
@@ -590,8 +598,7 @@ mod tests {
 
     #[test]
     fn half_open_requests_go_to_the_right_listener() {
-        let mut listener = sock(TcpState::Listen, "0.0.0.0", 80, "0.0.0.0", 0);
-        listener.tx_queue = 128;
+        let listener = sock(TcpState::Listen, "0.0.0.0", 80, "0.0.0.0", 0);
         let specific = sock(TcpState::Listen, "127.0.0.2", 80, "0.0.0.0", 0);
         let mut sockets = vec![listener, specific];
         for i in 0..10 {
@@ -605,7 +612,13 @@ mod tests {
         }
         sockets.push(sock(TcpState::SynRecv, "127.0.0.2", 80, "192.0.2.1", 999));
         sockets.push(sock(TcpState::SynRecv, "10.0.0.1", 81, "192.0.2.1", 999));
-        let s = summarize(&sockets, Filter::default());
+        let mut agg = Aggregator::new(
+            Filter::default(),
+            Collect::default(),
+            PortRange::LINUX_DEFAULT,
+        );
+        sockets.iter().for_each(|s| agg.add(s));
+        let s = agg.finish(&HashMap::new(), &HashMap::from([(listener.inode, 128)]));
         let wildcard = s.listeners.iter().find(|l| l.wildcard).unwrap();
         assert_eq!(
             (
@@ -613,7 +626,7 @@ mod tests {
                 wildcard.half_open_sources,
                 wildcard.backlog
             ),
-            (10, 3, 128)
+            (10, 3, Some(128))
         );
         let exact = s.listeners.iter().find(|l| !l.wildcard).unwrap();
         assert_eq!(exact.half_open, 1);

@@ -151,21 +151,31 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
     }
 
     for l in &summary.listeners {
-        if l.half_open == 0 || l.backlog == 0 {
+        // Without the listener's own backlog, somaxconn caps it: the percentage is then a
+        // lower bound, and the message says so.
+        let Some(backlog) = l.backlog.or(summary.somaxconn).filter(|b| *b > 0) else {
+            continue;
+        };
+        if l.half_open == 0 {
             continue;
         }
-        let pct = l.half_open as f64 * 100.0 / f64::from(l.backlog);
+        let pct = l.half_open as f64 * 100.0 / f64::from(backlog);
         if let Some(sev) = level(pct, t.syn_backlog_warn_pct, t.syn_backlog_crit_pct) {
             push(
                 sev,
                 "syn_backlog",
                 format!(
-                    "{} half-open (SYN_RECV) requests on listener {} = {:.0}% of its backlog {} \
+                    "{} half-open (SYN_RECV) requests on listener {} = {:.0}% of {} {} \
                      from {} distinct source{}{}",
                     l.half_open,
                     endpoint(l.ip, l.port),
                     pct,
-                    l.backlog,
+                    if l.backlog.is_some() {
+                        "its backlog"
+                    } else {
+                        "at most (somaxconn)"
+                    },
+                    backlog,
                     l.half_open_sources,
                     if l.half_open_sources == 1 { "" } else { "s" },
                     if l.half_open_sources * 10 >= l.half_open {
@@ -300,7 +310,10 @@ mod tests {
     fn run(sockets: impl IntoIterator<Item = Socket>, range: PortRange) -> Vec<Finding> {
         let mut agg = Aggregator::new(Filter::default(), Collect::default(), range);
         sockets.into_iter().for_each(|s| agg.add(&s));
-        audit(&agg.finish(&HashMap::new()), &Thresholds::default())
+        audit(
+            &agg.finish(&HashMap::new(), &HashMap::new()),
+            &Thresholds::default(),
+        )
     }
 
     fn rules(findings: &[Finding]) -> Vec<(&str, Severity)> {
@@ -392,22 +405,36 @@ mod tests {
     fn syn_backlog_uses_the_listener_backlog() {
         let mut listener = sock(TcpState::Listen, 80, [0, 0, 0, 0], 0);
         listener.local_ip = [0, 0, 0, 0].into();
-        listener.tx_queue = 100;
-        let flood = (0..95).map(|i| {
-            sock(
-                TcpState::SynRecv,
-                80,
-                [203, 0, 113, (i % 200) as u8],
-                2000 + i,
-            )
-        });
-        let findings = run(
-            std::iter::once(listener).chain(flood),
-            PortRange::LINUX_DEFAULT,
-        );
+        let flood: Vec<Socket> = (0..95)
+            .map(|i| {
+                sock(
+                    TcpState::SynRecv,
+                    80,
+                    [203, 0, 113, (i % 200) as u8],
+                    2000 + i,
+                )
+            })
+            .collect();
+        let summary = |backlogs: HashMap<u64, u32>| {
+            let mut agg = Aggregator::new(
+                Filter::default(),
+                Collect::default(),
+                PortRange::LINUX_DEFAULT,
+            );
+            std::iter::once(&listener)
+                .chain(&flood)
+                .for_each(|s| agg.add(s));
+            agg.finish(&HashMap::new(), &backlogs)
+        };
+        let findings = audit(&summary(HashMap::from([(1, 100)])), &Thresholds::default());
         let syn = findings.iter().find(|f| f.rule == "syn_backlog").unwrap();
         assert_eq!(syn.severity, Severity::Critical);
         assert!(syn.message.contains("95 half-open"), "{}", syn.message);
+        assert!(
+            syn.message.contains("95% of its backlog 100"),
+            "{}",
+            syn.message
+        );
         assert!(
             syn.message.contains("95 distinct sources"),
             "{}",
@@ -416,6 +443,17 @@ mod tests {
         assert!(findings
             .iter()
             .any(|f| f.rule == "wildcard_listener" && f.severity == Severity::Info));
+        // Without the backlog, somaxconn bounds it and the message says so.
+        let mut unknown = summary(HashMap::new());
+        unknown.somaxconn = Some(128);
+        let findings = audit(&unknown, &Thresholds::default());
+        let syn = findings.iter().find(|f| f.rule == "syn_backlog").unwrap();
+        assert_eq!(syn.severity, Severity::Warning);
+        assert!(
+            syn.message.contains("74% of at most (somaxconn) 128"),
+            "{}",
+            syn.message
+        );
     }
 
     #[test]

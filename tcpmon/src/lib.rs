@@ -18,6 +18,7 @@
 //! ```
 pub mod analysis;
 pub mod audit;
+pub mod diag;
 pub mod ebpf;
 pub mod event;
 pub mod live;
@@ -40,6 +41,24 @@ pub fn port_range(proc_root: &Path) -> PortRange {
         .ok()
         .and_then(|text| PortRange::parse(&text))
         .unwrap_or(PortRange::LINUX_DEFAULT)
+}
+
+/// Listener backlogs by inode, from sock_diag when the snapshot is this namespace's own
+/// /proc (another /proc's sockets are not ours to ask about).
+fn listener_backlogs(proc_root: &Path) -> std::collections::HashMap<u64, u32> {
+    if proc_root != Path::new("/proc") {
+        return Default::default();
+    }
+    match diag::listener_queues() {
+        Ok(queues) => queues
+            .into_iter()
+            .map(|(inode, q)| (inode, q.backlog))
+            .collect(),
+        Err(e) => {
+            log::warn!("listener backlogs unavailable (sock_diag: {e})");
+            Default::default()
+        }
+    }
 }
 
 /// Aggregates a snapshot, resolving the owners of listeners and CLOSE_WAIT sockets.
@@ -65,9 +84,12 @@ pub fn summarize_with(
         Default::default()
     };
     let (connections, matched) = agg.take_connections();
-    let mut summary = agg.finish(&found);
+    let mut summary = agg.finish(&found, &listener_backlogs(&snapshot.proc_root));
     if !owners {
         summary.owners_unknown = 0;
     }
+    summary.somaxconn = fs::read_to_string(snapshot.proc_root.join("sys/net/core/somaxconn"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
     (summary, connections, matched)
 }

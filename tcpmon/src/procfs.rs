@@ -28,7 +28,7 @@ pub struct Socket {
     pub local_port: u16,
     pub remote_ip: IpAddr,
     pub remote_port: u16,
-    /// For LISTEN sockets the kernel prints the backlog limit here (sk_max_ack_backlog).
+    /// Bytes sent but not acknowledged (0 for listeners: /proc does not show the backlog).
     pub tx_queue: u32,
     /// For LISTEN sockets: connections waiting in the accept queue (sk_ack_backlog).
     pub rx_queue: u32,
@@ -40,13 +40,6 @@ pub struct Socket {
     pub uid: u32,
     /// Socket inode; 0 for TIME_WAIT and request (SYN_RECV) mini-sockets.
     pub inode: u64,
-}
-
-impl Socket {
-    /// A listener's maximum backlog (what listen() got, capped by somaxconn).
-    pub fn backlog(&self) -> Option<u32> {
-        (self.state == TcpState::Listen).then_some(self.tx_queue)
-    }
 }
 
 /// Why a line could not be decoded.

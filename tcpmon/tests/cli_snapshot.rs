@@ -97,7 +97,8 @@ fn listeners_show_backlog_queue_and_half_open() {
     assert_eq!(items.len(), 3);
     let ssh = items.iter().find(|l| l["port"] == 22).unwrap();
     assert_eq!(ssh["wildcard"], true);
-    assert_eq!(ssh["backlog"], 128);
+    // /proc does not show backlogs, and a fixture's sockets cannot be asked via sock_diag.
+    assert_eq!(ssh["backlog"], Value::Null);
     assert_eq!(ssh["half_open"], 1);
     assert_eq!(ssh["half_open_sources"], 1);
     let pg = items.iter().find(|l| l["port"] == 5432).unwrap();

@@ -164,7 +164,7 @@ pub fn listeners_table(listeners: &[tcpmon::analysis::Listener]) -> Table {
     for l in listeners {
         table.row(vec![
             endpoint(l.ip, l.port),
-            l.backlog.to_string(),
+            l.backlog.map_or_else(|| "?".into(), |b| b.to_string()),
             l.accept_queue.to_string(),
             l.half_open.to_string(),
             l.uid.to_string(),

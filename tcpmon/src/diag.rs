@@ -1,0 +1,123 @@
+//! Netlink sock_diag queries: the one thing /proc/net/tcp cannot say about a listener is
+//! its backlog limit (it prints the send queue, 0, where sock_diag reports
+//! sk_max_ack_backlog), so listeners get their backlog from here.
+use std::{collections::HashMap, io};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+/// A listener's queues as sock_diag reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerQueues {
+    /// listen()'s backlog, capped by net.core.somaxconn.
+    pub backlog: u32,
+    /// Connections completed and waiting for accept().
+    pub accept_queue: u32,
+}
+
+/// Backlogs of every listening TCP socket in this process's network namespace, by inode.
+pub fn listener_queues() -> io::Result<HashMap<u64, ListenerQueues>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut queues = HashMap::new();
+    for (family, socket_id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+    ] {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::LISTEN,
+                socket_id,
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        socket.send(&buf, 0)?;
+        dump(&socket, &mut queues)?;
+    }
+    Ok(queues)
+}
+
+fn dump(socket: &Socket, queues: &mut HashMap<u64, ListenerQueues>) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let size = socket.recv(&mut &mut buf[..], 0)?;
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..size])
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {e}"))
+                })?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    let h = &response.header;
+                    queues.insert(
+                        u64::from(h.inode),
+                        ListenerQueues {
+                            backlog: h.send_queue,
+                            accept_queue: h.recv_queue,
+                        },
+                    );
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => {
+                    return Err(io::Error::other(format!("sock_diag error: {e:?}")));
+                }
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_our_listeners_backlog() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // std listens with a backlog of 128 (capped by somaxconn).
+        let port = listener.local_addr().unwrap().port();
+        let snapshot = crate::Snapshot::read(std::path::Path::new("/proc")).unwrap();
+        let inode = snapshot
+            .rows()
+            .filter_map(|r| r.socket.ok())
+            .find(|s| s.local_port == port && s.state == crate::model::TcpState::Listen)
+            .unwrap()
+            .inode;
+        let queues = listener_queues().expect("sock_diag works without privileges");
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            queues[&inode],
+            ListenerQueues {
+                backlog: 128.min(somaxconn),
+                accept_queue: 0
+            }
+        );
+    }
+}
