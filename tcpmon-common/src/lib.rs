@@ -120,6 +120,10 @@ pub mod names {
     pub const SK_NET_OFFSET: &str = "SK_NET_OFFSET";
     /// Global: offset of `ns.inum` in `struct net`.
     pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
+    /// Global: netns cookie the sock_ops program keeps (0 keeps every namespace).
+    pub const TARGET_NETNS_COOKIE: &str = "TARGET_NETNS_COOKIE";
+    pub const SYN_PROGRAM: &str = "syn_request";
+    pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
 }
 
 /// Default ring buffer size: 16 MiB held every event of a ~400k transitions/s loopback

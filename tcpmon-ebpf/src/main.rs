@@ -5,11 +5,12 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
     },
-    macros::{map, tracepoint},
+    macros::{map, sock_ops, tracepoint},
     maps::{PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{SockOpsContext, TracePointContext},
     Global,
 };
 use aya_log_ebpf::warn;
@@ -27,6 +28,10 @@ static TARGET_NETNS: Global<u32> = Global::new(0);
 static SK_NET_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static NET_INUM_OFFSET: Global<u32> = Global::new(0);
+/// Netns cookie to keep in the sock_ops program (0 keeps every namespace): cgroup
+/// programs have bpf_get_netns_cookie() but no struct offsets.
+#[unsafe(no_mangle)]
+static TARGET_NETNS_COOKIE: Global<u64> = Global::new(0);
 
 /// Field offsets from /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 mod set_state {
@@ -224,6 +229,86 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
         });
     }
     0
+}
+
+/// BPF_SOCK_OPS_TIMEOUT_INIT: the kernel asks for a SYN-ACK timeout when it creates a
+/// request socket for an incoming SYN (and for its own SYN on connect, a full socket).
+const SOCK_OPS_TIMEOUT_INIT: u32 = 1;
+
+/// One record per SYN that got a request socket: the SYN arrival rate and sources that
+/// inet_sock_set_state never shows (request sockets have no state tracepoint).
+#[sock_ops]
+pub fn syn_request(ctx: SockOpsContext) -> u32 {
+    // SAFETY: the context pointer is the kernel's bpf_sock_ops for this call.
+    let is_fullsock = unsafe { (*ctx.ops).is_fullsock };
+    if ctx.op() != SOCK_OPS_TIMEOUT_INIT || is_fullsock != 0 {
+        return 1;
+    }
+    let target = TARGET_NETNS_COOKIE.load();
+    // SAFETY: helper allowed for sock_ops programs (Linux >= 5.15).
+    if target != 0 && unsafe { bpf_get_netns_cookie(ctx.ops.cast()) } != target {
+        bump(counter::OTHER_NETNS);
+        return 1;
+    }
+    let family = ctx.family() as u16;
+    let (saddr, daddr) = if family == AF_INET {
+        (widen_v4(ctx.local_ip4()), widen_v4(ctx.remote_ip4()))
+    } else {
+        // SAFETY: constant-offset reads of the context; one volatile load per word,
+        // because a copied array would walk a modified context pointer (refused).
+        unsafe {
+            let ops = ctx.ops;
+            let word = |p: *const u32| core::ptr::read_volatile(p);
+            let local = [
+                word(&(*ops).local_ip6[0]),
+                word(&(*ops).local_ip6[1]),
+                word(&(*ops).local_ip6[2]),
+                word(&(*ops).local_ip6[3]),
+            ];
+            let remote = [
+                word(&(*ops).remote_ip6[0]),
+                word(&(*ops).remote_ip6[1]),
+                word(&(*ops).remote_ip6[2]),
+                word(&(*ops).remote_ip6[3]),
+            ];
+            (v6_words(local), v6_words(remote))
+        }
+    };
+    let sport = ctx.local_port() as u16;
+    // remote_port holds the network-order port shifted into the upper half (little endian).
+    let dport = u16::from_be((ctx.remote_port() >> 16) as u16);
+    match EVENTS.reserve::<SockEvent>(0) {
+        Some(mut entry) => {
+            let e = entry.write(SockEvent::zeroed());
+            // SAFETY: helper without preconditions.
+            e.ts_ns = unsafe { bpf_ktime_get_ns() };
+            e.saddr = saddr;
+            e.daddr = daddr;
+            e.sport = sport;
+            e.dport = dport;
+            e.family = family;
+            e.kind = kind::SYN_REQUEST;
+            entry.submit(0);
+            bump(counter::SUBMITTED);
+        }
+        None => bump(counter::RINGBUF_FULL),
+    }
+    1
+}
+
+/// Four network-order 32-bit words as 16 address bytes.
+#[inline(always)]
+fn v6_words(words: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        words[0].to_ne_bytes(),
+        words[1].to_ne_bytes(),
+        words[2].to_ne_bytes(),
+        words[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
 }
 
 #[cfg(not(test))]

@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{links::CgroupAttachMode, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tcpmon_common::{counter, names, DEFAULT_RING_BYTES};
@@ -92,7 +92,7 @@ pub enum NetnsFilter {
 pub struct LoadOptions {
     pub netns: NetnsFilter,
     pub ring_bytes: u32,
-    /// Also attach tcp:tcp_retransmit_synack.
+    /// Also attach tcp:tcp_retransmit_synack and the cgroup sock_ops SYN counter.
     pub synack: bool,
 }
 
@@ -134,6 +134,103 @@ pub struct Probe {
     /// Things worth telling the operator once (e.g. "mounted tracefs").
     pub notes: Vec<String>,
     pub netns_readable: bool,
+    /// The sock_ops SYN counter is attached (SYN_REQUEST records will arrive).
+    pub syn_requests: bool,
+}
+
+/// Attaches the SYN counter to the root of the cgroup v2 hierarchy, so it sees request
+/// sockets of every listener below it.
+fn attach_sock_ops(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, String> {
+    let cgroup = match cgroup2_root() {
+        Some(root) => fs::File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?,
+        None => open_private_cgroup2()?,
+    };
+    let prog: &mut SockOps = ebpf
+        .program_mut(names::SYN_PROGRAM)
+        .ok_or("program missing from the object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load()
+        .map_err(|e| LoadError::classify("loading", e).to_string())?;
+    // A bpf_link never displaces other programs on the cgroup; the kernel rejects
+    // attach flags on link_create, so the mode must be the default.
+    prog.attach(&cgroup, CgroupAttachMode::Single)
+        .map_err(|e| LoadError::classify("attaching", e).to_string())?;
+    let fd = prog.fd().map_err(|e| e.to_string())?;
+    fd.as_fd().try_clone_to_owned().map_err(|e| e.to_string())
+}
+
+/// Mounts cgroup2 on a temporary directory just long enough to open its root (inside
+/// `ip netns exec` /sys is remounted without it). The open fd keeps the cgroup; the
+/// mount is detached again at once.
+fn open_private_cgroup2() -> Result<fs::File, String> {
+    let dir = std::env::temp_dir().join(format!("tcpmon-cgroup2-{}", std::process::id()));
+    fs::create_dir_all(&dir)
+        .map_err(|e| format!("no cgroup2 mount and cannot create {}: {e}", dir.display()))?;
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let target = c(dir.to_str().ok_or("non-UTF-8 temp dir")?);
+    let fstype = c("cgroup2");
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    let result = if rc == 0 {
+        let file = fs::File::open(&dir).map_err(|e| e.to_string());
+        // SAFETY: valid path; MNT_DETACH never blocks.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        file
+    } else {
+        Err(format!(
+            "no cgroup2 mount, and mounting one failed: {}",
+            io::Error::last_os_error()
+        ))
+    };
+    let _ = fs::remove_dir(&dir);
+    result
+}
+
+/// The first cgroup2 mount point in /proc/self/mountinfo.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs_part) = line.split_once(" - ")?;
+        if fs_part.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        mount
+            .split_whitespace()
+            .nth(4)
+            .map(std::path::PathBuf::from)
+    })
+}
+
+/// This process's network namespace cookie (SO_NETNS_COOKIE, Linux >= 5.14).
+pub fn own_netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid socket fd and an 8-byte out buffer with its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Offsets the kernel program needs to read `sk->__sk_common.skc_net.net->ns.inum`.
@@ -252,10 +349,20 @@ impl Probe {
             _ => 0,
         };
         let (sk_net, net_inum) = offsets.map_or((0, 0), |o| (o.sk_net, o.net_inum));
+        let cookie = match options.netns {
+            NetnsFilter::All => 0,
+            NetnsFilter::Only(_) => own_netns_cookie().unwrap_or_else(|e| {
+                notes.push(format!(
+                    "SYN counting covers every namespace (no netns cookie: {e})"
+                ));
+                0
+            }),
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::TARGET_NETNS, &target, true)
             .override_global(names::SK_NET_OFFSET, &sk_net, true)
             .override_global(names::NET_INUM_OFFSET, &net_inum, true)
+            .override_global(names::TARGET_NETNS_COOKIE, &cookie, true)
             .map_max_entries(names::EVENTS_MAP, options.ring_bytes)
             .load(OBJECT)
             .map_err(|e| LoadError::classify("creating maps", e))?;
@@ -306,14 +413,22 @@ impl Probe {
             "sock",
             "inet_sock_set_state",
         )?;
+        let mut syn_requests = false;
         if options.synack {
             if let Err(e) = attach(
                 &mut ebpf,
-                "tcp_retransmit_synack",
+                names::SYNACK_PROGRAM,
                 "tcp",
                 "tcp_retransmit_synack",
             ) {
                 notes.push(format!("SYN-ACK retransmits not watched: {e}"));
+            }
+            match attach_sock_ops(&mut ebpf) {
+                Ok(fd) => {
+                    program_fds.push(fd);
+                    syn_requests = true;
+                }
+                Err(e) => notes.push(format!("SYN arrivals not counted (cgroup sock_ops: {e})")),
             }
         }
         let ring = RingBuf::try_from(
@@ -333,6 +448,7 @@ impl Probe {
             program_fds,
             notes,
             netns_readable: offsets.is_some(),
+            syn_requests,
         })
     }
 
