@@ -27,6 +27,7 @@ pub mod process;
 pub mod procfs;
 pub mod render;
 pub mod snapshot;
+pub mod tally;
 
 use std::{fs, path::Path};
 

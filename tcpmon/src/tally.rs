@@ -1,0 +1,819 @@
+//! The live state machine: per-state, per-remote-IP, per-port, listener, CLOSE_WAIT and
+//! TIME_WAIT tallies, seeded from a snapshot and moved by transitions.
+//!
+//! Pure: no I/O and no clock. Every input carries its time (`ts_ns`, CLOCK_MONOTONIC like
+//! the kernel's) and callers pass `now_ns` where expiry matters.
+//!
+//! What the tracepoint cannot show is handled explicitly:
+//! - TIME_WAIT has no event: entry is inferred from FIN_WAIT2/CLOSING -> CLOSE on the
+//!   active closer, expiry is 60 s later, and [`Tally::reconcile_time_wait`] corrects the
+//!   total from /proc/net/sockstat.
+//! - Half-open request sockets have no event: SYN_RECV is whatever the last poll of
+//!   request sockets said ([`Tally::set_half_open`]).
+//! - Lost events make counts drift: [`Tally::reconcile`] rebuilds everything from a fresh
+//!   snapshot and reports how far off the live counts were.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{
+    analysis::PortRange,
+    event::Transition,
+    model::{canonical_ip, TcpState},
+    procfs::Socket,
+};
+
+/// Linux keeps a socket in TIME_WAIT for TCP_TIMEWAIT_LEN, fixed at 60 s.
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+/// Clock ticks per second of the TIME_WAIT timer shown in /proc (USER_HZ).
+const USER_HZ: u64 = 100;
+
+#[derive(Clone, Debug)]
+pub struct TallyConfig {
+    /// Remote IPs counted individually; the rest are aggregated (and said to be).
+    pub max_ips: usize,
+    /// Sockets whose state entry time is remembered (for "time in old state").
+    pub max_tracked_sockets: usize,
+    pub port_range: PortRange,
+}
+
+impl Default for TallyConfig {
+    fn default() -> Self {
+        Self { max_ips: 65_536, max_tracked_sockets: 1 << 20, port_range: PortRange::LINUX_DEFAULT }
+    }
+}
+
+/// A connection's identity while it lives: family-canonical addresses and both ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tuple {
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+}
+
+impl Tuple {
+    fn of_socket(s: &Socket) -> Self {
+        Self {
+            local_ip: canonical_ip(s.local_ip),
+            local_port: s.local_port,
+            remote_ip: canonical_ip(s.remote_ip),
+            remote_port: s.remote_port,
+        }
+    }
+    fn of_transition(t: &Transition) -> Self {
+        Self {
+            local_ip: canonical_ip(t.at.local_ip),
+            local_port: t.at.local_port,
+            remote_ip: canonical_ip(t.at.remote_ip),
+            remote_port: t.at.remote_port,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TimeWaitEntry {
+    expires_ns: u64,
+    remote: (IpAddr, u16),
+    /// Counted toward its destination (local port in the ephemeral range).
+    client_side: bool,
+}
+
+/// A CLOSE_WAIT socket and since when it has been there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CloseWaitEntry {
+    pub since_ns: u64,
+    /// False when the socket was already in CLOSE_WAIT when tcpmon started (or was found
+    /// by a reconciliation): it is at least as old as `since_ns` says.
+    pub since_known: bool,
+}
+
+/// Per-IP counts with a bounded table: the first `max_ips` addresses are exact, the rest
+/// share one aggregate. Reconciliation rebuilds the table from the largest counts, so the
+/// top talkers are exact again after every snapshot.
+#[derive(Clone, Debug, Default)]
+struct IpTable {
+    exact: HashMap<IpAddr, u64>,
+    aggregated: u64,
+    cap: usize,
+}
+
+impl IpTable {
+    fn add(&mut self, ip: IpAddr) {
+        if let Some(n) = self.exact.get_mut(&ip) {
+            *n += 1;
+        } else if self.exact.len() < self.cap {
+            self.exact.insert(ip, 1);
+        } else {
+            self.aggregated += 1;
+        }
+    }
+
+    /// Returns false when there was nothing to take (an inconsistency worth counting).
+    fn remove(&mut self, ip: IpAddr) -> bool {
+        match self.exact.get_mut(&ip) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.exact.remove(&ip);
+                true
+            }
+            None if self.aggregated > 0 => {
+                self.aggregated -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn rebuild(&mut self, counts: HashMap<IpAddr, u64>) {
+        let mut all: Vec<(IpAddr, u64)> = counts.into_iter().collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.aggregated = all.iter().skip(self.cap).map(|(_, n)| n).sum();
+        self.exact = all.into_iter().take(self.cap).collect();
+    }
+}
+
+/// Half-open requests of one listener, from the last poll of request sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HalfOpen {
+    pub count: u64,
+    /// Distinct remote addresses, capped at [`MAX_SOURCES`] (then "at least").
+    pub sources: u64,
+}
+
+/// Distinct sources tracked per listener and window; beyond it the count saturates so a
+/// flood from millions of spoofed addresses cannot grow memory.
+pub const MAX_SOURCES: usize = 65_536;
+
+/// What applying one transition meant.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// Milliseconds in the old state, when tcpmon saw the socket enter it.
+    pub ms_in_old: Option<f64>,
+    /// A listener appeared on an address/port that had none.
+    pub new_listener: bool,
+    /// The transition was read as entry into TIME_WAIT.
+    pub time_wait_inferred: bool,
+}
+
+/// How far the live tallies were from a fresh snapshot when it replaced them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReconcileReport {
+    pub at_ns: u64,
+    /// live minus snapshot, per state, for the states that differed.
+    pub error: HashMap<&'static str, i64>,
+    pub total_abs_error: u64,
+}
+
+/// The tally at one moment, for output and detectors.
+#[derive(Clone, Debug, Serialize)]
+pub struct TallyView {
+    pub states: HashMap<&'static str, u64>,
+    pub time_wait: u64,
+    /// Listeners as (address, port) with how many sockets listen there (SO_REUSEPORT).
+    pub listeners: Vec<(IpAddr, u16, u64)>,
+    pub established_by_port: Vec<(u16, u64)>,
+    pub per_ip_top: Vec<(IpAddr, u64)>,
+    pub per_ip_tracked: usize,
+    /// Sockets whose remote IP is not tracked individually (table full).
+    pub per_ip_aggregated: u64,
+    /// CLOSE_WAIT sockets per local port: (port, count, oldest since_ns, oldest known).
+    pub close_wait_by_port: Vec<(u16, u64, u64, bool)>,
+    /// Client-side TIME_WAIT toward one remote ip:port, largest first.
+    pub time_wait_by_dest: Vec<(IpAddr, u16, u64)>,
+    pub half_open: Vec<(IpAddr, u16, HalfOpen)>,
+    /// Transitions whose effect contradicted the tally (e.g. leaving a state it had none
+    /// of): a sign of lost events, fixed by the next reconciliation.
+    pub inconsistencies: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tally {
+    cfg: TallyConfig,
+    /// Event-driven counts; SYN_RECV and TIME_WAIT are kept apart (see module docs).
+    counts: [i64; 12],
+    time_wait: VecDeque<TimeWaitEntry>,
+    /// sockstat minus what the queue holds: TIME_WAIT tcpmon did not see enter.
+    time_wait_adjust: i64,
+    time_wait_by_dest: HashMap<(IpAddr, u16), u64>,
+    per_ip: IpTable,
+    established_by_port: HashMap<u16, u64>,
+    listeners: HashMap<(IpAddr, u16), u64>,
+    close_wait: HashMap<Tuple, CloseWaitEntry>,
+    /// skaddr -> (state, entered at): for "time in old state".
+    entered: HashMap<u64, (TcpState, u64)>,
+    half_open: HashMap<(IpAddr, u16), HalfOpen>,
+    inconsistencies: u64,
+    pub timing_resets: u64,
+}
+
+fn live(state: TcpState) -> bool {
+    !matches!(state, TcpState::Close)
+}
+
+impl Tally {
+    /// An empty tally (everything zero), e.g. before the first snapshot.
+    pub fn new(cfg: TallyConfig) -> Self {
+        let cap = cfg.max_ips;
+        Self {
+            cfg,
+            counts: [0; 12],
+            time_wait: VecDeque::new(),
+            time_wait_adjust: 0,
+            time_wait_by_dest: HashMap::new(),
+            per_ip: IpTable { cap, ..Default::default() },
+            established_by_port: HashMap::new(),
+            listeners: HashMap::new(),
+            close_wait: HashMap::new(),
+            entered: HashMap::new(),
+            half_open: HashMap::new(),
+            inconsistencies: 0,
+            timing_resets: 0,
+        }
+    }
+
+    /// Replaces every count with what a snapshot taken at `at_ns` says; returns how far
+    /// the previous live counts were from it. CLOSE_WAIT ages and state entry times that
+    /// tcpmon already knew are kept for sockets that still exist.
+    pub fn reconcile<'a>(&mut self, sockets: impl IntoIterator<Item = &'a Socket>, at_ns: u64) -> ReconcileReport {
+        let before = self.state_counts();
+        let mut counts = [0i64; 12];
+        let mut time_wait = Vec::new();
+        let mut per_ip: HashMap<IpAddr, u64> = HashMap::new();
+        let mut established_by_port: HashMap<u16, u64> = HashMap::new();
+        let mut listeners: HashMap<(IpAddr, u16), u64> = HashMap::new();
+        let mut close_wait = HashMap::new();
+        let mut half_open: HashMap<(IpAddr, u16), (u64, HashSet<IpAddr>)> = HashMap::new();
+        for s in sockets {
+            let tuple = Tuple::of_socket(s);
+            // Request sockets (SYN_RECV with no inode) never produce events: polled apart.
+            let request_sock = s.state == TcpState::SynRecv && s.inode == 0;
+            match s.state {
+                TcpState::TimeWait => {
+                    let remaining = u64::try_from(s.timer_jiffies.max(0)).unwrap_or(0) * (1_000_000_000 / USER_HZ);
+                    time_wait.push(TimeWaitEntry {
+                        expires_ns: at_ns + remaining.min(TIME_WAIT_NS),
+                        remote: (tuple.remote_ip, tuple.remote_port),
+                        client_side: self.cfg.port_range.contains(s.local_port),
+                    });
+                }
+                TcpState::SynRecv if request_sock => {
+                    let entry = half_open.entry((tuple.local_ip, tuple.local_port)).or_default();
+                    entry.0 += 1;
+                    if entry.1.len() < MAX_SOURCES {
+                        entry.1.insert(tuple.remote_ip);
+                    }
+                }
+                state => counts[state.index()] += 1,
+            }
+            match s.state {
+                TcpState::Listen => *listeners.entry((tuple.local_ip, tuple.local_port)).or_default() += 1,
+                TcpState::Established => *established_by_port.entry(s.local_port).or_default() += 1,
+                TcpState::CloseWait => {
+                    let kept = self.close_wait.get(&tuple).copied();
+                    close_wait.insert(tuple, kept.unwrap_or(CloseWaitEntry { since_ns: at_ns, since_known: false }));
+                }
+                _ => {}
+            }
+            if s.state != TcpState::Listen && !request_sock && !tuple.remote_ip.is_unspecified() {
+                *per_ip.entry(tuple.remote_ip).or_default() += 1;
+            }
+        }
+        time_wait.sort_by_key(|e| e.expires_ns);
+        self.counts = counts;
+        self.time_wait_by_dest.clear();
+        for e in &time_wait {
+            if e.client_side {
+                *self.time_wait_by_dest.entry(e.remote).or_default() += 1;
+            }
+        }
+        self.time_wait = time_wait.into();
+        self.time_wait_adjust = 0;
+        self.per_ip.rebuild(per_ip);
+        self.established_by_port = established_by_port;
+        self.listeners = listeners;
+        self.close_wait = close_wait;
+        self.half_open = half_open
+            .into_iter()
+            .map(|(k, (count, sources))| (k, HalfOpen { count, sources: sources.len() as u64 }))
+            .collect();
+        self.inconsistencies = 0;
+        let after = self.state_counts();
+        let mut report = ReconcileReport { at_ns, ..Default::default() };
+        for state in TcpState::ALL {
+            let diff = before[state.index()] as i64 - after[state.index()] as i64;
+            if diff != 0 {
+                report.error.insert(state.name(), diff);
+                report.total_abs_error += diff.unsigned_abs();
+            }
+        }
+        report
+    }
+
+    fn add(&mut self, state: TcpState, n: i64) {
+        let slot = &mut self.counts[state.index()];
+        *slot += n;
+        if *slot < 0 {
+            *slot = 0;
+            self.inconsistencies += 1;
+        }
+    }
+
+    /// Applies one transition (from the kernel, in order).
+    pub fn apply(&mut self, t: &Transition) -> Applied {
+        use TcpState::*;
+        let mut applied = Applied::default();
+        let tuple = Tuple::of_transition(t);
+        // LISTEN -> SYN_RECV is a new child socket cloned from the listener, not the
+        // listener changing state.
+        let child_born = t.old == Listen && t.new == SynRecv;
+        let born = child_born || t.old == Close;
+        let gone = t.new == Close;
+        let into_time_wait = gone && matches!(t.old, FinWait2 | Closing);
+
+        // Time in the old state, and what the socket's next transition will measure from.
+        let key = t.at.skaddr;
+        applied.ms_in_old = if born {
+            None
+        } else {
+            self.entered.get(&key).filter(|(s, _)| *s == t.old).map(|(_, at)| t.at.ts_ns.saturating_sub(*at) as f64 / 1e6)
+        };
+        if gone {
+            self.entered.remove(&key);
+        } else {
+            if self.entered.len() >= self.cfg.max_tracked_sockets && !self.entered.contains_key(&key) {
+                // Lost close events would otherwise grow this without bound.
+                self.entered.clear();
+                self.timing_resets += 1;
+            }
+            self.entered.insert(key, (t.new, t.at.ts_ns));
+        }
+
+        // Per-state counts (SYN_RECV full sockets are brief but counted like the rest).
+        if !born && live(t.old) {
+            self.add(t.old, -1);
+        }
+        if live(t.new) {
+            self.add(t.new, 1);
+        }
+
+        // Per remote IP: full sockets from birth to death (or to the end of TIME_WAIT);
+        // listeners opening and closing are not connections.
+        let listener_change = (t.old == Close && t.new == Listen) || (t.old == Listen && t.new == Close);
+        if !listener_change && !tuple.remote_ip.is_unspecified() {
+            if born {
+                self.per_ip.add(tuple.remote_ip);
+            } else if gone && !into_time_wait && !self.per_ip.remove(tuple.remote_ip) {
+                self.inconsistencies += 1;
+            }
+        }
+
+        // Listeners.
+        if t.new == Listen {
+            let n = self.listeners.entry((tuple.local_ip, tuple.local_port)).or_default();
+            applied.new_listener = *n == 0;
+            *n += 1;
+        } else if t.old == Listen && !child_born {
+            match self.listeners.get_mut(&(tuple.local_ip, tuple.local_port)) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    self.listeners.remove(&(tuple.local_ip, tuple.local_port));
+                }
+                None => self.inconsistencies += 1,
+            }
+        }
+
+        // ESTABLISHED per local port.
+        if t.new == Established {
+            *self.established_by_port.entry(tuple.local_port).or_default() += 1;
+        } else if t.old == Established {
+            match self.established_by_port.get_mut(&tuple.local_port) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    self.established_by_port.remove(&tuple.local_port);
+                }
+                None => self.inconsistencies += 1,
+            }
+        }
+
+        // CLOSE_WAIT ages.
+        if t.new == CloseWait {
+            self.close_wait.insert(tuple, CloseWaitEntry { since_ns: t.at.ts_ns, since_known: true });
+        } else if t.old == CloseWait {
+            self.close_wait.remove(&tuple);
+        }
+
+        if into_time_wait {
+            applied.time_wait_inferred = true;
+            let entry = TimeWaitEntry {
+                expires_ns: t.at.ts_ns + TIME_WAIT_NS,
+                remote: (tuple.remote_ip, tuple.remote_port),
+                client_side: self.cfg.port_range.contains(tuple.local_port),
+            };
+            if entry.client_side {
+                *self.time_wait_by_dest.entry(entry.remote).or_default() += 1;
+            }
+            // Events arrive in time order per CPU; keep the queue sorted anyway.
+            let at = self.time_wait.partition_point(|e| e.expires_ns <= entry.expires_ns);
+            self.time_wait.insert(at, entry);
+        }
+        applied
+    }
+
+    /// Drops TIME_WAIT entries whose 60 s are over.
+    pub fn expire(&mut self, now_ns: u64) {
+        while let Some(front) = self.time_wait.front() {
+            if front.expires_ns > now_ns {
+                break;
+            }
+            let e = self.time_wait.pop_front().expect("front exists");
+            if e.client_side {
+                if let Some(n) = self.time_wait_by_dest.get_mut(&e.remote) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.time_wait_by_dest.remove(&e.remote);
+                    }
+                }
+            }
+            if !e.remote.0.is_unspecified() && !self.per_ip.remove(e.remote.0) {
+                self.inconsistencies += 1;
+            }
+        }
+    }
+
+    /// The TIME_WAIT count tcpmon believes in.
+    pub fn time_wait(&self) -> u64 {
+        (self.time_wait.len() as i64 + self.time_wait_adjust).max(0) as u64
+    }
+
+    /// Corrects the TIME_WAIT total from /proc/net/sockstat's `tw`; returns live minus
+    /// sockstat before the correction.
+    pub fn reconcile_time_wait(&mut self, sockstat_tw: u64) -> i64 {
+        let error = self.time_wait() as i64 - sockstat_tw as i64;
+        self.time_wait_adjust = sockstat_tw as i64 - self.time_wait.len() as i64;
+        error
+    }
+
+    /// Records the latest poll of half-open request sockets, per listener.
+    pub fn set_half_open(&mut self, by_listener: HashMap<(IpAddr, u16), HalfOpen>) {
+        self.half_open = by_listener;
+    }
+
+    pub fn half_open_total(&self) -> u64 {
+        self.half_open.values().map(|h| h.count).sum()
+    }
+
+    /// Counts per state as shown: event-driven, with TIME_WAIT and SYN_RECV from their
+    /// own sources.
+    pub fn state_counts(&self) -> [u64; 12] {
+        let mut out = [0u64; 12];
+        for state in TcpState::ALL {
+            out[state.index()] = self.counts[state.index()].max(0) as u64;
+        }
+        out[TcpState::TimeWait.index()] = self.time_wait();
+        out[TcpState::SynRecv.index()] += self.half_open_total();
+        out
+    }
+
+    pub fn close_wait(&self) -> &HashMap<Tuple, CloseWaitEntry> {
+        &self.close_wait
+    }
+
+    pub fn per_ip(&self, ip: IpAddr) -> u64 {
+        self.per_ip.exact.get(&canonical_ip(ip)).copied().unwrap_or(0)
+    }
+
+    pub fn view(&self, top: usize) -> TallyView {
+        let counts = self.state_counts();
+        let mut per_ip_top: Vec<(IpAddr, u64)> = self.per_ip.exact.iter().map(|(ip, n)| (*ip, *n)).collect();
+        per_ip_top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        per_ip_top.truncate(top);
+        let mut cw: HashMap<u16, (u64, u64, bool)> = HashMap::new();
+        for (tuple, entry) in &self.close_wait {
+            let slot = cw.entry(tuple.local_port).or_insert((0, u64::MAX, true));
+            slot.0 += 1;
+            if entry.since_ns < slot.1 {
+                slot.1 = entry.since_ns;
+                slot.2 = entry.since_known;
+            }
+        }
+        let mut close_wait_by_port: Vec<_> = cw.into_iter().map(|(p, (n, since, known))| (p, n, since, known)).collect();
+        close_wait_by_port.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut time_wait_by_dest: Vec<_> = self.time_wait_by_dest.iter().map(|(d, n)| (d.0, d.1, *n)).collect();
+        time_wait_by_dest.sort_unstable_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        time_wait_by_dest.truncate(top);
+        let mut listeners: Vec<_> = self.listeners.iter().map(|(k, n)| (k.0, k.1, *n)).collect();
+        listeners.sort_unstable_by_key(|l| (l.1, l.0));
+        let mut established_by_port: Vec<_> = self.established_by_port.iter().map(|(p, n)| (*p, *n)).collect();
+        established_by_port.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        established_by_port.truncate(top);
+        let mut half_open: Vec<_> = self.half_open.iter().map(|(k, h)| (k.0, k.1, h.clone())).collect();
+        half_open.sort_unstable_by(|a, b| b.2.count.cmp(&a.2.count));
+        TallyView {
+            states: TcpState::ALL.iter().map(|s| (s.name(), counts[s.index()])).collect(),
+            time_wait: self.time_wait(),
+            listeners,
+            established_by_port,
+            per_ip_top,
+            per_ip_tracked: self.per_ip.exact.len(),
+            per_ip_aggregated: self.per_ip.aggregated,
+            close_wait_by_port,
+            time_wait_by_dest,
+            half_open,
+            inconsistencies: self.inconsistencies,
+        }
+    }
+
+    /// Memory held, roughly: entries in every table (for the bounded-memory promise).
+    pub fn entries(&self) -> usize {
+        self.time_wait.len()
+            + self.time_wait_by_dest.len()
+            + self.per_ip.exact.len()
+            + self.established_by_port.len()
+            + self.listeners.len()
+            + self.close_wait.len()
+            + self.entered.len()
+            + self.half_open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        event::{Endpoints, Transition},
+        model::{Family, TcpState::*},
+    };
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn tr(sk: u64, ts: u64, local: (u8, u16), remote: (u8, u16), old: TcpState, new: TcpState) -> Transition {
+        Transition {
+            at: Endpoints {
+                ts_ns: ts,
+                skaddr: sk,
+                netns: 1,
+                family: Family::Ipv4,
+                local_ip: ip(local.0),
+                local_port: local.1,
+                remote_ip: ip(remote.0),
+                remote_port: remote.1,
+            },
+            old,
+            new,
+            task: None,
+        }
+    }
+
+    fn socket(state: TcpState, local: (u8, u16), remote: (u8, u16), inode: u64) -> Socket {
+        Socket {
+            family: Family::Ipv4,
+            state,
+            local_ip: ip(local.0),
+            local_port: local.1,
+            remote_ip: if state == Listen { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { ip(remote.0) },
+            remote_port: remote.1,
+            tx_queue: 0,
+            rx_queue: 0,
+            timer: if state == TimeWait { 3 } else { 0 },
+            timer_jiffies: if state == TimeWait { 6000 } else { 0 },
+            retransmits: 0,
+            uid: 0,
+            inode,
+        }
+    }
+
+    fn count(t: &Tally, state: TcpState) -> u64 {
+        t.state_counts()[state.index()]
+    }
+
+    /// Both ends of one loopback connection, client closing first, as the kernel reports.
+    fn graceful(t: &mut Tally, client_port: u16, start: u64) {
+        let (c, s) = (1000 + u64::from(client_port), 2000 + u64::from(client_port));
+        let cl = (1, client_port);
+        let sv = (2, 80);
+        t.apply(&tr(c, start, (1, 0), sv, Close, SynSent));
+        t.apply(&tr(c, start + 1, cl, sv, SynSent, Established));
+        t.apply(&tr(s, start + 2, sv, cl, Listen, SynRecv));
+        t.apply(&tr(s, start + 3, sv, cl, SynRecv, Established));
+        t.apply(&tr(c, start + 4, cl, sv, Established, FinWait1));
+        t.apply(&tr(s, start + 5, sv, cl, Established, CloseWait));
+        t.apply(&tr(s, start + 6, sv, cl, CloseWait, LastAck));
+        t.apply(&tr(c, start + 7, cl, sv, FinWait1, FinWait2));
+        t.apply(&tr(c, start + 8, cl, sv, FinWait2, Close));
+        t.apply(&tr(s, start + 9, sv, cl, LastAck, Close));
+    }
+
+    #[test]
+    fn a_graceful_close_leaves_one_inferred_time_wait_that_expires() {
+        let mut t = Tally::new(TallyConfig { port_range: PortRange { low: 30000, high: 40000 }, ..Default::default() });
+        t.reconcile(&[socket(Listen, (2, 80), (0, 0), 7)], 0);
+        graceful(&mut t, 35000, SEC);
+        assert_eq!(count(&t, Listen), 1, "LISTEN -> SYN_RECV is a child, not the listener");
+        assert_eq!(count(&t, Established), 0);
+        assert_eq!(count(&t, TimeWait), 1);
+        let view = t.view(10);
+        assert_eq!(view.time_wait_by_dest, vec![(ip(2), 80, 1)]);
+        // The client's socket is still the server's peer until TIME_WAIT ends.
+        assert_eq!(t.per_ip(ip(2)), 1);
+        assert_eq!(t.per_ip(ip(1)), 0);
+        t.expire(SEC + 8 + TIME_WAIT_NS - 1);
+        assert_eq!(count(&t, TimeWait), 1);
+        t.expire(SEC + 8 + TIME_WAIT_NS);
+        assert_eq!(count(&t, TimeWait), 0);
+        assert_eq!(t.per_ip(ip(2)), 0);
+        assert!(t.view(10).time_wait_by_dest.is_empty());
+        assert_eq!(t.view(10).inconsistencies, 0);
+    }
+
+    #[test]
+    fn time_in_old_state_is_measured_from_the_seen_entry() {
+        let mut t = Tally::new(TallyConfig::default());
+        assert_eq!(t.apply(&tr(1, 5 * SEC, (1, 0), (2, 80), Close, SynSent)).ms_in_old, None);
+        let a = t.apply(&tr(1, 5 * SEC + 1_500_000, (1, 5), (2, 80), SynSent, Established));
+        assert_eq!(a.ms_in_old, Some(1.5));
+        // A socket tcpmon never saw enter its state has no duration.
+        assert_eq!(t.apply(&tr(9, 6 * SEC, (1, 6), (2, 80), Established, FinWait1)).ms_in_old, None);
+    }
+
+    #[test]
+    fn baseline_sockets_move_with_their_events() {
+        let mut t = Tally::new(TallyConfig::default());
+        let report = t.reconcile(
+            &[
+                socket(Listen, (2, 80), (0, 0), 7),
+                socket(Established, (2, 80), (1, 5000), 8),
+                socket(Established, (2, 80), (1, 5001), 9),
+            ],
+            0,
+        );
+        assert_eq!(report.total_abs_error, 3, "an empty tally was 3 sockets off");
+        t.apply(&tr(50, SEC, (2, 80), (1, 5000), Established, CloseWait));
+        assert_eq!(count(&t, Established), 1);
+        assert_eq!(count(&t, CloseWait), 1);
+        assert_eq!(t.view(5).close_wait_by_port, vec![(80, 1, SEC, true)]);
+        assert_eq!(t.per_ip(ip(1)), 2);
+        t.apply(&tr(50, 2 * SEC, (2, 80), (1, 5000), CloseWait, LastAck));
+        t.apply(&tr(50, 2 * SEC + 1, (2, 80), (1, 5000), LastAck, Close));
+        assert_eq!(t.per_ip(ip(1)), 1);
+        assert!(t.close_wait().is_empty());
+        assert_eq!(t.view(5).established_by_port, vec![(80, 1)]);
+    }
+
+    #[test]
+    fn new_listeners_are_flagged_once_per_address() {
+        let mut t = Tally::new(TallyConfig::default());
+        t.reconcile(&[socket(Listen, (2, 22), (0, 0), 7)], 0);
+        let unspecified = (0, 0);
+        let listen = |sk, port| {
+            let mut tr = tr(sk, SEC, (2, port), unspecified, Close, Listen);
+            tr.at.remote_ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            tr
+        };
+        assert!(!t.apply(&listen(1, 22)).new_listener, "22 already had a listener (SO_REUSEPORT)");
+        assert!(t.apply(&listen(2, 8080)).new_listener);
+        assert_eq!(count(&t, Listen), 3);
+        assert_eq!(t.per_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0);
+    }
+
+    #[test]
+    fn reconciliation_keeps_known_close_wait_ages_and_reports_drift() {
+        let mut t = Tally::new(TallyConfig::default());
+        t.reconcile(&[], 0);
+        t.apply(&tr(1, 10 * SEC, (2, 80), (1, 5000), Established, CloseWait));
+        // Lost events: the tally never heard of this second CLOSE_WAIT nor the ESTABLISHED.
+        let snapshot = [
+            socket(CloseWait, (2, 80), (1, 5000), 11),
+            socket(CloseWait, (2, 80), (1, 5001), 12),
+            socket(Established, (2, 80), (1, 5002), 13),
+        ];
+        let report = t.reconcile(&snapshot, 20 * SEC);
+        assert_eq!(report.error.get("CLOSE_WAIT"), Some(&-1));
+        assert_eq!(report.error.get("ESTABLISHED"), Some(&-1));
+        assert_eq!(report.total_abs_error, 2);
+        let cw = t.close_wait();
+        let known = cw.values().filter(|e| e.since_known).collect::<Vec<_>>();
+        assert_eq!(known, vec![&CloseWaitEntry { since_ns: 10 * SEC, since_known: true }]);
+        assert_eq!(t.view(5).close_wait_by_port, vec![(80, 2, 10 * SEC, true)]);
+    }
+
+    #[test]
+    fn sockstat_corrects_the_time_wait_total() {
+        let mut t = Tally::new(TallyConfig::default());
+        graceful(&mut t, 35000, SEC);
+        assert_eq!(t.reconcile_time_wait(4), -3);
+        assert_eq!(t.time_wait(), 4);
+        assert_eq!(t.reconcile_time_wait(4), 0);
+    }
+
+    #[test]
+    fn per_ip_memory_is_bounded_and_top_talkers_exact_after_reconcile() {
+        let mut t = Tally::new(TallyConfig { max_ips: 1000, ..Default::default() });
+        for i in 0..100_000u64 {
+            let mut e = tr(i, SEC, (2, 80), (1, 1), Close, SynSent);
+            e.at.remote_ip = IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i as u32));
+            t.apply(&e);
+        }
+        let view = t.view(3);
+        assert_eq!(view.per_ip_tracked, 1000);
+        assert_eq!(view.per_ip_aggregated, 99_000);
+        assert!(t.entries() <= 1000 + 100_000 + 64, "only the timing map grows with sockets");
+        // A talker that showed up after the table filled is exact again after a snapshot.
+        let mut snapshot: Vec<Socket> = (0..500).map(|p| socket(Established, (2, 80), (99, p), 100 + u64::from(p))).collect();
+        snapshot.extend((0..2000u16).map(|p| socket(Established, (2, 81), (3, p), 5000 + u64::from(p))));
+        t.reconcile(&snapshot, 2 * SEC);
+        assert_eq!(t.view(2).per_ip_top, vec![(ip(3), 2000), (ip(99), 500)]);
+    }
+
+    /// A socket's path through the states, as the kernel reports it.
+    fn paths() -> Vec<(bool, Vec<TcpState>)> {
+        // (is_server, states from the first transition's old state)
+        vec![
+            (false, vec![Close, SynSent, Established, FinWait1, FinWait2, Close]),
+            (false, vec![Close, SynSent, Established, CloseWait, LastAck, Close]),
+            (true, vec![Listen, SynRecv, Established, FinWait1, FinWait2, Close]),
+            (true, vec![Listen, SynRecv, Established, CloseWait, LastAck, Close]),
+            (false, vec![Close, SynSent, Established, FinWait1, Closing, Close]),
+            (true, vec![Listen, SynRecv, Established, Close]),
+            (false, vec![Close, SynSent, Close]),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the interleaving and wherever each socket's story stops, the live
+        /// tally equals a snapshot of the resulting sockets: reconciliation finds no error.
+        #[test]
+        fn tallies_match_the_resulting_sockets(
+            plan in proptest::collection::vec((0usize..7, 1usize..6), 1..60),
+            order_seed in any::<u64>(),
+        ) {
+            let paths = paths();
+            let mut t = Tally::new(TallyConfig::default());
+            t.reconcile(&[socket(Listen, (2, 80), (0, 0), 1)], 0);
+            let mut truth = vec![socket(Listen, (2, 80), (0, 0), 1)];
+            // One queue of pending transitions per socket; pop them in a seeded order.
+            let mut queues: Vec<VecDeque<Transition>> = Vec::new();
+            let mut finals = Vec::new();
+            for (i, (path, stop)) in plan.iter().enumerate() {
+                let (server, states) = &paths[*path];
+                let stop = (*stop).min(states.len() - 1);
+                let port = 20000 + i as u16;
+                let (local, remote) = if *server { ((2, 80), (1, port)) } else { ((1, port), (2, 80)) };
+                let q: VecDeque<Transition> = states.windows(2).take(stop).map(|w| {
+                    // The kernel reports connect()'s CLOSE -> SYN_SENT before the port is bound.
+                    let local = if w[0] == Close && w[1] == SynSent { (local.0, 0) } else { local };
+                    tr(100 + i as u64, 0, local, remote, w[0], w[1])
+                }).collect();
+                let last = states[stop];
+                let prev = states[stop - 1];
+                finals.push((last, prev, local, remote, i));
+                queues.push(q);
+            }
+            let mut rng = order_seed;
+            let mut ts = 1;
+            while queues.iter().any(|q| !q.is_empty()) {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let live: Vec<usize> = (0..queues.len()).filter(|&i| !queues[i].is_empty()).collect();
+                let pick = live[(rng >> 33) as usize % live.len()];
+                let mut e = queues[pick].pop_front().unwrap();
+                e.at.ts_ns = ts;
+                ts += 1;
+                t.apply(&e);
+            }
+            for (last, prev, local, remote, i) in finals {
+                let state = match (last, prev) {
+                    (Close, FinWait2 | Closing) => Some(TimeWait),
+                    (Close, _) => None,
+                    (s, _) => Some(s),
+                };
+                if let Some(state) = state {
+                    let inode = if state == TimeWait { 0 } else { 1000 + i as u64 };
+                    truth.push(socket(state, local, remote, inode));
+                }
+            }
+            let view_before = t.view(100);
+            prop_assert_eq!(view_before.inconsistencies, 0);
+            let report = t.reconcile(&truth, ts);
+            prop_assert_eq!(report.total_abs_error, 0, "{:?}", report.error);
+            let view_after = t.view(100);
+            prop_assert_eq!(view_before.per_ip_top, view_after.per_ip_top);
+            prop_assert_eq!(view_before.established_by_port, view_after.established_by_port);
+            prop_assert_eq!(view_before.close_wait_by_port.len(), view_after.close_wait_by_port.len());
+            prop_assert_eq!(view_before.time_wait_by_dest, view_after.time_wait_by_dest);
+        }
+    }
+}
