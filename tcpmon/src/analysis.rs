@@ -198,6 +198,12 @@ pub struct PortRange {
     pub high: u16,
 }
 
+impl Default for PortRange {
+    fn default() -> Self {
+        Self::LINUX_DEFAULT
+    }
+}
+
 impl PortRange {
     /// The kernel's default when the sysctl cannot be read.
     pub const LINUX_DEFAULT: Self = Self {

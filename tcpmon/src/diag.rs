@@ -1,17 +1,26 @@
 //! Netlink sock_diag queries: the one thing /proc/net/tcp cannot say about a listener is
 //! its backlog limit (it prints the send queue, 0, where sock_diag reports
 //! sk_max_ack_backlog), so listeners get their backlog from here.
-use std::{collections::HashMap, io};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::IpAddr,
+};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use crate::{
+    model::canonical_ip,
+    tally::{HalfOpen, MAX_SOURCES},
+};
 
 /// A listener's queues as sock_diag reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,10 +33,72 @@ pub struct ListenerQueues {
 
 /// Backlogs of every listening TCP socket in this process's network namespace, by inode.
 pub fn listener_queues() -> io::Result<HashMap<u64, ListenerQueues>> {
+    let mut queues = HashMap::new();
+    dump_states(StateFlags::LISTEN, |h| {
+        queues.insert(
+            u64::from(h.inode),
+            ListenerQueues {
+                backlog: h.send_queue,
+                accept_queue: h.recv_queue,
+            },
+        );
+    })?;
+    Ok(queues)
+}
+
+/// Listeners by (canonical address, port) with their backlog: for live detectors, which
+/// know listeners by address rather than inode.
+pub fn listener_backlogs_by_address() -> io::Result<HashMap<(IpAddr, u16), u32>> {
+    let mut out = HashMap::new();
+    dump_states(StateFlags::LISTEN, |h| {
+        out.insert(
+            (
+                canonical_ip(h.socket_id.source_address),
+                h.socket_id.source_port,
+            ),
+            h.send_queue,
+        );
+    })?;
+    Ok(out)
+}
+
+/// Half-open request sockets per local (address, port), with distinct sources: cheap,
+/// because the kernel filters by state and formats nothing.
+pub fn half_open() -> io::Result<HashMap<(IpAddr, u16), HalfOpen>> {
+    let mut sets: HashMap<(IpAddr, u16), (u64, HashSet<IpAddr>)> = HashMap::new();
+    // inet_diag widens SYN_RECV to include request sockets (TCP_NEW_SYN_RECV).
+    dump_states(StateFlags::SYN_RECV, |h| {
+        let entry = sets
+            .entry((
+                canonical_ip(h.socket_id.source_address),
+                h.socket_id.source_port,
+            ))
+            .or_default();
+        entry.0 += 1;
+        if entry.1.len() < MAX_SOURCES {
+            entry
+                .1
+                .insert(canonical_ip(h.socket_id.destination_address));
+        }
+    })?;
+    Ok(sets
+        .into_iter()
+        .map(|(k, (count, sources))| {
+            (
+                k,
+                HalfOpen {
+                    count,
+                    sources: sources.len() as u64,
+                },
+            )
+        })
+        .collect())
+}
+
+fn dump_states(states: StateFlags, mut each: impl FnMut(&InetResponseHeader)) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
-    let mut queues = HashMap::new();
     for (family, socket_id) in [
         (AF_INET, SocketId::new_v4()),
         (AF_INET6, SocketId::new_v6()),
@@ -40,7 +111,7 @@ pub fn listener_queues() -> io::Result<HashMap<u64, ListenerQueues>> {
                 family,
                 protocol: IPPROTO_TCP,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::LISTEN,
+                states: states.clone(),
                 socket_id,
             })
             .into(),
@@ -49,12 +120,12 @@ pub fn listener_queues() -> io::Result<HashMap<u64, ListenerQueues>> {
         let mut buf = vec![0; request.buffer_len()];
         request.serialize(&mut buf);
         socket.send(&buf, 0)?;
-        dump(&socket, &mut queues)?;
+        dump(&socket, &mut each)?;
     }
-    Ok(queues)
+    Ok(())
 }
 
-fn dump(socket: &Socket, queues: &mut HashMap<u64, ListenerQueues>) -> io::Result<()> {
+fn dump(socket: &Socket, each: &mut impl FnMut(&InetResponseHeader)) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let size = socket.recv(&mut &mut buf[..], 0)?;
@@ -67,14 +138,7 @@ fn dump(socket: &Socket, queues: &mut HashMap<u64, ListenerQueues>) -> io::Resul
             let length = message.header.length as usize;
             match message.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let h = &response.header;
-                    queues.insert(
-                        u64::from(h.inode),
-                        ListenerQueues {
-                            backlog: h.send_queue,
-                            accept_queue: h.recv_queue,
-                        },
-                    );
+                    each(&response.header)
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {

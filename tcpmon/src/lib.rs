@@ -21,11 +21,13 @@ pub mod audit;
 pub mod diag;
 pub mod ebpf;
 pub mod event;
+pub mod kstats;
 pub mod live;
 pub mod model;
 pub mod process;
 pub mod procfs;
 pub mod render;
+pub mod rules;
 pub mod snapshot;
 pub mod tally;
 

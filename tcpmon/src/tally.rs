@@ -42,7 +42,11 @@ pub struct TallyConfig {
 
 impl Default for TallyConfig {
     fn default() -> Self {
-        Self { max_ips: 65_536, max_tracked_sockets: 1 << 20, port_range: PortRange::LINUX_DEFAULT }
+        Self {
+            max_ips: 65_536,
+            max_tracked_sockets: 1 << 20,
+            port_range: PortRange::LINUX_DEFAULT,
+        }
     }
 }
 
@@ -227,7 +231,10 @@ impl Tally {
             time_wait: VecDeque::new(),
             time_wait_adjust: 0,
             time_wait_by_dest: HashMap::new(),
-            per_ip: IpTable { cap, ..Default::default() },
+            per_ip: IpTable {
+                cap,
+                ..Default::default()
+            },
             established_by_port: HashMap::new(),
             listeners: HashMap::new(),
             close_wait: HashMap::new(),
@@ -241,7 +248,11 @@ impl Tally {
     /// Replaces every count with what a snapshot taken at `at_ns` says; returns how far
     /// the previous live counts were from it. CLOSE_WAIT ages and state entry times that
     /// tcpmon already knew are kept for sockets that still exist.
-    pub fn reconcile<'a>(&mut self, sockets: impl IntoIterator<Item = &'a Socket>, at_ns: u64) -> ReconcileReport {
+    pub fn reconcile<'a>(
+        &mut self,
+        sockets: impl IntoIterator<Item = &'a Socket>,
+        at_ns: u64,
+    ) -> ReconcileReport {
         let before = self.state_counts();
         let mut counts = [0i64; 12];
         let mut time_wait = Vec::new();
@@ -256,7 +267,8 @@ impl Tally {
             let request_sock = s.state == TcpState::SynRecv && s.inode == 0;
             match s.state {
                 TcpState::TimeWait => {
-                    let remaining = u64::try_from(s.timer_jiffies.max(0)).unwrap_or(0) * (1_000_000_000 / USER_HZ);
+                    let remaining = u64::try_from(s.timer_jiffies.max(0)).unwrap_or(0)
+                        * (1_000_000_000 / USER_HZ);
                     time_wait.push(TimeWaitEntry {
                         expires_ns: at_ns + remaining.min(TIME_WAIT_NS),
                         remote: (tuple.remote_ip, tuple.remote_port),
@@ -264,7 +276,9 @@ impl Tally {
                     });
                 }
                 TcpState::SynRecv if request_sock => {
-                    let entry = half_open.entry((tuple.local_ip, tuple.local_port)).or_default();
+                    let entry = half_open
+                        .entry((tuple.local_ip, tuple.local_port))
+                        .or_default();
                     entry.0 += 1;
                     if entry.1.len() < MAX_SOURCES {
                         entry.1.insert(tuple.remote_ip);
@@ -273,11 +287,21 @@ impl Tally {
                 state => counts[state.index()] += 1,
             }
             match s.state {
-                TcpState::Listen => *listeners.entry((tuple.local_ip, tuple.local_port)).or_default() += 1,
+                TcpState::Listen => {
+                    *listeners
+                        .entry((tuple.local_ip, tuple.local_port))
+                        .or_default() += 1
+                }
                 TcpState::Established => *established_by_port.entry(s.local_port).or_default() += 1,
                 TcpState::CloseWait => {
                     let kept = self.close_wait.get(&tuple).copied();
-                    close_wait.insert(tuple, kept.unwrap_or(CloseWaitEntry { since_ns: at_ns, since_known: false }));
+                    close_wait.insert(
+                        tuple,
+                        kept.unwrap_or(CloseWaitEntry {
+                            since_ns: at_ns,
+                            since_known: false,
+                        }),
+                    );
                 }
                 _ => {}
             }
@@ -301,11 +325,22 @@ impl Tally {
         self.close_wait = close_wait;
         self.half_open = half_open
             .into_iter()
-            .map(|(k, (count, sources))| (k, HalfOpen { count, sources: sources.len() as u64 }))
+            .map(|(k, (count, sources))| {
+                (
+                    k,
+                    HalfOpen {
+                        count,
+                        sources: sources.len() as u64,
+                    },
+                )
+            })
             .collect();
         self.inconsistencies = 0;
         let after = self.state_counts();
-        let mut report = ReconcileReport { at_ns, ..Default::default() };
+        let mut report = ReconcileReport {
+            at_ns,
+            ..Default::default()
+        };
         for state in TcpState::ALL {
             let diff = before[state.index()] as i64 - after[state.index()] as i64;
             if diff != 0 {
@@ -342,12 +377,17 @@ impl Tally {
         applied.ms_in_old = if born {
             None
         } else {
-            self.entered.get(&key).filter(|(s, _)| *s == t.old).map(|(_, at)| t.at.ts_ns.saturating_sub(*at) as f64 / 1e6)
+            self.entered
+                .get(&key)
+                .filter(|(s, _)| *s == t.old)
+                .map(|(_, at)| t.at.ts_ns.saturating_sub(*at) as f64 / 1e6)
         };
         if gone {
             self.entered.remove(&key);
         } else {
-            if self.entered.len() >= self.cfg.max_tracked_sockets && !self.entered.contains_key(&key) {
+            if self.entered.len() >= self.cfg.max_tracked_sockets
+                && !self.entered.contains_key(&key)
+            {
                 // Lost close events would otherwise grow this without bound.
                 self.entered.clear();
                 self.timing_resets += 1;
@@ -365,7 +405,8 @@ impl Tally {
 
         // Per remote IP: full sockets from birth to death (or to the end of TIME_WAIT);
         // listeners opening and closing are not connections.
-        let listener_change = (t.old == Close && t.new == Listen) || (t.old == Listen && t.new == Close);
+        let listener_change =
+            (t.old == Close && t.new == Listen) || (t.old == Listen && t.new == Close);
         if !listener_change && !tuple.remote_ip.is_unspecified() {
             if born {
                 self.per_ip.add(tuple.remote_ip);
@@ -376,7 +417,10 @@ impl Tally {
 
         // Listeners.
         if t.new == Listen {
-            let n = self.listeners.entry((tuple.local_ip, tuple.local_port)).or_default();
+            let n = self
+                .listeners
+                .entry((tuple.local_ip, tuple.local_port))
+                .or_default();
             applied.new_listener = *n == 0;
             *n += 1;
         } else if t.old == Listen && !child_born {
@@ -391,7 +435,10 @@ impl Tally {
 
         // ESTABLISHED per local port.
         if t.new == Established {
-            *self.established_by_port.entry(tuple.local_port).or_default() += 1;
+            *self
+                .established_by_port
+                .entry(tuple.local_port)
+                .or_default() += 1;
         } else if t.old == Established {
             match self.established_by_port.get_mut(&tuple.local_port) {
                 Some(n) if *n > 1 => *n -= 1,
@@ -404,7 +451,13 @@ impl Tally {
 
         // CLOSE_WAIT ages.
         if t.new == CloseWait {
-            self.close_wait.insert(tuple, CloseWaitEntry { since_ns: t.at.ts_ns, since_known: true });
+            self.close_wait.insert(
+                tuple,
+                CloseWaitEntry {
+                    since_ns: t.at.ts_ns,
+                    since_known: true,
+                },
+            );
         } else if t.old == CloseWait {
             self.close_wait.remove(&tuple);
         }
@@ -420,7 +473,9 @@ impl Tally {
                 *self.time_wait_by_dest.entry(entry.remote).or_default() += 1;
             }
             // Events arrive in time order per CPU; keep the queue sorted anyway.
-            let at = self.time_wait.partition_point(|e| e.expires_ns <= entry.expires_ns);
+            let at = self
+                .time_wait
+                .partition_point(|e| e.expires_ns <= entry.expires_ns);
             self.time_wait.insert(at, entry);
         }
         applied
@@ -486,12 +541,17 @@ impl Tally {
     }
 
     pub fn per_ip(&self, ip: IpAddr) -> u64 {
-        self.per_ip.exact.get(&canonical_ip(ip)).copied().unwrap_or(0)
+        self.per_ip
+            .exact
+            .get(&canonical_ip(ip))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn view(&self, top: usize) -> TallyView {
         let counts = self.state_counts();
-        let mut per_ip_top: Vec<(IpAddr, u64)> = self.per_ip.exact.iter().map(|(ip, n)| (*ip, *n)).collect();
+        let mut per_ip_top: Vec<(IpAddr, u64)> =
+            self.per_ip.exact.iter().map(|(ip, n)| (*ip, *n)).collect();
         per_ip_top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         per_ip_top.truncate(top);
         let mut cw: HashMap<u16, (u64, u64, bool)> = HashMap::new();
@@ -503,20 +563,38 @@ impl Tally {
                 slot.2 = entry.since_known;
             }
         }
-        let mut close_wait_by_port: Vec<_> = cw.into_iter().map(|(p, (n, since, known))| (p, n, since, known)).collect();
+        let mut close_wait_by_port: Vec<_> = cw
+            .into_iter()
+            .map(|(p, (n, since, known))| (p, n, since, known))
+            .collect();
         close_wait_by_port.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut time_wait_by_dest: Vec<_> = self.time_wait_by_dest.iter().map(|(d, n)| (d.0, d.1, *n)).collect();
+        let mut time_wait_by_dest: Vec<_> = self
+            .time_wait_by_dest
+            .iter()
+            .map(|(d, n)| (d.0, d.1, *n))
+            .collect();
         time_wait_by_dest.sort_unstable_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
         time_wait_by_dest.truncate(top);
         let mut listeners: Vec<_> = self.listeners.iter().map(|(k, n)| (k.0, k.1, *n)).collect();
         listeners.sort_unstable_by_key(|l| (l.1, l.0));
-        let mut established_by_port: Vec<_> = self.established_by_port.iter().map(|(p, n)| (*p, *n)).collect();
+        let mut established_by_port: Vec<_> = self
+            .established_by_port
+            .iter()
+            .map(|(p, n)| (*p, *n))
+            .collect();
         established_by_port.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         established_by_port.truncate(top);
-        let mut half_open: Vec<_> = self.half_open.iter().map(|(k, h)| (k.0, k.1, h.clone())).collect();
+        let mut half_open: Vec<_> = self
+            .half_open
+            .iter()
+            .map(|(k, h)| (k.0, k.1, h.clone()))
+            .collect();
         half_open.sort_unstable_by(|a, b| b.2.count.cmp(&a.2.count));
         TallyView {
-            states: TcpState::ALL.iter().map(|s| (s.name(), counts[s.index()])).collect(),
+            states: TcpState::ALL
+                .iter()
+                .map(|s| (s.name(), counts[s.index()]))
+                .collect(),
             time_wait: self.time_wait(),
             listeners,
             established_by_port,
@@ -561,7 +639,14 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
 
-    fn tr(sk: u64, ts: u64, local: (u8, u16), remote: (u8, u16), old: TcpState, new: TcpState) -> Transition {
+    fn tr(
+        sk: u64,
+        ts: u64,
+        local: (u8, u16),
+        remote: (u8, u16),
+        old: TcpState,
+        new: TcpState,
+    ) -> Transition {
         Transition {
             at: Endpoints {
                 ts_ns: ts,
@@ -585,7 +670,11 @@ mod tests {
             state,
             local_ip: ip(local.0),
             local_port: local.1,
-            remote_ip: if state == Listen { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { ip(remote.0) },
+            remote_ip: if state == Listen {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                ip(remote.0)
+            },
             remote_port: remote.1,
             tx_queue: 0,
             rx_queue: 0,
@@ -620,10 +709,20 @@ mod tests {
 
     #[test]
     fn a_graceful_close_leaves_one_inferred_time_wait_that_expires() {
-        let mut t = Tally::new(TallyConfig { port_range: PortRange { low: 30000, high: 40000 }, ..Default::default() });
+        let mut t = Tally::new(TallyConfig {
+            port_range: PortRange {
+                low: 30000,
+                high: 40000,
+            },
+            ..Default::default()
+        });
         t.reconcile(&[socket(Listen, (2, 80), (0, 0), 7)], 0);
         graceful(&mut t, 35000, SEC);
-        assert_eq!(count(&t, Listen), 1, "LISTEN -> SYN_RECV is a child, not the listener");
+        assert_eq!(
+            count(&t, Listen),
+            1,
+            "LISTEN -> SYN_RECV is a child, not the listener"
+        );
         assert_eq!(count(&t, Established), 0);
         assert_eq!(count(&t, TimeWait), 1);
         let view = t.view(10);
@@ -643,11 +742,26 @@ mod tests {
     #[test]
     fn time_in_old_state_is_measured_from_the_seen_entry() {
         let mut t = Tally::new(TallyConfig::default());
-        assert_eq!(t.apply(&tr(1, 5 * SEC, (1, 0), (2, 80), Close, SynSent)).ms_in_old, None);
-        let a = t.apply(&tr(1, 5 * SEC + 1_500_000, (1, 5), (2, 80), SynSent, Established));
+        assert_eq!(
+            t.apply(&tr(1, 5 * SEC, (1, 0), (2, 80), Close, SynSent))
+                .ms_in_old,
+            None
+        );
+        let a = t.apply(&tr(
+            1,
+            5 * SEC + 1_500_000,
+            (1, 5),
+            (2, 80),
+            SynSent,
+            Established,
+        ));
         assert_eq!(a.ms_in_old, Some(1.5));
         // A socket tcpmon never saw enter its state has no duration.
-        assert_eq!(t.apply(&tr(9, 6 * SEC, (1, 6), (2, 80), Established, FinWait1)).ms_in_old, None);
+        assert_eq!(
+            t.apply(&tr(9, 6 * SEC, (1, 6), (2, 80), Established, FinWait1))
+                .ms_in_old,
+            None
+        );
     }
 
     #[test]
@@ -661,7 +775,10 @@ mod tests {
             ],
             0,
         );
-        assert_eq!(report.total_abs_error, 3, "an empty tally was 3 sockets off");
+        assert_eq!(
+            report.total_abs_error, 3,
+            "an empty tally was 3 sockets off"
+        );
         t.apply(&tr(50, SEC, (2, 80), (1, 5000), Established, CloseWait));
         assert_eq!(count(&t, Established), 1);
         assert_eq!(count(&t, CloseWait), 1);
@@ -684,7 +801,10 @@ mod tests {
             tr.at.remote_ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
             tr
         };
-        assert!(!t.apply(&listen(1, 22)).new_listener, "22 already had a listener (SO_REUSEPORT)");
+        assert!(
+            !t.apply(&listen(1, 22)).new_listener,
+            "22 already had a listener (SO_REUSEPORT)"
+        );
         assert!(t.apply(&listen(2, 8080)).new_listener);
         assert_eq!(count(&t, Listen), 3);
         assert_eq!(t.per_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), 0);
@@ -707,7 +827,13 @@ mod tests {
         assert_eq!(report.total_abs_error, 2);
         let cw = t.close_wait();
         let known = cw.values().filter(|e| e.since_known).collect::<Vec<_>>();
-        assert_eq!(known, vec![&CloseWaitEntry { since_ns: 10 * SEC, since_known: true }]);
+        assert_eq!(
+            known,
+            vec![&CloseWaitEntry {
+                since_ns: 10 * SEC,
+                since_known: true
+            }]
+        );
         assert_eq!(t.view(5).close_wait_by_port, vec![(80, 2, 10 * SEC, true)]);
     }
 
@@ -722,7 +848,10 @@ mod tests {
 
     #[test]
     fn per_ip_memory_is_bounded_and_top_talkers_exact_after_reconcile() {
-        let mut t = Tally::new(TallyConfig { max_ips: 1000, ..Default::default() });
+        let mut t = Tally::new(TallyConfig {
+            max_ips: 1000,
+            ..Default::default()
+        });
         for i in 0..100_000u64 {
             let mut e = tr(i, SEC, (2, 80), (1, 1), Close, SynSent);
             e.at.remote_ip = IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i as u32));
@@ -731,10 +860,17 @@ mod tests {
         let view = t.view(3);
         assert_eq!(view.per_ip_tracked, 1000);
         assert_eq!(view.per_ip_aggregated, 99_000);
-        assert!(t.entries() <= 1000 + 100_000 + 64, "only the timing map grows with sockets");
+        assert!(
+            t.entries() <= 1000 + 100_000 + 64,
+            "only the timing map grows with sockets"
+        );
         // A talker that showed up after the table filled is exact again after a snapshot.
-        let mut snapshot: Vec<Socket> = (0..500).map(|p| socket(Established, (2, 80), (99, p), 100 + u64::from(p))).collect();
-        snapshot.extend((0..2000u16).map(|p| socket(Established, (2, 81), (3, p), 5000 + u64::from(p))));
+        let mut snapshot: Vec<Socket> = (0..500)
+            .map(|p| socket(Established, (2, 80), (99, p), 100 + u64::from(p)))
+            .collect();
+        snapshot.extend(
+            (0..2000u16).map(|p| socket(Established, (2, 81), (3, p), 5000 + u64::from(p))),
+        );
         t.reconcile(&snapshot, 2 * SEC);
         assert_eq!(t.view(2).per_ip_top, vec![(ip(3), 2000), (ip(99), 500)]);
     }
@@ -743,11 +879,26 @@ mod tests {
     fn paths() -> Vec<(bool, Vec<TcpState>)> {
         // (is_server, states from the first transition's old state)
         vec![
-            (false, vec![Close, SynSent, Established, FinWait1, FinWait2, Close]),
-            (false, vec![Close, SynSent, Established, CloseWait, LastAck, Close]),
-            (true, vec![Listen, SynRecv, Established, FinWait1, FinWait2, Close]),
-            (true, vec![Listen, SynRecv, Established, CloseWait, LastAck, Close]),
-            (false, vec![Close, SynSent, Established, FinWait1, Closing, Close]),
+            (
+                false,
+                vec![Close, SynSent, Established, FinWait1, FinWait2, Close],
+            ),
+            (
+                false,
+                vec![Close, SynSent, Established, CloseWait, LastAck, Close],
+            ),
+            (
+                true,
+                vec![Listen, SynRecv, Established, FinWait1, FinWait2, Close],
+            ),
+            (
+                true,
+                vec![Listen, SynRecv, Established, CloseWait, LastAck, Close],
+            ),
+            (
+                false,
+                vec![Close, SynSent, Established, FinWait1, Closing, Close],
+            ),
             (true, vec![Listen, SynRecv, Established, Close]),
             (false, vec![Close, SynSent, Close]),
         ]
