@@ -84,6 +84,9 @@ struct TimeWaitEntry {
     remote: (IpAddr, u16),
     /// Counted toward its destination (local port in the ephemeral range).
     client_side: bool,
+    /// A timewait mini-socket still in its FIN_WAIT2 substate (an orphan waiting for the
+    /// peer's FIN): /proc and ss show it as FIN_WAIT2, sockstat counts it in `tw`.
+    fin_wait2: bool,
 }
 
 /// A CLOSE_WAIT socket and since when it has been there.
@@ -205,6 +208,8 @@ pub struct Tally {
     time_wait: VecDeque<TimeWaitEntry>,
     /// sockstat minus what the queue holds: TIME_WAIT tcpmon did not see enter.
     time_wait_adjust: i64,
+    /// Entries of `time_wait` that are FIN_WAIT2 mini-sockets.
+    fin_wait2_minis: u64,
     time_wait_by_dest: HashMap<(IpAddr, u16), u64>,
     per_ip: IpTable,
     established_by_port: HashMap<u16, u64>,
@@ -230,6 +235,7 @@ impl Tally {
             counts: [0; 12],
             time_wait: VecDeque::new(),
             time_wait_adjust: 0,
+            fin_wait2_minis: 0,
             time_wait_by_dest: HashMap::new(),
             per_ip: IpTable {
                 cap,
@@ -266,13 +272,16 @@ impl Tally {
             // Request sockets (SYN_RECV with no inode) never produce events: polled apart.
             let request_sock = s.state == TcpState::SynRecv && s.inode == 0;
             match s.state {
-                TcpState::TimeWait => {
+                TcpState::TimeWait | TcpState::FinWait2
+                    if s.inode == 0 || s.state == TcpState::TimeWait =>
+                {
                     let remaining = u64::try_from(s.timer_jiffies.max(0)).unwrap_or(0)
                         * (1_000_000_000 / USER_HZ);
                     time_wait.push(TimeWaitEntry {
                         expires_ns: at_ns + remaining.min(TIME_WAIT_NS),
                         remote: (tuple.remote_ip, tuple.remote_port),
                         client_side: self.cfg.port_range.contains(s.local_port),
+                        fin_wait2: s.state == TcpState::FinWait2,
                     });
                 }
                 TcpState::SynRecv if request_sock => {
@@ -317,6 +326,7 @@ impl Tally {
                 *self.time_wait_by_dest.entry(e.remote).or_default() += 1;
             }
         }
+        self.fin_wait2_minis = time_wait.iter().filter(|e| e.fin_wait2).count() as u64;
         self.time_wait = time_wait.into();
         self.time_wait_adjust = 0;
         self.per_ip.rebuild(per_ip);
@@ -464,10 +474,14 @@ impl Tally {
 
         if into_time_wait {
             applied.time_wait_inferred = true;
+            // An orphan leaving FIN_WAIT2 this way may still await the peer's FIN (a
+            // FIN_WAIT2 mini-socket); the event cannot tell, so it counts as TIME_WAIT
+            // until a reconciliation says otherwise.
             let entry = TimeWaitEntry {
                 expires_ns: t.at.ts_ns + TIME_WAIT_NS,
                 remote: (tuple.remote_ip, tuple.remote_port),
                 client_side: self.cfg.port_range.contains(tuple.local_port),
+                fin_wait2: false,
             };
             if entry.client_side {
                 *self.time_wait_by_dest.entry(entry.remote).or_default() += 1;
@@ -481,6 +495,25 @@ impl Tally {
         applied
     }
 
+    /// Notes a transition that a baseline snapshot already contains (it happened before
+    /// the snapshot was read): only the socket's state entry time is recorded.
+    pub fn observe(&mut self, t: &Transition) -> Applied {
+        let ms_in_old = self
+            .entered
+            .get(&t.at.skaddr)
+            .filter(|(s, _)| *s == t.old)
+            .map(|(_, at)| t.at.ts_ns.saturating_sub(*at) as f64 / 1e6);
+        if t.new == TcpState::Close {
+            self.entered.remove(&t.at.skaddr);
+        } else if self.entered.len() < self.cfg.max_tracked_sockets {
+            self.entered.insert(t.at.skaddr, (t.new, t.at.ts_ns));
+        }
+        Applied {
+            ms_in_old,
+            ..Default::default()
+        }
+    }
+
     /// Drops TIME_WAIT entries whose 60 s are over.
     pub fn expire(&mut self, now_ns: u64) {
         while let Some(front) = self.time_wait.front() {
@@ -488,6 +521,9 @@ impl Tally {
                 break;
             }
             let e = self.time_wait.pop_front().expect("front exists");
+            if e.fin_wait2 {
+                self.fin_wait2_minis = self.fin_wait2_minis.saturating_sub(1);
+            }
             if e.client_side {
                 if let Some(n) = self.time_wait_by_dest.get_mut(&e.remote) {
                     *n -= 1;
@@ -504,13 +540,15 @@ impl Tally {
 
     /// The TIME_WAIT count tcpmon believes in.
     pub fn time_wait(&self) -> u64 {
-        (self.time_wait.len() as i64 + self.time_wait_adjust).max(0) as u64
+        (self.time_wait.len() as i64 - self.fin_wait2_minis as i64 + self.time_wait_adjust).max(0)
+            as u64
     }
 
-    /// Corrects the TIME_WAIT total from /proc/net/sockstat's `tw`; returns live minus
-    /// sockstat before the correction.
+    /// Corrects the TIME_WAIT total from /proc/net/sockstat's `tw` (which also counts
+    /// FIN_WAIT2 mini-sockets); returns live minus sockstat before the correction.
     pub fn reconcile_time_wait(&mut self, sockstat_tw: u64) -> i64 {
-        let error = self.time_wait() as i64 - sockstat_tw as i64;
+        let live_tw_socks = self.time_wait.len() as i64 + self.time_wait_adjust;
+        let error = live_tw_socks - sockstat_tw as i64;
         self.time_wait_adjust = sockstat_tw as i64 - self.time_wait.len() as i64;
         error
     }
@@ -532,6 +570,7 @@ impl Tally {
             out[state.index()] = self.counts[state.index()].max(0) as u64;
         }
         out[TcpState::TimeWait.index()] = self.time_wait();
+        out[TcpState::FinWait2.index()] += self.fin_wait2_minis;
         out[TcpState::SynRecv.index()] += self.half_open_total();
         out
     }
@@ -844,6 +883,28 @@ mod tests {
         assert_eq!(t.reconcile_time_wait(4), -3);
         assert_eq!(t.time_wait(), 4);
         assert_eq!(t.reconcile_time_wait(4), 0);
+    }
+
+    #[test]
+    fn fin_wait2_mini_sockets_are_not_time_wait() {
+        let mut t = Tally::new(TallyConfig::default());
+        // An orphan waiting for the peer's FIN: a timewait mini-socket shown as FIN_WAIT2.
+        let mut orphan = socket(FinWait2, (1, 40000), (2, 80), 0);
+        orphan.timer_jiffies = 3000;
+        t.reconcile(
+            &[
+                orphan,
+                socket(TimeWait, (1, 40001), (2, 80), 0),
+                socket(FinWait2, (1, 40002), (2, 80), 9),
+            ],
+            0,
+        );
+        assert_eq!((count(&t, FinWait2), count(&t, TimeWait)), (2, 1));
+        // sockstat's tw counts both mini-sockets: no error.
+        assert_eq!(t.reconcile_time_wait(2), 0);
+        assert_eq!((count(&t, FinWait2), count(&t, TimeWait)), (2, 1));
+        t.expire(30 * SEC);
+        assert_eq!((count(&t, FinWait2), count(&t, TimeWait)), (1, 1));
     }
 
     #[test]

@@ -1,20 +1,34 @@
-//! `tcpmon watch`: attach the kernel program, stream transitions, print tallies, detach
-//! cleanly on Ctrl-C / SIGTERM.
+//! `tcpmon watch`: live transitions, tallies and alerts.
+//!
+//! eBPF mode attaches first, then reads the baseline snapshot, so no transition falls
+//! between the two; poll mode (the fallback) diffs successive snapshots. Both feed the same
+//! tally and detectors. Loss is counted and triggers a reconciliation from /proc.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::{self, Write},
+    net::IpAddr,
+    path::Path,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use clap::Args;
+use serde::Serialize;
 use tcpmon::{
     analysis::parse_net,
-    ebpf::{own_netns, KernelCounters, LoadOptions, NetnsFilter, Probe},
-    event::{decode, Record, Transition},
-    live::{Clock, Origin, TransitionRecord},
-    model::{canonical_ip, TcpState},
+    diag,
+    ebpf::{own_netns, KernelCounters, LoadError, LoadOptions, NetnsFilter, Probe},
+    event::{decode, Endpoints, Record, Transition},
+    kstats::{self, SynCounters},
+    live::{monotonic_ns, Clock, Origin, TransitionRecord},
+    model::{canonical_ip, endpoint, TcpState},
+    poll,
+    process::{find_owners, Process},
+    procfs::Socket,
     render::{json_line, Style},
+    rules::{Alert, Detector, Inputs, LiveThresholds, Status, SynWindow},
+    tally::{ReconcileReport, Tally, TallyConfig, MAX_SOURCES},
+    Snapshot,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -25,19 +39,28 @@ use crate::cli::{parse_duration, parse_state, Mode};
 
 #[derive(Args, Debug, Clone)]
 pub struct WatchArgs {
-    /// NDJSON: one record per line, with "type" transition, alert or tally.
+    /// NDJSON: one record per line, "type" mode, transition, alert or tally.
     #[arg(long)]
     pub json: bool,
-    /// auto: eBPF, else poll /proc; ebpf: fail if eBPF cannot load; poll: never load eBPF.
+    /// auto: eBPF, else poll /proc (saying why); ebpf: fail if eBPF cannot load; poll: never load eBPF.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
+    /// How often to evaluate alerts and poll the cheap counters (and /proc in poll mode).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
     /// Print a tally line this often.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub tally_interval: Duration,
-    /// Stop after this long (default: until Ctrl-C).
+    /// Rebuild the tallies from a /proc snapshot this often (and after any loss).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Show events from every network namespace, not only tcpmon's own.
+    /// Alerts and tallies only, no transition lines.
+    #[arg(long)]
+    pub quiet_transitions: bool,
+    /// Show transitions from every network namespace (tallies stay this namespace's).
     #[arg(long)]
     pub all_netns: bool,
     /// Only transitions whose local or remote port is PORT.
@@ -49,16 +72,78 @@ pub struct WatchArgs {
     /// Only transitions into or out of these states.
     #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
     pub state: Vec<TcpState>,
-    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    /// Ring buffer size in bytes (a power of two, at least a page).
     #[arg(long, value_name = "BYTES", default_value_t = tcpmon_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
+    /// Remote IPs tallied individually; beyond, they are aggregated (and the tally says so).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub max_ips: usize,
+    #[command(flatten)]
+    pub thresholds: LiveThresholdArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LiveThresholdArgs {
+    /// TIME_WAIT total above which to warn.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub time_wait_warn: u64,
+    /// TIME_WAIT total above which it is critical.
+    #[arg(long, default_value_t = 5000, value_name = "N")]
+    pub time_wait_crit: u64,
+    /// Client TIME_WAIT toward one ip:port, % of the ephemeral range, to warn.
+    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    pub port_exhaustion_warn: f64,
+    /// ... to call it critical.
+    #[arg(long, default_value_t = 80.0, value_name = "PCT")]
+    pub port_exhaustion_crit: f64,
+    /// CLOSE_WAIT sockets older than this raise an alert.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+    /// More CLOSE_WAIT sockets than this on one port raise a critical alert.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub close_wait_count: u64,
+    /// Connections from one remote IP above which to warn.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub per_ip_warn: u64,
+    /// ... above which it is critical.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub per_ip_crit: u64,
+    /// Half-open requests, % of the listener's backlog, that mean a SYN flood.
+    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    pub syn_backlog: f64,
+    /// SYN-ACK retransmits per second on one listener that mean a SYN flood.
+    #[arg(long, default_value_t = 100.0, value_name = "N")]
+    pub synack_retransmit_rate: f64,
+    /// SYNs per second on one listener, with under half completing, that mean a SYN flood.
+    #[arg(long, default_value_t = 1000.0, value_name = "N")]
+    pub syn_rate: f64,
+}
+
+impl LiveThresholdArgs {
+    fn thresholds(&self) -> LiveThresholds {
+        LiveThresholds {
+            time_wait_warn: self.time_wait_warn,
+            time_wait_crit: self.time_wait_crit,
+            port_exhaustion_warn_pct: self.port_exhaustion_warn,
+            port_exhaustion_crit_pct: self.port_exhaustion_crit,
+            close_wait_age_secs: self.close_wait_age.as_secs_f64(),
+            close_wait_count: self.close_wait_count,
+            per_ip_warn: self.per_ip_warn,
+            per_ip_crit: self.per_ip_crit,
+            syn_backlog_pct: self.syn_backlog,
+            synack_retransmit_rate: self.synack_retransmit_rate,
+            syn_rate: self.syn_rate,
+        }
+    }
 }
 
 impl WatchArgs {
     fn shows(&self, t: &Transition) -> bool {
         let at = &t.at;
-        self.port
-            .is_none_or(|p| at.local_port == p || at.remote_port == p)
+        !self.quiet_transitions
+            && self
+                .port
+                .is_none_or(|p| at.local_port == p || at.remote_port == p)
             && self.ip.is_none_or(|net| {
                 [at.local_ip, at.remote_ip]
                     .into_iter()
@@ -69,12 +154,63 @@ impl WatchArgs {
 }
 
 /// Counts the user-space side of the pipeline keeps.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 struct Received {
     transitions: u64,
     synack_retransmits: u64,
     syn_requests: u64,
     decode_errors: u64,
+    /// Transitions from other namespaces (shown with --all-netns, never tallied).
+    foreign: u64,
+}
+
+/// SYN activity per listener since the last evaluation.
+#[derive(Default)]
+struct SynAcc {
+    syns: u64,
+    completed: u64,
+    synack_retransmits: u64,
+    sources: HashSet<IpAddr>,
+}
+
+/// Where the transitions come from.
+enum Source {
+    Ebpf {
+        probe: Box<Probe>,
+        ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    },
+    Poll {
+        previous: poll::Index,
+    },
+}
+
+/// Everything one watch session keeps.
+struct Session<'a> {
+    args: &'a WatchArgs,
+    style: Style,
+    out: io::BufWriter<io::StdoutLock<'static>>,
+    clock: Clock,
+    tally: Tally,
+    detector: Detector,
+    proc_root: &'static Path,
+    own_netns: Option<u32>,
+    /// Transitions before this (monotonic ns) are already in the baseline snapshot.
+    baseline_ns: u64,
+    received: Received,
+    kernel: KernelCounters,
+    /// Loss already answered by a reconciliation.
+    loss_reconciled: u64,
+    syn: HashMap<(IpAddr, u16), SynAcc>,
+    syn_counters: Option<SynCounters>,
+    last_eval_ns: u64,
+    time_wait_check: Option<(u64, i64)>,
+    last_reconcile: Option<(ReconcileReport, &'static str)>,
+    reconciliations: u64,
+    close_wait_owners: HashMap<u16, Vec<Process>>,
+    backlogs: HashMap<(IpAddr, u16), u32>,
+    somaxconn: Option<u32>,
+    mode: &'static str,
+    last_tally: (u64, u64),
 }
 
 pub fn run(args: &WatchArgs, style: Style) -> Result<u8> {
@@ -86,60 +222,120 @@ pub fn run(args: &WatchArgs, style: Style) -> Result<u8> {
 }
 
 async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
-    let _ = style;
-    let netns = if args.all_netns {
-        NetnsFilter::All
-    } else {
-        NetnsFilter::Only(own_netns().context("reading /proc/self/ns/net")?)
+    let own_netns = own_netns().ok();
+    let netns = match (args.all_netns, own_netns) {
+        (false, Some(inode)) => NetnsFilter::Only(inode),
+        _ => NetnsFilter::All,
     };
-    let options = LoadOptions {
-        netns,
-        ring_bytes: args.ring_bytes,
-        synack: true,
-    };
-    let mut probe = match Probe::load(&options) {
-        Ok(probe) => probe,
-        Err(e) => {
-            eprintln!("tcpmon: eBPF unavailable: {e}");
-            return Ok(1);
+    // Attach before the baseline is read (in eBPF mode), so nothing falls between.
+    let (source, mode_reason) = match args.mode {
+        Mode::Poll => (None, "polling /proc (--mode poll)".to_owned()),
+        Mode::Ebpf | Mode::Auto => {
+            match Probe::load(&LoadOptions {
+                netns,
+                ring_bytes: args.ring_bytes,
+                synack: true,
+            }) {
+                Ok(probe) => (Some(probe), String::new()),
+                Err(e) if args.mode == Mode::Ebpf => {
+                    eprintln!("tcpmon: eBPF unavailable: {e}");
+                    return Ok(2);
+                }
+                Err(e) => {
+                    let why = match &e {
+                        LoadError::Permission(_) => {
+                            "no privilege for eBPF (run as root, or grant CAP_BPF and CAP_PERFMON)"
+                                .to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    (None, format!("eBPF unavailable: {why}; polling /proc every {:?} instead (transitions are inferred from differences)", args.interval))
+                }
+            }
         }
     };
-    for note in &probe.notes {
-        eprintln!("tcpmon: note: {note}");
+    let stdout: &'static io::Stdout = Box::leak(Box::new(io::stdout()));
+    let mut session = Session {
+        args,
+        style,
+        out: io::BufWriter::with_capacity(256 << 10, stdout.lock()),
+        clock: Clock::now(),
+        tally: Tally::new(TallyConfig {
+            max_ips: args.max_ips,
+            port_range: tcpmon::port_range(Path::new("/proc")),
+            ..Default::default()
+        }),
+        detector: Detector::new(args.thresholds.thresholds()),
+        proc_root: Path::new("/proc"),
+        own_netns,
+        baseline_ns: 0,
+        received: Received::default(),
+        kernel: KernelCounters::default(),
+        loss_reconciled: 0,
+        syn: HashMap::new(),
+        syn_counters: None,
+        last_eval_ns: monotonic_ns(),
+        time_wait_check: None,
+        last_reconcile: None,
+        reconciliations: 0,
+        close_wait_owners: HashMap::new(),
+        backlogs: HashMap::new(),
+        somaxconn: None,
+        mode: if source.is_some() { "ebpf" } else { "poll" },
+        last_tally: (monotonic_ns(), 0),
+    };
+    let mut source = match source {
+        Some(mut probe) => {
+            let notes = std::mem::take(&mut probe.notes);
+            let ring = probe.ring.take().expect("ring taken once");
+            // SAFETY: the AsyncFd owns the ring buffer, so its fd outlives the registration.
+            let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .context("registering the ring buffer with the runtime")?;
+            let scope = match netns {
+                NetnsFilter::All => "all network namespaces".to_owned(),
+                NetnsFilter::Only(inode) => format!("network namespace {inode}"),
+            };
+            session.mode_line(
+                &format!(
+                    "watching TCP state transitions with eBPF ({scope}; ring buffer {} KiB)",
+                    args.ring_bytes / 1024
+                ),
+                &notes,
+            )?;
+            Source::Ebpf {
+                probe: Box::new(probe),
+                ring,
+            }
+        }
+        None => {
+            session.mode_line(&mode_reason, &[])?;
+            Source::Poll {
+                previous: poll::Index::default(),
+            }
+        }
+    };
+    let mut logger = match &mut source {
+        Source::Ebpf { probe, .. } => probe.take_logger(),
+        Source::Poll { .. } => None,
+    };
+    // Baseline.
+    let sockets = session.reconcile("baseline")?;
+    if let Source::Poll { previous } = &mut source {
+        *previous = poll::Index::new(&sockets);
     }
-    let mut logger = probe.take_logger();
-    let ring = probe.ring.take().expect("ring taken once");
-    // SAFETY: the AsyncFd owns the ring buffer, so its fd outlives the registration.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the ring buffer with the runtime")?;
-    let mode_line = format!(
-        "watching TCP state transitions with eBPF ({}; ring buffer {} KiB)",
-        match netns {
-            NetnsFilter::All => "all network namespaces".to_owned(),
-            NetnsFilter::Only(inode) => format!("network namespace {inode}"),
-        },
-        args.ring_bytes / 1024
-    );
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(256 << 10, stdout.lock());
-    if args.json {
-        json_line(
-            &mut out,
-            &serde_json::json!({"type": "mode", "mode": "ebpf", "reason": mode_line}),
-        )?;
-    } else {
-        writeln!(out, "tcpmon: {mode_line}")?;
-    }
-    out.flush()?;
+    session.refresh_listener_info();
+    session.out.flush()?;
 
-    let clock = Clock::now();
-    let mut since: HashMap<u64, u64> = HashMap::new();
-    let mut received = Received::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(args.interval);
     let mut tally_tick = tokio::time::interval(args.tally_interval);
-    tally_tick.tick().await;
+    let mut reconcile_tick = tokio::time::interval(args.reconcile_interval);
+    for t in [&mut tick, &mut tally_tick, &mut reconcile_tick] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t.tick().await;
+    }
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let stop = async {
         match deadline {
@@ -148,103 +344,424 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         }
     };
     tokio::pin!(stop);
-    let mut last = (
-        received,
-        KernelCounters::default(),
-        tokio::time::Instant::now(),
-    );
 
     loop {
+        let ring_ready = async {
+            match &mut source {
+                Source::Ebpf { ring, .. } => ring.readable_mut().await.map(|mut g| {
+                    g.clear_ready();
+                }),
+                Source::Poll { .. } => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    match decode(&item) {
-                        Ok(Record::Transition(t)) => {
-                            received.transitions += 1;
-                            let ms_in_old = match t.new {
-                                TcpState::Close => since.remove(&t.at.skaddr),
-                                _ => since.insert(t.at.skaddr, t.at.ts_ns),
-                            }
-                            .map(|entered| t.at.ts_ns.saturating_sub(entered) as f64 / 1e6);
-                            if args.shows(&t) {
-                                let record = TransitionRecord::new(&t, &clock, ms_in_old, Origin::Ebpf);
-                                if args.json {
-                                    json_line(&mut out, &record)?;
-                                } else {
-                                    record.write_human(&mut out)?;
-                                }
-                            }
-                        }
-                        Ok(Record::SynAckRetransmit(_)) => received.synack_retransmits += 1,
-                        Ok(Record::SynRequest(_)) => received.syn_requests += 1,
-                        Err(e) => {
-                            received.decode_errors += 1;
-                            log::warn!("undecodable ring-buffer record: {e}");
-                        }
-                    }
+            ready = ring_ready => {
+                ready?;
+                if let Source::Ebpf { ring, .. } = &mut source {
+                    session.drain(ring.get_mut())?;
                 }
-                guard.clear_ready();
                 if let Some(logger) = logger.as_mut() {
                     logger.flush();
                 }
-                out.flush()?;
+                session.out.flush()?;
+            }
+            _ = tick.tick() => {
+                if let Source::Poll { previous } = &mut source {
+                    session.poll_once(previous)?;
+                }
+                session.evaluate(&source)?;
+                session.out.flush()?;
             }
             _ = tally_tick.tick() => {
-                let kernel = probe.counters().unwrap_or_default();
-                write_tally(&mut out, args.json, &received, &kernel, &last)?;
-                last = (received, kernel, tokio::time::Instant::now());
-                out.flush()?;
+                session.write_tally()?;
+                session.out.flush()?;
+            }
+            _ = reconcile_tick.tick() => {
+                if let Source::Ebpf { .. } = source {
+                    session.reconcile("periodic")?;
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             () = &mut stop => break,
         }
     }
-    // Drain what is already queued so the final tally covers it.
-    let ring = ring.get_mut();
-    while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(Record::Transition(_)) => received.transitions += 1,
-            Ok(Record::SynAckRetransmit(_)) => received.synack_retransmits += 1,
-            Ok(Record::SynRequest(_)) => received.syn_requests += 1,
-            Err(_) => received.decode_errors += 1,
-        }
+    if let Source::Ebpf { ring, probe } = &mut source {
+        session.drain(ring.get_mut())?;
+        session.kernel = probe.counters().unwrap_or(session.kernel);
     }
-    let kernel = probe.counters().unwrap_or_default();
-    write_tally(&mut out, args.json, &received, &kernel, &last)?;
-    out.flush()?;
-    drop(probe);
+    session.write_tally()?;
+    session.out.flush()?;
+    drop(source);
     Ok(0)
 }
 
-fn write_tally(
-    out: &mut dyn Write,
-    json: bool,
-    received: &Received,
-    kernel: &KernelCounters,
-    last: &(Received, KernelCounters, tokio::time::Instant),
-) -> Result<()> {
-    let elapsed = last.2.elapsed().as_secs_f64().max(1e-3);
-    let rate = (received.transitions - last.0.transitions) as f64 / elapsed;
-    if json {
-        json_line(
-            out,
-            &serde_json::json!({
-                "type": "tally",
-                "received": received,
-                "kernel": kernel,
-                "lost": kernel.lost() + received.decode_errors,
-                "transitions_per_sec": rate,
-            }),
-        )?;
-    } else {
-        writeln!(
-            out,
-            "-- tally: {} transitions ({rate:.0}/s), {} SYN-ACK retransmits | lost: ring buffer full {}, kernel skipped {}, undecodable {}",
-            received.transitions, received.synack_retransmits, kernel.ringbuf_full, kernel.recursion_misses, received.decode_errors
-        )?;
+impl Session<'_> {
+    fn now_text(&self) -> String {
+        let wall = self.clock.wall(monotonic_ns());
+        humantime::format_rfc3339_millis(wall).to_string()
     }
-    Ok(())
+
+    fn mode_line(&mut self, reason: &str, notes: &[String]) -> Result<()> {
+        if self.args.json {
+            json_line(
+                &mut self.out,
+                &serde_json::json!({"type": "mode", "mode": self.mode, "reason": reason, "notes": notes}),
+            )?;
+        } else {
+            writeln!(self.out, "tcpmon: {reason}")?;
+        }
+        for note in notes {
+            eprintln!("tcpmon: note: {note}");
+        }
+        if self.mode == "poll" && self.args.mode == Mode::Auto {
+            eprintln!("tcpmon: {reason}");
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Reads /proc, rebuilds the tallies from it and says how far off they were.
+    fn reconcile(&mut self, reason: &'static str) -> Result<Vec<Socket>> {
+        let at = monotonic_ns();
+        let snapshot = Snapshot::read(self.proc_root).context("reading the baseline from /proc")?;
+        let sockets: Vec<Socket> = snapshot.rows().filter_map(|r| r.socket.ok()).collect();
+        let report = self.tally.reconcile(&sockets, at);
+        if reason == "baseline" {
+            self.baseline_ns = at;
+        }
+        self.reconciliations += 1;
+        // Owners of CLOSE_WAIT sockets, by local port, for the alerts that name them.
+        let wanted: HashSet<u64> = sockets
+            .iter()
+            .filter(|s| s.state == TcpState::CloseWait && s.inode != 0)
+            .map(|s| s.inode)
+            .collect();
+        let owners = find_owners(self.proc_root, &wanted).by_inode;
+        self.close_wait_owners.clear();
+        for s in sockets.iter().filter(|s| s.state == TcpState::CloseWait) {
+            if let Some(p) = owners.get(&s.inode) {
+                let list = self.close_wait_owners.entry(s.local_port).or_default();
+                if !list.contains(p) {
+                    list.push(p.clone());
+                }
+            }
+        }
+        if reason != "baseline" && reason != "poll" && report.total_abs_error > 0 {
+            log::info!(
+                "reconciliation ({reason}) corrected {} sockets",
+                report.total_abs_error
+            );
+        }
+        self.last_reconcile = Some((report, reason));
+        Ok(sockets)
+    }
+
+    fn refresh_listener_info(&mut self) {
+        if let Ok(backlogs) = diag::listener_backlogs_by_address() {
+            self.backlogs = backlogs;
+        }
+        self.somaxconn = std::fs::read_to_string(self.proc_root.join("sys/net/core/somaxconn"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+    }
+
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(Record::Transition(t)) => self.transition(&t, Origin::Ebpf)?,
+                Ok(Record::SynAckRetransmit(at)) => {
+                    self.received.synack_retransmits += 1;
+                    self.syn_acc(&at).synack_retransmits += 1;
+                }
+                Ok(Record::SynRequest(at)) => {
+                    self.received.syn_requests += 1;
+                    let remote = canonical_ip(at.remote_ip);
+                    let acc = self.syn_acc(&at);
+                    acc.syns += 1;
+                    if acc.sources.len() < MAX_SOURCES {
+                        acc.sources.insert(remote);
+                    }
+                }
+                Err(e) => {
+                    self.received.decode_errors += 1;
+                    log::warn!("undecodable ring-buffer record: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn syn_acc(&mut self, at: &Endpoints) -> &mut SynAcc {
+        self.syn
+            .entry((canonical_ip(at.local_ip), at.local_port))
+            .or_default()
+    }
+
+    fn transition(&mut self, t: &Transition, origin: Origin) -> Result<()> {
+        let ours =
+            origin == Origin::Inferred || t.at.netns == 0 || Some(t.at.netns) == self.own_netns;
+        let applied = if !ours {
+            self.received.foreign += 1;
+            None
+        } else {
+            self.received.transitions += 1;
+            if origin == Origin::Ebpf && t.old == TcpState::Listen && t.new == TcpState::SynRecv {
+                self.syn_acc(&t.at).completed += 1;
+            }
+            Some(if origin == Origin::Ebpf && t.at.ts_ns < self.baseline_ns {
+                self.tally.observe(t)
+            } else {
+                self.tally.apply(t)
+            })
+        };
+        if self.args.shows(t) {
+            let ms = applied.and_then(|a| a.ms_in_old);
+            let record = TransitionRecord::new(t, &self.clock, ms, origin);
+            if self.args.json {
+                json_line(&mut self.out, &record)?;
+            } else {
+                record.write_human(&mut self.out)?;
+            }
+        }
+        if applied.is_some_and(|a| a.new_listener) && t.at.ts_ns >= self.baseline_ns {
+            let by = t.task.map(|task| Process {
+                pid: task.pid,
+                comm: task.comm(),
+            });
+            let alert = self.detector.new_listener(
+                canonical_ip(t.at.local_ip),
+                t.at.local_port,
+                by.as_ref(),
+            );
+            self.write_alert(&alert)?;
+        }
+        Ok(())
+    }
+
+    fn poll_once(&mut self, previous: &mut poll::Index) -> Result<()> {
+        let sockets = self.reconcile("poll")?;
+        let now = poll::Index::new(&sockets);
+        let ts = monotonic_ns();
+        for t in poll::diff(previous, &now, ts) {
+            let listener_born = t.old == TcpState::Close && t.new == TcpState::Listen;
+            self.transition(&t, Origin::Inferred)?;
+            if listener_born && previous.len() > 0 {
+                let alert =
+                    self.detector
+                        .new_listener(canonical_ip(t.at.local_ip), t.at.local_port, None);
+                self.write_alert(&alert)?;
+            }
+        }
+        *previous = now;
+        Ok(())
+    }
+
+    fn evaluate(&mut self, source: &Source) -> Result<()> {
+        let now = monotonic_ns();
+        self.tally.expire(now);
+        // TIME_WAIT: reconcile the inferred count with sockstat, every evaluation.
+        if let Ok(text) = std::fs::read_to_string(self.proc_root.join("net/sockstat")) {
+            if let Some(tw) = kstats::sockstat_time_wait(&text) {
+                let error = self.tally.reconcile_time_wait(tw);
+                self.time_wait_check = Some((now, error));
+            }
+        }
+        // Half-open requests never fire the state tracepoint: poll them (cheap netlink).
+        if let Source::Ebpf { probe, .. } = source {
+            if let Ok(half_open) = diag::half_open() {
+                self.tally.set_half_open(half_open);
+            }
+            match probe.counters() {
+                Ok(kernel) => self.kernel = kernel,
+                Err(e) => log::warn!("reading kernel counters: {e}"),
+            }
+        }
+        self.refresh_listener_info();
+        let counters = std::fs::read_to_string(self.proc_root.join("net/netstat"))
+            .map(|t| SynCounters::from_tcp_ext(&kstats::tcp_ext(&t)))
+            .unwrap_or_default();
+        let syn_counters = self
+            .syn_counters
+            .map(|prev| counters.since(&prev))
+            .unwrap_or_default();
+        self.syn_counters = Some(counters);
+        let window_secs = now.saturating_sub(self.last_eval_ns) as f64 / 1e9;
+        self.last_eval_ns = now;
+        let syn = std::mem::take(&mut self.syn)
+            .into_iter()
+            .map(|(k, a)| {
+                let w = SynWindow {
+                    syns: a.syns,
+                    completed: a.completed,
+                    synack_retransmits: a.synack_retransmits,
+                    sources: a.sources.len() as u64,
+                };
+                (k, w)
+            })
+            .collect();
+        // A CLOSE_WAIT port whose owner is not known yet: look it up now, not at the next
+        // periodic reconciliation, so the alert can name the process.
+        let view = self.tally.view(20);
+        if matches!(source, Source::Ebpf { .. })
+            && view
+                .close_wait_by_port
+                .iter()
+                .any(|(port, ..)| !self.close_wait_owners.contains_key(port))
+            && self
+                .last_reconcile
+                .as_ref()
+                .is_none_or(|(r, _)| now.saturating_sub(r.at_ns) > 2_000_000_000)
+        {
+            self.reconcile("owners")?;
+        }
+        // Loss makes the live counts drift: rebuild them from /proc.
+        let lost = self.kernel.lost() + self.received.decode_errors;
+        if lost > self.loss_reconciled {
+            self.loss_reconciled = lost;
+            self.reconcile("loss")?;
+        }
+        let view = self.tally.view(20);
+        let inputs = Inputs {
+            now_ns: now,
+            window_secs,
+            syn,
+            syn_counters,
+            backlogs: self.backlogs.clone(),
+            somaxconn: self.somaxconn,
+            port_range: tcpmon::port_range(self.proc_root),
+            close_wait_owners: self.close_wait_owners.clone(),
+        };
+        for alert in self.detector.evaluate(&view, &inputs) {
+            self.write_alert(&alert)?;
+        }
+        Ok(())
+    }
+
+    fn write_alert(&mut self, alert: &Alert) -> Result<()> {
+        if self.args.json {
+            #[derive(Serialize)]
+            struct Record<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                time: String,
+                #[serde(flatten)]
+                alert: &'a Alert,
+            }
+            let time = self.now_text();
+            json_line(
+                &mut self.out,
+                &Record {
+                    kind: "alert",
+                    time,
+                    alert,
+                },
+            )?;
+        } else {
+            let label = match alert.status {
+                Status::Cleared => "CLEARED".to_owned(),
+                _ => self.style.severity(alert.severity),
+            };
+            writeln!(
+                self.out,
+                "{} ALERT {label} [{}] {}",
+                &self.now_text()[11..23],
+                alert.rule,
+                alert.message
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_tally(&mut self) -> Result<()> {
+        let view = self.tally.view(5);
+        let now = monotonic_ns();
+        let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
+        let rate = (self.received.transitions - self.last_tally.1) as f64 / elapsed.max(1e-3);
+        self.last_tally = (now, self.received.transitions);
+        let lost = self.kernel.lost() + self.received.decode_errors;
+        if self.args.json {
+            let reconcile = self.last_reconcile.as_ref().map(|(r, why)| {
+                serde_json::json!({
+                    "reason": why,
+                    "time": humantime::format_rfc3339_millis(self.clock.wall(r.at_ns)).to_string(),
+                    "error": r.error,
+                    "total_abs_error": r.total_abs_error,
+                })
+            });
+            let record = serde_json::json!({
+                "type": "tally",
+                "time": self.now_text(),
+                "mode": self.mode,
+                "states": view.states,
+                "time_wait": {
+                    "count": view.time_wait,
+                    "sockstat_error": self.time_wait_check.map(|c| c.1),
+                    "sockstat_time": self.time_wait_check.map(|c| humantime::format_rfc3339_millis(self.clock.wall(c.0)).to_string()),
+                },
+                "reconcile": reconcile,
+                "reconciliations": self.reconciliations,
+                "per_ip": {
+                    "top": view.per_ip_top.iter().map(|(ip, n)| serde_json::json!({"ip": ip, "count": n})).collect::<Vec<_>>(),
+                    "tracked": view.per_ip_tracked,
+                    "aggregated": view.per_ip_aggregated,
+                },
+                "close_wait": view.close_wait_by_port.iter().map(|(p, n, since, known)| serde_json::json!({
+                    "port": p, "count": n, "oldest_secs": now.saturating_sub(*since) as f64 / 1e9, "age_known": known,
+                    "owners": self.close_wait_owners.get(p),
+                })).collect::<Vec<_>>(),
+                "half_open": view.half_open.iter().map(|(ip, port, h)| serde_json::json!({"listener": endpoint(*ip, *port), "count": h.count, "sources": h.sources})).collect::<Vec<_>>(),
+                "alerts_active": self.detector.active().map(|(rule, subject, sev)| serde_json::json!({"rule": rule, "subject": subject, "severity": sev})).collect::<Vec<_>>(),
+                "received": self.received,
+                "kernel": self.kernel,
+                "lost": lost,
+                "inconsistencies": view.inconsistencies,
+                "transitions_per_sec": rate,
+            });
+            json_line(&mut self.out, &record)?;
+            return Ok(());
+        }
+        let s = |name: &str| view.states.get(name).copied().unwrap_or(0);
+        let tw_check = self
+            .time_wait_check
+            .map_or_else(String::new, |(_, e)| format!(" (sockstat {e:+})"));
+        let top = view
+            .per_ip_top
+            .first()
+            .map_or_else(String::new, |(ip, n)| format!(" | top IP {ip} {n}"));
+        let aggregated = if view.per_ip_aggregated > 0 {
+            format!(
+                " ({} sockets from untracked IPs aggregated)",
+                view.per_ip_aggregated
+            )
+        } else {
+            String::new()
+        };
+        let recon = self
+            .last_reconcile
+            .as_ref()
+            .map_or_else(String::new, |(r, why)| {
+                format!(" | last reconcile ({why}) off by {}", r.total_abs_error)
+            });
+        writeln!(
+            self.out,
+            "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {rate:.0} transitions/s | lost {lost} (ring buffer full {}, kernel skipped {}, undecodable {}){recon}{top}{aggregated}",
+            &self.now_text()[11..23],
+            self.mode,
+            s("ESTABLISHED"),
+            s("SYN_SENT"),
+            s("SYN_RECV"),
+            s("FIN_WAIT1"),
+            s("FIN_WAIT2"),
+            view.time_wait,
+            s("CLOSE_WAIT"),
+            s("LAST_ACK"),
+            s("CLOSING"),
+            s("LISTEN"),
+            self.kernel.ringbuf_full,
+            self.kernel.recursion_misses,
+            self.received.decode_errors,
+        )?;
+        Ok(())
+    }
 }
