@@ -743,9 +743,20 @@ impl Session<'_> {
             .map_or_else(String::new, |(r, why)| {
                 format!(" | last reconcile ({why}) off by {}", r.total_abs_error)
             });
+        let loss = if self.mode == "poll" {
+            format!(
+                "polled every {:?}: transitions between polls are not seen",
+                self.args.interval
+            )
+        } else {
+            format!(
+                "lost {lost} (ring buffer full {}, kernel skipped {}, undecodable {})",
+                self.kernel.ringbuf_full, self.kernel.recursion_misses, self.received.decode_errors
+            )
+        };
         writeln!(
             self.out,
-            "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {rate:.0} transitions/s | lost {lost} (ring buffer full {}, kernel skipped {}, undecodable {}){recon}{top}{aggregated}",
+            "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {rate:.0} transitions/s | {loss}{recon}{top}{aggregated}",
             &self.now_text()[11..23],
             self.mode,
             s("ESTABLISHED"),
@@ -758,9 +769,6 @@ impl Session<'_> {
             s("LAST_ACK"),
             s("CLOSING"),
             s("LISTEN"),
-            self.kernel.ringbuf_full,
-            self.kernel.recursion_misses,
-            self.received.decode_errors,
         )?;
         Ok(())
     }
