@@ -122,9 +122,11 @@ pub fn diff(before: &Index, after: &Index, ts_ns: u64) -> Vec<Transition> {
         }
     }
     for (key, new) in &after.sockets {
-        if !before.sockets.contains_key(key)
-            && !(matches!(key, Key::Mini(_, true)) && !became_time_wait.contains_key(&tuple(new)))
-        {
+        // A new TIME_WAIT row already reported as its full socket's last transition is
+        // not a birth of its own.
+        let reported =
+            matches!(key, Key::Mini(_, true)) && !became_time_wait.contains_key(&tuple(new));
+        if !before.sockets.contains_key(key) && !reported {
             out.push(transition(new, TcpState::Close, new.state, ts_ns, id(key)));
         }
     }

@@ -361,6 +361,83 @@ impl Tally {
         report
     }
 
+    /// [`Tally::reconcile`] for a snapshot read while transitions kept happening: `window`
+    /// holds the transitions that arrived while /proc was being read (in order). The read
+    /// walks the socket table over milliseconds, so some of them are already in the
+    /// snapshot and some are not; for each socket the snapshot's state says where its
+    /// story stood when the walk passed it, and only the transitions after that point
+    /// are applied. Without this, every reconciliation under load would count part of the
+    /// window twice.
+    pub fn reconcile_window(
+        &mut self,
+        sockets: &[Socket],
+        at_ns: u64,
+        window: &[Transition],
+    ) -> ReconcileReport {
+        let report = self.reconcile(sockets, at_ns);
+        let mut in_snapshot: HashMap<Tuple, TcpState> = HashMap::with_capacity(sockets.len());
+        for s in sockets {
+            // A timewait mini-socket is what a FIN_WAIT2/CLOSING -> CLOSE event leaves.
+            let state =
+                if s.inode == 0 && matches!(s.state, TcpState::TimeWait | TcpState::FinWait2) {
+                    TcpState::TimeWait
+                } else {
+                    s.state
+                };
+            in_snapshot.insert(Tuple::of_socket(s), state);
+        }
+        let mut order: Vec<u64> = Vec::new();
+        let mut groups: HashMap<u64, Vec<&Transition>> = HashMap::new();
+        for t in window {
+            groups
+                .entry(t.at.skaddr)
+                .or_insert_with(|| {
+                    order.push(t.at.skaddr);
+                    Vec::new()
+                })
+                .push(t);
+        }
+        for sk in order {
+            let group = &groups[&sk];
+            // The tuple is only complete once the local port is bound (not at SYN_SENT).
+            let found = group
+                .iter()
+                .rev()
+                .filter(|t| t.at.local_port != 0)
+                .find_map(|t| in_snapshot.get(&Tuple::of_transition(t)).copied());
+            // states[i] is the socket's state after i transitions of the window.
+            let states: Vec<TcpState> = std::iter::once(group[0].old)
+                .chain(group.iter().map(|t| t.new))
+                .collect();
+            let already = match found {
+                Some(TcpState::TimeWait) => group
+                    .iter()
+                    .rposition(|t| {
+                        t.new == TcpState::Close
+                            && matches!(t.old, TcpState::FinWait2 | TcpState::Closing)
+                    })
+                    .map(|i| i + 1),
+                Some(state) => states.iter().rposition(|s| *s == state),
+                // Not in the snapshot: gone before the walk reached it (a plain close), or
+                // born after it (a socket that ends in TIME_WAIT would otherwise show).
+                None => {
+                    let last = group.last().expect("non-empty");
+                    let into_time_wait = matches!(last.old, TcpState::FinWait2 | TcpState::Closing);
+                    Some(if last.new == TcpState::Close && !into_time_wait {
+                        group.len()
+                    } else {
+                        0
+                    })
+                }
+            };
+            let skip = already.unwrap_or(0);
+            for t in &group[skip..] {
+                self.apply(t);
+            }
+        }
+        report
+    }
+
     fn add(&mut self, state: TcpState, n: i64) {
         let slot = &mut self.counts[state.index()];
         *slot += n;
@@ -628,7 +705,7 @@ impl Tally {
             .iter()
             .map(|(k, h)| (k.0, k.1, h.clone()))
             .collect();
-        half_open.sort_unstable_by(|a, b| b.2.count.cmp(&a.2.count));
+        half_open.sort_unstable_by_key(|h| std::cmp::Reverse(h.2.count));
         TallyView {
             states: TcpState::ALL
                 .iter()
@@ -1027,5 +1104,124 @@ mod tests {
             prop_assert_eq!(view_before.close_wait_by_port.len(), view_after.close_wait_by_port.len());
             prop_assert_eq!(view_before.time_wait_by_dest, view_after.time_wait_by_dest);
         }
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{
+        event::Endpoints,
+        model::{Family, TcpState::*},
+    };
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    fn tr(sk: u64, local: u16, remote: u16, old: TcpState, new: TcpState) -> Transition {
+        Transition {
+            at: Endpoints {
+                ts_ns: 0,
+                skaddr: sk,
+                netns: 1,
+                family: Family::Ipv4,
+                local_ip: ip(1),
+                local_port: local,
+                remote_ip: ip(if new == Listen || old == Listen && new == Close {
+                    0
+                } else {
+                    1
+                }),
+                remote_port: remote,
+            },
+            old,
+            new,
+            task: None,
+        }
+    }
+
+    fn sock(state: TcpState, local: u16, remote: u16) -> Socket {
+        Socket {
+            family: Family::Ipv4,
+            state,
+            local_ip: ip(1),
+            local_port: local,
+            remote_ip: ip(1),
+            remote_port: remote,
+            tx_queue: 0,
+            rx_queue: 0,
+            timer: 0,
+            timer_jiffies: if state == TimeWait { 6000 } else { 0 },
+            retransmits: 0,
+            uid: 0,
+            inode: if state == TimeWait {
+                0
+            } else {
+                u64::from(local) * 100_000 + u64::from(remote)
+            },
+        }
+    }
+
+    /// A client socket's whole life (graceful, active close) and the state after each step.
+    fn client_life(sk: u64, port: u16) -> Vec<Transition> {
+        vec![
+            tr(sk, 0, 80, Close, SynSent),
+            tr(sk, port, 80, SynSent, Established),
+            tr(sk, port, 80, Established, FinWait1),
+            tr(sk, port, 80, FinWait1, FinWait2),
+            tr(sk, port, 80, FinWait2, Close),
+        ]
+    }
+
+    proptest! {
+        /// However far each socket's story had got when the /proc walk passed it, the
+        /// windowed reconciliation ends with the counts of the final sockets.
+        #[test]
+        fn no_window_transition_counts_twice(cuts in proptest::collection::vec(0usize..=5, 1..40)) {
+            let mut window = Vec::new();
+            let mut snapshot = Vec::new();
+            let mut final_sockets = Vec::new();
+            for (i, cut) in cuts.iter().enumerate() {
+                let port = 40000 + i as u16;
+                let life = client_life(i as u64 + 1, port);
+                // The snapshot saw the socket after `cut` transitions.
+                let seen = if *cut == 0 { Close } else { life[cut - 1].new };
+                match (seen, *cut) {
+                    (Close, 5) => snapshot.push(sock(TimeWait, port, 80)),
+                    (Close, _) => {}
+                    (state, _) => snapshot.push(sock(state, port, 80)),
+                }
+                final_sockets.push(sock(TimeWait, port, 80));
+                window.extend(life);
+            }
+            let mut t = Tally::new(TallyConfig { port_range: PortRange { low: 30000, high: 50000 }, ..Default::default() });
+            t.reconcile_window(&snapshot, 0, &window);
+            let mut truth = Tally::new(TallyConfig { port_range: PortRange { low: 30000, high: 50000 }, ..Default::default() });
+            truth.reconcile(&final_sockets, 0);
+            prop_assert_eq!(t.state_counts(), truth.state_counts());
+            prop_assert_eq!(t.view(100).per_ip_top, truth.view(100).per_ip_top);
+            prop_assert_eq!(t.view(100).time_wait_by_dest.len(), truth.view(100).time_wait_by_dest.len());
+        }
+    }
+
+    #[test]
+    fn a_socket_opened_during_the_read_and_missed_by_it_is_counted() {
+        let mut t = Tally::new(TallyConfig::default());
+        let window = vec![
+            tr(1, 0, 80, Close, SynSent),
+            tr(1, 41000, 80, SynSent, Established),
+        ];
+        t.reconcile_window(&[], 0, &window);
+        assert_eq!(t.state_counts()[Established.index()], 1);
+        // ... and one the read already saw in ESTABLISHED is not counted twice.
+        let mut t = Tally::new(TallyConfig::default());
+        t.reconcile_window(&[sock(Established, 41000, 80)], 0, &window);
+        assert_eq!(t.state_counts()[Established.index()], 1);
+        assert_eq!(t.state_counts()[SynSent.index()], 0);
     }
 }

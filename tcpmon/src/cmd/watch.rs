@@ -194,8 +194,8 @@ struct Session<'a> {
     detector: Detector,
     proc_root: &'static Path,
     own_netns: Option<u32>,
-    /// Transitions before this (monotonic ns) are already in the baseline snapshot.
-    baseline_ns: u64,
+    /// While /proc is being read, transitions are held here (see Tally::reconcile_window).
+    window: Option<Vec<Transition>>,
     received: Received,
     kernel: KernelCounters,
     /// Loss already answered by a reconciliation.
@@ -268,7 +268,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         detector: Detector::new(args.thresholds.thresholds()),
         proc_root: Path::new("/proc"),
         own_netns,
-        baseline_ns: 0,
+        window: None,
         received: Received::default(),
         kernel: KernelCounters::default(),
         loss_reconciled: 0,
@@ -320,7 +320,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         Source::Poll { .. } => None,
     };
     // Baseline.
-    let sockets = session.reconcile("baseline")?;
+    let sockets = session.reconcile("baseline", &mut source)?;
     if let Source::Poll { previous } = &mut source {
         *previous = poll::Index::new(&sockets);
     }
@@ -366,10 +366,10 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 session.out.flush()?;
             }
             _ = tick.tick() => {
-                if let Source::Poll { previous } = &mut source {
-                    session.poll_once(previous)?;
+                if let Source::Poll { .. } = source {
+                    session.poll_once(&mut source)?;
                 }
-                session.evaluate(&source)?;
+                session.evaluate(&mut source)?;
                 session.out.flush()?;
             }
             _ = tally_tick.tick() => {
@@ -378,7 +378,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
             }
             _ = reconcile_tick.tick() => {
                 if let Source::Ebpf { .. } = source {
-                    session.reconcile("periodic")?;
+                    session.reconcile("periodic", &mut source)?;
                 }
             }
             _ = sigint.recv() => break,
@@ -421,15 +421,23 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Reads /proc, rebuilds the tallies from it and says how far off they were.
-    fn reconcile(&mut self, reason: &'static str) -> Result<Vec<Socket>> {
-        let at = monotonic_ns();
-        let snapshot = Snapshot::read(self.proc_root).context("reading the baseline from /proc")?;
-        let sockets: Vec<Socket> = snapshot.rows().filter_map(|r| r.socket.ok()).collect();
-        let report = self.tally.reconcile(&sockets, at);
-        if reason == "baseline" {
-            self.baseline_ns = at;
+    /// Reads /proc, rebuilds the tallies from it and says how far off they were. Events
+    /// queued before the read are applied first; those that arrive during it are resolved
+    /// against the snapshot so none counts twice.
+    fn reconcile(&mut self, reason: &'static str, source: &mut Source) -> Result<Vec<Socket>> {
+        if let Source::Ebpf { ring, .. } = source {
+            self.drain(ring.get_mut())?;
         }
+        let at = monotonic_ns();
+        let snapshot =
+            Snapshot::read(self.proc_root).context("reading the socket tables from /proc")?;
+        let sockets: Vec<Socket> = snapshot.rows().filter_map(|r| r.socket.ok()).collect();
+        self.window = Some(Vec::new());
+        if let Source::Ebpf { ring, .. } = source {
+            self.drain(ring.get_mut())?;
+        }
+        let window = self.window.take().unwrap_or_default();
+        let report = self.tally.reconcile_window(&sockets, at, &window);
         self.reconciliations += 1;
         // Owners of CLOSE_WAIT sockets, by local port, for the alerts that name them.
         let wanted: HashSet<u64> = sockets
@@ -509,10 +517,12 @@ impl Session<'_> {
             if origin == Origin::Ebpf && t.old == TcpState::Listen && t.new == TcpState::SynRecv {
                 self.syn_acc(&t.at).completed += 1;
             }
-            Some(if origin == Origin::Ebpf && t.at.ts_ns < self.baseline_ns {
-                self.tally.observe(t)
-            } else {
-                self.tally.apply(t)
+            Some(match self.window.as_mut() {
+                Some(window) => {
+                    window.push(*t);
+                    self.tally.observe(t)
+                }
+                None => self.tally.apply(t),
             })
         };
         if self.args.shows(t) {
@@ -524,7 +534,7 @@ impl Session<'_> {
                 record.write_human(&mut self.out)?;
             }
         }
-        if applied.is_some_and(|a| a.new_listener) && t.at.ts_ns >= self.baseline_ns {
+        if applied.is_some_and(|a| a.new_listener) {
             let by = t.task.map(|task| Process {
                 pid: task.pid,
                 comm: task.comm(),
@@ -539,14 +549,17 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn poll_once(&mut self, previous: &mut poll::Index) -> Result<()> {
-        let sockets = self.reconcile("poll")?;
+    fn poll_once(&mut self, source: &mut Source) -> Result<()> {
+        let sockets = self.reconcile("poll", source)?;
+        let Source::Poll { previous } = source else {
+            return Ok(());
+        };
         let now = poll::Index::new(&sockets);
         let ts = monotonic_ns();
         for t in poll::diff(previous, &now, ts) {
             let listener_born = t.old == TcpState::Close && t.new == TcpState::Listen;
             self.transition(&t, Origin::Inferred)?;
-            if listener_born && previous.len() > 0 {
+            if listener_born && !previous.is_empty() {
                 let alert =
                     self.detector
                         .new_listener(canonical_ip(t.at.local_ip), t.at.local_port, None);
@@ -557,7 +570,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn evaluate(&mut self, source: &Source) -> Result<()> {
+    fn evaluate(&mut self, source: &mut Source) -> Result<()> {
         let now = monotonic_ns();
         self.tally.expire(now);
         // TIME_WAIT: reconcile the inferred count with sockstat, every evaluation.
@@ -613,13 +626,13 @@ impl Session<'_> {
                 .as_ref()
                 .is_none_or(|(r, _)| now.saturating_sub(r.at_ns) > 2_000_000_000)
         {
-            self.reconcile("owners")?;
+            self.reconcile("owners", source)?;
         }
         // Loss makes the live counts drift: rebuild them from /proc.
         let lost = self.kernel.lost() + self.received.decode_errors;
         if lost > self.loss_reconciled {
             self.loss_reconciled = lost;
-            self.reconcile("loss")?;
+            self.reconcile("loss", source)?;
         }
         let view = self.tally.view(20);
         let inputs = Inputs {

@@ -4,3 +4,4 @@
 mod harness;
 mod snapshot_vs_ss;
 mod watch_ebpf;
+mod watch_live;

@@ -1,0 +1,324 @@
+//! `tcpmon watch` tallies and alerts against real traffic in private namespaces.
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::harness::{records, require_root, tcpmon_bin, Netns, Watcher};
+
+fn watch(ns: &Netns, extra: &[&str]) -> Watcher {
+    let mut args = vec![
+        "watch",
+        "--json",
+        "--quiet-transitions",
+        "--tally-interval",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    Watcher::start(Some(ns), &args, |line| line.contains("\"type\":\"mode\""))
+}
+
+/// `ss -tan` state counts in the namespace, in tcpmon's state names.
+fn ss_states(ns: &Netns) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in ns.exec_ok(&["ss", "-tan"]).lines().skip(1) {
+        let state = match line.split_whitespace().next().unwrap() {
+            "ESTAB" => "ESTABLISHED".to_owned(),
+            other => other.replace('-', "_").replace("FIN_WAIT_", "FIN_WAIT"),
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    counts
+}
+
+fn tally_states(tally: &Value) -> BTreeMap<String, u64> {
+    tally["states"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Connections that end in TIME_WAIT, stay ESTABLISHED, or were open before the
+/// watcher started and close while it runs.
+fn churn(n: usize, keep: &mut Vec<TcpStream>, listener: &TcpListener) {
+    let addr = listener.local_addr().unwrap();
+    for i in 0..n {
+        let client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        if i % 3 == 0 {
+            keep.push(client);
+            keep.push(server);
+        } else {
+            drop(client);
+            let mut b = [0u8; 1];
+            assert_eq!(server.read(&mut b).unwrap(), 0);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn churn_tallies_equal_ss() {
+    if !require_root("churn_tallies_equal_ss") {
+        return;
+    }
+    let ns = Netns::new("churn");
+    // For exact TIME_WAIT counts on loopback (KERNEL_FACTS.md): no RST-assassinated TW.
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_rfc1337=1"]);
+    let (listener, mut keep) = ns.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7000)).unwrap();
+        let mut keep = Vec::new();
+        churn(30, &mut keep, &listener);
+        (listener, keep)
+    });
+    // Baseline: 20 ESTABLISHED, 20 TIME_WAIT, 1 LISTEN. Then events on top.
+    let poll = watch(&ns, &["--mode", "poll"]);
+    let ebpf = watch(&ns, &["--mode", "ebpf"]);
+    let (listener, keep) = ns.run(move || {
+        // Half of the pre-existing connections close while watched.
+        let old: Vec<TcpStream> = keep.drain(..10).collect();
+        drop(old);
+        churn(600, &mut keep, &listener);
+        (listener, keep)
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let expected = ss_states(&ns);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (ebpf_lines, _) = ebpf.stop();
+    let (poll_lines, _) = poll.stop();
+    drop((listener, keep));
+    let final_ebpf = records(&ebpf_lines, "tally").last().unwrap();
+    let final_poll = records(&poll_lines, "tally").last().unwrap();
+    eprintln!(
+        "ss {expected:?}\nebpf {:?}\npoll {:?}\n{final_ebpf}",
+        tally_states(&final_ebpf),
+        tally_states(&final_poll)
+    );
+    assert_eq!(tally_states(&final_ebpf), expected, "eBPF tallies vs ss");
+    assert_eq!(tally_states(&final_poll), expected, "poll tallies vs ss");
+    assert_eq!(final_ebpf["lost"], 0);
+    // The eBPF counts came from events, not from a re-read of /proc.
+    assert_eq!(final_ebpf["reconciliations"], 1, "{final_ebpf}");
+    assert_eq!(
+        final_ebpf["time_wait"]["sockstat_error"], 0,
+        "inferred TIME_WAIT matched sockstat"
+    );
+    assert_eq!(final_ebpf["mode"], "ebpf");
+    assert_eq!(final_poll["mode"], "poll");
+    let per_ip = &final_ebpf["per_ip"]["top"][0];
+    assert_eq!(per_ip["ip"], "127.0.0.1");
+    assert_eq!(
+        per_ip["count"].as_u64().unwrap(),
+        expected
+            .iter()
+            .filter(|(s, _)| *s != "LISTEN")
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    );
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn close_wait_leak_is_alerted_with_port_and_process() {
+    if !require_root("close_wait_leak_is_alerted_with_port_and_process") {
+        return;
+    }
+    let ns = Netns::new("cw");
+    let watcher = watch(&ns, &["--close-wait-age", "2s"]);
+    let held = ns.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7100)).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let client = TcpStream::connect(("127.0.0.1", 7100)).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            drop(client); // the peer closes; the "server" never does
+            held.push(server);
+        }
+        (listener, held)
+    });
+    let started = Instant::now();
+    let alert = watcher.wait_for(Duration::from_secs(10), "close_wait alert", |l| {
+        l.contains("\"type\":\"alert\"")
+            && l.contains("\"rule\":\"close_wait\"")
+            && l.contains("\"status\":\"raised\"")
+    });
+    let waited = started.elapsed();
+    let alert: Value = serde_json::from_str(&alert).unwrap();
+    assert_eq!(alert["subject"], "7100");
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("4 CLOSE_WAIT sockets on local port 7100"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("[{}]", std::process::id())),
+        "names this process: {message}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the 2 s age threshold was respected ({waited:?})"
+    );
+    drop(held);
+    let cleared = watcher.wait_for(Duration::from_secs(5), "close_wait cleared", |l| {
+        l.contains("\"rule\":\"close_wait\"") && l.contains("\"status\":\"cleared\"")
+    });
+    assert!(cleared.contains("7100"));
+    watcher.stop();
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn syn_flood_is_alerted_within_two_seconds_and_clears() {
+    if !require_root("syn_flood_is_alerted_within_two_seconds_and_clears") {
+        return;
+    }
+    let ns = Netns::new("syn");
+    // Drop our own RSTs so hping3's spoofed handshakes stay half-open, and let request
+    // sockets give up after one SYN-ACK retransmit so the flood drains quickly.
+    let rules = "table inet tcpmon_test {\n  chain out {\n    type filter hook output priority 0;\n    tcp flags rst drop\n  }\n}\n";
+    let mut nft = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
+    drop(nft.stdin.take());
+    assert!(nft.wait().unwrap().success());
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_synack_retries=1"]);
+    let listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 8080)).unwrap());
+    let watcher = watch(&ns, &[]);
+    let flood_start = Instant::now();
+    let status = ns
+        .command("timeout")
+        .args([
+            "2",
+            "hping3",
+            "-q",
+            "-S",
+            "-p",
+            "8080",
+            "--rand-source",
+            "--faster",
+            "127.0.0.1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.code() == Some(124) || status.success(),
+        "hping3: {status}"
+    );
+    let raised = watcher.wait_for(Duration::from_secs(5), "syn_flood alert", |l| {
+        l.contains("\"rule\":\"syn_flood\"") && l.contains("\"status\":\"raised\"")
+    });
+    let raised: Value = serde_json::from_str(&raised).unwrap();
+    let raised_at = humantime::parse_rfc3339(raised["time"].as_str().unwrap()).unwrap();
+    let flood_wall = std::time::SystemTime::now() - flood_start.elapsed();
+    let latency = raised_at.duration_since(flood_wall).unwrap_or_default();
+    assert!(
+        latency <= Duration::from_secs(2),
+        "raised {latency:?} after the flood started"
+    );
+    assert_eq!(raised["subject"], "127.0.0.1:8080");
+    let message = raised["message"].as_str().unwrap();
+    assert!(
+        message.contains("spoofed"),
+        "many distinct sources: {message}"
+    );
+    let cleared = watcher.wait_for(Duration::from_secs(20), "syn_flood cleared", |l| {
+        l.contains("\"rule\":\"syn_flood\"") && l.contains("\"status\":\"cleared\"")
+    });
+    assert!(cleared.contains("127.0.0.1:8080"));
+    let (lines, _) = watcher.stop();
+    drop(listener);
+    let tally = records(&lines, "tally").last().unwrap();
+    assert!(
+        tally["received"]["syn_requests"].as_u64().unwrap() > 0,
+        "sock_ops saw the SYNs: {tally}"
+    );
+    eprintln!("SYN flood alert {latency:?} after start: {message}");
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn without_privileges_it_falls_back_to_polling() {
+    if !require_root("without_privileges_it_falls_back_to_polling") {
+        return;
+    }
+    let ns = Netns::new("nopriv");
+    let _listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 9000)).unwrap());
+    let out = ns
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(tcpmon_bin())
+        .args([
+            "watch",
+            "--json",
+            "--duration",
+            "2500ms",
+            "--tally-interval",
+            "1s",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("eBPF unavailable: no privilege"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("eBPF unavailable").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let mode = records(&lines, "mode").next().unwrap();
+    assert_eq!(mode["mode"], "poll");
+    let tally = records(&lines, "tally").last().unwrap();
+    assert_eq!(tally["states"]["LISTEN"], 1);
+    // Forcing eBPF without privileges is an error, not a fallback.
+    let forced = ns
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(tcpmon_bin())
+        .args(["watch", "--mode", "ebpf", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(forced.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&forced.stderr);
+    assert!(
+        err.starts_with("tcpmon: eBPF unavailable: not permitted"),
+        "{err}"
+    );
+    let _ = Command::new("true").status();
+}
