@@ -67,6 +67,52 @@ pub struct SynWindow {
     pub sources: u64,
 }
 
+/// Accumulates SYN activity per listener between evaluations, in bounded memory: distinct
+/// sources saturate at MAX_SOURCES per listener, so a flood from a million spoofed
+/// addresses costs at most that many entries until the next evaluation empties it.
+#[derive(Debug, Default)]
+pub struct SynTracker {
+    listeners: HashMap<(IpAddr, u16), (SynWindow, std::collections::HashSet<IpAddr>)>,
+}
+
+impl SynTracker {
+    pub fn syn(&mut self, listener: (IpAddr, u16), source: IpAddr) {
+        let (w, sources) = self.listeners.entry(listener).or_default();
+        w.syns += 1;
+        if sources.len() < MAX_SOURCES {
+            sources.insert(source);
+        }
+    }
+
+    pub fn completed(&mut self, listener: (IpAddr, u16)) {
+        self.listeners.entry(listener).or_default().0.completed += 1;
+    }
+
+    pub fn synack_retransmit(&mut self, listener: (IpAddr, u16)) {
+        self.listeners
+            .entry(listener)
+            .or_default()
+            .0
+            .synack_retransmits += 1;
+    }
+
+    /// The window so far, leaving the tracker empty.
+    pub fn take(&mut self) -> HashMap<(IpAddr, u16), SynWindow> {
+        std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(|(k, (mut w, sources))| {
+                w.sources = sources.len() as u64;
+                (k, w)
+            })
+            .collect()
+    }
+
+    /// Entries held (for the bounded-memory promise).
+    pub fn entries(&self) -> usize {
+        self.listeners.values().map(|(_, s)| s.len() + 1).sum()
+    }
+}
+
 /// Everything an evaluation looks at besides the tally.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
@@ -545,6 +591,37 @@ mod tests {
             alerts[0].message.contains("127.0.0.1:5432 hold 53%"),
             "{}",
             alerts[0].message
+        );
+    }
+
+    #[test]
+    fn a_million_spoofed_sources_use_bounded_memory() {
+        let mut tracker = SynTracker::default();
+        let listener = (localhost(), 8080);
+        for i in 0..1_000_000u32 {
+            tracker.syn(listener, IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)));
+        }
+        assert_eq!(tracker.entries(), MAX_SOURCES + 1);
+        let window = tracker.take();
+        assert_eq!(
+            window[&listener],
+            SynWindow {
+                syns: 1_000_000,
+                completed: 0,
+                synack_retransmits: 0,
+                sources: MAX_SOURCES as u64
+            }
+        );
+        assert_eq!(tracker.entries(), 0);
+        // The alert says the count saturated.
+        let mut d = Detector::new(LiveThresholds::default());
+        let mut i = inputs(SEC);
+        i.syn = window;
+        let alert = &d.evaluate(&view(), &i)[0];
+        assert!(
+            alert.message.contains(">= 65536 distinct sources"),
+            "{}",
+            alert.message
         );
     }
 

@@ -20,14 +20,14 @@ use tcpmon::{
     ebpf::{own_netns, KernelCounters, LoadError, LoadOptions, NetnsFilter, Probe},
     event::{decode, Endpoints, Record, Transition},
     kstats::{self, SynCounters},
-    live::{monotonic_ns, Clock, Origin, TransitionRecord},
+    live::{monotonic_ns, Clock, FastWriter, Origin, TransitionRecord},
     model::{canonical_ip, endpoint, TcpState},
     poll,
     process::{find_owners, Process},
     procfs::Socket,
     render::{json_line, Style},
-    rules::{Alert, Detector, Inputs, LiveThresholds, Status, SynWindow},
-    tally::{ReconcileReport, Tally, TallyConfig, MAX_SOURCES},
+    rules::{Alert, Detector, Inputs, LiveThresholds, Status, SynTracker},
+    tally::{ReconcileReport, Tally, TallyConfig},
     Snapshot,
 };
 use tokio::{
@@ -164,15 +164,6 @@ struct Received {
     foreign: u64,
 }
 
-/// SYN activity per listener since the last evaluation.
-#[derive(Default)]
-struct SynAcc {
-    syns: u64,
-    completed: u64,
-    synack_retransmits: u64,
-    sources: HashSet<IpAddr>,
-}
-
 /// Where the transitions come from.
 enum Source {
     Ebpf {
@@ -200,7 +191,7 @@ struct Session<'a> {
     kernel: KernelCounters,
     /// Loss already answered by a reconciliation.
     loss_reconciled: u64,
-    syn: HashMap<(IpAddr, u16), SynAcc>,
+    syn: SynTracker,
     syn_counters: Option<SynCounters>,
     last_eval_ns: u64,
     time_wait_check: Option<(u64, i64)>,
@@ -211,7 +202,17 @@ struct Session<'a> {
     somaxconn: Option<u32>,
     mode: &'static str,
     last_tally: (u64, u64),
+    fast: FastWriter,
+    /// When loss last triggered a reconciliation (they are expensive: at most one per 10 s).
+    last_loss_reconcile_ns: u64,
+    last_owner_lookup_ns: u64,
 }
+
+/// At most one /proc read a second to name the owners of CLOSE_WAIT sockets.
+const OWNER_LOOKUP_GAP_NS: u64 = 1_000_000_000;
+
+/// Loss-triggered reconciliations re-read /proc, which is costly under heavy churn.
+const LOSS_RECONCILE_GAP_NS: u64 = 10_000_000_000;
 
 pub fn run(args: &WatchArgs, style: Style) -> Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -272,7 +273,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         received: Received::default(),
         kernel: KernelCounters::default(),
         loss_reconciled: 0,
-        syn: HashMap::new(),
+        syn: SynTracker::default(),
         syn_counters: None,
         last_eval_ns: monotonic_ns(),
         time_wait_check: None,
@@ -283,6 +284,9 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         somaxconn: None,
         mode: if source.is_some() { "ebpf" } else { "poll" },
         last_tally: (monotonic_ns(), 0),
+        fast: FastWriter::default(),
+        last_loss_reconcile_ns: 0,
+        last_owner_lookup_ns: 0,
     };
     let mut source = match source {
         Some(mut probe) => {
@@ -332,7 +336,9 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     let mut tick = tokio::time::interval(args.interval);
     let mut tally_tick = tokio::time::interval(args.tally_interval);
     let mut reconcile_tick = tokio::time::interval(args.reconcile_interval);
-    for t in [&mut tick, &mut tally_tick, &mut reconcile_tick] {
+    // The kernel batches wakeups (see tcpmon-ebpf): pick up what a batch left behind.
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(25));
+    for t in [&mut tick, &mut tally_tick, &mut reconcile_tick, &mut drain_tick] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t.tick().await;
     }
@@ -372,6 +378,12 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 session.evaluate(&mut source)?;
                 session.out.flush()?;
             }
+            _ = drain_tick.tick() => {
+                if let Source::Ebpf { ring, .. } = &mut source {
+                    session.drain(ring.get_mut())?;
+                    session.out.flush()?;
+                }
+            }
             _ = tally_tick.tick() => {
                 session.write_tally()?;
                 session.out.flush()?;
@@ -393,7 +405,23 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     session.write_tally()?;
     session.out.flush()?;
     drop(source);
+    // One line for whoever reads stderr (and for scripts that sent stdout elsewhere).
+    eprintln!(
+        "tcpmon: detached ({} mode): {} transitions, {} lost (ring buffer full {}, kernel skipped {}, undecodable {}), {} reconciliations",
+        session.mode,
+        session.received.transitions,
+        session.kernel.lost() + session.received.decode_errors,
+        session.kernel.ringbuf_full,
+        session.kernel.recursion_misses,
+        session.received.decode_errors,
+        session.reconciliations
+    );
     Ok(0)
+}
+
+/// The listener a request or handshake belongs to: its local address and port.
+fn listener_of(at: &Endpoints) -> (IpAddr, u16) {
+    (canonical_ip(at.local_ip), at.local_port)
 }
 
 impl Session<'_> {
@@ -480,16 +508,11 @@ impl Session<'_> {
                 Ok(Record::Transition(t)) => self.transition(&t, Origin::Ebpf)?,
                 Ok(Record::SynAckRetransmit(at)) => {
                     self.received.synack_retransmits += 1;
-                    self.syn_acc(&at).synack_retransmits += 1;
+                    self.syn.synack_retransmit(listener_of(&at));
                 }
                 Ok(Record::SynRequest(at)) => {
                     self.received.syn_requests += 1;
-                    let remote = canonical_ip(at.remote_ip);
-                    let acc = self.syn_acc(&at);
-                    acc.syns += 1;
-                    if acc.sources.len() < MAX_SOURCES {
-                        acc.sources.insert(remote);
-                    }
+                    self.syn.syn(listener_of(&at), canonical_ip(at.remote_ip));
                 }
                 Err(e) => {
                     self.received.decode_errors += 1;
@@ -498,12 +521,6 @@ impl Session<'_> {
             }
         }
         Ok(())
-    }
-
-    fn syn_acc(&mut self, at: &Endpoints) -> &mut SynAcc {
-        self.syn
-            .entry((canonical_ip(at.local_ip), at.local_port))
-            .or_default()
     }
 
     fn transition(&mut self, t: &Transition, origin: Origin) -> Result<()> {
@@ -515,7 +532,7 @@ impl Session<'_> {
         } else {
             self.received.transitions += 1;
             if origin == Origin::Ebpf && t.old == TcpState::Listen && t.new == TcpState::SynRecv {
-                self.syn_acc(&t.at).completed += 1;
+                self.syn.completed(listener_of(&t.at));
             }
             Some(match self.window.as_mut() {
                 Some(window) => {
@@ -527,11 +544,12 @@ impl Session<'_> {
         };
         if self.args.shows(t) {
             let ms = applied.and_then(|a| a.ms_in_old);
-            let record = TransitionRecord::new(t, &self.clock, ms, origin);
             if self.args.json {
-                json_line(&mut self.out, &record)?;
+                self.fast.buf.clear();
+                self.fast.json(t, &self.clock, ms, origin);
+                self.out.write_all(&self.fast.buf)?;
             } else {
-                record.write_human(&mut self.out)?;
+                TransitionRecord::new(t, &self.clock, ms, origin).write_human(&mut self.out)?;
             }
         }
         if applied.is_some_and(|a| a.new_listener) {
@@ -601,37 +619,29 @@ impl Session<'_> {
         self.syn_counters = Some(counters);
         let window_secs = now.saturating_sub(self.last_eval_ns) as f64 / 1e9;
         self.last_eval_ns = now;
-        let syn = std::mem::take(&mut self.syn)
-            .into_iter()
-            .map(|(k, a)| {
-                let w = SynWindow {
-                    syns: a.syns,
-                    completed: a.completed,
-                    synack_retransmits: a.synack_retransmits,
-                    sources: a.sources.len() as u64,
-                };
-                (k, w)
-            })
-            .collect();
-        // A CLOSE_WAIT port whose owner is not known yet: look it up now, not at the next
-        // periodic reconciliation, so the alert can name the process.
+        let syn = self.syn.take();
+        // A CLOSE_WAIT port about to be alerted whose owner is not known yet: look it up
+        // now rather than at the next periodic reconciliation, so the alert names the
+        // process. Only for ports that cross a threshold: under churn, CLOSE_WAIT comes
+        // and goes all the time and each lookup re-reads /proc.
         let view = self.tally.view(20);
+        let t = &self.detector.thresholds;
+        let alerting = view.close_wait_by_port.iter().any(|(port, count, since, _)| {
+            let age = now.saturating_sub(*since) as f64 / 1e9;
+            (age >= t.close_wait_age_secs || *count > t.close_wait_count) && !self.close_wait_owners.contains_key(port)
+        });
         if matches!(source, Source::Ebpf { .. })
-            && view
-                .close_wait_by_port
-                .iter()
-                .any(|(port, ..)| !self.close_wait_owners.contains_key(port))
-            && self
-                .last_reconcile
-                .as_ref()
-                .is_none_or(|(r, _)| now.saturating_sub(r.at_ns) > 2_000_000_000)
+            && alerting
+            && now.saturating_sub(self.last_owner_lookup_ns) >= OWNER_LOOKUP_GAP_NS
         {
+            self.last_owner_lookup_ns = now;
             self.reconcile("owners", source)?;
         }
         // Loss makes the live counts drift: rebuild them from /proc.
         let lost = self.kernel.lost() + self.received.decode_errors;
-        if lost > self.loss_reconciled {
+        if lost > self.loss_reconciled && now.saturating_sub(self.last_loss_reconcile_ns) >= LOSS_RECONCILE_GAP_NS {
             self.loss_reconciled = lost;
+            self.last_loss_reconcile_ns = now;
             self.reconcile("loss", source)?;
         }
         let view = self.tally.view(20);

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Connection rate of a maximal loopback churn with and without `tcpmon watch --json
+# >/dev/null` attached, the events it received and lost, and (with --rss SECONDS) its RSS
+# over a long churn. Runs in a private network namespace; needs root.
+#   tcpmon/benches/watch_overhead.sh [--seconds 10] [--rounds 3] [--threads 3] [--rss 600]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+tcpmon="${TCPMON:-$root/target/release/tcpmon}"
+churn="${CHURN:-$root/target/release/examples/churn}"
+seconds=10 rounds=3 threads=3 rss=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --seconds) seconds=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --threads) threads=$2; shift 2 ;;
+        --rss) rss=$2; shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+ns="tcpmon-ovh-$$"
+watcher=""
+work="$(mktemp -d)"
+cleanup() {
+    [[ -n "$watcher" ]] && kill "$watcher" 2>/dev/null || true
+    ip netns delete "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+ip netns exec "$ns" ip link set lo up
+in_ns() { ip netns exec "$ns" "$@"; }
+rate_of() { sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
+conns_of() { sed -n 's/.*connections=\([0-9]*\).*/\1/p'; }
+
+start_watch() {
+    # Not through in_ns: a backgrounded function is a subshell, and $! must be tcpmon.
+    ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf >/dev/null 2>"$work/watch.err" &
+    watcher=$!
+    sleep 1.5
+}
+# Not called in $(...): `wait` only works in the shell that started the job.
+stop_watch() {
+    kill -TERM "$watcher"; wait "$watcher" || true; watcher=""
+    grep 'detached' "$work/watch.err" | tail -1 > "$work/summary" || echo "no summary: $(tail -3 "$work/watch.err")" > "$work/summary"
+}
+
+echo "churn: $threads client threads, ${seconds}s per run, $rounds rounds (alternating)"
+printf '%-6s %-22s %10s %14s %12s\n' round run conn_per_s transitions lost
+for ((r = 1; r <= rounds; r++)); do
+    base=$(in_ns "$churn" "$seconds" "$threads" | tee "$work/base.out" | rate_of)
+    printf '%-6s %-22s %10s\n' "$r" "no tracer" "$base"
+    sleep 2
+    start_watch
+    out=$(in_ns "$churn" "$seconds" "$threads")
+    stop_watch
+    summary=$(cat "$work/summary")
+    got=$(sed -n 's/.*: \([0-9]*\) transitions.*/\1/p' <<<"$summary")
+    lost=$(sed -n 's/.*, \([0-9]*\) lost.*/\1/p' <<<"$summary")
+    conns=$(conns_of <<<"$out")
+    printf '%-6s %-22s %10s %14s %12s   (expected >= %s transitions; %s)\n' "$r" "tcpmon watch --json" \
+        "$(rate_of <<<"$out")" "$got" "$lost" "$((conns * 10))" "${summary#tcpmon: }"
+    echo "$base $(rate_of <<<"$out") $got $lost $conns" >> "$work/rounds"
+    sleep 2
+done
+python3 - "$work/rounds" <<'PY'
+import statistics, sys
+rows = [list(map(int, l.split())) for l in open(sys.argv[1])]
+base = statistics.median(r[0] for r in rows)
+watched = statistics.median(r[1] for r in rows)
+print(f"median rate: {base:.0f}/s without, {watched:.0f}/s with tcpmon watch: "
+      f"{(1 - watched / base) * 100:.1f}% lower")
+for r in rows:
+    unreported = 10 * r[4] - r[2] - r[3]
+    print(f"  received {r[2]} of >= {10 * r[4]} transitions, {r[3]} reported lost, "
+          f"shortfall not reported as lost: {max(unreported, 0)}")
+PY
+
+if [[ "$rss" -gt 0 ]]; then
+    echo "RSS of tcpmon watch under ${rss}s of churn (sampled every 30s):"
+    start_watch
+    in_ns "$churn" "$rss" "$threads" > "$work/long.out" &
+    churner=$!
+    pid=$watcher
+    for ((t = 0; t <= rss; t += 30)); do
+        printf '  t=%4ss VmRSS %s\n' "$t" "$(awk '/VmRSS/ {print $2 " " $3}' /proc/"$pid"/status)"
+        sleep 30
+    done
+    wait "$churner" || true
+    cat "$work/long.out"
+    stop_watch
+    cat "$work/summary"
+fi
