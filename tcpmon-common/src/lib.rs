@@ -47,8 +47,10 @@ pub struct SockEvent {
     /// Kernel TCP state numbers (1 = ESTABLISHED ... 12 = NEW_SYN_RECV).
     pub oldstate: u8,
     pub newstate: u8,
-    /// Explicit so the layout has no implicit padding.
-    pub _pad: [u8; 7],
+    /// Explicit so the layout has no implicit padding (three stores, no memset).
+    pub _pad1: u8,
+    pub _pad2: u16,
+    pub _pad4: u32,
     pub comm: [u8; 16],
 }
 
@@ -56,6 +58,7 @@ pub struct SockEvent {
 pub const SOCK_EVENT_SIZE: usize = 88;
 const _: () = assert!(core::mem::size_of::<SockEvent>() == SOCK_EVENT_SIZE);
 const _: () = assert!(core::mem::align_of::<SockEvent>() == 8);
+const _: () = assert!(core::mem::offset_of!(SockEvent, comm) == 72);
 
 impl SockEvent {
     pub const fn zeroed() -> Self {
@@ -72,7 +75,9 @@ impl SockEvent {
             kind: 0,
             oldstate: 0,
             newstate: 0,
-            _pad: [0; 7],
+            _pad1: 0,
+            _pad2: 0,
+            _pad4: 0,
             comm: [0; 16],
         }
     }
@@ -94,6 +99,23 @@ impl SockEvent {
         // by convention, not by type.
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const Self) })
     }
+}
+
+/// Transitions the kernel only makes inside a system call of the socket's owner
+/// (listen(), connect(), close()/shutdown()), numbered as the kernel numbers states. Only
+/// these carry a pid and command: elsewhere the current task is whoever was interrupted.
+pub const fn made_by_syscall(old: u8, new: u8) -> bool {
+    const ESTABLISHED: u8 = 1;
+    const SYN_SENT: u8 = 2;
+    const FIN_WAIT1: u8 = 4;
+    const CLOSE: u8 = 7;
+    const CLOSE_WAIT: u8 = 8;
+    const LAST_ACK: u8 = 9;
+    const LISTEN: u8 = 10;
+    matches!(
+        (old, new),
+        (CLOSE, LISTEN) | (LISTEN, CLOSE) | (CLOSE, SYN_SENT) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
+    )
 }
 
 /// Indexes into the per-CPU `COUNTERS` array the kernel program keeps.

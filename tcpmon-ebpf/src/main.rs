@@ -1,7 +1,13 @@
 //! tcpmon's kernel side: attach points only. Each program filters, fills one
 //! `SockEvent` and submits it; every loss is counted in `COUNTERS`.
+//!
+//! The hot path matters (it runs on every TCP state change of the machine): records are
+//! written field by field straight into the ring buffer, with no zeroing pass and no
+//! helper call that the record does not need.
 #![no_std]
 #![no_main]
+
+use core::mem::offset_of;
 
 use aya_ebpf::{
     helpers::{
@@ -11,16 +17,23 @@ use aya_ebpf::{
     macros::{map, sock_ops, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
     programs::{SockOpsContext, TracePointContext},
-    Global,
+    EbpfContext as _, Global,
 };
 use aya_log_ebpf::warn;
-use tcpmon_common::{counter, kind, SockEvent, AF_INET, DEFAULT_RING_BYTES, IPPROTO_TCP};
+use tcpmon_common::{
+    counter, kind, made_by_syscall, SockEvent, AF_INET, DEFAULT_RING_BYTES, IPPROTO_TCP,
+};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// When the reader was last woken (one slot, shared by every CPU; a race only shifts a
+/// wakeup by one record).
+#[map(name = "LAST_WAKEUP")]
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static TARGET_NETNS: Global<u32> = Global::new(0);
@@ -60,6 +73,37 @@ mod retransmit_synack {
     pub const DADDR_V6: usize = 54;
 }
 
+/// Wake the reader when this much is waiting...
+const WAKEUP_BYTES: u64 = 1 << 20;
+/// ...or when it has not been woken for this long (user space also drains on a timer).
+const WAKEUP_NS: u64 = 5_000_000;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// BPF_SOCK_OPS_TIMEOUT_INIT: the kernel asks for a SYN-ACK timeout when it creates a
+/// request socket for an incoming SYN (and for its own SYN on connect, a full socket).
+const SOCK_OPS_TIMEOUT_INIT: u32 = 1;
+
+/// One record's content, as scalars: addresses as two native-endian u64 halves of their
+/// 16 network-order bytes.
+#[derive(Clone, Copy)]
+struct Fields {
+    ts_ns: u64,
+    skaddr: u64,
+    saddr: (u64, u64),
+    daddr: (u64, u64),
+    netns: u32,
+    tgid: u32,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    kind: u8,
+    oldstate: u8,
+    newstate: u8,
+    comm: (u64, u64),
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
@@ -67,6 +111,66 @@ fn bump(index: u32) {
         // guard skips a nested run instead), so nothing else writes it concurrently.
         unsafe { *slot += 1 };
     }
+}
+
+/// Batched notification: waking the reader for every record costs a context switch per
+/// record under load; waking it per megabyte or every 5 ms keeps latency low when quiet
+/// and the cost flat when busy.
+#[inline(always)]
+fn wakeup_flags(now: u64) -> u64 {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: valid map value pointer; a racy read-modify-write is harmless here.
+    unsafe {
+        if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES || now.wrapping_sub(*last) >= WAKEUP_NS
+        {
+            *last = now;
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn put<T>(base: *mut u8, offset: usize, value: T) {
+    // SAFETY: the caller writes inside a reserved SockEvent at a field's own offset.
+    unsafe { (base.add(offset) as *mut T).write(value) }
+}
+
+/// Reserves a record, writes every byte of it (padding included) and commits it.
+#[inline(always)]
+fn submit(f: &Fields) {
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        bump(counter::RINGBUF_FULL);
+        return;
+    };
+    let p = entry.as_mut_ptr() as *mut u8;
+    // SAFETY: offsets of SockEvent's own fields, inside the reserved record.
+    unsafe {
+        put(p, offset_of!(SockEvent, ts_ns), f.ts_ns);
+        put(p, offset_of!(SockEvent, skaddr), f.skaddr);
+        put(p, offset_of!(SockEvent, saddr), f.saddr.0);
+        put(p, offset_of!(SockEvent, saddr) + 8, f.saddr.1);
+        put(p, offset_of!(SockEvent, daddr), f.daddr.0);
+        put(p, offset_of!(SockEvent, daddr) + 8, f.daddr.1);
+        put(p, offset_of!(SockEvent, netns), f.netns);
+        put(p, offset_of!(SockEvent, tgid), f.tgid);
+        put(p, offset_of!(SockEvent, sport), f.sport);
+        put(p, offset_of!(SockEvent, dport), f.dport);
+        put(p, offset_of!(SockEvent, family), f.family);
+        put(p, offset_of!(SockEvent, kind), f.kind);
+        put(p, offset_of!(SockEvent, oldstate), f.oldstate);
+        put(p, offset_of!(SockEvent, newstate), f.newstate);
+        put(p, offset_of!(SockEvent, _pad1), 0u8);
+        put(p, offset_of!(SockEvent, _pad2), 0u16);
+        put(p, offset_of!(SockEvent, _pad4), 0u32);
+        put(p, offset_of!(SockEvent, comm), f.comm.0);
+        put(p, offset_of!(SockEvent, comm) + 8, f.comm.1);
+    }
+    entry.submit(wakeup_flags(f.ts_ns));
+    bump(counter::SUBMITTED);
 }
 
 /// Reads `sk->__sk_common.skc_net.net->ns.inum` with offsets user space found in BTF.
@@ -77,11 +181,10 @@ fn netns_of(skaddr: u64) -> u32 {
         return 0;
     }
     // SAFETY: probe reads tolerate any address; a failure yields an error, not a fault.
-    let net: u64 =
-        match unsafe { bpf_probe_read_kernel((skaddr + u64::from(sk_net)) as *const u64) } {
-            Ok(net) => net,
-            Err(_) => return 0,
-        };
+    let Ok(net) = (unsafe { bpf_probe_read_kernel((skaddr + u64::from(sk_net)) as *const u64) })
+    else {
+        return 0;
+    };
     let inum = NET_INUM_OFFSET.load();
     // SAFETY: as above.
     unsafe { bpf_probe_read_kernel((net + u64::from(inum)) as *const u32) }.unwrap_or(0)
@@ -106,78 +209,20 @@ fn wanted_netns(ctx: &TracePointContext, skaddr: u64) -> Option<u32> {
 }
 
 /// Direct (aligned) read of a tracepoint record field; the verifier allows it for
-/// offsets inside the record.
+/// offsets inside the record (past the 8-byte common header).
 #[inline(always)]
 unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    use aya_ebpf::EbpfContext as _;
     // SAFETY: the caller passes an aligned offset inside the record, from the format file.
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
-/// An IPv4 address (network order, as loaded) in the first 4 bytes of a 16-byte field.
+/// The current task's name as two u64 halves.
 #[inline(always)]
-fn widen_v4(addr: u32) -> [u8; 16] {
-    let b = addr.to_ne_bytes();
-    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-}
-
-/// A 16-byte address read as two aligned 8-byte loads: a byte-wise copy would walk a
-/// modified context pointer, which the verifier refuses.
-#[inline(always)]
-unsafe fn v6_at(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
-    // SAFETY: the caller passes an 8-aligned offset of a 16-byte field of the record.
-    let (lo, hi) = unsafe { (field::<u64>(ctx, offset), field::<u64>(ctx, offset + 8)) };
-    let (a, b) = (lo.to_ne_bytes(), hi.to_ne_bytes());
-    [
-        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
-        b[7],
-    ]
-}
-
-/// Wake the reader when this much is waiting...
-const WAKEUP_BYTES: u64 = 1 << 20;
-/// ...or when it has not been woken for this long (user space also drains on a timer).
-const WAKEUP_NS: u64 = 5_000_000;
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-
-/// When the reader was last woken (one slot, shared by every CPU; races only shift a
-/// wakeup by one event).
-#[map(name = "LAST_WAKEUP")]
-static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
-
-/// Batched notification: waking the reader for every record costs a context switch per
-/// event under load; waking it per megabyte or every 5 ms keeps latency low when quiet
-/// and cost flat when busy.
-#[inline(always)]
-fn wakeup_flags(now: u64) -> u64 {
-    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: valid map value pointer; a racy read-modify-write is harmless here.
-    unsafe {
-        if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES || now.wrapping_sub(*last) >= WAKEUP_NS {
-            *last = now;
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        }
-    }
-}
-
-#[inline(always)]
-fn submit(fill: impl FnOnce(&mut SockEvent)) {
-    match EVENTS.reserve::<SockEvent>(0) {
-        Some(mut entry) => {
-            let event = entry.write(SockEvent::zeroed());
-            fill(event);
-            let flags = wakeup_flags(event.ts_ns);
-            entry.submit(flags);
-            bump(counter::SUBMITTED);
-        }
-        None => bump(counter::RINGBUF_FULL),
-    }
+fn comm() -> (u64, u64) {
+    let name = bpf_get_current_comm().unwrap_or([0; 16]);
+    let p = name.as_ptr() as *const u64;
+    // SAFETY: a 16-byte stack array read as two (unaligned) u64s.
+    unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) }
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -193,32 +238,40 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             return 0;
         };
         let family: u16 = field(&ctx, f::FAMILY);
-        let oldstate: i32 = field(&ctx, f::OLDSTATE);
-        let newstate: i32 = field(&ctx, f::NEWSTATE);
-        let sport: u16 = field(&ctx, f::SPORT);
-        let dport: u16 = field(&ctx, f::DPORT);
+        let oldstate = field::<i32>(&ctx, f::OLDSTATE) as u8;
+        let newstate = field::<i32>(&ctx, f::NEWSTATE) as u8;
         let (saddr, daddr) = if family == AF_INET {
             (
-                widen_v4(field::<u32>(&ctx, f::SADDR)),
-                widen_v4(field::<u32>(&ctx, f::DADDR)),
+                (u64::from(field::<u32>(&ctx, f::SADDR)), 0),
+                (u64::from(field::<u32>(&ctx, f::DADDR)), 0),
             )
         } else {
-            (v6_at(&ctx, f::SADDR_V6), v6_at(&ctx, f::DADDR_V6))
+            (
+                (field(&ctx, f::SADDR_V6), field(&ctx, f::SADDR_V6 + 8)),
+                (field(&ctx, f::DADDR_V6), field(&ctx, f::DADDR_V6 + 8)),
+            )
         };
-        submit(|e| {
-            e.ts_ns = bpf_ktime_get_ns();
-            e.skaddr = skaddr;
-            e.saddr = saddr;
-            e.daddr = daddr;
-            e.netns = netns;
-            e.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            e.sport = sport;
-            e.dport = dport;
-            e.family = family;
-            e.kind = kind::STATE;
-            e.oldstate = oldstate as u8;
-            e.newstate = newstate as u8;
-            e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // Only syscall transitions are attributed (see tcpmon-common), so only they pay
+        // for the task lookups.
+        let (tgid, comm) = if made_by_syscall(oldstate, newstate) {
+            ((bpf_get_current_pid_tgid() >> 32) as u32, comm())
+        } else {
+            (0, (0, 0))
+        };
+        submit(&Fields {
+            ts_ns: bpf_ktime_get_ns(),
+            skaddr,
+            saddr,
+            daddr,
+            netns,
+            tgid,
+            sport: field(&ctx, f::SPORT),
+            dport: field(&ctx, f::DPORT),
+            family,
+            kind: kind::STATE,
+            oldstate,
+            newstate,
+            comm,
         });
     }
     0
@@ -235,35 +288,38 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
             return 0;
         };
         let family: u16 = field(&ctx, f::FAMILY);
-        let sport: u16 = field(&ctx, f::SPORT);
-        let dport: u16 = field(&ctx, f::DPORT);
-        let mut saddr = [0u8; 16];
-        let mut daddr = [0u8; 16];
-        if family == AF_INET {
-            saddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(f::SADDR).unwrap_or([0; 4]));
-            daddr[..4].copy_from_slice(&ctx.read_at::<[u8; 4]>(f::DADDR).unwrap_or([0; 4]));
+        let (saddr, daddr) = if family == AF_INET {
+            (
+                (u64::from(ctx.read_at::<u32>(f::SADDR).unwrap_or(0)), 0),
+                (u64::from(ctx.read_at::<u32>(f::DADDR).unwrap_or(0)), 0),
+            )
         } else {
-            saddr = ctx.read_at::<[u8; 16]>(f::SADDR_V6).unwrap_or([0; 16]);
-            daddr = ctx.read_at::<[u8; 16]>(f::DADDR_V6).unwrap_or([0; 16]);
-        }
-        submit(|e| {
-            e.ts_ns = bpf_ktime_get_ns();
-            e.skaddr = skaddr;
-            e.saddr = saddr;
-            e.daddr = daddr;
-            e.netns = netns;
-            e.sport = sport;
-            e.dport = dport;
-            e.family = family;
-            e.kind = kind::SYNACK_RETRANSMIT;
+            let pair = |off: usize| {
+                (
+                    ctx.read_at::<u64>(off).unwrap_or(0),
+                    ctx.read_at::<u64>(off + 8).unwrap_or(0),
+                )
+            };
+            (pair(f::SADDR_V6), pair(f::DADDR_V6))
+        };
+        submit(&Fields {
+            ts_ns: bpf_ktime_get_ns(),
+            skaddr,
+            saddr,
+            daddr,
+            netns,
+            tgid: 0,
+            sport: field(&ctx, f::SPORT),
+            dport: field(&ctx, f::DPORT),
+            family,
+            kind: kind::SYNACK_RETRANSMIT,
+            oldstate: 0,
+            newstate: 0,
+            comm: (0, 0),
         });
     }
     0
 }
-
-/// BPF_SOCK_OPS_TIMEOUT_INIT: the kernel asks for a SYN-ACK timeout when it creates a
-/// request socket for an incoming SYN (and for its own SYN on connect, a full socket).
-const SOCK_OPS_TIMEOUT_INIT: u32 = 1;
 
 /// One record per SYN that got a request socket: the SYN arrival rate and sources that
 /// inet_sock_set_state never shows (request sockets have no state tracepoint).
@@ -282,57 +338,43 @@ pub fn syn_request(ctx: SockOpsContext) -> u32 {
     }
     let family = ctx.family() as u16;
     let (saddr, daddr) = if family == AF_INET {
-        (widen_v4(ctx.local_ip4()), widen_v4(ctx.remote_ip4()))
+        ((u64::from(ctx.local_ip4()), 0), (u64::from(ctx.remote_ip4()), 0))
     } else {
-        // SAFETY: constant-offset reads of the context; one volatile load per word,
-        // because a copied array would walk a modified context pointer (refused).
+        // SAFETY: constant-offset reads of the context, one volatile load per word: a
+        // copied array would walk a modified context pointer, which the verifier refuses.
         unsafe {
             let ops = ctx.ops;
-            let word = |p: *const u32| core::ptr::read_volatile(p);
-            let local = [
-                word(&(*ops).local_ip6[0]),
-                word(&(*ops).local_ip6[1]),
-                word(&(*ops).local_ip6[2]),
-                word(&(*ops).local_ip6[3]),
-            ];
-            let remote = [
-                word(&(*ops).remote_ip6[0]),
-                word(&(*ops).remote_ip6[1]),
-                word(&(*ops).remote_ip6[2]),
-                word(&(*ops).remote_ip6[3]),
-            ];
-            (v6_words(local), v6_words(remote))
+            let word = |p: *const u32| u64::from(core::ptr::read_volatile(p));
+            (
+                (
+                    word(&(*ops).local_ip6[0]) | word(&(*ops).local_ip6[1]) << 32,
+                    word(&(*ops).local_ip6[2]) | word(&(*ops).local_ip6[3]) << 32,
+                ),
+                (
+                    word(&(*ops).remote_ip6[0]) | word(&(*ops).remote_ip6[1]) << 32,
+                    word(&(*ops).remote_ip6[2]) | word(&(*ops).remote_ip6[3]) << 32,
+                ),
+            )
         }
     };
-    let sport = ctx.local_port() as u16;
-    // remote_port holds the network-order port shifted into the upper half (little endian).
-    let dport = u16::from_be((ctx.remote_port() >> 16) as u16);
-    submit(|e| {
+    submit(&Fields {
         // SAFETY: helper without preconditions.
-        e.ts_ns = unsafe { bpf_ktime_get_ns() };
-        e.saddr = saddr;
-        e.daddr = daddr;
-        e.sport = sport;
-        e.dport = dport;
-        e.family = family;
-        e.kind = kind::SYN_REQUEST;
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skaddr: 0,
+        saddr,
+        daddr,
+        netns: 0,
+        tgid: 0,
+        sport: ctx.local_port() as u16,
+        // remote_port holds the network-order port in its upper half (little endian).
+        dport: u16::from_be((ctx.remote_port() >> 16) as u16),
+        family,
+        kind: kind::SYN_REQUEST,
+        oldstate: 0,
+        newstate: 0,
+        comm: (0, 0),
     });
     1
-}
-
-/// Four network-order 32-bit words as 16 address bytes.
-#[inline(always)]
-fn v6_words(words: [u32; 4]) -> [u8; 16] {
-    let (a, b, c, d) = (
-        words[0].to_ne_bytes(),
-        words[1].to_ne_bytes(),
-        words[2].to_ne_bytes(),
-        words[3].to_ne_bytes(),
-    );
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
-    ]
 }
 
 #[cfg(not(test))]

@@ -80,15 +80,7 @@ pub enum DecodeError {
 /// it ran in (its context flags are not filled in for BPF, and BPF's private stack hides the
 /// IRQ stack), so those transitions get no pid rather than a wrong one.
 pub fn made_by_syscall(old: TcpState, new: TcpState) -> bool {
-    use TcpState::*;
-    matches!(
-        (old, new),
-        (Close, Listen)
-            | (Listen, Close)
-            | (Close, SynSent)
-            | (Established, FinWait1)
-            | (CloseWait, LastAck)
-    )
+    tcpmon_common::made_by_syscall(old as u8, new as u8)
 }
 
 /// Decodes one ring-buffer record; never panics, whatever the bytes.

@@ -28,6 +28,30 @@ pub fn tcp_ext(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Connection openings the kernel counted (/proc/net/snmp `Tcp:` ActiveOpens and
+/// PassiveOpens). Each matches exactly one transition (CLOSE -> SYN_SENT, LISTEN ->
+/// SYN_RECV), which makes them an independent check that no event went missing silently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Opens {
+    pub active: u64,
+    pub passive: u64,
+}
+
+pub fn snmp_opens(text: &str) -> Option<Opens> {
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let mut opens = Opens::default();
+    let mut found = 0;
+    for (name, value) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+        match name {
+            "ActiveOpens" => (opens.active, found) = (value.parse().ok()?, found + 1),
+            "PassiveOpens" => (opens.passive, found) = (value.parse().ok()?, found + 1),
+            _ => {}
+        }
+    }
+    (found == 2).then_some(opens)
+}
+
 /// The TcpExt counters that tell a SYN flood or a full accept queue, as deltas.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SynCounters {
@@ -82,6 +106,15 @@ mod tests {
         assert_eq!(sockstat_time_wait(text), Some(1234));
         assert_eq!(sockstat_time_wait("TCP: inuse 1"), None);
         assert_eq!(sockstat_time_wait(""), None);
+    }
+
+    #[test]
+    fn parses_snmp_opens() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n\
+                    Tcp: 1 200 120000 -1 1234 567 8\n";
+        assert_eq!(snmp_opens(text), Some(Opens { active: 1234, passive: 567 }));
+        assert_eq!(snmp_opens("Tcp: ActiveOpens\nTcp: 5\n"), None);
     }
 
     #[test]

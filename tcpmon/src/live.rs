@@ -240,8 +240,21 @@ impl FastWriter {
     }
 
     fn push_ip(&mut self, ip: IpAddr) {
-        use std::io::Write as _;
-        let _ = write!(self.buf, "{ip}");
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b'.');
+                    }
+                    self.buf.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let _ = write!(self.buf, "{v6}");
+            }
+        }
     }
 
     fn push_micros(&mut self, micros: u32) {
@@ -278,10 +291,15 @@ impl FastWriter {
         self.buf.extend_from_slice(t.new.name().as_bytes());
         self.buf.extend_from_slice(b"\",\"ms_in_old\":");
         match ms_in_old {
-            // Three decimals (microseconds) are all the precision the clock offers here.
-            Some(ms) if ms.is_finite() => {
-                use std::io::Write as _;
-                let _ = write!(self.buf, "{ms:.3}");
+            // Microsecond precision, printed as integers: float formatting was a visible
+            // cost at full rate.
+            Some(ms) if ms.is_finite() && ms >= 0.0 => {
+                let micros = (ms * 1000.0).round() as u64;
+                self.push_u64(micros / 1000);
+                self.buf.push(b'.');
+                let frac = micros % 1000;
+                self.buf.extend(std::iter::repeat_n(b'0', 3 - itoa::Buffer::new().format(frac).len()));
+                self.push_u64(frac);
             }
             _ => self.buf.extend_from_slice(b"null"),
         }
@@ -298,9 +316,9 @@ impl FastWriter {
         self.buf.extend_from_slice(b",\"netns\":");
         self.push_u64(t.at.netns.into());
         self.buf.extend_from_slice(b",\"skaddr\":\"0x");
-        {
-            use std::io::Write as _;
-            let _ = write!(self.buf, "{:x}", t.at.skaddr);
+        let digits = (64 - t.at.skaddr.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            self.buf.push(b"0123456789abcdef"[((t.at.skaddr >> (shift * 4)) & 0xf) as usize]);
         }
         self.buf.extend_from_slice(b"\"}\n");
     }

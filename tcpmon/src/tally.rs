@@ -26,6 +26,11 @@ use crate::{
     procfs::Socket,
 };
 
+/// Nanoseconds as milliseconds at microsecond precision (what the output prints).
+fn micros_as_ms(ns: u64) -> f64 {
+    (ns / 1000) as f64 / 1000.0
+}
+
 /// Linux keeps a socket in TIME_WAIT for TCP_TIMEWAIT_LEN, fixed at 60 s.
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
 /// Clock ticks per second of the TIME_WAIT timer shown in /proc (USER_HZ).
@@ -467,7 +472,7 @@ impl Tally {
             self.entered
                 .get(&key)
                 .filter(|(s, _)| *s == t.old)
-                .map(|(_, at)| t.at.ts_ns.saturating_sub(*at) as f64 / 1e6)
+                .map(|(_, at)| micros_as_ms(t.at.ts_ns.saturating_sub(*at)))
         };
         if gone {
             self.entered.remove(&key);
@@ -579,7 +584,7 @@ impl Tally {
             .entered
             .get(&t.at.skaddr)
             .filter(|(s, _)| *s == t.old)
-            .map(|(_, at)| t.at.ts_ns.saturating_sub(*at) as f64 / 1e6);
+            .map(|(_, at)| micros_as_ms(t.at.ts_ns.saturating_sub(*at)));
         if t.new == TcpState::Close {
             self.entered.remove(&t.at.skaddr);
         } else if self.entered.len() < self.cfg.max_tracked_sockets {

@@ -162,6 +162,13 @@ struct Received {
     decode_errors: u64,
     /// Transitions from other namespaces (shown with --all-netns, never tallied).
     foreign: u64,
+    /// CLOSE -> SYN_SENT and LISTEN -> SYN_RECV seen, to compare with the kernel's
+    /// ActiveOpens / PassiveOpens.
+    active_opens: u64,
+    passive_opens: u64,
+    /// Openings the kernel counted that never arrived as events, although every loss
+    /// counter says nothing was lost: silent loss, estimated (a lower bound).
+    unaccounted: u64,
 }
 
 /// Where the transitions come from.
@@ -206,6 +213,10 @@ struct Session<'a> {
     /// When loss last triggered a reconciliation (they are expensive: at most one per 10 s).
     last_loss_reconcile_ns: u64,
     last_owner_lookup_ns: u64,
+    /// SNMP opens at the baseline, and at the previous evaluation (a second of lag lets
+    /// in-flight events arrive before they are missed).
+    opens_base: Option<kstats::Opens>,
+    opens_prev: Option<kstats::Opens>,
 }
 
 /// At most one /proc read a second to name the owners of CLOSE_WAIT sockets.
@@ -287,6 +298,8 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         fast: FastWriter::default(),
         last_loss_reconcile_ns: 0,
         last_owner_lookup_ns: 0,
+        opens_base: None,
+        opens_prev: None,
     };
     let mut source = match source {
         Some(mut probe) => {
@@ -323,6 +336,11 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         Source::Ebpf { probe, .. } => probe.take_logger(),
         Source::Poll { .. } => None,
     };
+    if let Source::Ebpf { .. } = source {
+        // Read after attach: events before this read are counted but not in the delta, so
+        // the silent-loss estimate can only err low.
+        session.opens_base = std::fs::read_to_string("/proc/net/snmp").ok().and_then(|t| kstats::snmp_opens(&t));
+    }
     // Baseline.
     let sockets = session.reconcile("baseline", &mut source)?;
     if let Source::Poll { previous } = &mut source {
@@ -407,13 +425,14 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     drop(source);
     // One line for whoever reads stderr (and for scripts that sent stdout elsewhere).
     eprintln!(
-        "tcpmon: detached ({} mode): {} transitions, {} lost (ring buffer full {}, kernel skipped {}, undecodable {}), {} reconciliations",
+        "tcpmon: detached ({} mode): {} transitions, {} lost (ring buffer full {}, kernel skipped {}, undecodable {}, unaccounted vs SNMP {}), {} reconciliations",
         session.mode,
         session.received.transitions,
-        session.kernel.lost() + session.received.decode_errors,
+        session.kernel.lost() + session.received.decode_errors + session.received.unaccounted,
         session.kernel.ringbuf_full,
         session.kernel.recursion_misses,
         session.received.decode_errors,
+        session.received.unaccounted,
         session.reconciliations
     );
     Ok(0)
@@ -531,8 +550,15 @@ impl Session<'_> {
             None
         } else {
             self.received.transitions += 1;
-            if origin == Origin::Ebpf && t.old == TcpState::Listen && t.new == TcpState::SynRecv {
-                self.syn.completed(listener_of(&t.at));
+            if origin == Origin::Ebpf {
+                match (t.old, t.new) {
+                    (TcpState::Listen, TcpState::SynRecv) => {
+                        self.received.passive_opens += 1;
+                        self.syn.completed(listener_of(&t.at));
+                    }
+                    (TcpState::Close, TcpState::SynSent) => self.received.active_opens += 1,
+                    _ => {}
+                }
             }
             Some(match self.window.as_mut() {
                 Some(window) => {
@@ -637,8 +663,19 @@ impl Session<'_> {
             self.last_owner_lookup_ns = now;
             self.reconcile("owners", source)?;
         }
+        // Silent loss: openings the kernel counted a second ago that never arrived.
+        if let Source::Ebpf { ring, .. } = source {
+            self.drain(ring.get_mut())?;
+            let opens = std::fs::read_to_string(self.proc_root.join("net/snmp")).ok().and_then(|t| kstats::snmp_opens(&t));
+            if let (Some(base), Some(prev)) = (self.opens_base, self.opens_prev) {
+                let missing_active = (prev.active - base.active.min(prev.active)).saturating_sub(self.received.active_opens);
+                let missing_passive = (prev.passive - base.passive.min(prev.passive)).saturating_sub(self.received.passive_opens);
+                self.received.unaccounted = self.received.unaccounted.max(missing_active + missing_passive);
+            }
+            self.opens_prev = opens;
+        }
         // Loss makes the live counts drift: rebuild them from /proc.
-        let lost = self.kernel.lost() + self.received.decode_errors;
+        let lost = self.kernel.lost() + self.received.decode_errors + self.received.unaccounted;
         if lost > self.loss_reconciled && now.saturating_sub(self.last_loss_reconcile_ns) >= LOSS_RECONCILE_GAP_NS {
             self.loss_reconciled = lost;
             self.last_loss_reconcile_ns = now;
@@ -702,7 +739,7 @@ impl Session<'_> {
         let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
         let rate = (self.received.transitions - self.last_tally.1) as f64 / elapsed.max(1e-3);
         self.last_tally = (now, self.received.transitions);
-        let lost = self.kernel.lost() + self.received.decode_errors;
+        let lost = self.kernel.lost() + self.received.decode_errors + self.received.unaccounted;
         if self.args.json {
             let reconcile = self.last_reconcile.as_ref().map(|(r, why)| {
                 serde_json::json!({
@@ -773,8 +810,8 @@ impl Session<'_> {
             )
         } else {
             format!(
-                "lost {lost} (ring buffer full {}, kernel skipped {}, undecodable {})",
-                self.kernel.ringbuf_full, self.kernel.recursion_misses, self.received.decode_errors
+                "lost {lost} (ring buffer full {}, kernel skipped {}, undecodable {}, unaccounted vs SNMP {})",
+                self.kernel.ringbuf_full, self.kernel.recursion_misses, self.received.decode_errors, self.received.unaccounted
             )
         };
         writeln!(
