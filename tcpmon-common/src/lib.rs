@@ -114,7 +114,11 @@ pub const fn made_by_syscall(old: u8, new: u8) -> bool {
     const LISTEN: u8 = 10;
     matches!(
         (old, new),
-        (CLOSE, LISTEN) | (LISTEN, CLOSE) | (CLOSE, SYN_SENT) | (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK)
+        (CLOSE, LISTEN)
+            | (LISTEN, CLOSE)
+            | (CLOSE, SYN_SENT)
+            | (ESTABLISHED, FIN_WAIT1)
+            | (CLOSE_WAIT, LAST_ACK)
     )
 }
 

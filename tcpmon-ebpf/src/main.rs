@@ -123,8 +123,7 @@ fn wakeup_flags(now: u64) -> u64 {
     };
     // SAFETY: valid map value pointer; a racy read-modify-write is harmless here.
     unsafe {
-        if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES || now.wrapping_sub(*last) >= WAKEUP_NS
-        {
+        if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES || now.wrapping_sub(*last) >= WAKEUP_NS {
             *last = now;
             BPF_RB_FORCE_WAKEUP
         } else {
@@ -338,7 +337,10 @@ pub fn syn_request(ctx: SockOpsContext) -> u32 {
     }
     let family = ctx.family() as u16;
     let (saddr, daddr) = if family == AF_INET {
-        ((u64::from(ctx.local_ip4()), 0), (u64::from(ctx.remote_ip4()), 0))
+        (
+            (u64::from(ctx.local_ip4()), 0),
+            (u64::from(ctx.remote_ip4()), 0),
+        )
     } else {
         // SAFETY: constant-offset reads of the context, one volatile load per word: a
         // copied array would walk a modified context pointer, which the verifier refuses.

@@ -64,5 +64,8 @@ fn main() {
     let n = done.load(Ordering::Relaxed);
     // Wake the acceptor so it sees `stop`.
     let _ = TcpStream::connect(addr);
-    println!("connections={n} seconds={elapsed:.2} rate={:.0}", n as f64 / elapsed);
+    println!(
+        "connections={n} seconds={elapsed:.2} rate={:.0}",
+        n as f64 / elapsed
+    );
 }

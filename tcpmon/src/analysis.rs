@@ -247,6 +247,9 @@ pub struct Summary {
     pub owners_unknown: u64,
     /// net.core.somaxconn: the most any listener's backlog can be.
     pub somaxconn: Option<u32>,
+    /// Sockets the kernel listed twice because the table changed while it was read;
+    /// counted once.
+    pub duplicates: u64,
 }
 
 /// Options that make the aggregation do extra work only when a command shows it.
@@ -281,6 +284,8 @@ pub struct Aggregator {
     port_range: Option<PortRange>,
     connections: Vec<Connection>,
     connections_seen: u64,
+    inodes: HashSet<u64>,
+    duplicates: u64,
 }
 
 impl Aggregator {
@@ -295,6 +300,10 @@ impl Aggregator {
 
     pub fn add_row(&mut self, row: &Row<'_>) {
         match row.socket {
+            // /proc is walked while sockets come and go: a socket can be listed twice.
+            Ok(socket) if socket.inode != 0 && !self.inodes.insert(socket.inode) => {
+                self.duplicates += 1
+            }
             Ok(socket) => self.add(&socket),
             Err(reason) => self.skip(row, reason),
         }
@@ -516,6 +525,7 @@ impl Aggregator {
             orphan_half_open,
             owners_unknown,
             somaxconn: None,
+            duplicates: self.duplicates,
         }
     }
 }
@@ -637,6 +647,27 @@ mod tests {
         let exact = s.listeners.iter().find(|l| !l.wildcard).unwrap();
         assert_eq!(exact.half_open, 1);
         assert_eq!(s.orphan_half_open, 1);
+    }
+
+    #[test]
+    fn a_socket_listed_twice_counts_once() {
+        let s = sock(TcpState::Established, "10.0.0.1", 80, "192.0.2.7", 50000);
+        let mut agg = Aggregator::new(
+            Filter::default(),
+            Collect::default(),
+            PortRange::LINUX_DEFAULT,
+        );
+        let path = std::path::Path::new("/proc/net/tcp");
+        for line in [2, 3] {
+            agg.add_row(&Row {
+                family: Family::Ipv4,
+                path,
+                line,
+                socket: Ok(s),
+            });
+        }
+        let summary = agg.finish(&HashMap::new(), &HashMap::new());
+        assert_eq!((summary.total, summary.duplicates), (1, 1));
     }
 
     #[test]

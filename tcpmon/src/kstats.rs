@@ -42,7 +42,11 @@ pub fn snmp_opens(text: &str) -> Option<Opens> {
     let (names, values) = (lines.next()?, lines.next()?);
     let mut opens = Opens::default();
     let mut found = 0;
-    for (name, value) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+    for (name, value) in names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+    {
         match name {
             "ActiveOpens" => (opens.active, found) = (value.parse().ok()?, found + 1),
             "PassiveOpens" => (opens.passive, found) = (value.parse().ok()?, found + 1),
@@ -113,7 +117,13 @@ mod tests {
         let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
                     Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n\
                     Tcp: 1 200 120000 -1 1234 567 8\n";
-        assert_eq!(snmp_opens(text), Some(Opens { active: 1234, passive: 567 }));
+        assert_eq!(
+            snmp_opens(text),
+            Some(Opens {
+                active: 1234,
+                passive: 567
+            })
+        );
         assert_eq!(snmp_opens("Tcp: ActiveOpens\nTcp: 5\n"), None);
     }
 

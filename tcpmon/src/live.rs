@@ -223,7 +223,9 @@ pub struct FastWriter {
 
 impl FastWriter {
     fn time_prefix(&mut self, wall: SystemTime) -> u32 {
-        let since = wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let since = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         if self.second != Some(since.as_secs()) {
             self.second = Some(since.as_secs());
             let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs());
@@ -236,7 +238,8 @@ impl FastWriter {
     }
 
     fn push_u64(&mut self, n: u64) {
-        self.buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     }
 
     fn push_ip(&mut self, ip: IpAddr) {
@@ -247,7 +250,8 @@ impl FastWriter {
                     if i > 0 {
                         self.buf.push(b'.');
                     }
-                    self.buf.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                    self.buf
+                        .extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
                 }
             }
             IpAddr::V6(v6) => {
@@ -260,7 +264,8 @@ impl FastWriter {
     fn push_micros(&mut self, micros: u32) {
         let digits = itoa::Buffer::new().format(micros).len();
         self.buf.extend(std::iter::repeat_n(b'0', 6 - digits));
-        self.buf.extend_from_slice(itoa::Buffer::new().format(micros).as_bytes());
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(micros).as_bytes());
     }
 
     /// Appends one NDJSON `transition` line to `self.buf`.
@@ -298,7 +303,10 @@ impl FastWriter {
                 self.push_u64(micros / 1000);
                 self.buf.push(b'.');
                 let frac = micros % 1000;
-                self.buf.extend(std::iter::repeat_n(b'0', 3 - itoa::Buffer::new().format(frac).len()));
+                self.buf.extend(std::iter::repeat_n(
+                    b'0',
+                    3 - itoa::Buffer::new().format(frac).len(),
+                ));
                 self.push_u64(frac);
             }
             _ => self.buf.extend_from_slice(b"null"),
@@ -318,7 +326,8 @@ impl FastWriter {
         self.buf.extend_from_slice(b",\"skaddr\":\"0x");
         let digits = (64 - t.at.skaddr.leading_zeros()).div_ceil(4).max(1);
         for shift in (0..digits).rev() {
-            self.buf.push(b"0123456789abcdef"[((t.at.skaddr >> (shift * 4)) & 0xf) as usize]);
+            self.buf
+                .push(b"0123456789abcdef"[((t.at.skaddr >> (shift * 4)) & 0xf) as usize]);
         }
         self.buf.extend_from_slice(b"\"}\n");
     }

@@ -225,6 +225,8 @@ pub struct Tally {
     half_open: HashMap<(IpAddr, u16), HalfOpen>,
     inconsistencies: u64,
     pub timing_resets: u64,
+    /// Rows the last snapshot listed twice (the table changed during the walk).
+    pub duplicates: u64,
 }
 
 fn live(state: TcpState) -> bool {
@@ -253,6 +255,7 @@ impl Tally {
             half_open: HashMap::new(),
             inconsistencies: 0,
             timing_resets: 0,
+            duplicates: 0,
         }
     }
 
@@ -272,8 +275,22 @@ impl Tally {
         let mut listeners: HashMap<(IpAddr, u16), u64> = HashMap::new();
         let mut close_wait = HashMap::new();
         let mut half_open: HashMap<(IpAddr, u16), (u64, HashSet<IpAddr>)> = HashMap::new();
+        // /proc is walked while sockets come and go, so a row can appear twice; a socket
+        // is its inode (or, for mini-sockets without one, its tuple and state).
+        let mut seen_inodes: HashSet<u64> = HashSet::new();
+        let mut seen_minis: HashSet<(Tuple, TcpState)> = HashSet::new();
+        self.duplicates = 0;
         for s in sockets {
             let tuple = Tuple::of_socket(s);
+            let first = if s.inode != 0 {
+                seen_inodes.insert(s.inode)
+            } else {
+                seen_minis.insert((tuple, s.state))
+            };
+            if !first {
+                self.duplicates += 1;
+                continue;
+            }
             // Request sockets (SYN_RECV with no inode) never produce events: polled apart.
             let request_sock = s.state == TcpState::SynRecv && s.inode == 0;
             match s.state {
@@ -380,62 +397,70 @@ impl Tally {
         window: &[Transition],
     ) -> ReconcileReport {
         let report = self.reconcile(sockets, at_ns);
-        let mut in_snapshot: HashMap<Tuple, TcpState> = HashMap::with_capacity(sockets.len());
+        // Full sockets by tuple, and timewait mini-sockets (what a FIN_WAIT2/CLOSING ->
+        // CLOSE event leaves) apart: with TIME_WAIT reuse one tuple can be both at once.
+        // Request sockets are not in the tally's counts, so they say nothing here.
+        let mut full: HashMap<Tuple, TcpState> = HashMap::with_capacity(sockets.len());
+        let mut minis: HashSet<Tuple> = HashSet::new();
         for s in sockets {
-            // A timewait mini-socket is what a FIN_WAIT2/CLOSING -> CLOSE event leaves.
-            let state =
-                if s.inode == 0 && matches!(s.state, TcpState::TimeWait | TcpState::FinWait2) {
-                    TcpState::TimeWait
-                } else {
-                    s.state
-                };
-            in_snapshot.insert(Tuple::of_socket(s), state);
-        }
-        let mut order: Vec<u64> = Vec::new();
-        let mut groups: HashMap<u64, Vec<&Transition>> = HashMap::new();
-        for t in window {
-            groups
-                .entry(t.at.skaddr)
-                .or_insert_with(|| {
-                    order.push(t.at.skaddr);
-                    Vec::new()
-                })
-                .push(t);
-        }
-        for sk in order {
-            let group = &groups[&sk];
-            // The tuple is only complete once the local port is bound (not at SYN_SENT).
-            let found = group
-                .iter()
-                .rev()
-                .filter(|t| t.at.local_port != 0)
-                .find_map(|t| in_snapshot.get(&Tuple::of_transition(t)).copied());
-            // states[i] is the socket's state after i transitions of the window.
-            let states: Vec<TcpState> = std::iter::once(group[0].old)
-                .chain(group.iter().map(|t| t.new))
-                .collect();
-            let already = match found {
-                Some(TcpState::TimeWait) => group
-                    .iter()
-                    .rposition(|t| {
-                        t.new == TcpState::Close
-                            && matches!(t.old, TcpState::FinWait2 | TcpState::Closing)
-                    })
-                    .map(|i| i + 1),
-                Some(state) => states.iter().rposition(|s| *s == state),
-                // Not in the snapshot: gone before the walk reached it (a plain close), or
-                // born after it (a socket that ends in TIME_WAIT would otherwise show).
-                None => {
-                    let last = group.last().expect("non-empty");
-                    let into_time_wait = matches!(last.old, TcpState::FinWait2 | TcpState::Closing);
-                    Some(if last.new == TcpState::Close && !into_time_wait {
-                        group.len()
-                    } else {
-                        0
-                    })
+            match (s.inode, s.state) {
+                (0, TcpState::TimeWait | TcpState::FinWait2) => {
+                    minis.insert(Tuple::of_socket(s));
                 }
-            };
-            let skip = already.unwrap_or(0);
+                (0, TcpState::SynRecv) => {}
+                (_, state) => {
+                    full.insert(Tuple::of_socket(s), state);
+                }
+            }
+        }
+        // One socket's life per group: kernel socket addresses are reused as soon as a
+        // socket is freed, so a new life starts after every transition into CLOSE.
+        let mut lives: Vec<Vec<&Transition>> = Vec::new();
+        let mut open: HashMap<u64, usize> = HashMap::new();
+        for t in window {
+            let index = *open.entry(t.at.skaddr).or_insert_with(|| {
+                lives.push(Vec::new());
+                lives.len() - 1
+            });
+            lives[index].push(t);
+            if t.new == TcpState::Close {
+                open.remove(&t.at.skaddr);
+            }
+        }
+        for group in &lives {
+            // The tuple of each transition's socket: CLOSE -> SYN_SENT has no local port
+            // yet, so it borrows the tuple of the next transition that has one.
+            let mut tuples: Vec<Option<Tuple>> = vec![None; group.len()];
+            let mut next: Option<Tuple> = None;
+            for (i, t) in group.iter().enumerate().rev() {
+                if t.at.local_port != 0 {
+                    next = Some(Tuple::of_transition(t));
+                }
+                tuples[i] = next;
+            }
+            let mut seen: Option<usize> = None;
+            if tuples[0].and_then(|tuple| full.get(&tuple)) == Some(&group[0].old) {
+                seen = Some(0);
+            }
+            for (i, t) in group.iter().enumerate() {
+                let Some(tuple) = tuples[i] else { continue };
+                let into_time_wait = t.new == TcpState::Close
+                    && matches!(t.old, TcpState::FinWait2 | TcpState::Closing);
+                if full.get(&tuple) == Some(&t.new) || (into_time_wait && minis.contains(&tuple)) {
+                    seen = Some(i + 1);
+                }
+            }
+            let skip = seen.unwrap_or_else(|| {
+                // Not in the snapshot: gone before the walk reached it (a plain close), or
+                // born after it (a socket ending in TIME_WAIT would otherwise show).
+                let last = group.last().expect("non-empty");
+                let into_time_wait = matches!(last.old, TcpState::FinWait2 | TcpState::Closing);
+                if last.new == TcpState::Close && !into_time_wait {
+                    group.len()
+                } else {
+                    0
+                }
+            });
             for t in &group[skip..] {
                 self.apply(t);
             }
@@ -861,6 +886,18 @@ mod tests {
     }
 
     #[test]
+    fn rows_listed_twice_by_a_changing_table_count_once() {
+        let mut t = Tally::new(TallyConfig::default());
+        let row = socket(Established, (2, 80), (1, 5000), 8);
+        let tw = socket(TimeWait, (1, 5001), (2, 80), 0);
+        t.reconcile(&[row, row, tw, tw], 0);
+        assert_eq!(
+            (count(&t, Established), count(&t, TimeWait), t.duplicates),
+            (1, 1, 2)
+        );
+    }
+
+    #[test]
     fn time_in_old_state_is_measured_from_the_seen_entry() {
         let mut t = Tally::new(TallyConfig::default());
         assert_eq!(
@@ -1187,13 +1224,17 @@ mod window_tests {
         /// However far each socket's story had got when the /proc walk passed it, the
         /// windowed reconciliation ends with the counts of the final sockets.
         #[test]
-        fn no_window_transition_counts_twice(cuts in proptest::collection::vec(0usize..=5, 1..40)) {
+        fn no_window_transition_counts_twice(
+            cuts in proptest::collection::vec(0usize..=5, 1..40),
+            reuse_addresses in any::<bool>(),
+        ) {
             let mut window = Vec::new();
             let mut snapshot = Vec::new();
             let mut final_sockets = Vec::new();
             for (i, cut) in cuts.iter().enumerate() {
                 let port = 40000 + i as u16;
-                let life = client_life(i as u64 + 1, port);
+                // The kernel reuses a freed socket's address for the next one at once.
+                let life = client_life(if reuse_addresses { 1 } else { i as u64 + 1 }, port);
                 // The snapshot saw the socket after `cut` transitions.
                 let seen = if *cut == 0 { Close } else { life[cut - 1].new };
                 match (seen, *cut) {
@@ -1212,6 +1253,28 @@ mod window_tests {
             prop_assert_eq!(t.view(100).per_ip_top, truth.view(100).per_ip_top);
             prop_assert_eq!(t.view(100).time_wait_by_dest.len(), truth.view(100).time_wait_by_dest.len());
         }
+    }
+
+    #[test]
+    fn time_wait_reuse_of_a_tuple_is_not_counted_twice() {
+        // The old connection sits in TIME_WAIT and a new one reuses its tuple; the walk saw
+        // both. Neither group's transitions should be applied again.
+        let mut old = client_life(1, 41000);
+        old.remove(0);
+        let new = vec![
+            tr(2, 0, 80, Close, SynSent),
+            tr(2, 41000, 80, SynSent, Established),
+        ];
+        let window: Vec<Transition> = old.into_iter().chain(new).collect();
+        let mut t = Tally::new(TallyConfig::default());
+        t.reconcile_window(
+            &[sock(TimeWait, 41000, 80), sock(Established, 41000, 80)],
+            0,
+            &window,
+        );
+        assert_eq!(t.state_counts()[Established.index()], 1);
+        assert_eq!(t.state_counts()[TimeWait.index()], 1);
+        assert_eq!(t.state_counts()[FinWait1.index()], 0);
     }
 
     #[test]

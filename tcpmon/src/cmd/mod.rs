@@ -57,6 +57,8 @@ pub struct Source<'a> {
     pub ipv4: u64,
     pub ipv6: u64,
     pub skipped: &'a tcpmon::analysis::Skipped,
+    /// Rows listed twice by a table that changed while it was read (counted once).
+    pub duplicates: u64,
 }
 
 impl<'a> Source<'a> {
@@ -73,6 +75,7 @@ impl<'a> Source<'a> {
             ipv4: loaded.summary.ipv4,
             ipv6: loaded.summary.ipv6,
             skipped: &loaded.summary.skipped,
+            duplicates: loaded.summary.duplicates,
         }
     }
 }
@@ -109,6 +112,13 @@ pub fn write_header(out: &mut dyn Write, loaded: &Loaded, style: Style) -> Resul
         thousands(s.ipv6),
         loaded.snapshot.proc_root.display()
     )?;
+    if s.duplicates > 0 {
+        writeln!(
+            out,
+            "note: {} socket(s) listed twice while the table changed were counted once",
+            s.duplicates
+        )?;
+    }
     for missing in loaded.snapshot.missing() {
         writeln!(
             out,

@@ -219,6 +219,9 @@ struct Session<'a> {
     opens_prev: Option<kstats::Opens>,
 }
 
+/// Pending NDJSON bytes written in one go: larger than the BufWriter, so they bypass it.
+const RECORD_FLUSH_BYTES: usize = 512 << 10;
+
 /// At most one /proc read a second to name the owners of CLOSE_WAIT sockets.
 const OWNER_LOOKUP_GAP_NS: u64 = 1_000_000_000;
 
@@ -301,6 +304,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         opens_base: None,
         opens_prev: None,
     };
+    let mode_line: (String, Vec<String>);
     let mut source = match source {
         Some(mut probe) => {
             let notes = std::mem::take(&mut probe.notes);
@@ -313,20 +317,20 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 NetnsFilter::All => "all network namespaces".to_owned(),
                 NetnsFilter::Only(inode) => format!("network namespace {inode}"),
             };
-            session.mode_line(
-                &format!(
+            mode_line = (
+                format!(
                     "watching TCP state transitions with eBPF ({scope}; ring buffer {} KiB)",
                     args.ring_bytes / 1024
                 ),
-                &notes,
-            )?;
+                notes,
+            );
             Source::Ebpf {
                 probe: Box::new(probe),
                 ring,
             }
         }
         None => {
-            session.mode_line(&mode_reason, &[])?;
+            mode_line = (mode_reason, Vec::new());
             Source::Poll {
                 previous: poll::Index::default(),
             }
@@ -339,7 +343,9 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     if let Source::Ebpf { .. } = source {
         // Read after attach: events before this read are counted but not in the delta, so
         // the silent-loss estimate can only err low.
-        session.opens_base = std::fs::read_to_string("/proc/net/snmp").ok().and_then(|t| kstats::snmp_opens(&t));
+        session.opens_base = std::fs::read_to_string("/proc/net/snmp")
+            .ok()
+            .and_then(|t| kstats::snmp_opens(&t));
     }
     // Baseline.
     let sockets = session.reconcile("baseline", &mut source)?;
@@ -347,7 +353,9 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         *previous = poll::Index::new(&sockets);
     }
     session.refresh_listener_info();
-    session.out.flush()?;
+    // Said once the tallies are valid: attached, and the baseline read.
+    session.mode_line(&mode_line.0, &mode_line.1)?;
+    session.flush()?;
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -356,7 +364,12 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     let mut reconcile_tick = tokio::time::interval(args.reconcile_interval);
     // The kernel batches wakeups (see tcpmon-ebpf): pick up what a batch left behind.
     let mut drain_tick = tokio::time::interval(Duration::from_millis(25));
-    for t in [&mut tick, &mut tally_tick, &mut reconcile_tick, &mut drain_tick] {
+    for t in [
+        &mut tick,
+        &mut tally_tick,
+        &mut reconcile_tick,
+        &mut drain_tick,
+    ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t.tick().await;
     }
@@ -387,24 +400,24 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 if let Some(logger) = logger.as_mut() {
                     logger.flush();
                 }
-                session.out.flush()?;
+                session.flush()?;
             }
             _ = tick.tick() => {
                 if let Source::Poll { .. } = source {
                     session.poll_once(&mut source)?;
                 }
                 session.evaluate(&mut source)?;
-                session.out.flush()?;
+                session.flush()?;
             }
             _ = drain_tick.tick() => {
                 if let Source::Ebpf { ring, .. } = &mut source {
                     session.drain(ring.get_mut())?;
-                    session.out.flush()?;
+                    session.flush()?;
                 }
             }
             _ = tally_tick.tick() => {
                 session.write_tally()?;
-                session.out.flush()?;
+                session.flush()?;
             }
             _ = reconcile_tick.tick() => {
                 if let Source::Ebpf { .. } = source {
@@ -421,7 +434,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         session.kernel = probe.counters().unwrap_or(session.kernel);
     }
     session.write_tally()?;
-    session.out.flush()?;
+    session.flush()?;
     drop(source);
     // One line for whoever reads stderr (and for scripts that sent stdout elsewhere).
     eprintln!(
@@ -571,9 +584,12 @@ impl Session<'_> {
         if self.args.shows(t) {
             let ms = applied.and_then(|a| a.ms_in_old);
             if self.args.json {
-                self.fast.buf.clear();
+                // Records pile up in one buffer written out in large pieces (see
+                // flush_records), sparing a copy through the BufWriter per record.
                 self.fast.json(t, &self.clock, ms, origin);
-                self.out.write_all(&self.fast.buf)?;
+                if self.fast.buf.len() >= RECORD_FLUSH_BYTES {
+                    self.flush_records()?;
+                }
             } else {
                 TransitionRecord::new(t, &self.clock, ms, origin).write_human(&mut self.out)?;
             }
@@ -652,10 +668,14 @@ impl Session<'_> {
         // and goes all the time and each lookup re-reads /proc.
         let view = self.tally.view(20);
         let t = &self.detector.thresholds;
-        let alerting = view.close_wait_by_port.iter().any(|(port, count, since, _)| {
-            let age = now.saturating_sub(*since) as f64 / 1e9;
-            (age >= t.close_wait_age_secs || *count > t.close_wait_count) && !self.close_wait_owners.contains_key(port)
-        });
+        let alerting = view
+            .close_wait_by_port
+            .iter()
+            .any(|(port, count, since, _)| {
+                let age = now.saturating_sub(*since) as f64 / 1e9;
+                (age >= t.close_wait_age_secs || *count > t.close_wait_count)
+                    && !self.close_wait_owners.contains_key(port)
+            });
         if matches!(source, Source::Ebpf { .. })
             && alerting
             && now.saturating_sub(self.last_owner_lookup_ns) >= OWNER_LOOKUP_GAP_NS
@@ -666,17 +686,26 @@ impl Session<'_> {
         // Silent loss: openings the kernel counted a second ago that never arrived.
         if let Source::Ebpf { ring, .. } = source {
             self.drain(ring.get_mut())?;
-            let opens = std::fs::read_to_string(self.proc_root.join("net/snmp")).ok().and_then(|t| kstats::snmp_opens(&t));
+            let opens = std::fs::read_to_string(self.proc_root.join("net/snmp"))
+                .ok()
+                .and_then(|t| kstats::snmp_opens(&t));
             if let (Some(base), Some(prev)) = (self.opens_base, self.opens_prev) {
-                let missing_active = (prev.active - base.active.min(prev.active)).saturating_sub(self.received.active_opens);
-                let missing_passive = (prev.passive - base.passive.min(prev.passive)).saturating_sub(self.received.passive_opens);
-                self.received.unaccounted = self.received.unaccounted.max(missing_active + missing_passive);
+                let missing_active = (prev.active - base.active.min(prev.active))
+                    .saturating_sub(self.received.active_opens);
+                let missing_passive = (prev.passive - base.passive.min(prev.passive))
+                    .saturating_sub(self.received.passive_opens);
+                self.received.unaccounted = self
+                    .received
+                    .unaccounted
+                    .max(missing_active + missing_passive);
             }
             self.opens_prev = opens;
         }
         // Loss makes the live counts drift: rebuild them from /proc.
         let lost = self.kernel.lost() + self.received.decode_errors + self.received.unaccounted;
-        if lost > self.loss_reconciled && now.saturating_sub(self.last_loss_reconcile_ns) >= LOSS_RECONCILE_GAP_NS {
+        if lost > self.loss_reconciled
+            && now.saturating_sub(self.last_loss_reconcile_ns) >= LOSS_RECONCILE_GAP_NS
+        {
             self.loss_reconciled = lost;
             self.last_loss_reconcile_ns = now;
             self.reconcile("loss", source)?;
@@ -698,7 +727,24 @@ impl Session<'_> {
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<()> {
+        self.flush_records()?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Writes pending transition records; everything else that prints calls this first,
+    /// so output keeps the order things happened in.
+    fn flush_records(&mut self) -> Result<()> {
+        if !self.fast.buf.is_empty() {
+            self.out.write_all(&self.fast.buf)?;
+            self.fast.buf.clear();
+        }
+        Ok(())
+    }
+
     fn write_alert(&mut self, alert: &Alert) -> Result<()> {
+        self.flush_records()?;
         if self.args.json {
             #[derive(Serialize)]
             struct Record<'a> {
@@ -734,6 +780,7 @@ impl Session<'_> {
     }
 
     fn write_tally(&mut self) -> Result<()> {
+        self.flush_records()?;
         let view = self.tally.view(5);
         let now = monotonic_ns();
         let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
