@@ -552,26 +552,13 @@ mod tests {
     use crate::procfs::Socket;
 
     fn sock(state: TcpState, local: &str, lport: u16, remote: &str, rport: u16) -> Socket {
-        let local_ip: IpAddr = local.parse().unwrap();
-        Socket {
-            family: if local_ip.is_ipv4() {
-                Family::Ipv4
-            } else {
-                Family::Ipv6
-            },
+        let inode = u64::from(lport) * 7 + u64::from(rport);
+        Socket::new(
             state,
-            local_ip,
-            local_port: lport,
-            remote_ip: remote.parse().unwrap(),
-            remote_port: rport,
-            tx_queue: 0,
-            rx_queue: 0,
-            timer: 0,
-            timer_jiffies: 0,
-            retransmits: 0,
-            uid: 0,
-            inode: u64::from(lport) * 7 + u64::from(rport),
-        }
+            (local.parse().unwrap(), lport),
+            (remote.parse().unwrap(), rport),
+            inode,
+        )
     }
 
     fn summarize(sockets: &[Socket], filter: Filter) -> Summary {

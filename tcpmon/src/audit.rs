@@ -285,26 +285,17 @@ mod tests {
     use super::*;
     use crate::{
         analysis::{Aggregator, Collect, Filter, PortRange},
-        model::{Family, TcpState},
+        model::TcpState,
         procfs::Socket,
     };
 
     fn sock(state: TcpState, lport: u16, remote: [u8; 4], rport: u16) -> Socket {
-        Socket {
-            family: Family::Ipv4,
+        Socket::new(
             state,
-            local_ip: [10, 0, 0, 1].into(),
-            local_port: lport,
-            remote_ip: remote.into(),
-            remote_port: rport,
-            tx_queue: 0,
-            rx_queue: 0,
-            timer: 0,
-            timer_jiffies: 0,
-            retransmits: 0,
-            uid: 0,
-            inode: 1,
-        }
+            ([10, 0, 0, 1].into(), lport),
+            (remote.into(), rport),
+            1,
+        )
     }
 
     fn run(sockets: impl IntoIterator<Item = Socket>, range: PortRange) -> Vec<Finding> {

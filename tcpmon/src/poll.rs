@@ -139,25 +139,10 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::model::Family;
 
     fn s(state: TcpState, lport: u16, rport: u16, inode: u64) -> Socket {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        Socket {
-            family: Family::Ipv4,
-            state,
-            local_ip: lo,
-            local_port: lport,
-            remote_ip: lo,
-            remote_port: rport,
-            tx_queue: 0,
-            rx_queue: 0,
-            timer: 0,
-            timer_jiffies: 0,
-            retransmits: 0,
-            uid: 0,
-            inode,
-        }
+        Socket::new(state, (lo, lport), (lo, rport), inode)
     }
 
     fn names(ts: &[Transition]) -> Vec<String> {

@@ -42,6 +42,32 @@ pub struct Socket {
     pub inode: u64,
 }
 
+impl Socket {
+    /// A socket with its identity only (queues, timers and uid zero), for tests and tools
+    /// that build socket tables.
+    pub fn new(state: TcpState, local: (IpAddr, u16), remote: (IpAddr, u16), inode: u64) -> Self {
+        Self {
+            family: if local.0.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
+            state,
+            local_ip: local.0,
+            local_port: local.1,
+            remote_ip: remote.0,
+            remote_port: remote.1,
+            tx_queue: 0,
+            rx_queue: 0,
+            timer: 0,
+            timer_jiffies: 0,
+            retransmits: 0,
+            uid: 0,
+            inode,
+        }
+    }
+}
+
 /// Why a line could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]

@@ -811,25 +811,16 @@ mod tests {
     }
 
     fn socket(state: TcpState, local: (u8, u16), remote: (u8, u16), inode: u64) -> Socket {
-        Socket {
-            family: Family::Ipv4,
-            state,
-            local_ip: ip(local.0),
-            local_port: local.1,
-            remote_ip: if state == Listen {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            } else {
-                ip(remote.0)
-            },
-            remote_port: remote.1,
-            tx_queue: 0,
-            rx_queue: 0,
-            timer: if state == TimeWait { 3 } else { 0 },
-            timer_jiffies: if state == TimeWait { 6000 } else { 0 },
-            retransmits: 0,
-            uid: 0,
-            inode,
+        let remote_ip = if state == Listen {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            ip(remote.0)
+        };
+        let mut s = Socket::new(state, (ip(local.0), local.1), (remote_ip, remote.1), inode);
+        if state == TimeWait {
+            (s.timer, s.timer_jiffies) = (3, 6000);
         }
+        s
     }
 
     fn count(t: &Tally, state: TcpState) -> u64 {
@@ -1188,25 +1179,16 @@ mod window_tests {
     }
 
     fn sock(state: TcpState, local: u16, remote: u16) -> Socket {
-        Socket {
-            family: Family::Ipv4,
-            state,
-            local_ip: ip(1),
-            local_port: local,
-            remote_ip: ip(1),
-            remote_port: remote,
-            tx_queue: 0,
-            rx_queue: 0,
-            timer: 0,
-            timer_jiffies: if state == TimeWait { 6000 } else { 0 },
-            retransmits: 0,
-            uid: 0,
-            inode: if state == TimeWait {
-                0
-            } else {
-                u64::from(local) * 100_000 + u64::from(remote)
-            },
+        let inode = if state == TimeWait {
+            0
+        } else {
+            u64::from(local) * 100_000 + u64::from(remote)
+        };
+        let mut s = Socket::new(state, (ip(1), local), (ip(1), remote), inode);
+        if state == TimeWait {
+            s.timer_jiffies = 6000;
         }
+        s
     }
 
     /// A client socket's whole life (graceful, active close) and the state after each step.

@@ -3,7 +3,6 @@ use std::{
     collections::BTreeMap,
     io::Read,
     net::{Ipv4Addr, TcpListener, TcpStream},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -249,16 +248,9 @@ fn syn_flood_is_alerted_within_two_seconds_and_clears() {
     eprintln!("SYN flood alert {latency:?} after start: {message}");
 }
 
-#[test]
-#[ignore = "needs root: run by `cargo xtask test`"]
-fn without_privileges_it_falls_back_to_polling() {
-    if !require_root("without_privileges_it_falls_back_to_polling") {
-        return;
-    }
-    let ns = Netns::new("nopriv");
-    let _listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 9000)).unwrap());
-    let out = ns
-        .command("setpriv")
+/// `tcpmon <args>` as nobody, with every capability dropped.
+fn unprivileged(ns: &Netns, args: &[&str]) -> std::process::Output {
+    ns.command("setpriv")
         .args([
             "--reuid=65534",
             "--regid=65534",
@@ -267,16 +259,30 @@ fn without_privileges_it_falls_back_to_polling() {
             "--bounding-set=-all",
         ])
         .arg(tcpmon_bin())
-        .args([
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn without_privileges_it_falls_back_to_polling() {
+    if !require_root("without_privileges_it_falls_back_to_polling") {
+        return;
+    }
+    let ns = Netns::new("nopriv");
+    let _listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 9000)).unwrap());
+    let out = unprivileged(
+        &ns,
+        &[
             "watch",
             "--json",
             "--duration",
             "2500ms",
             "--tally-interval",
             "1s",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -301,24 +307,11 @@ fn without_privileges_it_falls_back_to_polling() {
     let tally = records(&lines, "tally").last().unwrap();
     assert_eq!(tally["states"]["LISTEN"], 1);
     // Forcing eBPF without privileges is an error, not a fallback.
-    let forced = ns
-        .command("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(tcpmon_bin())
-        .args(["watch", "--mode", "ebpf", "--duration", "1s"])
-        .output()
-        .unwrap();
+    let forced = unprivileged(&ns, &["watch", "--mode", "ebpf", "--duration", "1s"]);
     assert_eq!(forced.status.code(), Some(2));
     let err = String::from_utf8_lossy(&forced.stderr);
     assert!(
         err.starts_with("tcpmon: eBPF unavailable: not permitted"),
         "{err}"
     );
-    let _ = Command::new("true").status();
 }
