@@ -439,7 +439,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     drop(source);
     // One line for whoever reads stderr (and for scripts that sent stdout elsewhere).
     eprintln!(
-        "tcpmon: detached ({} mode): {} transitions, {} lost (ring buffer full {}, kernel skipped {}, undecodable {}, unaccounted vs SNMP {}), {} reconciliations",
+        "tcpmon: detached ({} mode): {} transitions, {} lost (ring buffer full {}, kernel skipped {} (any netns), undecodable {}, unaccounted vs SNMP {}), {} reconciliations",
         session.mode,
         session.received.transitions,
         session.kernel.lost() + session.received.decode_errors + session.received.unaccounted,
@@ -867,7 +867,7 @@ impl Session<'_> {
             )
         } else {
             format!(
-                "lost {lost} (ring buffer full {}, kernel skipped {}, undecodable {}, unaccounted vs SNMP {})",
+                "lost {lost} (ring buffer full {}, kernel skipped {} (any netns), undecodable {}, unaccounted vs SNMP {})",
                 self.kernel.ringbuf_full, self.kernel.recursion_misses, self.received.decode_errors, self.received.unaccounted
             )
         };
