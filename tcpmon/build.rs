@@ -34,6 +34,8 @@ fn main() {
         root_dir: ebpf_dir.to_str().expect("UTF-8 path"),
         ..Default::default()
     };
+    // aya-build forwards every line of the nested cargo as a warning; only errors matter.
+    env::set_var("CARGO_TERM_QUIET", "true");
     if let Err(err) = aya_build::build_ebpf([ebpf], aya_build::Toolchain::default()) {
         panic!("building tcpmon-ebpf failed: {err:#}");
     }

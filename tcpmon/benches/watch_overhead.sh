@@ -62,6 +62,17 @@ for ((r = 1; r <= rounds; r++)); do
         "$(rate_of <<<"$out")" "$got" "$lost" "$((conns * 10))" "${summary#tcpmon: }"
     echo "$base $(rate_of <<<"$out") $got $lost $conns" >> "$work/rounds"
     sleep 2
+    if command -v bpftrace >/dev/null; then
+        # The peer "bpftrace printing each event" (KERNEL_FACTS.md), in the same run.
+        bpftrace -e 'tracepoint:sock:inet_sock_set_state { printf("%d %d %d %d %d\n", args->family, args->sport, args->dport, args->oldstate, args->newstate); }' >/dev/null 2>&1 &
+        tracer=$!
+        sleep 3
+        peer=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+        kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+        printf '%-6s %-22s %10s\n' "$r" "bpftrace printf" "$peer"
+        echo "$peer" >> "$work/peer"
+        sleep 2
+    fi
 done
 python3 - "$work/rounds" <<'PY'
 import statistics, sys
@@ -70,6 +81,11 @@ base = statistics.median(r[0] for r in rows)
 watched = statistics.median(r[1] for r in rows)
 print(f"median rate: {base:.0f}/s without, {watched:.0f}/s with tcpmon watch: "
       f"{(1 - watched / base) * 100:.1f}% lower")
+import os
+peer_file = os.path.join(os.path.dirname(sys.argv[1]), "peer")
+if os.path.exists(peer_file):
+    peer = statistics.median(int(l) for l in open(peer_file) if l.strip())
+    print(f"median rate with bpftrace printing each event: {peer:.0f}/s: {(1 - peer / base) * 100:.1f}% lower")
 for r in rows:
     unreported = 10 * r[4] - r[2] - r[3]
     print(f"  received {r[2]} of >= {10 * r[4]} transitions, {r[3]} reported lost, "

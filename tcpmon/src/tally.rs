@@ -17,6 +17,7 @@ use std::{
     net::IpAddr,
 };
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{
@@ -108,7 +109,7 @@ pub struct CloseWaitEntry {
 /// top talkers are exact again after every snapshot.
 #[derive(Clone, Debug, Default)]
 struct IpTable {
-    exact: HashMap<IpAddr, u64>,
+    exact: FxHashMap<IpAddr, u64>,
     aggregated: u64,
     cap: usize,
 }
@@ -215,13 +216,13 @@ pub struct Tally {
     time_wait_adjust: i64,
     /// Entries of `time_wait` that are FIN_WAIT2 mini-sockets.
     fin_wait2_minis: u64,
-    time_wait_by_dest: HashMap<(IpAddr, u16), u64>,
+    time_wait_by_dest: FxHashMap<(IpAddr, u16), u64>,
     per_ip: IpTable,
-    established_by_port: HashMap<u16, u64>,
-    listeners: HashMap<(IpAddr, u16), u64>,
-    close_wait: HashMap<Tuple, CloseWaitEntry>,
+    established_by_port: FxHashMap<u16, u64>,
+    listeners: FxHashMap<(IpAddr, u16), u64>,
+    close_wait: FxHashMap<Tuple, CloseWaitEntry>,
     /// skaddr -> (state, entered at): for "time in old state".
-    entered: HashMap<u64, (TcpState, u64)>,
+    entered: FxHashMap<u64, (TcpState, u64)>,
     half_open: HashMap<(IpAddr, u16), HalfOpen>,
     inconsistencies: u64,
     pub timing_resets: u64,
@@ -243,15 +244,15 @@ impl Tally {
             time_wait: VecDeque::new(),
             time_wait_adjust: 0,
             fin_wait2_minis: 0,
-            time_wait_by_dest: HashMap::new(),
+            time_wait_by_dest: FxHashMap::default(),
             per_ip: IpTable {
                 cap,
                 ..Default::default()
             },
-            established_by_port: HashMap::new(),
-            listeners: HashMap::new(),
-            close_wait: HashMap::new(),
-            entered: HashMap::new(),
+            established_by_port: FxHashMap::default(),
+            listeners: FxHashMap::default(),
+            close_wait: FxHashMap::default(),
+            entered: FxHashMap::default(),
             half_open: HashMap::new(),
             inconsistencies: 0,
             timing_resets: 0,
@@ -271,9 +272,9 @@ impl Tally {
         let mut counts = [0i64; 12];
         let mut time_wait = Vec::new();
         let mut per_ip: HashMap<IpAddr, u64> = HashMap::new();
-        let mut established_by_port: HashMap<u16, u64> = HashMap::new();
-        let mut listeners: HashMap<(IpAddr, u16), u64> = HashMap::new();
-        let mut close_wait = HashMap::new();
+        let mut established_by_port: FxHashMap<u16, u64> = FxHashMap::default();
+        let mut listeners: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
+        let mut close_wait = FxHashMap::default();
         let mut half_open: HashMap<(IpAddr, u16), (u64, HashSet<IpAddr>)> = HashMap::new();
         // /proc is walked while sockets come and go, so a row can appear twice; a socket
         // is its inode (or, for mini-sockets without one, its tuple and state).
@@ -682,7 +683,7 @@ impl Tally {
         out
     }
 
-    pub fn close_wait(&self) -> &HashMap<Tuple, CloseWaitEntry> {
+    pub fn close_wait(&self) -> &FxHashMap<Tuple, CloseWaitEntry> {
         &self.close_wait
     }
 
