@@ -72,7 +72,7 @@ pub struct SynWindow {
 /// addresses costs at most that many entries until the next evaluation empties it.
 #[derive(Debug, Default)]
 pub struct SynTracker {
-    listeners: HashMap<(IpAddr, u16), (SynWindow, std::collections::HashSet<IpAddr>)>,
+    listeners: rustc_hash::FxHashMap<(IpAddr, u16), (SynWindow, rustc_hash::FxHashSet<IpAddr>)>,
 }
 
 impl SynTracker {
