@@ -201,8 +201,8 @@ fn netns_of(skaddr: u64) -> u32 {
     }
     let inum_offset = NET_INUM_OFFSET.load();
     // SAFETY: as above.
-    let inum = unsafe { bpf_probe_read_kernel((net + u64::from(inum_offset)) as *const u32) }
-        .unwrap_or(0);
+    let inum =
+        unsafe { bpf_probe_read_kernel((net + u64::from(inum_offset)) as *const u32) }.unwrap_or(0);
     if let Some(cache) = cache {
         if target != 0 && inum == target {
             // SAFETY: valid map value pointer; every writer stores the same value.

@@ -7,6 +7,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -276,15 +277,15 @@ pub struct Aggregator {
     states: StateCounts,
     skipped: Skipped,
     listeners: Vec<Socket>,
-    per_ip: HashMap<IpAddr, IpCount>,
-    per_port: HashMap<u16, u64>,
-    close_wait: HashMap<(u16, u64), (u64, u64)>,
-    half_open: HashMap<(IpAddr, u16), (u64, HashSet<IpAddr>)>,
-    destinations: HashMap<(IpAddr, u16), (u64, u64)>,
+    per_ip: FxHashMap<IpAddr, IpCount>,
+    per_port: FxHashMap<u16, u64>,
+    close_wait: FxHashMap<(u16, u64), (u64, u64)>,
+    half_open: FxHashMap<(IpAddr, u16), (u64, FxHashSet<IpAddr>)>,
+    destinations: FxHashMap<(IpAddr, u16), (u64, u64)>,
     port_range: Option<PortRange>,
     connections: Vec<Connection>,
     connections_seen: u64,
-    inodes: HashSet<u64>,
+    inodes: FxHashSet<u64>,
     duplicates: u64,
 }
 
@@ -467,13 +468,14 @@ impl Aggregator {
         }
 
         let mut per_ip: Vec<IpCount> = self.per_ip.into_values().collect();
-        per_ip.sort_by(|a, b| b.total.cmp(&a.total).then(a.ip.cmp(&b.ip)));
+        per_ip.sort_unstable_by(|a, b| b.total.cmp(&a.total).then(a.ip.cmp(&b.ip)));
         let mut per_port: Vec<PortCount> = self
             .per_port
             .into_iter()
             .map(|(port, established)| PortCount { port, established })
             .collect();
-        per_port.sort_by(|a, b| b.established.cmp(&a.established).then(a.port.cmp(&b.port)));
+        per_port
+            .sort_unstable_by(|a, b| b.established.cmp(&a.established).then(a.port.cmp(&b.port)));
 
         let mut grouped: HashMap<(u16, Option<Process>), (u64, u64)> = HashMap::new();
         for ((port, inode), (count, unread)) in self.close_wait {
@@ -504,7 +506,7 @@ impl Aggregator {
                 total,
             })
             .collect();
-        destinations.sort_by(|a, b| {
+        destinations.sort_unstable_by(|a, b| {
             (b.time_wait, b.total)
                 .cmp(&(a.time_wait, a.total))
                 .then((a.ip, a.port).cmp(&(b.ip, b.port)))

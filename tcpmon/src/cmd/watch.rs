@@ -205,6 +205,8 @@ struct Session<'a> {
     last_reconcile: Option<(ReconcileReport, &'static str)>,
     reconciliations: u64,
     close_wait_owners: HashMap<u16, Vec<Process>>,
+    close_wait_inodes: HashSet<u64>,
+    close_wait_owner_by_inode: HashMap<u64, Process>,
     backlogs: HashMap<(IpAddr, u16), u32>,
     somaxconn: Option<u32>,
     mode: &'static str,
@@ -294,6 +296,8 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         last_reconcile: None,
         reconciliations: 0,
         close_wait_owners: HashMap::new(),
+        close_wait_inodes: HashSet::new(),
+        close_wait_owner_by_inode: HashMap::new(),
         backlogs: HashMap::new(),
         somaxconn: None,
         mode: if source.is_some() { "ebpf" } else { "poll" },
@@ -514,7 +518,13 @@ impl Session<'_> {
             .filter(|s| s.state == TcpState::CloseWait && s.inode != 0)
             .map(|s| s.inode)
             .collect();
-        let owners = find_owners(self.proc_root, &wanted).by_inode;
+        // The walk of /proc/PID/fd is the costly part; the same CLOSE_WAIT sockets as last
+        // time (the usual case when polling every second) have the same owners.
+        if wanted != self.close_wait_inodes {
+            self.close_wait_owner_by_inode = find_owners(self.proc_root, &wanted).by_inode;
+            self.close_wait_inodes = wanted;
+        }
+        let owners = &self.close_wait_owner_by_inode;
         self.close_wait_owners.clear();
         for s in sockets.iter().filter(|s| s.state == TcpState::CloseWait) {
             if let Some(p) = owners.get(&s.inode) {
@@ -828,6 +838,8 @@ impl Session<'_> {
                     "owners": self.close_wait_owners.get(p),
                 })).collect::<Vec<_>>(),
                 "half_open": view.half_open.iter().map(|(ip, port, h)| serde_json::json!({"listener": endpoint(*ip, *port), "count": h.count, "sources": h.sources})).collect::<Vec<_>>(),
+                "established_by_port": view.established_by_port.iter().map(|(port, n)| serde_json::json!({"port": port, "count": n})).collect::<Vec<_>>(),
+                "listeners": view.listeners.iter().map(|(ip, port, n)| serde_json::json!({"listener": endpoint(*ip, *port), "sockets": n})).collect::<Vec<_>>(),
                 "alerts_active": self.detector.active().map(|(rule, subject, sev)| serde_json::json!({"rule": rule, "subject": subject, "severity": sev})).collect::<Vec<_>>(),
                 "received": self.received,
                 "kernel": self.kernel,
