@@ -9,7 +9,7 @@ use tcpmon::{
     render::{Listed, Style},
 };
 
-use super::{load, write_header, write_json, write_listed};
+use super::{load, write_header, write_json};
 use crate::cli::SnapshotArgs;
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
@@ -30,9 +30,10 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
         return Ok(0);
     }
     write_header(out, &loaded, style)?;
-    super::section(out, style, &format!("ESTABLISHED ({})", connections.total))?;
-    write_listed(
+    super::listed_section(
         out,
+        style,
+        &format!("ESTABLISHED ({})", connections.total),
         super::connections_table(&connections.items, "TIMER"),
         connections,
         "connections",

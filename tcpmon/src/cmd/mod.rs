@@ -277,6 +277,19 @@ pub fn findings_table(findings: &[tcpmon::audit::Finding], style: Style) -> Tabl
     table
 }
 
+/// A titled section holding one cut list.
+pub fn listed_section<T>(
+    out: &mut dyn Write,
+    style: Style,
+    title: &str,
+    table: Table,
+    listed: &Listed<T>,
+    what: &str,
+) -> Result<()> {
+    section(out, style, title)?;
+    write_listed(out, table, listed, what)
+}
+
 /// Prints a table or a placeholder, then the "N more" line of a cut list.
 pub fn write_listed<T>(
     out: &mut dyn Write,

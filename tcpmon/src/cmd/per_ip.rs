@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tcpmon::render::{Listed, Style};
 
-use super::{load, write_header, write_json, write_listed};
+use super::{load, write_header, write_json};
 use crate::cli::SnapshotArgs;
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
@@ -20,16 +20,13 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
         return Ok(0);
     }
     write_header(out, &loaded, style)?;
-    super::section(
+    super::listed_section(
         out,
         style,
         &format!(
             "CONNECTIONS PER REMOTE IP ({} addresses, listeners excluded)",
             per_ip.total
         ),
-    )?;
-    write_listed(
-        out,
         super::per_ip_table(&per_ip.items),
         &per_ip,
         "remote IPs",

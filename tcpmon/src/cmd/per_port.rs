@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tcpmon::render::{Listed, Style};
 
-use super::{load, write_header, write_json, write_listed};
+use super::{load, write_header, write_json};
 use crate::cli::SnapshotArgs;
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
@@ -26,13 +26,10 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
         return Ok(0);
     }
     write_header(out, &loaded, style)?;
-    super::section(
+    super::listed_section(
         out,
         style,
         &format!("ESTABLISHED PER LOCAL PORT ({} ports)", per_port.total),
-    )?;
-    write_listed(
-        out,
         super::per_port_table(&per_port.items),
         &per_port,
         "ports",

@@ -8,7 +8,7 @@ use tcpmon::{
     render::{Listed, Style},
 };
 
-use super::{load, section, write_header, write_json, write_listed};
+use super::{load, section, write_header, write_json};
 use crate::cli::ReportArgs;
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
@@ -52,31 +52,35 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
     } else {
         states.write(out, "  ")?;
     }
-    section(out, style, &format!("LISTENERS ({})", s.listeners.len()))?;
-    write_listed(
+    super::listed_section(
         out,
+        style,
+        &format!("LISTENERS ({})", s.listeners.len()),
         super::listeners_table(&listeners.items),
         &listeners,
         "listeners",
     )?;
-    section(out, style, "TOP REMOTE IPS (listeners excluded)")?;
-    write_listed(
+    super::listed_section(
         out,
+        style,
+        "TOP REMOTE IPS (listeners excluded)",
         super::per_ip_table(&per_ip.items),
         &per_ip,
         "remote IPs",
     )?;
-    section(out, style, "TOP LOCAL PORTS (ESTABLISHED)")?;
-    write_listed(
+    super::listed_section(
         out,
+        style,
+        "TOP LOCAL PORTS (ESTABLISHED)",
         super::per_port_table(&per_port.items),
         &per_port,
         "ports",
     )?;
     if !s.close_wait.is_empty() {
-        section(out, style, "CLOSE_WAIT BY PORT AND PROCESS")?;
-        write_listed(
+        super::listed_section(
             out,
+            style,
+            "CLOSE_WAIT BY PORT AND PROCESS",
             super::close_wait_table(&close_wait.items),
             &close_wait,
             "groups",

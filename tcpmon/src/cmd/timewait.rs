@@ -77,9 +77,10 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
         ]);
     }
     write_listed(out, table, &destinations, "destinations")?;
-    super::section(out, style, "TIME_WAIT SOCKETS")?;
-    write_listed(
+    super::listed_section(
         out,
+        style,
+        "TIME_WAIT SOCKETS",
         super::connections_table(&loaded.connections.items, "EXPIRES IN"),
         &loaded.connections,
         "sockets",
