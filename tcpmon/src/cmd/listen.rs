@@ -2,13 +2,12 @@
 use std::io::Write;
 
 use anyhow::Result;
-use serde::Serialize;
 use tcpmon::{
     model::TcpState,
     render::{Listed, Style},
 };
 
-use super::{load, write_header, write_json};
+use super::{listeners_table, load, one_list, OneList};
 use crate::cli::SnapshotArgs;
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
@@ -19,30 +18,22 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
     }
     let loaded = load(&args, &[], true)?;
     let listeners = Listed::cut(&loaded.summary.listeners, args.limit());
-    if args.json {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            listeners: &'a Listed<tcpmon::analysis::Listener>,
-        }
-        write_json(
-            out,
-            &loaded,
-            Body {
-                listeners: &listeners,
-            },
-        )?;
-        return Ok(0);
-    }
-    write_header(out, &loaded, style)?;
-    super::listed_section(
+    let title = format!("LISTENERS ({})", listeners.total);
+    let table = listeners_table(&listeners.items);
+    one_list(
         out,
+        &loaded,
+        args.json,
         style,
-        &format!("LISTENERS ({})", listeners.total),
-        super::listeners_table(&listeners.items),
-        &listeners,
-        "listeners",
+        OneList {
+            field: "listeners",
+            listed: &listeners,
+            title,
+            table,
+            what: "listeners",
+        },
     )?;
-    if loaded.summary.owners_unknown > 0 {
+    if !args.json && loaded.summary.owners_unknown > 0 {
         writeln!(
             out,
             "  note: {} owner(s) not visible; run as root to see every process",

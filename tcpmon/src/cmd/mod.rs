@@ -277,6 +277,36 @@ pub fn findings_table(findings: &[tcpmon::audit::Finding], style: Style) -> Tabl
     table
 }
 
+/// One list as a command shows it: its JSON field, the list, and its human table.
+pub struct OneList<'a, T> {
+    pub field: &'static str,
+    pub listed: &'a Listed<T>,
+    pub title: String,
+    pub table: Table,
+    /// What the rows are, for the "N more ... not shown" line.
+    pub what: &'static str,
+}
+
+/// The whole output of a command that shows one list: JSON `{source..., field: list}`,
+/// or the header and one titled table.
+pub fn one_list<T: Serialize>(
+    out: &mut dyn Write,
+    loaded: &Loaded,
+    json: bool,
+    style: Style,
+    list: OneList<'_, T>,
+) -> Result<()> {
+    if json {
+        return write_json(
+            out,
+            loaded,
+            std::collections::BTreeMap::from([(list.field, list.listed)]),
+        );
+    }
+    write_header(out, loaded, style)?;
+    listed_section(out, style, &list.title, list.table, list.listed, list.what)
+}
+
 /// A titled section holding one cut list.
 pub fn listed_section<T>(
     out: &mut dyn Write,
