@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use serde::Serialize;
 use tcpmon::{
-    analysis::parse_net,
+    analysis::{parse_net, PortRange},
     diag,
     ebpf::{own_netns, KernelCounters, LoadError, LoadOptions, NetnsFilter, Probe},
     event::{decode, Endpoints, Record, Transition},
@@ -209,6 +209,8 @@ struct Session<'a> {
     close_wait_owner_by_inode: HashMap<u64, Process>,
     backlogs: HashMap<(IpAddr, u16), u32>,
     somaxconn: Option<u32>,
+    /// net.ipv4.ip_local_port_range, read once at start.
+    port_range: PortRange,
     mode: &'static str,
     last_tally: (u64, u64),
     fast: FastWriter,
@@ -272,6 +274,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         }
     };
     let stdout: &'static io::Stdout = Box::leak(Box::new(io::stdout()));
+    let port_range = tcpmon::port_range(Path::new("/proc"));
     let mut session = Session {
         args,
         style,
@@ -279,7 +282,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         clock: Clock::now(),
         tally: Tally::new(TallyConfig {
             max_ips: args.max_ips,
-            port_range: tcpmon::port_range(Path::new("/proc")),
+            port_range,
             ..Default::default()
         }),
         detector: Detector::new(args.thresholds.thresholds()),
@@ -300,6 +303,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         close_wait_owner_by_inode: HashMap::new(),
         backlogs: HashMap::new(),
         somaxconn: None,
+        port_range,
         mode: if source.is_some() { "ebpf" } else { "poll" },
         last_tally: (monotonic_ns(), 0),
         fast: FastWriter::default(),
@@ -682,27 +686,6 @@ impl Session<'_> {
         let window_secs = now.saturating_sub(self.last_eval_ns) as f64 / 1e9;
         self.last_eval_ns = now;
         let syn = self.syn.take();
-        // A CLOSE_WAIT port about to be alerted whose owner is not known yet: look it up
-        // now rather than at the next periodic reconciliation, so the alert names the
-        // process. Only for ports that cross a threshold: under churn, CLOSE_WAIT comes
-        // and goes all the time and each lookup re-reads /proc.
-        let view = self.tally.view(20);
-        let t = &self.detector.thresholds;
-        let alerting = view
-            .close_wait_by_port
-            .iter()
-            .any(|(port, count, since, _)| {
-                let age = now.saturating_sub(*since) as f64 / 1e9;
-                (age >= t.close_wait_age_secs || *count > t.close_wait_count)
-                    && !self.close_wait_owners.contains_key(port)
-            });
-        if matches!(source, Source::Ebpf { .. })
-            && alerting
-            && now.saturating_sub(self.last_owner_lookup_ns) >= OWNER_LOOKUP_GAP_NS
-        {
-            self.last_owner_lookup_ns = now;
-            self.reconcile("owners", source)?;
-        }
         // Silent loss: openings the kernel counted a second ago that never arrived.
         if let Source::Ebpf { ring, .. } = source {
             self.drain(ring.get_mut())?;
@@ -730,18 +713,42 @@ impl Session<'_> {
             self.last_loss_reconcile_ns = now;
             self.reconcile("loss", source)?;
         }
-        let view = self.tally.view(20);
+        // A CLOSE_WAIT port about to be alerted whose owner is not known yet: look it up
+        // now rather than at the next periodic reconciliation, so the alert names the
+        // process. Only for ports that cross a threshold: under churn, CLOSE_WAIT comes
+        // and goes all the time and each lookup re-reads /proc.
+        let mut view = self.tally.view(20);
+        let t = &self.detector.thresholds;
+        let alerting = view
+            .close_wait_by_port
+            .iter()
+            .any(|(port, count, since, _)| {
+                let age = now.saturating_sub(*since) as f64 / 1e9;
+                (age >= t.close_wait_age_secs || *count > t.close_wait_count)
+                    && !self.close_wait_owners.contains_key(port)
+            });
+        if matches!(source, Source::Ebpf { .. })
+            && alerting
+            && now.saturating_sub(self.last_owner_lookup_ns) >= OWNER_LOOKUP_GAP_NS
+        {
+            self.last_owner_lookup_ns = now;
+            self.reconcile("owners", source)?;
+            view = self.tally.view(20);
+        }
+        // The maps are lent to the detector for this evaluation, not copied.
         let inputs = Inputs {
             now_ns: now,
             window_secs,
             syn,
             syn_counters,
-            backlogs: self.backlogs.clone(),
+            backlogs: std::mem::take(&mut self.backlogs),
             somaxconn: self.somaxconn,
-            port_range: tcpmon::port_range(self.proc_root),
-            close_wait_owners: self.close_wait_owners.clone(),
+            port_range: self.port_range,
+            close_wait_owners: std::mem::take(&mut self.close_wait_owners),
         };
-        for alert in self.detector.evaluate(&view, &inputs) {
+        let alerts = self.detector.evaluate(&view, &inputs);
+        (self.backlogs, self.close_wait_owners) = (inputs.backlogs, inputs.close_wait_owners);
+        for alert in alerts {
             self.write_alert(&alert)?;
         }
         Ok(())
