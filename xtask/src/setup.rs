@@ -86,7 +86,7 @@ fn ensure_test_tools(verbose: bool) -> Result<()> {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
-    let is_root = unsafe { libc_geteuid() } == 0;
+    let is_root = unsafe { libc::geteuid() } == 0;
     if !is_root || !on_path("apt-get") {
         bail!(
             "missing test tools; install the Debian packages: {}",
@@ -109,9 +109,4 @@ fn succeeds(cmd: &mut Command) -> bool {
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
