@@ -11,8 +11,8 @@ use core::mem::offset_of;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, sock_ops, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
@@ -21,19 +21,36 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcpmon_common::{
-    counter, kind, made_by_syscall, SockEvent, AF_INET, DEFAULT_RING_BYTES, IPPROTO_TCP,
+    counter, kind, made_by_syscall, SockEvent, AF_INET, DEFAULT_RING_BYTES, IPPROTO_TCP, RING_COUNT,
 };
 
-#[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+// One ring per CPU (see RING_COUNT); user space sets their sizes and leaves the rings
+// no CPU maps to at one page.
+#[map(name = "EVENTS0")]
+static EVENTS0: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "EVENTS1")]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "EVENTS2")]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "EVENTS3")]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "EVENTS4")]
+static EVENTS4: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "EVENTS5")]
+static EVENTS5: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "EVENTS6")]
+static EVENTS6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map(name = "EVENTS7")]
+static EVENTS7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+const _: () = assert!(RING_COUNT == 8);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// When the reader was last woken (one slot, shared by every CPU; a race only shifts a
-/// wakeup by one record).
+/// When the reader of each ring was last woken (CPUs sharing a ring may race; that only
+/// shifts a wakeup by one record).
 #[map(name = "LAST_WAKEUP")]
-static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(RING_COUNT as u32, 0);
 
 /// The `struct net` address of TARGET_NETNS, learned from the first socket seen in it (the
 /// namespace outlives tcpmon's watch of it, so the address cannot be reused meanwhile).
@@ -122,13 +139,13 @@ fn bump(index: u32) {
 /// record under load; waking it per megabyte or every 5 ms keeps latency low when quiet
 /// and the cost flat when busy.
 #[inline(always)]
-fn wakeup_flags(now: u64) -> u64 {
-    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+fn wakeup_flags(ring: u32, queued: u64, now: u64) -> u64 {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(ring) else {
         return 0;
     };
     // SAFETY: valid map value pointer; a racy read-modify-write is harmless here.
     unsafe {
-        if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES || now.wrapping_sub(*last) >= WAKEUP_NS {
+        if queued >= WAKEUP_BYTES || now.wrapping_sub(*last) >= WAKEUP_NS {
             *last = now;
             BPF_RB_FORCE_WAKEUP
         } else {
@@ -143,10 +160,34 @@ unsafe fn put<T>(base: *mut u8, offset: usize, value: T) {
     unsafe { (base.add(offset) as *mut T).write(value) }
 }
 
+/// Reserves a record in this CPU's ring, with the bytes already queued there. Each ring
+/// is named in its own branch: map pointers must be constants the verifier can see.
+#[inline(always)]
+fn reserve() -> Option<(aya_ebpf::maps::ring_buf::RingBufEntry<SockEvent>, u32, u64)> {
+    // SAFETY: helper without preconditions.
+    let ring = unsafe { bpf_get_smp_processor_id() } % RING_COUNT as u32;
+    macro_rules! on {
+        ($map:ident) => {
+            $map.reserve::<SockEvent>(0)
+                .map(|entry| (entry, ring, $map.query(BPF_RB_AVAIL_DATA)))
+        };
+    }
+    match ring {
+        0 => on!(EVENTS0),
+        1 => on!(EVENTS1),
+        2 => on!(EVENTS2),
+        3 => on!(EVENTS3),
+        4 => on!(EVENTS4),
+        5 => on!(EVENTS5),
+        6 => on!(EVENTS6),
+        _ => on!(EVENTS7),
+    }
+}
+
 /// Reserves a record, writes every byte of it (padding included) and commits it.
 #[inline(always)]
 fn submit(f: &Fields) {
-    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+    let Some((mut entry, ring, queued)) = reserve() else {
         bump(counter::RINGBUF_FULL);
         return;
     };
@@ -173,7 +214,7 @@ fn submit(f: &Fields) {
         put(p, offset_of!(SockEvent, comm), f.comm.0);
         put(p, offset_of!(SockEvent, comm) + 8, f.comm.1);
     }
-    entry.submit(wakeup_flags(f.ts_ns));
+    entry.submit(wakeup_flags(ring, queued, f.ts_ns));
     bump(counter::SUBMITTED);
 }
 

@@ -14,7 +14,7 @@ use aya::{
     programs::{links::CgroupAttachMode, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
-use tcpmon_common::{counter, names, DEFAULT_RING_BYTES};
+use tcpmon_common::{counter, names, DEFAULT_RING_BYTES, RING_COUNT};
 
 /// The kernel object tcpmon-ebpf compiles to (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon"));
@@ -128,7 +128,9 @@ impl KernelCounters {
 pub struct Probe {
     // Keeps programs and links alive; dropped last.
     ebpf: Ebpf,
-    pub ring: Option<RingBuf<MapData>>,
+    /// The rings CPUs write to (see [`ring_sizes`]), for the caller to take.
+    pub rings: Vec<RingBuf<MapData>>,
+    pub ring_layout: RingLayout,
     counters: PerCpuArray<MapData, u64>,
     program_fds: Vec<std::os::fd::OwnedFd>,
     /// Things worth telling the operator once (e.g. "mounted tracefs").
@@ -358,12 +360,16 @@ impl Probe {
                 0
             }),
         };
-        let mut ebpf = EbpfLoader::new()
+        let layout = RingLayout::new(options.ring_bytes, possible_cpus(), page_size());
+        let mut loader = EbpfLoader::new();
+        for (ring, name) in names::EVENTS_MAPS.iter().enumerate() {
+            loader.map_max_entries(name, layout.size_of(ring));
+        }
+        let mut ebpf = loader
             .override_global(names::TARGET_NETNS, &target, true)
             .override_global(names::SK_NET_OFFSET, &sk_net, true)
             .override_global(names::NET_INUM_OFFSET, &net_inum, true)
             .override_global(names::TARGET_NETNS_COOKIE, &cookie, true)
-            .map_max_entries(names::EVENTS_MAP, options.ring_bytes)
             .load(OBJECT)
             .map_err(|e| LoadError::classify("creating maps", e))?;
         if let Some(note) = ensure_tracefs()? {
@@ -431,11 +437,15 @@ impl Probe {
                 Err(e) => notes.push(format!("SYN arrivals not counted (cgroup sock_ops: {e})")),
             }
         }
-        let ring = RingBuf::try_from(
-            ebpf.take_map(names::EVENTS_MAP)
-                .ok_or_else(|| LoadError::Other("EVENTS map missing".into()))?,
-        )
-        .map_err(|e| LoadError::Other(format!("EVENTS: {e}")))?;
+        let mut rings = Vec::with_capacity(layout.used);
+        for name in &names::EVENTS_MAPS[..layout.used] {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| LoadError::Other(format!("{name} map missing")))?;
+            rings.push(
+                RingBuf::try_from(map).map_err(|e| LoadError::Other(format!("{name}: {e}")))?,
+            );
+        }
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS_MAP)
                 .ok_or_else(|| LoadError::Other("COUNTERS map missing".into()))?,
@@ -443,7 +453,8 @@ impl Probe {
         .map_err(|e| LoadError::Other(format!("COUNTERS: {e}")))?;
         Ok(Self {
             ebpf,
-            ring: Some(ring),
+            rings,
+            ring_layout: layout,
             counters,
             program_fds,
             notes,
@@ -473,6 +484,49 @@ impl Probe {
             other_netns: sum(counter::OTHER_NETNS)?,
             recursion_misses,
         })
+    }
+}
+
+/// The number of CPUs the kernel may run on (each may write records).
+fn possible_cpus() -> usize {
+    aya::util::nr_cpus().unwrap_or(RING_COUNT)
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// How the ring budget of `total` bytes is laid out: the first `used` rings (those
+/// some CPU writes to) share it, each a power of two of `each` bytes, at least a page;
+/// the other rings get one page, the least the kernel accepts, and are never read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    pub used: usize,
+    pub each: u32,
+    pub page: u32,
+}
+
+impl RingLayout {
+    pub fn new(total: u32, cpus: usize, page: u32) -> Self {
+        let used = cpus.clamp(1, RING_COUNT);
+        let share = (total / used as u32).max(page);
+        // The largest power of two not above the share.
+        let each = (1u32 << (31 - share.leading_zeros())).max(page);
+        Self { used, each, page }
+    }
+
+    pub fn size_of(&self, ring: usize) -> u32 {
+        if ring < self.used {
+            self.each
+        } else {
+            self.page
+        }
+    }
+
+    /// Bytes of ring the kernel holds for records that are read.
+    pub fn total(&self) -> u64 {
+        u64::from(self.each) * self.used as u64
     }
 }
 
@@ -511,6 +565,24 @@ mod tests {
         // skc_net sits inside sock_common, well within the first cache lines.
         assert!(offsets.sk_net > 0 && offsets.sk_net < 128, "{offsets:?}");
         assert!(offsets.net_inum < 4096, "{offsets:?}");
+    }
+
+    #[test]
+    fn ring_budget_is_shared_by_the_rings_cpus_write() {
+        let two = RingLayout::new(16 << 20, 2, 4096);
+        assert_eq!((two.used, two.each), (2, 8 << 20));
+        assert_eq!(two.size_of(1), 8 << 20);
+        assert_eq!(two.size_of(2), 4096);
+        assert_eq!(two.total(), 16 << 20);
+        // More CPUs than rings: every ring is used; a share that is not a power of two
+        // rounds down.
+        let many = RingLayout::new(16 << 20, 96, 4096);
+        assert_eq!((many.used, many.each), (RING_COUNT, 2 << 20));
+        let odd = RingLayout::new(16 << 20, 3, 4096);
+        assert_eq!(odd.each, 4 << 20);
+        // Never below a page, and a machine reporting no CPU still gets one ring.
+        assert_eq!(RingLayout::new(4096, 8, 4096).each, 4096);
+        assert_eq!(RingLayout::new(1 << 20, 0, 4096).used, 1);
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub fn made_by_syscall(old: TcpState, new: TcpState) -> bool {
 /// Decodes one ring-buffer record; never panics, whatever the bytes.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let raw = SockEvent::from_bytes(bytes).ok_or(DecodeError::Length(bytes.len()))?;
+    decode_event(&raw)
+}
+
+/// Checks and types a record already cut to size.
+pub fn decode_event(raw: &SockEvent) -> Result<Record, DecodeError> {
     let family = match raw.family {
         AF_INET => Family::Ipv4,
         AF_INET6 => Family::Ipv6,

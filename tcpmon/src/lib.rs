@@ -24,6 +24,7 @@ pub mod event;
 pub mod kstats;
 pub mod live;
 pub mod model;
+pub mod order;
 pub mod poll;
 pub mod process;
 pub mod procfs;

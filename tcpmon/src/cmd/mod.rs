@@ -5,6 +5,7 @@ pub mod listen;
 pub mod per_ip;
 pub mod per_port;
 pub mod report;
+mod rings;
 pub mod states;
 pub mod timewait;
 pub mod watch;

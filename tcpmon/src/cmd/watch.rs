@@ -18,7 +18,7 @@ use tcpmon::{
     analysis::{parse_net, PortRange},
     diag,
     ebpf::{own_netns, KernelCounters, LoadError, LoadOptions, NetnsFilter, Probe},
-    event::{decode, Endpoints, Record, Transition},
+    event::{decode_event, DecodeError, Endpoints, Record, Transition},
     kstats::{self, SynCounters},
     live::{monotonic_ns, Clock, FastWriter, Origin, TransitionRecord},
     model::{canonical_ip, endpoint, TcpState},
@@ -30,11 +30,10 @@ use tcpmon::{
     tally::{ReconcileReport, Tally, TallyConfig},
     Snapshot,
 };
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-};
+use tcpmon_common::SockEvent;
+use tokio::signal::unix::{signal, SignalKind};
 
+use super::rings::Rings;
 use crate::cli::{parse_duration, parse_state, Mode};
 
 #[derive(Args, Debug, Clone)]
@@ -173,13 +172,8 @@ struct Received {
 
 /// Where the transitions come from.
 enum Source {
-    Ebpf {
-        probe: Box<Probe>,
-        ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    },
-    Poll {
-        previous: poll::Index,
-    },
+    Ebpf { probe: Box<Probe>, rings: Rings },
+    Poll { previous: poll::Index },
 }
 
 /// Everything one watch session keeps.
@@ -221,6 +215,8 @@ struct Session<'a> {
     /// in-flight events arrive before they are missed).
     opens_base: Option<kstats::Opens>,
     opens_prev: Option<kstats::Opens>,
+    /// Records read from the rings, reused between drains.
+    batch: Vec<SockEvent>,
 }
 
 /// Pending NDJSON bytes written in one go: larger than the BufWriter, so they bypass it.
@@ -311,31 +307,30 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         last_owner_lookup_ns: 0,
         opens_base: None,
         opens_prev: None,
+        batch: Vec::new(),
     };
     release_free_memory();
     let mode_line: (String, Vec<String>);
     let mut source = match source {
         Some(mut probe) => {
             let notes = std::mem::take(&mut probe.notes);
-            let ring = probe.ring.take().expect("ring taken once");
-            // SAFETY: the AsyncFd owns the ring buffer, so its fd outlives the registration.
-            let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)
-                .context("registering the ring buffer with the runtime")?;
+            let layout = probe.ring_layout;
+            let rings = Rings::new(std::mem::take(&mut probe.rings))?;
             let scope = match netns {
                 NetnsFilter::All => "all network namespaces".to_owned(),
                 NetnsFilter::Only(inode) => format!("network namespace {inode}"),
             };
             mode_line = (
                 format!(
-                    "watching TCP state transitions with eBPF ({scope}; ring buffer {} KiB)",
-                    args.ring_bytes / 1024
+                    "watching TCP state transitions with eBPF ({scope}; ring buffers {} x {} KiB)",
+                    layout.used,
+                    layout.each / 1024
                 ),
                 notes,
             );
             Source::Ebpf {
                 probe: Box::new(probe),
-                ring,
+                rings,
             }
         }
         None => {
@@ -394,17 +389,14 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     loop {
         let ring_ready = async {
             match &mut source {
-                Source::Ebpf { ring, .. } => ring.readable_mut().await.map(|mut g| {
-                    g.clear_ready();
-                }),
+                Source::Ebpf { rings, .. } => rings.woken().await,
                 Source::Poll { .. } => std::future::pending().await,
             }
         };
         tokio::select! {
-            ready = ring_ready => {
-                ready?;
-                if let Source::Ebpf { ring, .. } = &mut source {
-                    session.drain(ring.get_mut())?;
+            () = ring_ready => {
+                if let Source::Ebpf { rings, .. } = &mut source {
+                    session.drain(rings)?;
                 }
                 if let Some(logger) = logger.as_mut() {
                     logger.flush();
@@ -419,8 +411,8 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 session.flush()?;
             }
             _ = drain_tick.tick() => {
-                if let Source::Ebpf { ring, .. } = &mut source {
-                    session.drain(ring.get_mut())?;
+                if let Source::Ebpf { rings, .. } = &mut source {
+                    session.drain(rings)?;
                     session.flush()?;
                 }
             }
@@ -438,8 +430,8 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
             () = &mut stop => break,
         }
     }
-    if let Source::Ebpf { ring, probe } = &mut source {
-        session.drain(ring.get_mut())?;
+    if let Source::Ebpf { rings, probe } = &mut source {
+        session.drain_all(rings)?;
         session.kernel = probe.counters().unwrap_or(session.kernel);
     }
     session.write_tally()?;
@@ -502,16 +494,16 @@ impl Session<'_> {
     /// queued before the read are applied first; those that arrive during it are resolved
     /// against the snapshot so none counts twice.
     fn reconcile(&mut self, reason: &'static str, source: &mut Source) -> Result<Vec<Socket>> {
-        if let Source::Ebpf { ring, .. } = source {
-            self.drain(ring.get_mut())?;
+        if let Source::Ebpf { rings, .. } = source {
+            self.drain(rings)?;
         }
         let at = monotonic_ns();
         let snapshot =
             Snapshot::read(self.proc_root).context("reading the socket tables from /proc")?;
         let sockets: Vec<Socket> = snapshot.rows().filter_map(|r| r.socket.ok()).collect();
         self.window = Some(Vec::new());
-        if let Source::Ebpf { ring, .. } = source {
-            self.drain(ring.get_mut())?;
+        if let Source::Ebpf { rings, .. } = source {
+            self.drain(rings)?;
         }
         let window = self.window.take().unwrap_or_default();
         let report = self.tally.reconcile_window(&sockets, at, &window);
@@ -558,9 +550,34 @@ impl Session<'_> {
             .and_then(|t| t.trim().parse().ok());
     }
 
-    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
-        while let Some(item) = ring.next() {
-            match decode(&item) {
+    /// Applies what the rings hold, in time order.
+    fn drain(&mut self, rings: &mut Rings) -> Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut bad = Vec::new();
+        rings.read(&mut batch, &mut bad);
+        self.apply_records(&mut batch, &bad)?;
+        self.batch = batch;
+        Ok(())
+    }
+
+    /// Applies everything, records held for ordering included (at detach).
+    fn drain_all(&mut self, rings: &mut Rings) -> Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut bad = Vec::new();
+        rings.read_all(&mut batch, &mut bad);
+        self.apply_records(&mut batch, &bad)
+    }
+
+    fn apply_records(&mut self, batch: &mut Vec<SockEvent>, bad_lengths: &[usize]) -> Result<()> {
+        for &len in bad_lengths {
+            self.received.decode_errors += 1;
+            log::warn!(
+                "undecodable ring-buffer record: {}",
+                DecodeError::Length(len)
+            );
+        }
+        for raw in batch.drain(..) {
+            match decode_event(&raw) {
                 Ok(Record::Transition(t)) => self.transition(&t, Origin::Ebpf)?,
                 Ok(Record::SynAckRetransmit(at)) => {
                     self.received.synack_retransmits += 1;
@@ -687,8 +704,8 @@ impl Session<'_> {
         self.last_eval_ns = now;
         let syn = self.syn.take();
         // Silent loss: openings the kernel counted a second ago that never arrived.
-        if let Source::Ebpf { ring, .. } = source {
-            self.drain(ring.get_mut())?;
+        if let Source::Ebpf { rings, .. } = source {
+            self.drain(rings)?;
             let opens = std::fs::read_to_string(self.proc_root.join("net/snmp"))
                 .ok()
                 .and_then(|t| kstats::snmp_opens(&t));

@@ -1,0 +1,91 @@
+//! The per-CPU ring buffers read as one stream in time order (see tcpmon::order).
+use std::{os::fd::AsFd as _, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tcpmon::{live::monotonic_ns, order::Reorder};
+use tcpmon_common::SockEvent;
+use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
+
+pub struct Rings {
+    rings: Vec<RingBuf<MapData>>,
+    reorder: Reorder,
+    /// Set when any ring's reader is woken.
+    wake: Arc<Notify>,
+    watchers: Vec<JoinHandle<()>>,
+}
+
+impl Rings {
+    /// Takes the rings and starts one readiness watcher per ring on the runtime.
+    pub fn new(rings: Vec<RingBuf<MapData>>) -> Result<Self> {
+        let wake = Arc::new(Notify::new());
+        let mut watchers = Vec::with_capacity(rings.len());
+        for ring in &rings {
+            // A duplicate of the map fd: readiness is a property of the ring, not the fd.
+            let fd = ring
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating a ring buffer fd")?;
+            // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open, and refers to the
+            // same file, for as long as it is registered.
+            let fd = unsafe { AsyncFd::register(fd) }
+                .map_err(|e| e.into_parts().1)
+                .context("registering a ring buffer with the runtime")?;
+            let wake = Arc::clone(&wake);
+            watchers.push(tokio::spawn(async move {
+                while let Ok(mut ready) = fd.readable().await {
+                    ready.clear_ready();
+                    wake.notify_one();
+                }
+            }));
+        }
+        Ok(Self {
+            rings,
+            reorder: Reorder::default(),
+            wake,
+            watchers,
+        })
+    }
+
+    /// Completes when some ring has been woken since the last call.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Reads every ring and appends to `into`, oldest first, the records that are safe
+    /// to hand out; counts records of the wrong size in `bad_length`. Two passes: the
+    /// second lets the records the first one read go out at once.
+    pub fn read(&mut self, into: &mut Vec<SockEvent>, bad_length: &mut Vec<usize>) {
+        for _ in 0..2 {
+            let pass_started = monotonic_ns();
+            let mut any = false;
+            for ring in &mut self.rings {
+                while let Some(item) = ring.next() {
+                    any = true;
+                    match SockEvent::from_bytes(&item) {
+                        Some(record) => self.reorder.push(record),
+                        None => bad_length.push(item.len()),
+                    }
+                }
+            }
+            self.reorder.release(pass_started, into);
+            if !any && self.reorder.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Reads every ring and hands out everything, held records included (at detach).
+    pub fn read_all(&mut self, into: &mut Vec<SockEvent>, bad_length: &mut Vec<usize>) {
+        self.read(into, bad_length);
+        self.reorder.release_all(into);
+    }
+}
+
+impl Drop for Rings {
+    fn drop(&mut self) {
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
+    }
+}
