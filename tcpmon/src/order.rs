@@ -25,40 +25,70 @@
 //! and the next reconciliation repairs the counts.
 use tcpmon_common::SockEvent;
 
-/// Records read but not yet handed out.
+/// Records read but not yet handed out, per ring.
 #[derive(Debug, Default)]
 pub struct Reorder {
-    pending: Vec<SockEvent>,
+    /// Each ring's records in the order read: already in stamp order, but for a program
+    /// nested between another's stamp and reservation (checked, and sorted if so).
+    pending: Vec<Vec<SockEvent>>,
+    /// Where the merge stands in each ring (reused).
+    heads: Vec<usize>,
 }
 
 impl Reorder {
-    pub fn push(&mut self, record: SockEvent) {
-        self.pending.push(record);
+    pub fn push(&mut self, ring: usize, record: SockEvent) {
+        if ring >= self.pending.len() {
+            self.pending.resize_with(ring + 1, Vec::new);
+        }
+        self.pending[ring].push(record);
     }
 
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.iter().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.iter().all(Vec::is_empty)
     }
 
     /// Appends to `into`, oldest first, every held record stamped before `pass_started`:
     /// the monotonic time (the clock of bpf_ktime_get_ns) taken before the last complete
-    /// pass over all rings began. Records of equal stamps keep the order they were read.
+    /// pass over all rings began. Equal stamps go out in ring order.
     pub fn release(&mut self, pass_started: u64, into: &mut Vec<SockEvent>) {
-        // Mostly sorted already (each ring is), which the stable sort exploits.
-        self.pending.sort_by_key(|r| r.ts_ns);
-        let cut = self.pending.partition_point(|r| r.ts_ns < pass_started);
-        into.extend(self.pending.drain(..cut));
+        for ring in &mut self.pending {
+            if !ring.is_sorted_by_key(|r| r.ts_ns) {
+                ring.sort_by_key(|r| r.ts_ns);
+            }
+        }
+        self.heads.clear();
+        self.heads.resize(self.pending.len(), 0);
+        // A k-way merge over at most RING_COUNT rings: a linear scan for the oldest head.
+        loop {
+            let mut oldest: Option<(usize, u64)> = None;
+            for (ring, records) in self.pending.iter().enumerate() {
+                if let Some(r) = records.get(self.heads[ring]) {
+                    if r.ts_ns < pass_started && oldest.is_none_or(|(_, ts)| r.ts_ns < ts) {
+                        oldest = Some((ring, r.ts_ns));
+                    }
+                }
+            }
+            let Some((ring, _)) = oldest else { break };
+            into.push(self.pending[ring][self.heads[ring]]);
+            self.heads[ring] += 1;
+        }
+        for (records, &head) in self.pending.iter_mut().zip(&self.heads) {
+            records.drain(..head);
+        }
     }
 
     /// Hands out everything still held, oldest first (at detach, when no ring will be
     /// read again).
     pub fn release_all(&mut self, into: &mut Vec<SockEvent>) {
         self.release(u64::MAX, into);
-        into.append(&mut self.pending);
+        // Stamped u64::MAX, if any such record exists.
+        for records in &mut self.pending {
+            into.append(records);
+        }
     }
 }
 
@@ -79,8 +109,8 @@ mod tests {
     #[test]
     fn holds_what_is_not_yet_safe_and_sorts_the_rest() {
         let mut reorder = Reorder::default();
-        for (ts, sk) in [(30, 1), (10, 2), (50, 3), (20, 1)] {
-            reorder.push(record(ts, sk, 0));
+        for (ring, ts, sk) in [(0, 30, 1), (1, 10, 2), (1, 50, 3), (0, 20, 1)] {
+            reorder.push(ring, record(ts, sk, 0));
         }
         let mut out = Vec::new();
         reorder.release(31, &mut out);
@@ -167,7 +197,7 @@ mod tests {
                     now += ring_gap;
                     while read[i] < ring.len() && ring[read[i]].committed <= now {
                         let s = ring[read[i]];
-                        reorder.push(record(s.stamped, s.socket, s.step));
+                        reorder.push(i, record(s.stamped, s.socket, s.step));
                         read[i] += 1;
                     }
                 }
@@ -176,7 +206,7 @@ mod tests {
             // Drain the rest as at detach.
             for (i, ring) in rings.iter().enumerate() {
                 for s in &ring[read[i]..] {
-                    reorder.push(record(s.stamped, s.socket, s.step));
+                    reorder.push(i, record(s.stamped, s.socket, s.step));
                 }
             }
             reorder.release_all(&mut out);

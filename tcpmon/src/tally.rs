@@ -594,11 +594,20 @@ impl Tally {
             if entry.client_side {
                 *self.time_wait_by_dest.entry(entry.remote).or_default() += 1;
             }
-            // Events arrive in time order per CPU; keep the queue sorted anyway.
-            let at = self
+            // Events arrive in time order, so this is nearly always an append; a search
+            // of a queue that holds a minute of churn costs a cache miss per probe.
+            if self
                 .time_wait
-                .partition_point(|e| e.expires_ns <= entry.expires_ns);
-            self.time_wait.insert(at, entry);
+                .back()
+                .is_none_or(|last| last.expires_ns <= entry.expires_ns)
+            {
+                self.time_wait.push_back(entry);
+            } else {
+                let at = self
+                    .time_wait
+                    .partition_point(|e| e.expires_ns <= entry.expires_ns);
+                self.time_wait.insert(at, entry);
+            }
         }
         applied
     }

@@ -59,11 +59,11 @@ impl Rings {
         for _ in 0..2 {
             let pass_started = monotonic_ns();
             let mut any = false;
-            for ring in &mut self.rings {
+            for (index, ring) in self.rings.iter_mut().enumerate() {
                 while let Some(item) = ring.next() {
                     any = true;
                     match SockEvent::from_bytes(&item) {
-                        Some(record) => self.reorder.push(record),
+                        Some(record) => self.reorder.push(index, record),
                         None => bad_length.push(item.len()),
                     }
                 }
