@@ -10,11 +10,13 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray},
     programs::{links::CgroupAttachMode, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tcpmon_common::{counter, names, DEFAULT_RING_BYTES, RING_COUNT};
+
+use crate::ringbuf::RingReader;
 
 /// The kernel object tcpmon-ebpf compiles to (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon"));
@@ -129,7 +131,7 @@ pub struct Probe {
     // Keeps programs and links alive; dropped last.
     ebpf: Ebpf,
     /// The rings CPUs write to (see [`ring_sizes`]), for the caller to take.
-    pub rings: Vec<RingBuf<MapData>>,
+    pub rings: Vec<RingReader>,
     pub ring_layout: RingLayout,
     counters: PerCpuArray<MapData, u64>,
     program_fds: Vec<std::os::fd::OwnedFd>,
@@ -442,9 +444,16 @@ impl Probe {
             let map = ebpf
                 .take_map(name)
                 .ok_or_else(|| LoadError::Other(format!("{name} map missing")))?;
-            rings.push(
-                RingBuf::try_from(map).map_err(|e| LoadError::Other(format!("{name}: {e}")))?,
-            );
+            let aya::maps::Map::RingBuf(data) = map else {
+                return Err(LoadError::Other(format!("{name} is not a ring buffer")));
+            };
+            let reader = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .and_then(|fd| RingReader::new(fd, layout.each as usize, layout.page as usize))
+                .map_err(|e| LoadError::Other(format!("mapping {name}: {e}")))?;
+            rings.push(reader);
         }
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS_MAP)

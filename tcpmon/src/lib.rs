@@ -29,6 +29,7 @@ pub mod poll;
 pub mod process;
 pub mod procfs;
 pub mod render;
+pub mod ringbuf;
 pub mod rules;
 pub mod snapshot;
 pub mod tally;

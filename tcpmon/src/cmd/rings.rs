@@ -1,14 +1,13 @@
 //! The per-CPU ring buffers read as one stream in time order (see tcpmon::order).
-use std::{os::fd::AsFd as _, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
-use tcpmon::{live::monotonic_ns, order::Reorder};
+use tcpmon::{live::monotonic_ns, order::Reorder, ringbuf::RingReader};
 use tcpmon_common::SockEvent;
 use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
 
 pub struct Rings {
-    rings: Vec<RingBuf<MapData>>,
+    rings: Vec<RingReader>,
     reorder: Reorder,
     /// Set when any ring's reader is woken.
     wake: Arc<Notify>,
@@ -17,14 +16,14 @@ pub struct Rings {
 
 impl Rings {
     /// Takes the rings and starts one readiness watcher per ring on the runtime.
-    pub fn new(rings: Vec<RingBuf<MapData>>) -> Result<Self> {
+    pub fn new(rings: Vec<RingReader>) -> Result<Self> {
         let wake = Arc::new(Notify::new());
         let mut watchers = Vec::with_capacity(rings.len());
         for ring in &rings {
             // A duplicate of the map fd: readiness is a property of the ring, not the fd.
             let fd = ring
-                .as_fd()
-                .try_clone_to_owned()
+                .fd()
+                .try_clone()
                 .context("duplicating a ring buffer fd")?;
             // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open, and refers to the
             // same file, for as long as it is registered.
@@ -60,13 +59,16 @@ impl Rings {
             let pass_started = monotonic_ns();
             let mut any = false;
             for (index, ring) in self.rings.iter_mut().enumerate() {
-                while let Some(item) = ring.next() {
-                    any = true;
-                    match SockEvent::from_bytes(&item) {
-                        Some(record) => self.reorder.push(index, record),
-                        None => bad_length.push(item.len()),
-                    }
+                let reorder = &mut self.reorder;
+                let walk = ring.read(|item| match SockEvent::from_bytes(item) {
+                    Some(record) => reorder.push(index, record),
+                    None => bad_length.push(item.len()),
+                });
+                if walk.corrupt {
+                    // Counted as one undecodable record; the ring cannot be read past it.
+                    bad_length.push(usize::MAX);
                 }
+                any |= walk.records > 0;
             }
             self.reorder.release(pass_started, into);
             if !any && self.reorder.is_empty() {
