@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
-use tcpmon_common::{kind, SockEvent, AF_INET, AF_INET6, SOCK_EVENT_SIZE};
+use tcpmon_common::{kind, SockEvent, AF_INET, AF_INET6, SHORT_EVENT_SIZE, SOCK_EVENT_SIZE};
 
 use crate::model::{Family, TcpState};
 
@@ -64,7 +64,7 @@ impl Task {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("record of {0} bytes (expected {SOCK_EVENT_SIZE})")]
+    #[error("record of {0} bytes (expected {SOCK_EVENT_SIZE} or {SHORT_EVENT_SIZE})")]
     Length(usize),
     #[error("unknown record kind {0}")]
     Kind(u8),
@@ -176,6 +176,7 @@ pub fn encode_endpoints(at: &Endpoints, record_kind: u8) -> SockEvent {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use tcpmon_common::ShortEvent;
 
     use super::*;
 
@@ -219,6 +220,13 @@ mod tests {
             let t = Transition { at, old, new, task };
             let raw = encode_transition(&t);
             prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Transition(t)));
+            // The kernel sends IPv4 records without a task in the short form: it must
+            // decode to the same transition, and exist exactly for those.
+            let short = ShortEvent::narrow(&raw);
+            prop_assert_eq!(short.is_some(), at.family == Family::Ipv4 && t.task.is_none());
+            if let Some(short) = short {
+                prop_assert_eq!(decode(short.as_bytes()), Ok(Record::Transition(t)));
+            }
         }
 
         #[test]
@@ -237,6 +245,9 @@ mod tests {
     fn bad_records_are_errors() {
         assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Length(10)));
         assert_eq!(decode(&[0u8; 96]), Err(DecodeError::Length(96)));
+        assert_eq!(decode(&[0u8; 41]), Err(DecodeError::Length(41)));
+        // A short record still goes through every check.
+        assert_eq!(decode(&[0u8; 40]), Err(DecodeError::Family(0)));
         let mut raw = SockEvent::zeroed();
         assert_eq!(decode(raw.as_bytes()), Err(DecodeError::Family(0)));
         raw.family = AF_INET;
