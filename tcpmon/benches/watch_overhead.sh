@@ -63,12 +63,15 @@ for ((r = 1; r <= rounds; r++)); do
     echo "$base $(rate_of <<<"$out") $got $lost $conns" >> "$work/rounds"
     sleep 2
     if command -v bpftrace >/dev/null; then
+        # bpftrace finds tracepoints through tracefs, which minimal systems leave unmounted.
+        [[ -d /sys/kernel/tracing/events ]] || mount -t tracefs tracefs /sys/kernel/tracing
         # The peer "bpftrace printing each event" (KERNEL_FACTS.md), in the same run.
         bpftrace -e 'tracepoint:sock:inet_sock_set_state { printf("%d %d %d %d %d\n", args->family, args->sport, args->dport, args->oldstate, args->newstate); }' >/dev/null 2>&1 &
         tracer=$!
         sleep 3
         peer=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
-        kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+        kill -INT "$tracer" 2>/dev/null || echo "bpftrace exited early: see its output with bash -x" >&2
+        wait "$tracer" 2>/dev/null || true
         printf '%-6s %-22s %10s\n' "$r" "bpftrace printf" "$peer"
         echo "$peer" >> "$work/peer"
         sleep 2
