@@ -253,7 +253,29 @@ pub struct FastWriter {
     /// "YYYY-MM-DDTHH:MM:SS." for `second`, reused while the second does not change.
     prefix: [u8; 20],
     second: Option<u64>,
+    ip_texts: [IpText; IP_TEXT_SLOTS],
     pub buf: Vec<u8>,
+}
+
+/// The longest address text ("ffff:ffff:...": 39 bytes), rounded up.
+const IP_TEXT_MAX: usize = 40;
+const IP_TEXT_SLOTS: usize = 16;
+
+#[derive(Clone, Copy, Debug)]
+struct IpText {
+    ip: Option<IpAddr>,
+    len: usize,
+    text: [u8; IP_TEXT_MAX],
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        Self {
+            ip: None,
+            len: 0,
+            text: [0; IP_TEXT_MAX],
+        }
+    }
 }
 
 /// More than the longest record without a task name (two full IPv6 addresses and every
@@ -304,21 +326,64 @@ impl FastWriter {
         wall_ns % 1_000_000_000 / 1000
     }
 
+    /// Appends the text of `ip`, from a small cache: the same few addresses (loopback,
+    /// a service's own address, its busiest peers) come back record after record.
     fn push_ip(&mut self, ip: IpAddr) {
-        match ip {
-            IpAddr::V4(v4) => {
-                let [a, b, c, d] = v4.octets();
-                push_decimal(&mut self.buf, a.into(), 1);
-                for octet in [b, c, d] {
-                    self.buf.push(b'.');
-                    push_decimal(&mut self.buf, octet.into(), 1);
+        let hash = match ip {
+            IpAddr::V4(v4) => u32::from(v4).wrapping_mul(0x9E37_79B1),
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                ((bits as u64) ^ (bits >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
+            }
+        };
+        let slot = &mut self.ip_texts[(hash >> 28) as usize % IP_TEXT_SLOTS];
+        if slot.ip != Some(ip) {
+            let mut text = Vec::with_capacity(40);
+            match ip {
+                IpAddr::V4(v4) => {
+                    let [a, b, c, d] = v4.octets();
+                    push_decimal(&mut text, a.into(), 1);
+                    for octet in [b, c, d] {
+                        text.push(b'.');
+                        push_decimal(&mut text, octet.into(), 1);
+                    }
+                }
+                IpAddr::V6(v6) => {
+                    use std::io::Write as _;
+                    let _ = write!(text, "{v6}");
                 }
             }
-            IpAddr::V6(v6) => {
-                use std::io::Write as _;
-                let _ = write!(self.buf, "{v6}");
-            }
+            slot.text[..text.len()].copy_from_slice(&text);
+            slot.len = text.len();
+            slot.ip = Some(ip);
         }
+        // A fixed-size copy (no memcpy call), then the length actually written.
+        let start = self.buf.len();
+        self.buf.reserve(IP_TEXT_MAX);
+        for (dst, src) in self.buf.spare_capacity_mut()[..IP_TEXT_MAX]
+            .iter_mut()
+            .zip(slot.text)
+        {
+            dst.write(src);
+        }
+        // SAFETY: IP_TEXT_MAX bytes after `start` were written, and len <= IP_TEXT_MAX.
+        unsafe { self.buf.set_len(start + slot.len) };
+    }
+
+    /// Appends `n` in lower-case hex without leading zeros.
+    fn push_hex(&mut self, n: u64) {
+        let digits = ((64 - n.leading_zeros()).div_ceil(4).max(1)) as usize;
+        let start = self.buf.len();
+        self.buf.reserve(16);
+        for (i, dst) in self.buf.spare_capacity_mut()[..digits]
+            .iter_mut()
+            .enumerate()
+        {
+            let shift = (digits - 1 - i) * 4;
+            dst.write(b"0123456789abcdef"[((n >> shift) & 0xf) as usize]);
+        }
+        // SAFETY: the `digits` bytes after `start` were written just above.
+        unsafe { self.buf.set_len(start + digits) };
     }
 
     /// Appends one NDJSON `transition` line to `self.buf`.
@@ -376,11 +441,8 @@ impl FastWriter {
         b.extend_from_slice(b",\"netns\":");
         push_decimal(b, t.at.netns.into(), 1);
         b.extend_from_slice(b",\"skaddr\":\"0x");
-        let digits = (64 - t.at.skaddr.leading_zeros()).div_ceil(4).max(1);
-        for shift in (0..digits).rev() {
-            b.push(b"0123456789abcdef"[((t.at.skaddr >> (shift * 4)) & 0xf) as usize]);
-        }
-        b.extend_from_slice(b"\"}\n");
+        self.push_hex(t.at.skaddr);
+        self.buf.extend_from_slice(b"\"}\n");
     }
 }
 
@@ -416,12 +478,20 @@ mod fast_tests {
             };
             let clock = Clock::fixed(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000), 0);
             let ms = ms.map(|m| f64::from(m) / 1000.0);
+            // The same writer for several records, so that cached address texts are
+            // reused (and replaced) along the way.
+            let mut swapped = t;
+            swapped.at.local_ip = t.at.remote_ip;
+            swapped.at.remote_ip = t.at.local_ip;
             let mut w = FastWriter::default();
-            w.json(&t, &clock, ms, Origin::Ebpf);
-            let fast: TransitionRecord = serde_json::from_slice(&w.buf).unwrap();
-            let slow = TransitionRecord::new(&t, &clock, ms, Origin::Ebpf);
-            prop_assert_eq!(fast, slow);
-            prop_assert_eq!(w.buf.iter().filter(|b| **b == b'\n').count(), 1);
+            for t in [t, swapped, t] {
+                w.buf.clear();
+                w.json(&t, &clock, ms, Origin::Ebpf);
+                let fast: TransitionRecord = serde_json::from_slice(&w.buf).unwrap();
+                let slow = TransitionRecord::new(&t, &clock, ms, Origin::Ebpf);
+                prop_assert_eq!(fast, slow);
+                prop_assert_eq!(w.buf.iter().filter(|b| **b == b'\n').count(), 1);
+            }
         }
     }
 }

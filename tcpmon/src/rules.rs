@@ -67,6 +67,38 @@ pub struct SynWindow {
     pub sources: u64,
 }
 
+/// Whether to dump half-open request sockets this evaluation. The dump walks every
+/// established and TIME_WAIT socket (request sockets share their hash table), a visible
+/// cost under heavy churn, so it is skipped while nothing hints at half-open requests:
+/// every SYN seen in the window completed (bar `SYN_SLACK` in flight), no SYN-ACK was
+/// retransmitted, no SYN counter moved, and the previous dump found none. Without the
+/// SYN counter program there is no such evidence, so it always dumps; and at least
+/// every `HALF_OPEN_RECHECK_NS` anyway.
+pub fn half_open_worth_dumping(
+    syn: &HashMap<(IpAddr, u16), SynWindow>,
+    syn_counters: &SynCounters,
+    syns_counted: bool,
+    last_half_open: u64,
+    since_last_dump_ns: u64,
+) -> bool {
+    const SYN_SLACK: u64 = 64;
+    const HALF_OPEN_RECHECK_NS: u64 = 10_000_000_000;
+    let (syns, completed, retransmits) = syn.values().fold((0, 0, 0), |acc, w| {
+        (
+            acc.0 + w.syns,
+            acc.1 + w.completed,
+            acc.2 + w.synack_retransmits,
+        )
+    });
+    !syns_counted
+        || last_half_open > 0
+        || since_last_dump_ns >= HALF_OPEN_RECHECK_NS
+        || retransmits > 0
+        || syns > completed + SYN_SLACK
+        || syn_counters.queue_overflowed()
+        || syn_counters.listen_overflows + syn_counters.listen_drops > 0
+}
+
 /// Accumulates SYN activity per listener between evaluations, in bounded memory: distinct
 /// sources saturate at MAX_SOURCES per listener, so a flood from a million spoofed
 /// addresses costs at most that many entries until the next evaluation empties it.
@@ -452,6 +484,91 @@ mod tests {
 
     fn localhost() -> IpAddr {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+
+    #[test]
+    fn half_open_dump_only_when_something_hints_at_it() {
+        let calm = |syns, completed, retransmits| {
+            let mut m = HashMap::new();
+            m.insert(
+                ("127.0.0.1".parse().unwrap(), 80),
+                SynWindow {
+                    syns,
+                    completed,
+                    synack_retransmits: retransmits,
+                    sources: 1,
+                },
+            );
+            m
+        };
+        let none = SynCounters::default();
+        let second = 1_000_000_000;
+        // Busy but healthy: every SYN completes.
+        assert!(!half_open_worth_dumping(
+            &calm(60_000, 59_990, 0),
+            &none,
+            true,
+            0,
+            second
+        ));
+        // Each hint on its own.
+        assert!(half_open_worth_dumping(
+            &calm(60_000, 50_000, 0),
+            &none,
+            true,
+            0,
+            second
+        ));
+        assert!(half_open_worth_dumping(
+            &calm(10, 10, 1),
+            &none,
+            true,
+            0,
+            second
+        ));
+        assert!(half_open_worth_dumping(
+            &calm(0, 0, 0),
+            &none,
+            true,
+            3,
+            second
+        ));
+        assert!(half_open_worth_dumping(
+            &calm(0, 0, 0),
+            &none,
+            false,
+            0,
+            second
+        ));
+        assert!(half_open_worth_dumping(
+            &calm(0, 0, 0),
+            &none,
+            true,
+            0,
+            10 * second
+        ));
+        let cookies = SynCounters {
+            syncookies_sent: 1,
+            ..SynCounters::default()
+        };
+        assert!(half_open_worth_dumping(
+            &calm(0, 0, 0),
+            &cookies,
+            true,
+            0,
+            second
+        ));
+        let drops = SynCounters {
+            listen_drops: 1,
+            ..SynCounters::default()
+        };
+        assert!(half_open_worth_dumping(
+            &calm(0, 0, 0),
+            &drops,
+            true,
+            0,
+            second
+        ));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tcpmon::{
     process::{find_owners, Process},
     procfs::Socket,
     render::{json_line, Style},
-    rules::{Alert, Detector, Inputs, LiveThresholds, Status, SynTracker},
+    rules::{half_open_worth_dumping, Alert, Detector, Inputs, LiveThresholds, Status, SynTracker},
     tally::{ReconcileReport, Tally, TallyConfig},
     Snapshot,
 };
@@ -217,6 +217,7 @@ struct Session<'a> {
     opens_prev: Option<kstats::Opens>,
     /// Records read from the rings, reused between drains.
     batch: Vec<SockEvent>,
+    last_half_open_dump_ns: u64,
 }
 
 /// Pending NDJSON bytes written in one go: larger than the BufWriter, so they bypass it.
@@ -308,6 +309,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         opens_base: None,
         opens_prev: None,
         batch: Vec::new(),
+        last_half_open_dump_ns: 0,
     };
     release_free_memory();
     let mode_line: (String, Vec<String>);
@@ -681,17 +683,6 @@ impl Session<'_> {
                 self.time_wait_check = Some((now, error));
             }
         }
-        // Half-open requests never fire the state tracepoint: poll them (cheap netlink).
-        if let Source::Ebpf { probe, .. } = source {
-            if let Ok(half_open) = diag::half_open() {
-                self.tally.set_half_open(half_open);
-            }
-            match probe.counters() {
-                Ok(kernel) => self.kernel = kernel,
-                Err(e) => log::warn!("reading kernel counters: {e}"),
-            }
-        }
-        self.refresh_listener_info();
         let counters = std::fs::read_to_string(self.proc_root.join("net/netstat"))
             .map(|t| SynCounters::from_tcp_ext(&kstats::tcp_ext(&t)))
             .unwrap_or_default();
@@ -703,6 +694,27 @@ impl Session<'_> {
         let window_secs = now.saturating_sub(self.last_eval_ns) as f64 / 1e9;
         self.last_eval_ns = now;
         let syn = self.syn.take();
+        // Half-open requests never fire the state tracepoint: poll them (netlink), when
+        // anything hints at them (see half_open_worth_dumping).
+        if let Source::Ebpf { probe, .. } = source {
+            if half_open_worth_dumping(
+                &syn,
+                &syn_counters,
+                probe.syn_requests,
+                self.tally.half_open_total(),
+                now.saturating_sub(self.last_half_open_dump_ns),
+            ) {
+                self.last_half_open_dump_ns = now;
+                if let Ok(half_open) = diag::half_open() {
+                    self.tally.set_half_open(half_open);
+                }
+            }
+            match probe.counters() {
+                Ok(kernel) => self.kernel = kernel,
+                Err(e) => log::warn!("reading kernel counters: {e}"),
+            }
+        }
+        self.refresh_listener_info();
         // Silent loss: openings the kernel counted a second ago that never arrived.
         if let Source::Ebpf { rings, .. } = source {
             self.drain(rings)?;
