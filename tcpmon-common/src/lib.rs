@@ -213,7 +213,9 @@ pub mod counter {
     pub const NETNS_UNREADABLE: u32 = 2;
     /// Records filtered out because they belong to another network namespace.
     pub const OTHER_NETNS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Transitions dropped because the socket itself could not be read (raw tracepoint).
+    pub const SOCK_UNREADABLE: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Names shared by the kernel object and the loader.
@@ -224,6 +226,11 @@ pub mod names {
     ];
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const STATE_PROGRAM: &str = "inet_sock_set_state";
+    /// The same program on the raw tracepoint (preferred: no perf trace record).
+    pub const RAW_STATE_PROGRAM: &str = "inet_sock_set_state_raw";
+    /// Globals: `struct sock` offsets the raw program reads (from BTF).
+    pub const SK_PROTOCOL_OFFSET: &str = "SK_PROTOCOL_OFFSET";
+    pub const INET_SADDR_OFFSET: &str = "INET_SADDR_OFFSET";
     /// Global: netns inode to keep (0 keeps every namespace).
     pub const TARGET_NETNS: &str = "TARGET_NETNS";
     /// Global: offset of `__sk_common.skc_net` in `struct sock` (0: unknown).

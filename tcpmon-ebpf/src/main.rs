@@ -14,10 +14,10 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie,
         bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{map, sock_ops, tracepoint},
+    macros::{map, raw_tracepoint, sock_ops, tracepoint},
     maps::{Array, PerCpuArray, RingBuf},
-    programs::{SockOpsContext, TracePointContext},
-    EbpfContext as _, Global,
+    programs::{RawTracePointContext, SockOpsContext, TracePointContext},
+    EbpfContext, Global,
 };
 use aya_log_ebpf::warn;
 use tcpmon_common::{
@@ -258,8 +258,6 @@ fn submit_full(f: &Fields) {
 }
 
 /// Reads `sk->__sk_common.skc_net.net->ns.inum` with offsets user space found in BTF.
-/// The target namespace's `struct net` address is remembered once seen, so sockets of
-/// that namespace (the common case) cost one probe read instead of two.
 #[inline(always)]
 fn netns_of(skaddr: u64) -> u32 {
     let sk_net = SK_NET_OFFSET.load();
@@ -267,20 +265,29 @@ fn netns_of(skaddr: u64) -> u32 {
         return 0;
     }
     // SAFETY: probe reads tolerate any address; a failure yields an error, not a fault.
-    let Ok(net) = (unsafe { bpf_probe_read_kernel((skaddr + u64::from(sk_net)) as *const u64) })
-    else {
+    match unsafe { bpf_probe_read_kernel((skaddr + u64::from(sk_net)) as *const u64) } {
+        Ok(net) => inum_of(net),
+        Err(_) => 0,
+    }
+}
+
+/// `net->ns.inum`. The target namespace's `struct net` address is remembered once seen,
+/// so sockets of that namespace (the common case) cost no read here.
+#[inline(always)]
+fn inum_of(net: u64) -> u32 {
+    if net == 0 {
         return 0;
-    };
+    }
     let target = TARGET_NETNS.load();
     let cache = TARGET_NET.get_ptr_mut(0);
     if let Some(cache) = cache {
         // SAFETY: valid map value pointer.
-        if target != 0 && net != 0 && unsafe { *cache } == net {
+        if target != 0 && unsafe { *cache } == net {
             return target;
         }
     }
     let inum_offset = NET_INUM_OFFSET.load();
-    // SAFETY: as above.
+    // SAFETY: probe reads tolerate any address.
     let inum =
         unsafe { bpf_probe_read_kernel((net + u64::from(inum_offset)) as *const u32) }.unwrap_or(0);
     if let Some(cache) = cache {
@@ -292,10 +299,9 @@ fn netns_of(skaddr: u64) -> u32 {
     inum
 }
 
-/// Applies the namespace filter; `None` drops the event.
+/// Applies the namespace filter to an inode already read; `None` drops the event.
 #[inline(always)]
-fn wanted_netns(ctx: &TracePointContext, skaddr: u64) -> Option<u32> {
-    let netns = netns_of(skaddr);
+fn wanted<C: EbpfContext>(ctx: &C, skaddr: u64, netns: u32) -> Option<u32> {
     if netns == 0 {
         bump(counter::NETNS_UNREADABLE);
         if SK_NET_OFFSET.load() != 0 {
@@ -308,6 +314,11 @@ fn wanted_netns(ctx: &TracePointContext, skaddr: u64) -> Option<u32> {
         return None;
     }
     Some(netns)
+}
+
+#[inline(always)]
+fn wanted_netns(ctx: &TracePointContext, skaddr: u64) -> Option<u32> {
+    wanted(ctx, skaddr, netns_of(skaddr))
 }
 
 /// Direct (aligned) read of a tracepoint record field; the verifier allows it for
@@ -369,6 +380,110 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             tgid,
             sport: field(&ctx, f::SPORT),
             dport: field(&ctx, f::DPORT),
+            family,
+            kind: kind::STATE,
+            oldstate,
+            newstate,
+            comm,
+        });
+    }
+    0
+}
+
+/// `struct sock` offsets the raw program reads, from BTF.
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_OFFSET: Global<u32> = Global::new(0);
+/// Offset of `inet_sock.inet_saddr`; `inet_sport` follows 6 bytes later (the loader
+/// checks), so one 8-byte read yields both.
+#[unsafe(no_mangle)]
+static INET_SADDR_OFFSET: Global<u32> = Global::new(0);
+
+/// The head of `struct sock_common` the raw program copies in one read. The loader
+/// checks these offsets against the running kernel's BTF and attaches the classic
+/// tracepoint instead when they differ.
+mod sock_common {
+    pub const LEN: usize = 88;
+    pub const DADDR: usize = 0;
+    pub const DPORT: usize = 12;
+    pub const FAMILY: usize = 16;
+    pub const NET: usize = 48;
+    pub const V6_DADDR: usize = 56;
+    pub const V6_RCV_SADDR: usize = 72;
+}
+
+#[inline(always)]
+fn head_field<T: Copy>(head: &[u64; sock_common::LEN / 8], offset: usize) -> T {
+    // SAFETY: constant offsets inside the copied head, aligned for T.
+    unsafe { core::ptr::read((head.as_ptr() as *const u8).add(offset) as *const T) }
+}
+
+/// The same records as `inet_sock_set_state`, from the raw tracepoint. The classic one
+/// fills a perf trace record for every state change before the program runs; this one
+/// is handed the socket and reads what it needs. Measured with a program that does
+/// nothing: 2-4 points less connection-rate loss under max churn.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    use sock_common as c;
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let skaddr: u64 = ctx.arg(0);
+    let oldstate = ctx.arg::<u64>(1) as u8;
+    let newstate = ctx.arg::<u64>(2) as u8;
+    // SAFETY: probe reads of kernel memory; a failure returns an error, never a fault.
+    unsafe {
+        let Ok(protocol) =
+            bpf_probe_read_kernel((skaddr + u64::from(SK_PROTOCOL_OFFSET.load())) as *const u16)
+        else {
+            bump(counter::SOCK_UNREADABLE);
+            return 0;
+        };
+        if protocol != IPPROTO_TCP {
+            return 0;
+        }
+        let Ok(head) = bpf_probe_read_kernel(skaddr as *const [u64; c::LEN / 8]) else {
+            bump(counter::SOCK_UNREADABLE);
+            return 0;
+        };
+        let Some(netns) = wanted(&ctx, skaddr, inum_of(head_field(&head, c::NET))) else {
+            return 0;
+        };
+        // inet_saddr (4 bytes), uc_ttl (2), inet_sport (2, network order). The source
+        // port comes from inet_sport, as in the classic tracepoint: skc_num is already
+        // 0 when a socket moves to CLOSE.
+        let inet =
+            bpf_probe_read_kernel((skaddr + u64::from(INET_SADDR_OFFSET.load())) as *const u64)
+                .unwrap_or(0);
+        let family: u16 = head_field(&head, c::FAMILY);
+        let (saddr, daddr) = if family == AF_INET {
+            (
+                (inet & 0xffff_ffff, 0),
+                (u64::from(head_field::<u32>(&head, c::DADDR)), 0),
+            )
+        } else {
+            (
+                (
+                    head_field(&head, c::V6_RCV_SADDR),
+                    head_field(&head, c::V6_RCV_SADDR + 8),
+                ),
+                (
+                    head_field(&head, c::V6_DADDR),
+                    head_field(&head, c::V6_DADDR + 8),
+                ),
+            )
+        };
+        let (tgid, comm) = if made_by_syscall(oldstate, newstate) {
+            ((bpf_get_current_pid_tgid() >> 32) as u32, comm())
+        } else {
+            (0, (0, 0))
+        };
+        submit(&Fields {
+            ts_ns: bpf_ktime_get_ns(),
+            skaddr,
+            saddr,
+            daddr,
+            netns,
+            tgid,
+            sport: u16::from_be((inet >> 48) as u16),
+            dport: u16::from_be(head_field::<u16>(&head, c::DPORT)),
             family,
             kind: kind::STATE,
             oldstate,

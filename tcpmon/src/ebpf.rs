@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray},
-    programs::{links::CgroupAttachMode, SockOps, TracePoint},
+    programs::{links::CgroupAttachMode, RawTracePoint, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tcpmon_common::{counter, names, DEFAULT_RING_BYTES, RING_COUNT};
@@ -116,13 +116,15 @@ pub struct KernelCounters {
     pub ringbuf_full: u64,
     pub netns_unreadable: u64,
     pub other_netns: u64,
+    /// Transitions dropped because the socket could not be read.
+    pub sock_unreadable: u64,
     pub recursion_misses: u64,
 }
 
 impl KernelCounters {
     /// Events the kernel could not deliver.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.recursion_misses
+        self.ringbuf_full + self.recursion_misses + self.sock_unreadable
     }
 }
 
@@ -162,6 +164,23 @@ fn attach_sock_ops(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, String> {
         .map_err(|e| LoadError::classify("attaching", e).to_string())?;
     let fd = prog.fd().map_err(|e| e.to_string())?;
     fd.as_fd().try_clone_to_owned().map_err(|e| e.to_string())
+}
+
+/// Attaches the raw-tracepoint variant of the state program.
+fn attach_raw(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, LoadError> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(names::RAW_STATE_PROGRAM)
+        .ok_or_else(|| LoadError::Other("raw program missing from the object".into()))?
+        .try_into()
+        .map_err(|e| LoadError::Other(format!("{e}")))?;
+    prog.load()
+        .map_err(|e| LoadError::classify("loading the raw tracepoint", e))?;
+    prog.attach("inet_sock_set_state")
+        .map_err(|e| LoadError::classify("attaching raw inet_sock_set_state", e))?;
+    let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| LoadError::Other(e.to_string()))
 }
 
 /// Mounts cgroup2 on a temporary directory just long enough to open its root (inside
@@ -244,39 +263,89 @@ pub struct NetnsOffsets {
     pub net_inum: u32,
 }
 
-/// Looks the offsets up in the running kernel's BTF.
-pub fn netns_offsets(vmlinux_btf: &Path) -> Result<NetnsOffsets, String> {
-    struct Buffer(Vec<u8>);
-    impl btfparse::Readable for Buffer {
-        fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-            let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            let bytes = start
-                .checked_add(buffer.len())
-                .and_then(|end| self.0.get(start..end))
-                .ok_or_else(|| {
-                    btfparse::Error::new(btfparse::ErrorKind::EOF, "read past the end of BTF")
-                })?;
-            buffer.copy_from_slice(bytes);
-            Ok(())
+/// Offsets the raw-tracepoint program reads beyond the `sock_common` head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawOffsets {
+    pub sk_protocol: u32,
+    pub inet_saddr: u32,
+}
+
+/// The `struct sock_common` head layout compiled into the raw program (field, offset);
+/// a kernel with another layout gets the classic tracepoint.
+const SOCK_COMMON_HEAD: [(&str, u32); 6] = [
+    ("__sk_common.skc_daddr", 0),
+    ("__sk_common.skc_dport", 12),
+    ("__sk_common.skc_family", 16),
+    ("__sk_common.skc_net.net", 48),
+    ("__sk_common.skc_v6_daddr", 56),
+    ("__sk_common.skc_v6_rcv_saddr", 72),
+];
+
+/// The running kernel's type information (/sys/kernel/btf/vmlinux).
+pub struct KernelTypes(btfparse::TypeInformation);
+
+impl KernelTypes {
+    pub fn read(vmlinux_btf: &Path) -> Result<Self, String> {
+        struct Buffer(Vec<u8>);
+        impl btfparse::Readable for Buffer {
+            fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let bytes = start
+                    .checked_add(buffer.len())
+                    .and_then(|end| self.0.get(start..end))
+                    .ok_or_else(|| {
+                        btfparse::Error::new(btfparse::ErrorKind::EOF, "read past the end of BTF")
+                    })?;
+                buffer.copy_from_slice(bytes);
+                Ok(())
+            }
         }
+        let data = fs::read(vmlinux_btf).map_err(|e| format!("{}: {e}", vmlinux_btf.display()))?;
+        btfparse::TypeInformation::new(&Buffer(data))
+            .map(Self)
+            .map_err(|e| format!("parsing BTF: {e:?}"))
     }
-    let data = fs::read(vmlinux_btf).map_err(|e| format!("{}: {e}", vmlinux_btf.display()))?;
-    let types =
-        btfparse::TypeInformation::new(&Buffer(data)).map_err(|e| format!("parsing BTF: {e:?}"))?;
-    let byte_offset = |ty: &str, path: &str| -> Result<u32, String> {
-        let id = types
+
+    /// Byte offset of `path` (dotted members) inside `struct ty`.
+    pub fn byte_offset(&self, ty: &str, path: &str) -> Result<u32, String> {
+        let id = self
+            .0
             .id_of(ty)
             .ok_or_else(|| format!("no struct {ty} in BTF"))?;
-        match types.offset_of(id, path) {
+        match self.0.offset_of(id, path) {
             Ok((_, btfparse::Offset::ByteOffset(off))) => Ok(off),
             Ok((_, other)) => Err(format!("{ty}.{path} is a bitfield ({other:?})")),
             Err(e) => Err(format!("{ty}.{path}: {e:?}")),
         }
-    };
-    Ok(NetnsOffsets {
-        sk_net: byte_offset("sock", "__sk_common.skc_net.net")?,
-        net_inum: byte_offset("net", "ns.inum")?,
-    })
+    }
+
+    pub fn netns_offsets(&self) -> Result<NetnsOffsets, String> {
+        Ok(NetnsOffsets {
+            sk_net: self.byte_offset("sock", "__sk_common.skc_net.net")?,
+            net_inum: self.byte_offset("net", "ns.inum")?,
+        })
+    }
+
+    /// The raw program's offsets, or why this kernel's layout does not fit it.
+    pub fn raw_offsets(&self) -> Result<RawOffsets, String> {
+        for (field, expected) in SOCK_COMMON_HEAD {
+            let actual = self.byte_offset("sock", field)?;
+            if actual != expected {
+                return Err(format!("sock.{field} at {actual}, not {expected}"));
+            }
+        }
+        let inet_saddr = self.byte_offset("inet_sock", "inet_saddr")?;
+        let inet_sport = self.byte_offset("inet_sock", "inet_sport")?;
+        if inet_sport != inet_saddr + 6 {
+            return Err(format!(
+                "inet_sock.inet_sport at {inet_sport}, not inet_saddr + 6 ({inet_saddr} + 6)"
+            ));
+        }
+        Ok(RawOffsets {
+            sk_protocol: self.byte_offset("sock", "sk_protocol")?,
+            inet_saddr,
+        })
+    }
 }
 
 /// The network namespace inode of this process.
@@ -339,7 +408,12 @@ impl Probe {
         if let Some(note) = raise_memlock() {
             log::debug!("{note}");
         }
-        let offsets = match netns_offsets(Path::new("/sys/kernel/btf/vmlinux")) {
+        let types = KernelTypes::read(Path::new("/sys/kernel/btf/vmlinux"));
+        let offsets = match types
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|t| t.netns_offsets())
+        {
             Ok(offsets) => Some(offsets),
             Err(e) => {
                 notes.push(format!(
@@ -353,6 +427,20 @@ impl Probe {
             _ => 0,
         };
         let (sk_net, net_inum) = offsets.map_or((0, 0), |o| (o.sk_net, o.net_inum));
+        // The raw tracepoint needs the socket layout; without it, the classic one.
+        let raw = match types
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|t| t.raw_offsets())
+        {
+            Ok(raw) if offsets.is_some() => Some(raw),
+            Ok(_) => None,
+            Err(e) => {
+                log::debug!("raw tracepoint unusable: {e}");
+                None
+            }
+        };
+        let (sk_protocol, inet_saddr) = raw.map_or((0, 0), |r| (r.sk_protocol, r.inet_saddr));
         let cookie = match options.netns {
             NetnsFilter::All => 0,
             NetnsFilter::Only(_) => own_netns_cookie().unwrap_or_else(|e| {
@@ -372,12 +460,33 @@ impl Probe {
             .override_global(names::SK_NET_OFFSET, &sk_net, true)
             .override_global(names::NET_INUM_OFFSET, &net_inum, true)
             .override_global(names::TARGET_NETNS_COOKIE, &cookie, true)
+            .override_global(names::SK_PROTOCOL_OFFSET, &sk_protocol, true)
+            .override_global(names::INET_SADDR_OFFSET, &inet_saddr, true)
             .load(OBJECT)
             .map_err(|e| LoadError::classify("creating maps", e))?;
-        if let Some(note) = ensure_tracefs()? {
-            notes.push(note);
-        }
         let mut program_fds = Vec::new();
+        // The raw tracepoint first: it needs no tracefs and skips the perf trace record.
+        let raw_attached = match raw {
+            Some(_) => match attach_raw(&mut ebpf) {
+                Ok(fd) => {
+                    program_fds.push(fd);
+                    true
+                }
+                Err(e) => {
+                    log::debug!("raw tracepoint: {e}; using the classic one");
+                    false
+                }
+            },
+            None => false,
+        };
+        // Classic tracepoints are found through tracefs.
+        let tracefs = ensure_tracefs();
+        match (&tracefs, raw_attached) {
+            (Ok(Some(note)), _) => notes.push(note.clone()),
+            (Ok(None), _) => {}
+            (Err(e), true) => notes.push(format!("SYN-ACK retransmits not watched: {e}")),
+            (Err(_), false) => return Err(tracefs.unwrap_err()),
+        }
         let mut attach = |ebpf: &mut Ebpf,
                           program: &str,
                           category: &'static str,
@@ -415,12 +524,14 @@ impl Probe {
             );
             Ok(())
         };
-        attach(
-            &mut ebpf,
-            names::STATE_PROGRAM,
-            "sock",
-            "inet_sock_set_state",
-        )?;
+        if !raw_attached {
+            attach(
+                &mut ebpf,
+                names::STATE_PROGRAM,
+                "sock",
+                "inet_sock_set_state",
+            )?;
+        }
         let mut syn_requests = false;
         if options.synack {
             if let Err(e) = attach(
@@ -491,6 +602,7 @@ impl Probe {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             netns_unreadable: sum(counter::NETNS_UNREADABLE)?,
             other_netns: sum(counter::OTHER_NETNS)?,
+            sock_unreadable: sum(counter::SOCK_UNREADABLE)?,
             recursion_misses,
         })
     }
@@ -570,7 +682,18 @@ mod tests {
         if !btf.exists() {
             return;
         }
-        let offsets = netns_offsets(btf).expect("BTF has struct sock and struct net");
+        let types = KernelTypes::read(btf).expect("readable BTF");
+        let offsets = types
+            .netns_offsets()
+            .expect("BTF has struct sock and struct net");
+        // The raw program's compiled-in layout holds on this kernel (x86-64, 6.x).
+        let raw = types
+            .raw_offsets()
+            .expect("sock_common head as compiled in");
+        assert!(
+            raw.sk_protocol > 88 && raw.inet_saddr > raw.sk_protocol,
+            "{raw:?}"
+        );
         // skc_net sits inside sock_common, well within the first cache lines.
         assert!(offsets.sk_net > 0 && offsets.sk_net < 128, "{offsets:?}");
         assert!(offsets.net_inum < 4096, "{offsets:?}");
