@@ -156,6 +156,24 @@ fn transition_sequences_ipv6() {
     check_sequences("ipv6", SocketAddr::from((Ipv6Addr::LOCALHOST, 0)));
 }
 
+/// Pins the calling thread to `cpu` (modulo the CPUs there are).
+fn pin_to_cpu(cpu: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; the call only reads.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu % cpus, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn last_tally_lost(lines: &[String]) -> u64 {
+    records(lines, "tally")
+        .last()
+        .and_then(|t| t["lost"].as_u64())
+        .unwrap_or(0)
+}
+
 /// N connections produce exactly 10 transitions each (plus the listener's two), or the
 /// shortfall is reported as lost: never silently missing.
 #[test]
@@ -164,20 +182,38 @@ fn every_event_arrives_or_is_counted_lost() {
     if !require_root("every_event_arrives_or_is_counted_lost") {
         return;
     }
+    // Clients on one CPU and servers on another, so that each socket's transitions are
+    // recorded in both per-CPU rings and must be put back in order.
+    const THREADS: usize = 2;
     const N: usize = 2000;
     let ns = Netns::new("count");
     let watcher = start_watch(&ns, &[]);
     ns.run(|| {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let addr = listener.local_addr().unwrap();
-        for _ in 0..N {
-            let client = TcpStream::connect(addr).unwrap();
-            let (mut server, _) = listener.accept().unwrap();
-            drop(client);
-            let mut buf = [0u8; 1];
-            assert_eq!(server.read(&mut buf).unwrap(), 0);
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+                let addr = listener.local_addr().unwrap();
+                let server = std::thread::spawn(move || {
+                    pin_to_cpu(1);
+                    for _ in 0..N / THREADS {
+                        let (mut server, _) = listener.accept().unwrap();
+                        let mut buf = [0u8; 1];
+                        assert_eq!(server.read(&mut buf).unwrap(), 0);
+                    }
+                });
+                let client = std::thread::spawn(move || {
+                    pin_to_cpu(0);
+                    for _ in 0..N / THREADS {
+                        drop(TcpStream::connect(addr).unwrap());
+                    }
+                });
+                (server, client)
+            })
+            .collect();
+        for (server, client) in workers {
+            client.join().unwrap();
+            server.join().unwrap();
         }
-        drop(listener);
         std::thread::sleep(Duration::from_millis(300));
     });
     watcher.wait_for(Duration::from_secs(20), "listener close", |l| {
@@ -185,8 +221,30 @@ fn every_event_arrives_or_is_counted_lost() {
     });
     let (lines, status) = watcher.stop();
     assert!(status.success());
-    let expected = (10 * N + 2) as u64;
-    let seen = records(&lines, "transition").count() as u64;
+    let expected = (10 * N + 2 * THREADS) as u64;
+    let transitions: Vec<Value> = records(&lines, "transition").collect();
+    let seen = transitions.len() as u64;
+    // Each socket's transitions, in the order printed, chain: one ends where the next
+    // begins (a socket address is reused only after CLOSE).
+    let mut last_state: BTreeMap<String, String> = BTreeMap::new();
+    let mut broken = Vec::new();
+    for t in &transitions {
+        let sk = t["skaddr"].as_str().unwrap().to_owned();
+        let (old, new) = (t["old"].as_str().unwrap(), t["new"].as_str().unwrap());
+        if let Some(previous) = last_state.get(&sk) {
+            if previous != "CLOSE" && previous != old {
+                broken.push(format!("{sk}: {previous} then {old} -> {new}"));
+            }
+        }
+        last_state.insert(sk, new.to_owned());
+    }
+    // A lost event breaks a chain too; only those may.
+    assert!(
+        broken.len() as u64 <= last_tally_lost(&lines),
+        "{} transitions out of order, e.g. {:?}",
+        broken.len(),
+        &broken[..broken.len().min(5)]
+    );
     let last_tally = records(&lines, "tally").last().expect("a final tally");
     let lost = last_tally["lost"].as_u64().unwrap();
     let received = last_tally["received"]["transitions"].as_u64().unwrap();

@@ -104,6 +104,8 @@ fn churn_tallies_equal_ss() {
     assert_eq!(tally_states(&final_ebpf), expected, "eBPF tallies vs ss");
     assert_eq!(tally_states(&final_poll), expected, "poll tallies vs ss");
     assert_eq!(final_ebpf["lost"], 0);
+    // Every transition met the state the tally expected (no out-of-order pair).
+    assert_eq!(final_ebpf["inconsistencies"], 0, "{final_ebpf}");
     // The eBPF counts came from events, not from a re-read of /proc.
     assert_eq!(final_ebpf["reconciliations"], 1, "{final_ebpf}");
     assert_eq!(
