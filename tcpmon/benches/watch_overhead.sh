@@ -84,6 +84,11 @@ base = statistics.median(r[0] for r in rows)
 watched = statistics.median(r[1] for r in rows)
 print(f"median rate: {base:.0f}/s without, {watched:.0f}/s with tcpmon watch: "
       f"{(1 - watched / base) * 100:.1f}% lower")
+# Each watched run against the unwatched run just before it: the host's own drift
+# (this VM's unwatched rate moves by several percent between runs) cancels out.
+paired = sorted((1 - r[1] / r[0]) * 100 for r in rows)
+print(f"paired per-round loss: median {statistics.median(paired):.1f}%, "
+      f"range {paired[0]:.1f}%..{paired[-1]:.1f}% over {len(paired)} rounds")
 import os
 peer_file = os.path.join(os.path.dirname(sys.argv[1]), "peer")
 if os.path.exists(peer_file):
