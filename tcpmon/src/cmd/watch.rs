@@ -71,7 +71,8 @@ pub struct WatchArgs {
     /// Only transitions into or out of these states.
     #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
     pub state: Vec<TcpState>,
-    /// Ring buffer size in bytes (a power of two, at least a page).
+    /// Ring buffer bytes in all, shared by the per-CPU rings (each rounded down to a power
+    /// of two, at least a page).
     #[arg(long, value_name = "BYTES", default_value_t = tcpmon_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
     /// Remote IPs tallied individually; beyond, they are aggregated (and the tally says so).
@@ -441,14 +442,11 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     drop(source);
     // One line for whoever reads stderr (and for scripts that sent stdout elsewhere).
     eprintln!(
-        "tcpmon: detached ({} mode): {} transitions, {} lost (ring buffer full {}, kernel skipped {} (any netns), undecodable {}, unaccounted vs SNMP {}), {} reconciliations",
+        "tcpmon: detached ({} mode): {} transitions, {} lost {}, {} reconciliations",
         session.mode,
         session.received.transitions,
-        session.kernel.lost() + session.received.decode_errors + session.received.unaccounted,
-        session.kernel.ringbuf_full,
-        session.kernel.recursion_misses,
-        session.received.decode_errors,
-        session.received.unaccounted,
+        session.lost(),
+        session.loss_breakdown(),
         session.reconciliations
     );
     Ok(0)
@@ -468,6 +466,27 @@ fn listener_of(at: &Endpoints) -> (IpAddr, u16) {
 }
 
 impl Session<'_> {
+    /// Events lost, all causes.
+    fn lost(&self) -> u64 {
+        self.kernel.lost() + self.received.decode_errors + self.received.unaccounted
+    }
+
+    /// "(ring buffer full N, ...)": every way an event can go missing, each counted.
+    fn loss_breakdown(&self) -> String {
+        let unreadable = if self.kernel.sock_unreadable > 0 {
+            format!(", socket unreadable {}", self.kernel.sock_unreadable)
+        } else {
+            String::new()
+        };
+        format!(
+            "(ring buffer full {}, kernel skipped {} (any netns){unreadable}, undecodable {}, unaccounted vs SNMP {})",
+            self.kernel.ringbuf_full,
+            self.kernel.recursion_misses,
+            self.received.decode_errors,
+            self.received.unaccounted
+        )
+    }
+
     fn now_text(&self) -> String {
         let wall = self.clock.wall(monotonic_ns());
         humantime::format_rfc3339_millis(wall).to_string()
@@ -734,7 +753,7 @@ impl Session<'_> {
             self.opens_prev = opens;
         }
         // Loss makes the live counts drift: rebuild them from /proc.
-        let lost = self.kernel.lost() + self.received.decode_errors + self.received.unaccounted;
+        let lost = self.lost();
         if lost > self.loss_reconciled
             && now.saturating_sub(self.last_loss_reconcile_ns) >= LOSS_RECONCILE_GAP_NS
         {
@@ -842,7 +861,7 @@ impl Session<'_> {
         let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
         let rate = (self.received.transitions - self.last_tally.1) as f64 / elapsed.max(1e-3);
         self.last_tally = (now, self.received.transitions);
-        let lost = self.kernel.lost() + self.received.decode_errors + self.received.unaccounted;
+        let lost = self.lost();
         if self.args.json {
             let reconcile = self.last_reconcile.as_ref().map(|(r, why)| {
                 serde_json::json!({
@@ -914,10 +933,7 @@ impl Session<'_> {
                 self.args.interval
             )
         } else {
-            format!(
-                "lost {lost} (ring buffer full {}, kernel skipped {} (any netns), undecodable {}, unaccounted vs SNMP {})",
-                self.kernel.ringbuf_full, self.kernel.recursion_misses, self.received.decode_errors, self.received.unaccounted
-            )
+            format!("lost {lost} {}", self.loss_breakdown())
         };
         writeln!(
             self.out,
