@@ -338,6 +338,46 @@ fn comm() -> (u64, u64) {
     unsafe { (p.read_unaligned(), p.add(1).read_unaligned()) }
 }
 
+/// A state change as both state programs read it.
+struct Transition {
+    skaddr: u64,
+    saddr: (u64, u64),
+    daddr: (u64, u64),
+    netns: u32,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    oldstate: u8,
+    newstate: u8,
+}
+
+/// Stamps and submits a state change. Only syscall transitions are attributed (see
+/// tcpmon-common), so only they pay for the task lookups.
+#[inline(always)]
+fn submit_transition(t: Transition) {
+    let (tgid, comm) = if made_by_syscall(t.oldstate, t.newstate) {
+        ((bpf_get_current_pid_tgid() >> 32) as u32, comm())
+    } else {
+        (0, (0, 0))
+    };
+    submit(&Fields {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skaddr: t.skaddr,
+        saddr: t.saddr,
+        daddr: t.daddr,
+        netns: t.netns,
+        tgid,
+        sport: t.sport,
+        dport: t.dport,
+        family: t.family,
+        kind: kind::STATE,
+        oldstate: t.oldstate,
+        newstate: t.newstate,
+        comm,
+    });
+}
+
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     use set_state as f;
@@ -364,27 +404,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 (field(&ctx, f::DADDR_V6), field(&ctx, f::DADDR_V6 + 8)),
             )
         };
-        // Only syscall transitions are attributed (see tcpmon-common), so only they pay
-        // for the task lookups.
-        let (tgid, comm) = if made_by_syscall(oldstate, newstate) {
-            ((bpf_get_current_pid_tgid() >> 32) as u32, comm())
-        } else {
-            (0, (0, 0))
-        };
-        submit(&Fields {
-            ts_ns: bpf_ktime_get_ns(),
+        submit_transition(Transition {
             skaddr,
             saddr,
             daddr,
             netns,
-            tgid,
             sport: field(&ctx, f::SPORT),
             dport: field(&ctx, f::DPORT),
             family,
-            kind: kind::STATE,
             oldstate,
             newstate,
-            comm,
         });
     }
     0
@@ -470,25 +499,16 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
                 ),
             )
         };
-        let (tgid, comm) = if made_by_syscall(oldstate, newstate) {
-            ((bpf_get_current_pid_tgid() >> 32) as u32, comm())
-        } else {
-            (0, (0, 0))
-        };
-        submit(&Fields {
-            ts_ns: bpf_ktime_get_ns(),
+        submit_transition(Transition {
             skaddr,
             saddr,
             daddr,
             netns,
-            tgid,
             sport: u16::from_be((inet >> 48) as u16),
             dport: u16::from_be(head_field::<u16>(&head, c::DPORT)),
             family,
-            kind: kind::STATE,
             oldstate,
             newstate,
-            comm,
         });
     }
     0

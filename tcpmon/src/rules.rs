@@ -502,73 +502,80 @@ mod tests {
             m
         };
         let none = SynCounters::default();
-        let second = 1_000_000_000;
-        // Busy but healthy: every SYN completes.
-        assert!(!half_open_worth_dumping(
-            &calm(60_000, 59_990, 0),
-            &none,
-            true,
-            0,
-            second
-        ));
-        // Each hint on its own.
-        assert!(half_open_worth_dumping(
-            &calm(60_000, 50_000, 0),
-            &none,
-            true,
-            0,
-            second
-        ));
-        assert!(half_open_worth_dumping(
-            &calm(10, 10, 1),
-            &none,
-            true,
-            0,
-            second
-        ));
-        assert!(half_open_worth_dumping(
-            &calm(0, 0, 0),
-            &none,
-            true,
-            3,
-            second
-        ));
-        assert!(half_open_worth_dumping(
-            &calm(0, 0, 0),
-            &none,
-            false,
-            0,
-            second
-        ));
-        assert!(half_open_worth_dumping(
-            &calm(0, 0, 0),
-            &none,
-            true,
-            0,
-            10 * second
-        ));
         let cookies = SynCounters {
             syncookies_sent: 1,
             ..SynCounters::default()
         };
-        assert!(half_open_worth_dumping(
-            &calm(0, 0, 0),
-            &cookies,
-            true,
-            0,
-            second
-        ));
         let drops = SynCounters {
             listen_drops: 1,
             ..SynCounters::default()
         };
-        assert!(half_open_worth_dumping(
-            &calm(0, 0, 0),
-            &drops,
-            true,
-            0,
-            second
-        ));
+        let second = 1_000_000_000;
+        // (syns, completed, retransmits, counters, sock_ops attached, last half-open,
+        // since the last dump) -> dump?
+        let cases = [
+            (
+                (60_000, 59_990, 0),
+                &none,
+                true,
+                0,
+                second,
+                false,
+                "busy but healthy",
+            ),
+            (
+                (60_000, 50_000, 0),
+                &none,
+                true,
+                0,
+                second,
+                true,
+                "SYNs not completing",
+            ),
+            (
+                (10, 10, 1),
+                &none,
+                true,
+                0,
+                second,
+                true,
+                "SYN-ACK retransmitted",
+            ),
+            (
+                (0, 0, 0),
+                &none,
+                true,
+                3,
+                second,
+                true,
+                "half-open seen last time",
+            ),
+            ((0, 0, 0), &none, false, 0, second, true, "no SYN counter"),
+            (
+                (0, 0, 0),
+                &none,
+                true,
+                0,
+                10 * second,
+                true,
+                "10 s since the last dump",
+            ),
+            ((0, 0, 0), &cookies, true, 0, second, true, "cookies sent"),
+            ((0, 0, 0), &drops, true, 0, second, true, "listen drops"),
+        ];
+        for ((syns, completed, retransmits), counters, counted, last, since, dump, why) in cases {
+            assert_eq!(
+                half_open_worth_dumping(
+                    &calm(syns, completed, retransmits),
+                    counters,
+                    counted,
+                    last,
+                    since
+                ),
+                dump,
+                "{why}"
+            );
+        }
     }
 
     #[test]
