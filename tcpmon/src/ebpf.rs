@@ -96,6 +96,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Also attach tcp:tcp_retransmit_synack and the cgroup sock_ops SYN counter.
     pub synack: bool,
+    /// Use the classic sock:inet_sock_set_state tracepoint even where the raw one works.
+    pub classic_tracepoint: bool,
 }
 
 impl Default for LoadOptions {
@@ -104,6 +106,7 @@ impl Default for LoadOptions {
             netns: NetnsFilter::All,
             ring_bytes: DEFAULT_RING_BYTES,
             synack: true,
+            classic_tracepoint: false,
         }
     }
 }
@@ -142,6 +145,8 @@ pub struct Probe {
     pub netns_readable: bool,
     /// The sock_ops SYN counter is attached (SYN_REQUEST records will arrive).
     pub syn_requests: bool,
+    /// Which tracepoint delivers the state changes: "raw tracepoint" or "classic tracepoint".
+    pub state_hook: &'static str,
 }
 
 /// Attaches the SYN counter to the root of the cgroup v2 hierarchy, so it sees request
@@ -433,7 +438,7 @@ impl Probe {
             .map_err(String::clone)
             .and_then(|t| t.raw_offsets())
         {
-            Ok(raw) if offsets.is_some() => Some(raw),
+            Ok(raw) if offsets.is_some() && !options.classic_tracepoint => Some(raw),
             Ok(_) => None,
             Err(e) => {
                 log::debug!("raw tracepoint unusable: {e}");
@@ -575,6 +580,11 @@ impl Probe {
             ebpf,
             rings,
             ring_layout: layout,
+            state_hook: if raw_attached {
+                "raw tracepoint"
+            } else {
+                "classic tracepoint"
+            },
             counters,
             program_fds,
             notes,

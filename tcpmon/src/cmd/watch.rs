@@ -75,6 +75,10 @@ pub struct WatchArgs {
     /// of two, at least a page).
     #[arg(long, value_name = "BYTES", default_value_t = tcpmon_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
+    /// Attach the classic sock:inet_sock_set_state tracepoint instead of the raw one
+    /// (slower; for a kernel where the raw program misreads sockets).
+    #[arg(long)]
+    pub classic_tracepoint: bool,
     /// Remote IPs tallied individually; beyond, they are aggregated (and the tally says so).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_ips: usize,
@@ -252,6 +256,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 netns,
                 ring_bytes: args.ring_bytes,
                 synack: true,
+                classic_tracepoint: args.classic_tracepoint,
             }) {
                 Ok(probe) => (Some(probe), String::new()),
                 Err(e) if args.mode == Mode::Ebpf => {
@@ -325,7 +330,8 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
             };
             mode_line = (
                 format!(
-                    "watching TCP state transitions with eBPF ({scope}; ring buffers {} x {} KiB)",
+                    "watching TCP state transitions with eBPF ({scope}; {}; ring buffers {} x {} KiB)",
+                    probe.state_hook,
                     layout.used,
                     layout.each / 1024
                 ),

@@ -73,9 +73,15 @@ fn check_sequences(family: &str, listen: SocketAddr) {
     if !require_root(&test) {
         return;
     }
-    for client_closes_first in [true, false] {
+    // The raw tracepoint (default here) and the classic one (the fallback) must agree.
+    for (client_closes_first, extra) in [
+        (true, &[][..]),
+        (false, &[][..]),
+        (true, &["--classic-tracepoint"][..]),
+        (false, &["--classic-tracepoint"][..]),
+    ] {
         let ns = Netns::new("seq");
-        let watcher = start_watch(&ns, &[]);
+        let watcher = start_watch(&ns, extra);
         let (server_port, client_port) =
             ns.run(move || one_connection(listen, client_closes_first));
         watcher.wait_for(Duration::from_secs(10), "listener close", |l| {
@@ -127,6 +133,11 @@ fn check_sequences(family: &str, listen: SocketAddr) {
                     | ("CLOSE_WAIT", "LAST_ACK")
             );
             assert_eq!(t["pid"].is_u64(), syscall, "{t}");
+            // Ports are known on every transition (->CLOSE included, where the raw
+            // program must not take the already-cleared skc_num), except connect()'s
+            // first, before a source port is chosen.
+            let connecting = t["old"] == "CLOSE" && t["new"] == "SYN_SENT";
+            assert_eq!(t["local_port"] == 0, connecting, "{t}");
             if syscall {
                 assert_eq!(
                     t["pid"].as_u64(),
