@@ -135,7 +135,7 @@ impl KernelCounters {
 pub struct Probe {
     // Keeps programs and links alive; dropped last.
     ebpf: Ebpf,
-    /// The rings CPUs write to (see [`ring_sizes`]), for the caller to take.
+    /// The rings CPUs write to (see [`RingLayout`]), for the caller to take.
     pub rings: Vec<RingReader>,
     pub ring_layout: RingLayout,
     counters: PerCpuArray<MapData, u64>,
@@ -417,7 +417,7 @@ impl Probe {
         let offsets = match types
             .as_ref()
             .map_err(String::clone)
-            .and_then(|t| t.netns_offsets())
+            .and_then(KernelTypes::netns_offsets)
         {
             Ok(offsets) => Some(offsets),
             Err(e) => {
@@ -436,12 +436,14 @@ impl Probe {
         let raw = match types
             .as_ref()
             .map_err(String::clone)
-            .and_then(|t| t.raw_offsets())
+            .and_then(KernelTypes::raw_offsets)
         {
             Ok(raw) if offsets.is_some() && !options.classic_tracepoint => Some(raw),
             Ok(_) => None,
             Err(e) => {
-                log::debug!("raw tracepoint unusable: {e}");
+                notes.push(format!(
+                    "raw tracepoint unusable ({e}): the classic one is used"
+                ));
                 None
             }
         };
@@ -478,7 +480,9 @@ impl Probe {
                     true
                 }
                 Err(e) => {
-                    log::debug!("raw tracepoint: {e}; using the classic one");
+                    notes.push(format!(
+                        "raw tracepoint failed ({e}): the classic one is used"
+                    ));
                     false
                 }
             },

@@ -72,6 +72,8 @@ pub enum DecodeError {
     Family(u16),
     #[error("unknown TCP state {0}")]
     State(u8),
+    #[error("ring buffer {0} holds a record header longer than the ring: it is no longer read")]
+    RingHeader(usize),
 }
 
 /// Transitions the kernel only makes inside a system call of the socket's owner:

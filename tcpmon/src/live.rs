@@ -254,6 +254,7 @@ pub struct FastWriter {
     prefix: [u8; 20],
     second: Option<u64>,
     ip_texts: [IpText; IP_TEXT_SLOTS],
+    ip_scratch: Vec<u8>,
     pub buf: Vec<u8>,
 }
 
@@ -338,14 +339,17 @@ impl FastWriter {
         };
         let slot = &mut self.ip_texts[(hash >> 28) as usize % IP_TEXT_SLOTS];
         if slot.ip != Some(ip) {
-            let mut text = Vec::with_capacity(40);
+            // Formatted into a reused buffer: under many distinct peers this runs often.
+            let text = &mut self.ip_scratch;
+            text.clear();
+            text.reserve(IP_TEXT_MAX);
             match ip {
                 IpAddr::V4(v4) => {
                     let [a, b, c, d] = v4.octets();
-                    push_decimal(&mut text, a.into(), 1);
+                    push_decimal(text, a.into(), 1);
                     for octet in [b, c, d] {
                         text.push(b'.');
-                        push_decimal(&mut text, octet.into(), 1);
+                        push_decimal(text, octet.into(), 1);
                     }
                 }
                 IpAddr::V6(v6) => {
@@ -353,7 +357,7 @@ impl FastWriter {
                     let _ = write!(text, "{v6}");
                 }
             }
-            slot.text[..text.len()].copy_from_slice(&text);
+            slot.text[..text.len()].copy_from_slice(text);
             slot.len = text.len();
             slot.ip = Some(ip);
         }

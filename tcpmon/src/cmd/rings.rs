@@ -2,12 +2,14 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use tcpmon::{live::monotonic_ns, order::Reorder, ringbuf::RingReader};
+use tcpmon::{event::DecodeError, live::monotonic_ns, order::Reorder, ringbuf::RingReader};
 use tcpmon_common::SockEvent;
 use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
 
 pub struct Rings {
     rings: Vec<RingReader>,
+    /// Rings found corrupt (a header claiming more than the ring): no longer read.
+    broken: Vec<bool>,
     reorder: Reorder,
     /// Set when any ring's reader is woken.
     wake: Arc<Notify>,
@@ -39,6 +41,7 @@ impl Rings {
             }));
         }
         Ok(Self {
+            broken: vec![false; rings.len()],
             rings,
             reorder: Reorder::default(),
             wake,
@@ -52,21 +55,30 @@ impl Rings {
     }
 
     /// Reads every ring and appends to `into`, oldest first, the records that are safe
-    /// to hand out; counts records of the wrong size in `bad_length`. Two passes: the
-    /// second lets the records the first one read go out at once.
-    pub fn read(&mut self, into: &mut Vec<SockEvent>, bad_length: &mut Vec<usize>) {
+    /// to hand out (all of them when `everything`, at detach); what cannot be decoded
+    /// goes to `problems`. Two passes: the second lets the records the first one read go
+    /// out at once.
+    pub fn read(
+        &mut self,
+        everything: bool,
+        into: &mut Vec<SockEvent>,
+        problems: &mut Vec<DecodeError>,
+    ) {
         for _ in 0..2 {
             let pass_started = monotonic_ns();
             let mut any = false;
             for (index, ring) in self.rings.iter_mut().enumerate() {
+                if self.broken[index] {
+                    continue;
+                }
                 let reorder = &mut self.reorder;
                 let walk = ring.read(|item| match SockEvent::from_bytes(item) {
                     Some(record) => reorder.push(index, record),
-                    None => bad_length.push(item.len()),
+                    None => problems.push(DecodeError::Length(item.len())),
                 });
                 if walk.corrupt {
-                    // Counted as one undecodable record; the ring cannot be read past it.
-                    bad_length.push(usize::MAX);
+                    self.broken[index] = true;
+                    problems.push(DecodeError::RingHeader(index));
                 }
                 any |= walk.records > 0;
             }
@@ -75,12 +87,9 @@ impl Rings {
                 break;
             }
         }
-    }
-
-    /// Reads every ring and hands out everything, held records included (at detach).
-    pub fn read_all(&mut self, into: &mut Vec<SockEvent>, bad_length: &mut Vec<usize>) {
-        self.read(into, bad_length);
-        self.reorder.release_all(into);
+        if everything {
+            self.reorder.release_all(into);
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use tcpmon::{
     analysis::{parse_net, PortRange},
     diag,
     ebpf::{own_netns, KernelCounters, LoadError, LoadOptions, NetnsFilter, Probe},
-    event::{decode_event, DecodeError, Endpoints, Record, Transition},
+    event::{decode_event, Endpoints, Record, Transition},
     kstats::{self, SynCounters},
     live::{monotonic_ns, Clock, FastWriter, Origin, TransitionRecord},
     model::{canonical_ip, endpoint, TcpState},
@@ -440,7 +440,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         }
     }
     if let Source::Ebpf { rings, probe } = &mut source {
-        session.drain_all(rings)?;
+        session.drain_rings(rings, true)?;
         session.kernel = probe.counters().unwrap_or(session.kernel);
     }
     session.write_tally()?;
@@ -579,29 +579,18 @@ impl Session<'_> {
 
     /// Applies what the rings hold, in time order.
     fn drain(&mut self, rings: &mut Rings) -> Result<()> {
-        let mut batch = std::mem::take(&mut self.batch);
-        let mut bad = Vec::new();
-        rings.read(&mut batch, &mut bad);
-        self.apply_records(&mut batch, &bad)?;
-        self.batch = batch;
-        Ok(())
+        self.drain_rings(rings, false)
     }
 
-    /// Applies everything, records held for ordering included (at detach).
-    fn drain_all(&mut self, rings: &mut Rings) -> Result<()> {
+    /// Reads the rings and applies, in time order, what is safe to apply: everything
+    /// when `everything` (at detach, records held for ordering included).
+    fn drain_rings(&mut self, rings: &mut Rings, everything: bool) -> Result<()> {
         let mut batch = std::mem::take(&mut self.batch);
-        let mut bad = Vec::new();
-        rings.read_all(&mut batch, &mut bad);
-        self.apply_records(&mut batch, &bad)
-    }
-
-    fn apply_records(&mut self, batch: &mut Vec<SockEvent>, bad_lengths: &[usize]) -> Result<()> {
-        for &len in bad_lengths {
+        let mut problems = Vec::new();
+        rings.read(everything, &mut batch, &mut problems);
+        for problem in problems {
             self.received.decode_errors += 1;
-            log::warn!(
-                "undecodable ring-buffer record: {}",
-                DecodeError::Length(len)
-            );
+            log::warn!("undecodable ring-buffer record: {problem}");
         }
         for raw in batch.drain(..) {
             match decode_event(&raw) {
@@ -620,6 +609,8 @@ impl Session<'_> {
                 }
             }
         }
+        // The emptied buffer keeps its capacity for the next drain.
+        self.batch = batch;
         Ok(())
     }
 
