@@ -56,6 +56,17 @@ pub fn snmp_opens(text: &str) -> Option<Opens> {
     (found == 2).then_some(opens)
 }
 
+/// Openings the kernel counted between `base` and `now` that neither arrived as events
+/// (`seen`) nor are covered by the losses already reported (`reported_lost`, any kind of
+/// record): the silent loss, as a lower bound. Losses the counters explain are not
+/// counted a second time.
+pub fn unexplained_opens(base: Opens, now: Opens, seen: Opens, reported_lost: u64) -> u64 {
+    let missing = |base: u64, now: u64, seen: u64| (now - base.min(now)).saturating_sub(seen);
+    (missing(base.active, now.active, seen.active)
+        + missing(base.passive, now.passive, seen.passive))
+    .saturating_sub(reported_lost)
+}
+
 /// The TcpExt counters that tell a SYN flood or a full accept queue, as deltas.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SynCounters {
@@ -102,6 +113,22 @@ impl SynCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unexplained_opens_counts_only_what_no_counter_explains() {
+        let opens = |active, passive| Opens { active, passive };
+        let (base, now) = (opens(100, 50), opens(160, 90));
+        // 60 active and 40 passive openings since the base.
+        assert_eq!(unexplained_opens(base, now, opens(60, 40), 0), 0);
+        assert_eq!(unexplained_opens(base, now, opens(55, 38), 0), 7);
+        // Ring-buffer drops already reported cover the missing ones: not counted twice.
+        assert_eq!(unexplained_opens(base, now, opens(55, 38), 5), 2);
+        assert_eq!(unexplained_opens(base, now, opens(10, 0), 1000), 0);
+        // Events of openings made before the base (seen > counted) hide nothing.
+        assert_eq!(unexplained_opens(base, now, opens(70, 45), 0), 0);
+        // A counter that went backwards (a new namespace's table) reads as no openings.
+        assert_eq!(unexplained_opens(now, base, opens(0, 0), 0), 0);
+    }
 
     #[test]
     fn parses_sockstat() {

@@ -170,8 +170,8 @@ struct Received {
     /// ActiveOpens / PassiveOpens.
     active_opens: u64,
     passive_opens: u64,
-    /// Openings the kernel counted that never arrived as events, although every loss
-    /// counter says nothing was lost: silent loss, estimated (a lower bound).
+    /// Openings the kernel counted that never arrived as events, beyond what the loss
+    /// counters explain: silent loss, estimated (a lower bound).
     unaccounted: u64,
 }
 
@@ -738,14 +738,15 @@ impl Session<'_> {
                 .ok()
                 .and_then(|t| kstats::snmp_opens(&t));
             if let (Some(base), Some(prev)) = (self.opens_base, self.opens_prev) {
-                let missing_active = (prev.active - base.active.min(prev.active))
-                    .saturating_sub(self.received.active_opens);
-                let missing_passive = (prev.passive - base.passive.min(prev.passive))
-                    .saturating_sub(self.received.passive_opens);
+                let seen = kstats::Opens {
+                    active: self.received.active_opens,
+                    passive: self.received.passive_opens,
+                };
+                let reported = self.kernel.lost() + self.received.decode_errors;
                 self.received.unaccounted = self
                     .received
                     .unaccounted
-                    .max(missing_active + missing_passive);
+                    .max(kstats::unexplained_opens(base, prev, seen, reported));
             }
             self.opens_prev = opens;
         }

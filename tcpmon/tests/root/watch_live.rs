@@ -126,6 +126,65 @@ fn churn_tallies_equal_ss() {
     );
 }
 
+/// Rings far too small for a burst (one page each, ~80 records): the drops are counted as
+/// ring-buffer-full in the tally, and the reconciliation they trigger brings the counts
+/// back to what `ss` sees.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn full_ring_buffer_is_reported_and_reconciled() {
+    if !require_root("full_ring_buffer_is_reported_and_reconciled") {
+        return;
+    }
+    let ns = Netns::new("ringfull");
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_rfc1337=1"]);
+    let watcher = watch(&ns, &["--mode", "ebpf", "--ring-bytes", "4096"]);
+    let held = ns.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7200)).unwrap();
+        let mut keep = Vec::new();
+        churn(1500, &mut keep, &listener);
+        (listener, keep)
+    });
+    let expected = ss_states(&ns);
+    // Loss triggers a reconciliation at the next evaluation, at most one per 10 s: one
+    // that ran mid-burst is followed by another after it.
+    let line = watcher.wait_for(
+        Duration::from_secs(20),
+        "a tally reconciled after the loss and equal to ss",
+        |l| {
+            let Ok(tally) = serde_json::from_str::<Value>(l) else {
+                return false;
+            };
+            tally["type"] == "tally"
+                && tally["reconcile"]["reason"] == "loss"
+                && tally_states(&tally) == expected
+        },
+    );
+    // Two more evaluations: the kernel's opening counters, compared a second late, now
+    // cover the whole burst.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (lines, status) = watcher.stop();
+    drop(held);
+    assert!(status.success());
+    let tally: Value = serde_json::from_str(&line).unwrap();
+    let full = tally["kernel"]["ringbuf_full"].as_u64().unwrap();
+    assert!(full > 0, "a one-page ring overflowed: {tally}");
+    assert!(tally["lost"].as_u64().unwrap() >= full, "{tally}");
+    let last = records(&lines, "tally").last().unwrap();
+    eprintln!("ss {expected:?}\n{last}");
+    assert_eq!(tally_states(&last), expected, "{last}");
+    // The openings the drops swallowed are explained by the drop counter, not counted
+    // again as silent loss.
+    assert_eq!(last["received"]["unaccounted"], 0, "{last}");
+    // Received plus reported lost covers every transition of the burst: 10 per closed
+    // connection, 4 per one kept open (every third).
+    let received = last["received"]["transitions"].as_u64().unwrap();
+    let lost = last["lost"].as_u64().unwrap();
+    assert!(
+        received + lost >= 1000 * 10 + 500 * 4,
+        "received {received} + lost {lost}: {last}"
+    );
+}
+
 #[test]
 #[ignore = "needs root: run by `cargo xtask test`"]
 fn close_wait_leak_is_alerted_with_port_and_process() {
