@@ -3,7 +3,7 @@
 # each kernel program's run time (kernel.bpf_stats_enabled, read from the program's
 # fdinfo) and the user-space CPU of the reader, per transition and per connection, next
 # to the CPU time one connection takes. Runs in a private network namespace; needs root.
-#   tcpmon/benches/transition_cost.sh [--seconds 10] [--threads 3] [-- WATCH OPTIONS...]
+#   tcpmon/benches/transition_cost.sh [--seconds 10] [--threads 32] [-- WATCH OPTIONS...]
 # bpf_stats adds two clock reads to every program run, so the kernel figures are upper
 # bounds (by ~20 ns per run here); the connection rate printed is also lower than
 # watch_overhead.sh's for that reason.
@@ -12,7 +12,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 tcpmon="${TCPMON:-$root/target/release/tcpmon}"
 churn="${CHURN:-$root/target/release/examples/churn}"
-seconds=10 threads=3 extra=()
+seconds=10 threads=32 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
