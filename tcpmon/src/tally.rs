@@ -6,14 +6,16 @@
 //!
 //! What the tracepoint cannot show is handled explicitly:
 //! - TIME_WAIT has no event: entry is inferred from FIN_WAIT2/CLOSING -> CLOSE on the
-//!   active closer, expiry is 60 s later, and [`Tally::reconcile_time_wait`] corrects the
-//!   total from /proc/net/sockstat.
+//!   active closer; it ends 60 s later, or when a new connection takes its 4-tuple (the
+//!   kernel kills a TIME_WAIT socket to reuse its tuple, for a SYN to the listener or a
+//!   connect() with tcp_tw_reuse). [`Tally::reconcile_time_wait`] corrects the total
+//!   from /proc/net/sockstat for the ends no event shows (an RST, say).
 //! - Half-open request sockets have no event: SYN_RECV is whatever the last poll of
 //!   request sockets said ([`Tally::set_half_open`]).
 //! - Lost events make counts drift: [`Tally::reconcile`] rebuilds everything from a fresh
 //!   snapshot and reports how far off the live counts were.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -23,6 +25,7 @@ use serde::Serialize;
 use crate::{
     analysis::PortRange,
     event::Transition,
+    expiry::ExpiryList,
     model::{canonical_ip, TcpState},
     procfs::Socket,
 };
@@ -43,6 +46,10 @@ pub struct TallyConfig {
     pub max_ips: usize,
     /// Sockets whose state entry time is remembered (for "time in old state").
     pub max_tracked_sockets: usize,
+    /// TIME_WAIT entries held at most (the kernel's net.ipv4.tcp_max_tw_buckets): past
+    /// it the kernel creates none, and the oldest held entry is the likeliest to be gone
+    /// unseen, so it makes room.
+    pub max_time_wait: usize,
     pub port_range: PortRange,
 }
 
@@ -51,6 +58,7 @@ impl Default for TallyConfig {
         Self {
             max_ips: 65_536,
             max_tracked_sockets: 1 << 20,
+            max_time_wait: 1 << 18,
             port_range: PortRange::LINUX_DEFAULT,
         }
     }
@@ -84,10 +92,9 @@ impl Tuple {
     }
 }
 
+/// A TIME_WAIT socket as the tally holds it (keyed by its tuple, with its expiry).
 #[derive(Clone, Copy, Debug)]
 struct TimeWaitEntry {
-    expires_ns: u64,
-    remote: (IpAddr, u16),
     /// Counted toward its destination (local port in the ephemeral range).
     client_side: bool,
     /// A timewait mini-socket still in its FIN_WAIT2 substate (an orphan waiting for the
@@ -211,8 +218,10 @@ pub struct Tally {
     cfg: TallyConfig,
     /// Event-driven counts; SYN_RECV and TIME_WAIT are kept apart (see module docs).
     counts: [i64; 12],
-    time_wait: VecDeque<TimeWaitEntry>,
-    /// sockstat minus what the queue holds: TIME_WAIT tcpmon did not see enter.
+    time_wait: ExpiryList<Tuple, TimeWaitEntry>,
+    /// Entries dropped because `max_time_wait` was reached.
+    pub time_wait_evicted: u64,
+    /// sockstat minus what the list holds: TIME_WAIT tcpmon did not see enter.
     time_wait_adjust: i64,
     /// Entries of `time_wait` that are FIN_WAIT2 mini-sockets.
     fin_wait2_minis: u64,
@@ -241,7 +250,8 @@ impl Tally {
         Self {
             cfg,
             counts: [0; 12],
-            time_wait: VecDeque::new(),
+            time_wait: ExpiryList::default(),
+            time_wait_evicted: 0,
             time_wait_adjust: 0,
             fin_wait2_minis: 0,
             time_wait_by_dest: FxHashMap::default(),
@@ -300,12 +310,14 @@ impl Tally {
                 {
                     let remaining = u64::try_from(s.timer_jiffies.max(0)).unwrap_or(0)
                         * (1_000_000_000 / USER_HZ);
-                    time_wait.push(TimeWaitEntry {
-                        expires_ns: at_ns + remaining.min(TIME_WAIT_NS),
-                        remote: (tuple.remote_ip, tuple.remote_port),
-                        client_side: self.cfg.port_range.contains(s.local_port),
-                        fin_wait2: s.state == TcpState::FinWait2,
-                    });
+                    time_wait.push((
+                        tuple,
+                        at_ns + remaining.min(TIME_WAIT_NS),
+                        TimeWaitEntry {
+                            client_side: self.cfg.port_range.contains(s.local_port),
+                            fin_wait2: s.state == TcpState::FinWait2,
+                        },
+                    ));
                 }
                 TcpState::SynRecv if request_sock => {
                     let entry = half_open
@@ -341,16 +353,19 @@ impl Tally {
                 *per_ip.entry(tuple.remote_ip).or_default() += 1;
             }
         }
-        time_wait.sort_by_key(|e| e.expires_ns);
+        // In expiry order, so that each insert is an append.
+        time_wait.sort_by_key(|&(_, expires_ns, _)| expires_ns);
         self.counts = counts;
         self.time_wait_by_dest.clear();
-        for e in &time_wait {
-            if e.client_side {
-                *self.time_wait_by_dest.entry(e.remote).or_default() += 1;
+        self.fin_wait2_minis = 0;
+        self.time_wait.clear();
+        for (tuple, expires_ns, entry) in time_wait {
+            // A tuple listed twice (the table changed during the walk) counts once.
+            if let Some((_, replaced)) = self.time_wait.insert(tuple, expires_ns, entry) {
+                self.count_time_wait(tuple, replaced, -1);
             }
+            self.count_time_wait(tuple, entry, 1);
         }
-        self.fin_wait2_minis = time_wait.iter().filter(|e| e.fin_wait2).count() as u64;
-        self.time_wait = time_wait.into();
         self.time_wait_adjust = 0;
         self.per_ip.rebuild(per_ip);
         self.established_by_port = established_by_port;
@@ -580,36 +595,66 @@ impl Tally {
             self.close_wait.remove(&tuple);
         }
 
+        // A connection opening on a tuple held in TIME_WAIT: the kernel killed that
+        // TIME_WAIT socket to let it in (a SYN to the listener, or connect() reusing the
+        // port), and no event says so.
+        if matches!((t.old, t.new), (Listen, SynRecv) | (SynSent, Established)) {
+            if let Some((_, ended)) = self.time_wait.remove(&tuple) {
+                self.end_time_wait(tuple, ended);
+            }
+        }
+
         if into_time_wait {
             applied.time_wait_inferred = true;
             // An orphan leaving FIN_WAIT2 this way may still await the peer's FIN (a
             // FIN_WAIT2 mini-socket); the event cannot tell, so it counts as TIME_WAIT
             // until a reconciliation says otherwise.
             let entry = TimeWaitEntry {
-                expires_ns: t.at.ts_ns + TIME_WAIT_NS,
-                remote: (tuple.remote_ip, tuple.remote_port),
                 client_side: self.cfg.port_range.contains(tuple.local_port),
                 fin_wait2: false,
             };
-            if entry.client_side {
-                *self.time_wait_by_dest.entry(entry.remote).or_default() += 1;
+            if self.time_wait.len() >= self.cfg.max_time_wait && !self.time_wait.contains(&tuple) {
+                if let Some((oldest, _, evicted)) = self.time_wait.pop_oldest() {
+                    self.time_wait_evicted += 1;
+                    self.end_time_wait(oldest, evicted);
+                }
             }
-            // Events arrive in time order, so this is nearly always an append; a search
-            // of a queue that holds a minute of churn costs a cache miss per probe.
-            if self
+            // Events arrive in time order, so this is nearly always an append.
+            if let Some((_, ended)) = self
                 .time_wait
-                .back()
-                .is_none_or(|last| last.expires_ns <= entry.expires_ns)
+                .insert(tuple, t.at.ts_ns + TIME_WAIT_NS, entry)
             {
-                self.time_wait.push_back(entry);
-            } else {
-                let at = self
-                    .time_wait
-                    .partition_point(|e| e.expires_ns <= entry.expires_ns);
-                self.time_wait.insert(at, entry);
+                // The tuple was still held: its earlier TIME_WAIT ended unseen.
+                self.end_time_wait(tuple, ended);
             }
+            self.count_time_wait(tuple, entry, 1);
         }
         applied
+    }
+
+    /// Adds (`sign` 1) or takes away (-1) a TIME_WAIT entry's share of the per-state
+    /// and per-destination counts.
+    fn count_time_wait(&mut self, tuple: Tuple, entry: TimeWaitEntry, sign: i64) {
+        if entry.fin_wait2 {
+            self.fin_wait2_minis = self.fin_wait2_minis.saturating_add_signed(sign);
+        }
+        if entry.client_side {
+            let dest = (tuple.remote_ip, tuple.remote_port);
+            let n = self.time_wait_by_dest.entry(dest).or_default();
+            *n = n.saturating_add_signed(sign);
+            if *n == 0 {
+                self.time_wait_by_dest.remove(&dest);
+            }
+        }
+    }
+
+    /// Accounts for a TIME_WAIT entry taken out of the list: expired, killed by a new
+    /// connection on its tuple, or evicted.
+    fn end_time_wait(&mut self, tuple: Tuple, entry: TimeWaitEntry) {
+        self.count_time_wait(tuple, entry, -1);
+        if !tuple.remote_ip.is_unspecified() && !self.per_ip.remove(tuple.remote_ip) {
+            self.inconsistencies += 1;
+        }
     }
 
     /// Notes a transition that a baseline snapshot already contains (it happened before
@@ -633,25 +678,8 @@ impl Tally {
 
     /// Drops TIME_WAIT entries whose 60 s are over.
     pub fn expire(&mut self, now_ns: u64) {
-        while let Some(front) = self.time_wait.front() {
-            if front.expires_ns > now_ns {
-                break;
-            }
-            let e = self.time_wait.pop_front().expect("front exists");
-            if e.fin_wait2 {
-                self.fin_wait2_minis = self.fin_wait2_minis.saturating_sub(1);
-            }
-            if e.client_side {
-                if let Some(n) = self.time_wait_by_dest.get_mut(&e.remote) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.time_wait_by_dest.remove(&e.remote);
-                    }
-                }
-            }
-            if !e.remote.0.is_unspecified() && !self.per_ip.remove(e.remote.0) {
-                self.inconsistencies += 1;
-            }
+        while let Some((tuple, _, entry)) = self.time_wait.pop_expired(now_ns) {
+            self.end_time_wait(tuple, entry);
         }
     }
 
@@ -887,6 +915,72 @@ mod tests {
     }
 
     #[test]
+    fn a_new_connection_on_a_time_wait_tuple_ends_that_time_wait() {
+        let mut t = Tally::new(TallyConfig {
+            port_range: PortRange {
+                low: 30000,
+                high: 40000,
+            },
+            ..Default::default()
+        });
+        t.reconcile(&[socket(Listen, (2, 80), (0, 0), 7)], 0);
+        // Client side: connect() reusing port 35000 (tcp_tw_reuse) while it is in
+        // TIME_WAIT toward the same server.
+        graceful(&mut t, 35000, SEC);
+        graceful(&mut t, 35000, 2 * SEC);
+        assert_eq!(count(&t, TimeWait), 1);
+        assert_eq!(t.view(10).time_wait_by_dest, vec![(ip(2), 80, 1)]);
+        assert_eq!(t.per_ip(ip(2)), 1);
+        // Server side: the server closed first; a SYN from the same client port finds
+        // the server's TIME_WAIT socket, which the kernel kills for the new child.
+        let (sv, cl) = ((2, 80), (1, 36000));
+        for (at, old, new) in [
+            (Listen, SynRecv),
+            (SynRecv, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (old, new))| (3 * SEC + i as u64, old, new))
+        {
+            t.apply(&tr(7, at, sv, cl, old, new));
+        }
+        assert_eq!(count(&t, TimeWait), 2);
+        assert_eq!(t.per_ip(ip(1)), 1);
+        t.apply(&tr(8, 4 * SEC, sv, cl, Listen, SynRecv));
+        assert_eq!(count(&t, TimeWait), 1);
+        assert_eq!(count(&t, SynRecv), 1);
+        assert_eq!(t.per_ip(ip(1)), 1, "the child took the TIME_WAIT's place");
+        t.expire(10 * TIME_WAIT_NS);
+        assert_eq!(count(&t, TimeWait), 0);
+        assert_eq!((t.per_ip(ip(1)), t.per_ip(ip(2))), (1, 0));
+        assert_eq!(t.view(10).inconsistencies, 0);
+    }
+
+    #[test]
+    fn time_wait_held_is_capped_like_the_kernel() {
+        let mut t = Tally::new(TallyConfig {
+            max_time_wait: 2,
+            port_range: PortRange {
+                low: 30000,
+                high: 40000,
+            },
+            ..Default::default()
+        });
+        t.reconcile(&[socket(Listen, (2, 80), (0, 0), 7)], 0);
+        for (i, port) in [35000, 35001, 35002].into_iter().enumerate() {
+            graceful(&mut t, port, (i as u64 + 1) * SEC);
+        }
+        assert_eq!(count(&t, TimeWait), 2);
+        assert_eq!(t.time_wait_evicted, 1);
+        assert_eq!(t.view(10).time_wait_by_dest, vec![(ip(2), 80, 2)]);
+        assert_eq!(t.per_ip(ip(2)), 2);
+        assert_eq!(t.view(10).inconsistencies, 0);
+    }
+
+    #[test]
     fn rows_listed_twice_by_a_changing_table_count_once() {
         let mut t = Tally::new(TallyConfig::default());
         let row = socket(Established, (2, 80), (1, 5000), 8);
@@ -1098,14 +1192,14 @@ mod tests {
             t.reconcile(&[socket(Listen, (2, 80), (0, 0), 1)], 0);
             let mut truth = vec![socket(Listen, (2, 80), (0, 0), 1)];
             // One queue of pending transitions per socket; pop them in a seeded order.
-            let mut queues: Vec<VecDeque<Transition>> = Vec::new();
+            let mut queues: Vec<std::collections::VecDeque<Transition>> = Vec::new();
             let mut finals = Vec::new();
             for (i, (path, stop)) in plan.iter().enumerate() {
                 let (server, states) = &paths[*path];
                 let stop = (*stop).min(states.len() - 1);
                 let port = 20000 + i as u16;
                 let (local, remote) = if *server { ((2, 80), (1, port)) } else { ((1, port), (2, 80)) };
-                let q: VecDeque<Transition> = states.windows(2).take(stop).map(|w| {
+                let q: std::collections::VecDeque<Transition> = states.windows(2).take(stop).map(|w| {
                     // The kernel reports connect()'s CLOSE -> SYN_SENT before the port is bound.
                     let local = if w[0] == Close && w[1] == SynSent { (local.0, 0) } else { local };
                     tr(100 + i as u64, 0, local, remote, w[0], w[1])

@@ -286,6 +286,11 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         tally: Tally::new(TallyConfig {
             max_ips: args.max_ips,
             port_range,
+            // The kernel's cap on TIME_WAIT sockets in this namespace.
+            max_time_wait: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(TallyConfig::default().max_time_wait),
             ..Default::default()
         }),
         detector: Detector::new(args.thresholds.thresholds()),
@@ -878,6 +883,8 @@ impl Session<'_> {
                     "count": view.time_wait,
                     "sockstat_error": self.time_wait_check.map(|c| c.1),
                     "sockstat_time": self.time_wait_check.map(|c| humantime::format_rfc3339_millis(self.clock.wall(c.0)).to_string()),
+                    // Held entries dropped at the kernel's tcp_max_tw_buckets.
+                    "evicted": self.tally.time_wait_evicted,
                 },
                 "reconcile": reconcile,
                 "reconciliations": self.reconciliations,

@@ -2,11 +2,12 @@
 use std::{
     collections::BTreeMap,
     io::Read,
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+use socket2::{Domain, Socket, Type};
 
 use crate::harness::{records, require_root, tcpmon_bin, Netns, Watcher};
 
@@ -123,6 +124,77 @@ fn churn_tallies_equal_ss() {
             .filter(|(s, _)| *s != "LISTEN")
             .map(|(_, n)| n)
             .sum::<u64>()
+    );
+}
+
+/// Connects from a fixed local port (SO_REUSEADDR), retrying while the previous
+/// connection from it is still closing.
+fn connect_from(local: SocketAddr, remote: SocketAddr) -> TcpStream {
+    for _ in 0..100 {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        if socket.bind(&local.into()).is_ok() && socket.connect(&remote.into()).is_ok() {
+            return socket.into();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("could not connect from {local} to {remote}");
+}
+
+/// The server closes first and the client comes back from the same port: each SYN
+/// finds the server's TIME_WAIT socket on that tuple, which the kernel kills for the
+/// new connection with no event. The live counts follow without a reconciliation.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn a_reused_tuple_ends_its_time_wait_without_reconciliation() {
+    if !require_root("a_reused_tuple_ends_its_time_wait_without_reconciliation") {
+        return;
+    }
+    const N: usize = 50;
+    let ns = Netns::new("twreuse");
+    let watcher = watch(&ns, &["--mode", "ebpf"]);
+    let held = ns.run(|| {
+        let server = SocketAddr::from((Ipv4Addr::LOCALHOST, 7300));
+        let client_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 47300));
+        let listener = TcpListener::bind(server).unwrap();
+        for _ in 0..N {
+            let mut client = connect_from(client_port, server);
+            let (accepted, _) = listener.accept().unwrap();
+            drop(accepted); // active close: the server side ends in TIME_WAIT
+            let mut b = [0u8; 1];
+            assert_eq!(client.read(&mut b).unwrap(), 0);
+        }
+        // The last one stays open: its opening alone must end the TIME_WAIT before it.
+        let client = connect_from(client_port, server);
+        let (accepted, _) = listener.accept().unwrap();
+        (listener, client, accepted)
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    let expected = ss_states(&ns);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (lines, status) = watcher.stop();
+    drop(held);
+    assert!(status.success());
+    let tally = records(&lines, "tally").last().unwrap();
+    eprintln!("ss {expected:?}\n{tally}");
+    assert_eq!(
+        expected.get("TIME_WAIT"),
+        None,
+        "the open connection took the tuple"
+    );
+    assert_eq!(expected.get("ESTABLISHED"), Some(&2));
+    assert_eq!(tally_states(&tally), expected, "{tally}");
+    assert_eq!(tally["reconciliations"], 1, "only the baseline: {tally}");
+    assert_eq!(
+        tally["time_wait"]["sockstat_error"], 0,
+        "the inferred TIME_WAIT matched sockstat before any correction: {tally}"
+    );
+    assert_eq!(tally["per_ip"]["top"][0]["count"], 2, "{tally}");
+    assert_eq!(tally["inconsistencies"], 0, "{tally}");
+    let received = tally["received"]["transitions"].as_u64().unwrap();
+    assert!(
+        received >= (N * 10) as u64,
+        "{received} transitions for {N} connections"
     );
 }
 
