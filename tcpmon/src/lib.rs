@@ -21,7 +21,6 @@ pub mod audit;
 pub mod diag;
 pub mod ebpf;
 pub mod event;
-pub mod expiry;
 pub mod kstats;
 pub mod live;
 pub mod model;

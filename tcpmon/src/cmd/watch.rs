@@ -883,8 +883,8 @@ impl Session<'_> {
                     "count": view.time_wait,
                     "sockstat_error": self.time_wait_check.map(|c| c.1),
                     "sockstat_time": self.time_wait_check.map(|c| humantime::format_rfc3339_millis(self.clock.wall(c.0)).to_string()),
-                    // Held entries dropped at the kernel's tcp_max_tw_buckets.
-                    "evicted": self.tally.time_wait_evicted,
+                    // Inferred entries not held past the kernel's tcp_max_tw_buckets.
+                    "not_held": self.tally.time_wait_unheld,
                 },
                 "reconcile": reconcile,
                 "reconciliations": self.reconciliations,
