@@ -920,16 +920,23 @@ mod tests {
         t.apply(&tr(s, start + 9, sv, cl, LastAck, Close));
     }
 
-    #[test]
-    fn a_graceful_close_leaves_one_inferred_time_wait_that_expires() {
+    /// A tally whose ephemeral ports are 30000-40000 (so `graceful` clients are the
+    /// client side), with one listener on 2:80.
+    fn listening_tally(cfg: TallyConfig) -> Tally {
         let mut t = Tally::new(TallyConfig {
             port_range: PortRange {
                 low: 30000,
                 high: 40000,
             },
-            ..Default::default()
+            ..cfg
         });
         t.reconcile(&[socket(Listen, (2, 80), (0, 0), 7)], 0);
+        t
+    }
+
+    #[test]
+    fn a_graceful_close_leaves_one_inferred_time_wait_that_expires() {
+        let mut t = listening_tally(TallyConfig::default());
         graceful(&mut t, 35000, SEC);
         assert_eq!(
             count(&t, Listen),
@@ -954,14 +961,7 @@ mod tests {
 
     #[test]
     fn a_new_connection_on_a_time_wait_tuple_ends_that_time_wait() {
-        let mut t = Tally::new(TallyConfig {
-            port_range: PortRange {
-                low: 30000,
-                high: 40000,
-            },
-            ..Default::default()
-        });
-        t.reconcile(&[socket(Listen, (2, 80), (0, 0), 7)], 0);
+        let mut t = listening_tally(TallyConfig::default());
         // Client side: connect() reusing port 35000 (tcp_tw_reuse) while it is in
         // TIME_WAIT toward the same server.
         graceful(&mut t, 35000, SEC);
@@ -999,15 +999,10 @@ mod tests {
 
     #[test]
     fn time_wait_held_is_capped_like_the_kernel() {
-        let mut t = Tally::new(TallyConfig {
+        let mut t = listening_tally(TallyConfig {
             max_time_wait: 2,
-            port_range: PortRange {
-                low: 30000,
-                high: 40000,
-            },
             ..Default::default()
         });
-        t.reconcile(&[socket(Listen, (2, 80), (0, 0), 7)], 0);
         for (i, port) in [35000, 35001, 35002].into_iter().enumerate() {
             graceful(&mut t, port, (i as u64 + 1) * SEC);
         }
