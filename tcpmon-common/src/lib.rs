@@ -228,6 +228,7 @@ pub mod names {
     pub const STATE_PROGRAM: &str = "inet_sock_set_state";
     /// The same program on the raw tracepoint (preferred: no perf trace record).
     pub const RAW_STATE_PROGRAM: &str = "inet_sock_set_state_raw";
+    pub const BTF_STATE_PROGRAM: &str = "inet_sock_set_state_btf";
     /// Globals: `struct sock` offsets the raw program reads (from BTF).
     pub const SK_PROTOCOL_OFFSET: &str = "SK_PROTOCOL_OFFSET";
     pub const INET_SADDR_OFFSET: &str = "INET_SADDR_OFFSET";

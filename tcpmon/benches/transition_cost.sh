@@ -57,7 +57,7 @@ summary=$(grep 'detached' "$work/watch.err" | tail -1)
 python3 - "$work/progs" "$out" "$summary" "$((after - before))" "$(getconf CLK_TCK)" "$seconds" "$(nproc)" <<'PY'
 import re, sys
 progs_file, churn_out, summary, ticks, hz, seconds, cpus = sys.argv[1:]
-names = {"5": "tracepoint", "13": "sock_ops", "17": "raw_tracepoint"}
+names = {"5": "tracepoint", "13": "sock_ops", "17": "raw_tracepoint", "26": "BTF tracepoint"}
 conns = int(re.search(r"connections=(\d+)", churn_out).group(1))
 rate = int(re.search(r"rate=(\d+)", churn_out).group(1))
 transitions = int(re.search(r": (\d+) transitions", summary).group(1))

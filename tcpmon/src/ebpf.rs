@@ -11,8 +11,8 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray},
-    programs::{links::CgroupAttachMode, RawTracePoint, SockOps, TracePoint},
-    Ebpf, EbpfLoader,
+    programs::{links::CgroupAttachMode, BtfTracePoint, RawTracePoint, SockOps, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use tcpmon_common::{counter, names, DEFAULT_RING_BYTES, RING_COUNT};
 
@@ -22,7 +22,7 @@ use crate::ringbuf::RingReader;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon"));
 
 /// Why the live engine cannot run; each message is one line an operator can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("this tcpmon was built without its eBPF program (AYA_BUILD_SKIP); rebuild with `cargo xtask build-ebpf`")]
     NoObject,
@@ -96,8 +96,33 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Also attach tcp:tcp_retransmit_synack and the cgroup sock_ops SYN counter.
     pub synack: bool,
-    /// Use the classic sock:inet_sock_set_state tracepoint even where the raw one works.
-    pub classic_tracepoint: bool,
+    /// Which hook delivers the state changes.
+    pub state_hook: StateHook,
+}
+
+/// The three ways to hook sock:inet_sock_set_state, cheapest first. All three produce the
+/// same records (a root test holds them to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateHook {
+    /// The first of btf, raw, classic that loads, saying why the others did not.
+    Auto,
+    /// BTF tracepoint: the socket is a typed pointer, fields are plain loads.
+    Btf,
+    /// Raw tracepoint: the socket is an address, read with bpf_probe_read_kernel.
+    Raw,
+    /// Classic tracepoint: the kernel fills a trace record first; needs tracefs.
+    Classic,
+}
+
+impl StateHook {
+    pub fn describe(self) -> &'static str {
+        match self {
+            StateHook::Auto => "first that loads",
+            StateHook::Btf => "BTF tracepoint",
+            StateHook::Raw => "raw tracepoint",
+            StateHook::Classic => "classic tracepoint",
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -106,7 +131,7 @@ impl Default for LoadOptions {
             netns: NetnsFilter::All,
             ring_bytes: DEFAULT_RING_BYTES,
             synack: true,
-            classic_tracepoint: false,
+            state_hook: StateHook::Auto,
         }
     }
 }
@@ -145,8 +170,8 @@ pub struct Probe {
     pub netns_readable: bool,
     /// The sock_ops SYN counter is attached (SYN_REQUEST records will arrive).
     pub syn_requests: bool,
-    /// Which tracepoint delivers the state changes: "raw tracepoint" or "classic tracepoint".
-    pub state_hook: &'static str,
+    /// Which hook delivers the state changes (never `Auto`).
+    pub state_hook: StateHook,
 }
 
 /// Attaches the SYN counter to the root of the cgroup v2 hierarchy, so it sees request
@@ -171,6 +196,24 @@ fn attach_sock_ops(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, String> {
     fd.as_fd().try_clone_to_owned().map_err(|e| e.to_string())
 }
 
+/// Attaches the BTF-tracepoint variant of the state program.
+fn attach_btf(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, LoadError> {
+    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Other(format!("kernel BTF: {e}")))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(names::BTF_STATE_PROGRAM)
+        .ok_or_else(|| LoadError::Other("BTF program missing from the object".into()))?
+        .try_into()
+        .map_err(|e| LoadError::Other(format!("{e}")))?;
+    prog.load("inet_sock_set_state", &btf)
+        .map_err(|e| LoadError::classify("loading the BTF tracepoint", e))?;
+    prog.attach()
+        .map_err(|e| LoadError::classify("attaching BTF inet_sock_set_state", e))?;
+    let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| LoadError::Other(e.to_string()))
+}
+
 /// Attaches the raw-tracepoint variant of the state program.
 fn attach_raw(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, LoadError> {
     let prog: &mut RawTracePoint = ebpf
@@ -182,6 +225,41 @@ fn attach_raw(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, LoadError> {
         .map_err(|e| LoadError::classify("loading the raw tracepoint", e))?;
     prog.attach("inet_sock_set_state")
         .map_err(|e| LoadError::classify("attaching raw inet_sock_set_state", e))?;
+    let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| LoadError::Other(e.to_string()))
+}
+
+/// Attaches a classic tracepoint program (found through tracefs).
+fn attach_classic(
+    ebpf: &mut Ebpf,
+    program: &str,
+    category: &'static str,
+    name: &'static str,
+) -> Result<std::os::fd::OwnedFd, LoadError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| LoadError::Other(format!("program {program} missing from the object")))?
+        .try_into()
+        .map_err(|e| LoadError::Other(format!("{program}: {e}")))?;
+    prog.load()
+        .map_err(|e| LoadError::classify(&format!("loading {program}"), e))?;
+    prog.attach(category, name).map_err(|e| {
+        let text = chain(&e);
+        if text.contains("No such file") {
+            LoadError::MissingTracepoint(
+                if category == "sock" {
+                    "sock:inet_sock_set_state"
+                } else {
+                    "tcp:tcp_retransmit_synack"
+                },
+                text,
+            )
+        } else {
+            LoadError::classify(&format!("attaching {category}:{name}"), e)
+        }
+    })?;
     let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
     fd.as_fd()
         .try_clone_to_owned()
@@ -268,15 +346,15 @@ pub struct NetnsOffsets {
     pub net_inum: u32,
 }
 
-/// Offsets the raw-tracepoint program reads beyond the `sock_common` head.
+/// Offsets the raw- and BTF-tracepoint programs read beyond the `sock_common` head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawOffsets {
     pub sk_protocol: u32,
     pub inet_saddr: u32,
 }
 
-/// The `struct sock_common` head layout compiled into the raw program (field, offset);
-/// a kernel with another layout gets the classic tracepoint.
+/// The `struct sock_common` head layout compiled into the raw and BTF programs (field,
+/// offset); a kernel with another layout gets the classic tracepoint.
 const SOCK_COMMON_HEAD: [(&str, u32); 6] = [
     ("__sk_common.skc_daddr", 0),
     ("__sk_common.skc_dport", 12),
@@ -331,7 +409,7 @@ impl KernelTypes {
         })
     }
 
-    /// The raw program's offsets, or why this kernel's layout does not fit it.
+    /// The raw and BTF programs' offsets, or why this kernel's layout does not fit them.
     pub fn raw_offsets(&self) -> Result<RawOffsets, String> {
         for (field, expected) in SOCK_COMMON_HEAD {
             let actual = self.byte_offset("sock", field)?;
@@ -344,6 +422,13 @@ impl KernelTypes {
         if inet_sport != inet_saddr + 6 {
             return Err(format!(
                 "inet_sock.inet_sport at {inet_sport}, not inet_saddr + 6 ({inet_saddr} + 6)"
+            ));
+        }
+        // The BTF program reads them through a tcp_sock pointer.
+        let in_tcp_sock = self.byte_offset("tcp_sock", "inet_conn.icsk_inet.inet_saddr")?;
+        if in_tcp_sock != inet_saddr {
+            return Err(format!(
+                "tcp_sock's inet_saddr at {in_tcp_sock}, not {inet_saddr} as in inet_sock"
             ));
         }
         Ok(RawOffsets {
@@ -432,22 +517,15 @@ impl Probe {
             _ => 0,
         };
         let (sk_net, net_inum) = offsets.map_or((0, 0), |o| (o.sk_net, o.net_inum));
-        // The raw tracepoint needs the socket layout; without it, the classic one.
-        let raw = match types
+        // The BTF and raw programs read the socket at offsets compiled in or taken from
+        // BTF; a kernel whose layout differs is left with the classic tracepoint.
+        let sock_layout = types.as_ref().map_err(String::clone).and_then(|t| {
+            offsets.ok_or("no namespace offsets")?;
+            t.raw_offsets()
+        });
+        let (sk_protocol, inet_saddr) = sock_layout
             .as_ref()
-            .map_err(String::clone)
-            .and_then(KernelTypes::raw_offsets)
-        {
-            Ok(raw) if offsets.is_some() && !options.classic_tracepoint => Some(raw),
-            Ok(_) => None,
-            Err(e) => {
-                notes.push(format!(
-                    "raw tracepoint unusable ({e}): the classic one is used"
-                ));
-                None
-            }
-        };
-        let (sk_protocol, inet_saddr) = raw.map_or((0, 0), |r| (r.sk_protocol, r.inet_saddr));
+            .map_or((0, 0), |r| (r.sk_protocol, r.inet_saddr));
         let cookie = match options.netns {
             NetnsFilter::All => 0,
             NetnsFilter::Only(_) => own_netns_cookie().unwrap_or_else(|e| {
@@ -472,84 +550,68 @@ impl Probe {
             .load(OBJECT)
             .map_err(|e| LoadError::classify("creating maps", e))?;
         let mut program_fds = Vec::new();
-        // The raw tracepoint first: it needs no tracefs and skips the perf trace record.
-        let raw_attached = match raw {
-            Some(_) => match attach_raw(&mut ebpf) {
+        // Classic tracepoints are found through tracefs (the SYN-ACK one always is).
+        let tracefs = ensure_tracefs();
+        if let Ok(Some(note)) = &tracefs {
+            notes.push(note.clone());
+        }
+        let candidates: &[StateHook] = match options.state_hook {
+            StateHook::Auto => &[StateHook::Btf, StateHook::Raw, StateHook::Classic],
+            StateHook::Btf => &[StateHook::Btf],
+            StateHook::Raw => &[StateHook::Raw],
+            StateHook::Classic => &[StateHook::Classic],
+        };
+        let mut failed = Vec::new();
+        let mut state_hook = None;
+        for &hook in candidates {
+            let attached = match (hook, &sock_layout, &tracefs) {
+                (StateHook::Btf | StateHook::Raw, Err(e), _) => {
+                    Err(LoadError::Other(format!("socket layout: {e}")))
+                }
+                (StateHook::Btf, Ok(_), _) => attach_btf(&mut ebpf),
+                (StateHook::Raw, Ok(_), _) => attach_raw(&mut ebpf),
+                (_, _, Err(e)) => Err(e.clone()),
+                (_, _, Ok(_)) => attach_classic(
+                    &mut ebpf,
+                    names::STATE_PROGRAM,
+                    "sock",
+                    "inet_sock_set_state",
+                ),
+            };
+            match attached {
                 Ok(fd) => {
                     program_fds.push(fd);
-                    true
+                    state_hook = Some(hook);
+                    break;
                 }
-                Err(e) => {
-                    notes.push(format!(
-                        "raw tracepoint failed ({e}): the classic one is used"
-                    ));
-                    false
-                }
-            },
-            None => false,
-        };
-        // Classic tracepoints are found through tracefs.
-        let tracefs = ensure_tracefs();
-        match (&tracefs, raw_attached) {
-            (Ok(Some(note)), _) => notes.push(note.clone()),
-            (Ok(None), _) => {}
-            (Err(e), true) => notes.push(format!("SYN-ACK retransmits not watched: {e}")),
-            (Err(_), false) => return Err(tracefs.unwrap_err()),
+                Err(e) => failed.push((hook, e)),
+            }
         }
-        let mut attach = |ebpf: &mut Ebpf,
-                          program: &str,
-                          category: &'static str,
-                          name: &'static str|
-         -> Result<(), LoadError> {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| {
-                    LoadError::Other(format!("program {program} missing from the object"))
-                })?
-                .try_into()
-                .map_err(|e| LoadError::Other(format!("{program}: {e}")))?;
-            prog.load()
-                .map_err(|e| LoadError::classify(&format!("loading {program}"), e))?;
-            prog.attach(category, name).map_err(|e| {
-                let text = chain(&e);
-                if text.contains("No such file") {
-                    LoadError::MissingTracepoint(
-                        if category == "sock" {
-                            "sock:inet_sock_set_state"
-                        } else {
-                            "tcp:tcp_retransmit_synack"
-                        },
-                        text,
-                    )
-                } else {
-                    LoadError::classify(&format!("attaching {category}:{name}"), e)
-                }
-            })?;
-            let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
-            program_fds.push(
-                fd.as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| LoadError::Other(e.to_string()))?,
-            );
-            Ok(())
+        let Some(state_hook) = state_hook else {
+            let (_, last) = failed.pop().expect("at least one hook was tried");
+            return Err(last);
         };
-        if !raw_attached {
-            attach(
-                &mut ebpf,
-                names::STATE_PROGRAM,
-                "sock",
-                "inet_sock_set_state",
-            )?;
+        for (hook, e) in failed {
+            notes.push(format!(
+                "{} unusable ({e}): the {} is used",
+                hook.describe(),
+                state_hook.describe()
+            ));
         }
         let mut syn_requests = false;
         if options.synack {
-            if let Err(e) = attach(
-                &mut ebpf,
-                names::SYNACK_PROGRAM,
-                "tcp",
-                "tcp_retransmit_synack",
-            ) {
-                notes.push(format!("SYN-ACK retransmits not watched: {e}"));
+            let synack = match &tracefs {
+                Ok(_) => attach_classic(
+                    &mut ebpf,
+                    names::SYNACK_PROGRAM,
+                    "tcp",
+                    "tcp_retransmit_synack",
+                ),
+                Err(e) => Err(e.clone()),
+            };
+            match synack {
+                Ok(fd) => program_fds.push(fd),
+                Err(e) => notes.push(format!("SYN-ACK retransmits not watched: {e}")),
             }
             match attach_sock_ops(&mut ebpf) {
                 Ok(fd) => {
@@ -584,11 +646,7 @@ impl Probe {
             ebpf,
             rings,
             ring_layout: layout,
-            state_hook: if raw_attached {
-                "raw tracepoint"
-            } else {
-                "classic tracepoint"
-            },
+            state_hook,
             counters,
             program_fds,
             notes,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tcpmon::{
     analysis::{parse_net, PortRange},
     diag,
-    ebpf::{own_netns, KernelCounters, LoadError, LoadOptions, NetnsFilter, Probe},
+    ebpf::{own_netns, KernelCounters, LoadError, LoadOptions, NetnsFilter, Probe, StateHook},
     event::{decode_event, Endpoints, Record, Transition},
     kstats::{self, SynCounters},
     live::{monotonic_ns, Clock, FastWriter, Origin, TransitionRecord},
@@ -75,10 +75,10 @@ pub struct WatchArgs {
     /// of two, at least a page).
     #[arg(long, value_name = "BYTES", default_value_t = tcpmon_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
-    /// Attach the classic sock:inet_sock_set_state tracepoint instead of the raw one
-    /// (slower; for a kernel where the raw program misreads sockets).
-    #[arg(long)]
-    pub classic_tracepoint: bool,
+    /// How to hook sock:inet_sock_set_state: auto takes the cheapest that loads (btf,
+    /// then raw, then classic); the others force one, for a kernel where it misbehaves.
+    #[arg(long, value_enum, value_name = "HOOK", default_value_t = StateHook::Auto)]
+    pub state_hook: StateHook,
     /// Remote IPs tallied individually; beyond, they are aggregated (and the tally says so).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_ips: usize,
@@ -256,7 +256,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 netns,
                 ring_bytes: args.ring_bytes,
                 synack: true,
-                classic_tracepoint: args.classic_tracepoint,
+                state_hook: args.state_hook,
             }) {
                 Ok(probe) => (Some(probe), String::new()),
                 Err(e) if args.mode == Mode::Ebpf => {
@@ -336,7 +336,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
             mode_line = (
                 format!(
                     "watching TCP state transitions with eBPF ({scope}; {}; ring buffers {} x {} KiB)",
-                    probe.state_hook,
+                    probe.state_hook.describe(),
                     layout.used,
                     layout.each / 1024
                 ),

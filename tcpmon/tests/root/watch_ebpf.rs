@@ -73,15 +73,18 @@ fn check_sequences(family: &str, listen: SocketAddr) {
     if !require_root(&test) {
         return;
     }
-    // The raw tracepoint (default here) and the classic one (the fallback) must agree.
-    for (client_closes_first, extra) in [
-        (true, &[][..]),
-        (false, &[][..]),
-        (true, &["--classic-tracepoint"][..]),
-        (false, &["--classic-tracepoint"][..]),
+    // The three hooks (the BTF one is the default here; raw and classic are the
+    // fallbacks) must give the same records.
+    for (client_closes_first, hook, described) in [
+        (true, "auto", "BTF tracepoint"),
+        (false, "btf", "BTF tracepoint"),
+        (true, "raw", "raw tracepoint"),
+        (false, "raw", "raw tracepoint"),
+        (true, "classic", "classic tracepoint"),
+        (false, "classic", "classic tracepoint"),
     ] {
         let ns = Netns::new("seq");
-        let watcher = start_watch(&ns, extra);
+        let watcher = start_watch(&ns, &["--state-hook", hook]);
         let (server_port, client_port) =
             ns.run(move || one_connection(listen, client_closes_first));
         watcher.wait_for(Duration::from_secs(10), "listener close", |l| {
@@ -89,6 +92,11 @@ fn check_sequences(family: &str, listen: SocketAddr) {
         });
         let (lines, status) = watcher.stop();
         assert!(status.success(), "tcpmon exited with {status}");
+        let mode = records(&lines, "mode").next().expect("a mode record");
+        assert!(
+            mode["reason"].as_str().unwrap().contains(described),
+            "--state-hook {hook}: {mode}"
+        );
         let per_socket = sequences(&lines);
         let find = |pred: &dyn Fn(&Value) -> bool| {
             per_socket
@@ -110,14 +118,17 @@ fn check_sequences(family: &str, listen: SocketAddr) {
         assert_eq!(
             client,
             format!("CLOSE->SYN_SENT SYN_SENT->ESTABLISHED {client_end}"),
-            "{family} client"
+            "{family} client, {hook}"
         );
         assert_eq!(
             server,
             format!("LISTEN->SYN_RECV SYN_RECV->ESTABLISHED {server_end}"),
-            "{family} server"
+            "{family} server, {hook}"
         );
-        assert_eq!(listener, "CLOSE->LISTEN LISTEN->CLOSE", "{family} listener");
+        assert_eq!(
+            listener, "CLOSE->LISTEN LISTEN->CLOSE",
+            "{family} listener, {hook}"
+        );
         // Exactly these three sockets: nothing from other namespaces leaked in.
         assert_eq!(per_socket.len(), 3, "{per_socket:#?}");
         for t in records(&lines, "transition") {
