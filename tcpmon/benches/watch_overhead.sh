@@ -71,16 +71,25 @@ for ((r = 1; r <= rounds; r++)); do
     if command -v bpftrace >/dev/null; then
         # bpftrace finds tracepoints through tracefs, which minimal systems leave unmounted.
         [[ -d /sys/kernel/tracing/events ]] || mount -t tracefs tracefs /sys/kernel/tracing
-        # The peer "bpftrace printing each event" (KERNEL_FACTS.md), in the same run.
-        bpftrace -e 'tracepoint:sock:inet_sock_set_state { printf("%d %d %d %d %d\n", args->family, args->sport, args->dport, args->oldstate, args->newstate); }' >/dev/null 2>&1 &
-        tracer=$!
-        sleep 3
-        peer=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
-        kill -INT "$tracer" 2>/dev/null || echo "bpftrace exited early: see its output with bash -x" >&2
-        wait "$tracer" 2>/dev/null || true
-        printf '%-6s %-22s %10s\n' "$r" "bpftrace printf" "$peer"
-        echo "$peer" >> "$work/peer"
-        sleep 2
+        # Peers in the same run: bpftrace printing each event (KERNEL_FACTS.md), and
+        # bpftrace only counting in a kernel map (no event reaches user space: a floor
+        # for any tool that hooks every state change).
+        for peer_kind in printf count; do
+            if [[ $peer_kind == printf ]]; then
+                action='printf("%d %d %d %d %d\n", args->family, args->sport, args->dport, args->oldstate, args->newstate);'
+            else
+                action='@[args->newstate] = count();'
+            fi
+            bpftrace -e "tracepoint:sock:inet_sock_set_state { $action }" >/dev/null 2>&1 &
+            tracer=$!
+            sleep 3
+            peer=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+            kill -INT "$tracer" 2>/dev/null || echo "bpftrace exited early: see its output with bash -x" >&2
+            wait "$tracer" 2>/dev/null || true
+            printf '%-6s %-22s %10s\n' "$r" "bpftrace $peer_kind" "$peer"
+            echo "$peer" >> "$work/peer_$peer_kind"
+            sleep 2
+        done
     fi
 done
 python3 - "$work/rounds" <<'PY'
@@ -96,10 +105,11 @@ paired = sorted((1 - r[1] / r[0]) * 100 for r in rows)
 print(f"paired per-round loss: median {statistics.median(paired):.1f}%, "
       f"range {paired[0]:.1f}%..{paired[-1]:.1f}% over {len(paired)} rounds")
 import os
-peer_file = os.path.join(os.path.dirname(sys.argv[1]), "peer")
-if os.path.exists(peer_file):
-    peer = statistics.median(int(l) for l in open(peer_file) if l.strip())
-    print(f"median rate with bpftrace printing each event: {peer:.0f}/s: {(1 - peer / base) * 100:.1f}% lower")
+for kind, what in (("printf", "printing each event"), ("count", "counting in a kernel map")):
+    peer_file = os.path.join(os.path.dirname(sys.argv[1]), "peer_" + kind)
+    if os.path.exists(peer_file):
+        peer = statistics.median(int(l) for l in open(peer_file) if l.strip())
+        print(f"median rate with bpftrace {what}: {peer:.0f}/s: {(1 - peer / base) * 100:.1f}% lower")
 # A connection makes 10 transitions when it closes normally; one reset in ESTABLISHED or
 # CLOSE_WAIT (TcpEstabResets, which busy loopback churn produces now and then) makes 1-2
 # fewer, so a shortfall up to twice the resets is not loss.

@@ -11,7 +11,10 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray},
-    programs::{links::CgroupAttachMode, BtfTracePoint, RawTracePoint, SockOps, TracePoint},
+    programs::{
+        links::CgroupAttachMode, sock_ops::SockOpsLinkId, BtfTracePoint, RawTracePoint, SockOps,
+        TracePoint,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use tcpmon_common::{counter, names, DEFAULT_RING_BYTES, RING_COUNT};
@@ -168,15 +171,19 @@ pub struct Probe {
     /// Things worth telling the operator once (e.g. "mounted tracefs").
     pub notes: Vec<String>,
     pub netns_readable: bool,
-    /// The sock_ops SYN counter is attached (SYN_REQUEST records will arrive).
-    pub syn_requests: bool,
+    /// The root cgroup the sock_ops SYN counter attaches to, when it loaded.
+    syn_cgroup: Option<fs::File>,
+    /// Its link while attached (SYN_REQUEST records arrive).
+    syn_link: Option<SockOpsLinkId>,
     /// Which hook delivers the state changes (never `Auto`).
     pub state_hook: StateHook,
 }
 
-/// Attaches the SYN counter to the root of the cgroup v2 hierarchy, so it sees request
-/// sockets of every listener below it.
-fn attach_sock_ops(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, String> {
+/// Loads the SYN counter and opens the root of the cgroup v2 hierarchy, where it sees
+/// request sockets of every listener below it. It is attached and detached once here,
+/// so that a failure shows at start rather than during a flood; it stays detached until
+/// SYN trouble is suspected (see [`Probe::set_syn_counter`]).
+fn load_sock_ops(ebpf: &mut Ebpf) -> Result<(fs::File, std::os::fd::OwnedFd), String> {
     let cgroup = match cgroup2_root() {
         Some(root) => fs::File::open(&root).map_err(|e| format!("{}: {e}", root.display()))?,
         None => open_private_cgroup2()?,
@@ -188,12 +195,19 @@ fn attach_sock_ops(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, String> {
         .map_err(|e| format!("{e}"))?;
     prog.load()
         .map_err(|e| LoadError::classify("loading", e).to_string())?;
+    let link = attach_to(prog, &cgroup)?;
+    prog.detach(link)
+        .map_err(|e| LoadError::classify("detaching", e).to_string())?;
+    let fd = prog.fd().map_err(|e| e.to_string())?;
+    let fd = fd.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+    Ok((cgroup, fd))
+}
+
+fn attach_to(prog: &mut SockOps, cgroup: &fs::File) -> Result<SockOpsLinkId, String> {
     // A bpf_link never displaces other programs on the cgroup; the kernel rejects
     // attach flags on link_create, so the mode must be the default.
-    prog.attach(&cgroup, CgroupAttachMode::Single)
-        .map_err(|e| LoadError::classify("attaching", e).to_string())?;
-    let fd = prog.fd().map_err(|e| e.to_string())?;
-    fd.as_fd().try_clone_to_owned().map_err(|e| e.to_string())
+    prog.attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|e| LoadError::classify("attaching", e).to_string())
 }
 
 /// Attaches the BTF-tracepoint variant of the state program.
@@ -598,7 +612,7 @@ impl Probe {
                 state_hook.describe()
             ));
         }
-        let mut syn_requests = false;
+        let mut syn_cgroup = None;
         if options.synack {
             let synack = match &tracefs {
                 Ok(_) => attach_classic(
@@ -613,10 +627,10 @@ impl Probe {
                 Ok(fd) => program_fds.push(fd),
                 Err(e) => notes.push(format!("SYN-ACK retransmits not watched: {e}")),
             }
-            match attach_sock_ops(&mut ebpf) {
-                Ok(fd) => {
+            match load_sock_ops(&mut ebpf) {
+                Ok((cgroup, fd)) => {
                     program_fds.push(fd);
-                    syn_requests = true;
+                    syn_cgroup = Some(cgroup);
                 }
                 Err(e) => notes.push(format!("SYN arrivals not counted (cgroup sock_ops: {e})")),
             }
@@ -651,8 +665,40 @@ impl Probe {
             program_fds,
             notes,
             netns_readable: offsets.is_some(),
-            syn_requests,
+            syn_cgroup,
+            syn_link: None,
         })
+    }
+
+    /// The SYN counter loaded (it can be attached).
+    pub fn syn_counter_loaded(&self) -> bool {
+        self.syn_cgroup.is_some()
+    }
+
+    /// The SYN counter is attached: SYN_REQUEST records arrive.
+    pub fn syn_counter_attached(&self) -> bool {
+        self.syn_link.is_some()
+    }
+
+    /// Attaches or detaches the SYN counter; a no-op when it already is, or never loaded.
+    pub fn set_syn_counter(&mut self, attached: bool) -> Result<(), String> {
+        let Some(cgroup) = &self.syn_cgroup else {
+            return Ok(());
+        };
+        let prog: &mut SockOps = self
+            .ebpf
+            .program_mut(names::SYN_PROGRAM)
+            .ok_or("program missing from the object")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        match (attached, self.syn_link.take()) {
+            (true, None) => self.syn_link = Some(attach_to(prog, cgroup)?),
+            (false, Some(link)) => prog
+                .detach(link)
+                .map_err(|e| LoadError::classify("detaching", e).to_string())?,
+            (_, link) => self.syn_link = link,
+        }
+        Ok(())
     }
 
     /// The aya-log channel, for callers that forward kernel diagnostics to `log`.

@@ -75,6 +75,9 @@ pub struct SynCounters {
     pub reqq_full_drop: u64,
     pub listen_overflows: u64,
     pub listen_drops: u64,
+    /// Request sockets reset by the peer (a SYN scan, or spoofed SYNs whose real owners
+    /// answer the SYN-ACK with a reset): SYN trouble that leaves no half-open request.
+    pub embryonic_resets: u64,
 }
 
 impl SynCounters {
@@ -86,6 +89,7 @@ impl SynCounters {
             reqq_full_drop: get("TCPReqQFullDrop"),
             listen_overflows: get("ListenOverflows"),
             listen_drops: get("ListenDrops"),
+            embryonic_resets: get("EmbryonicRsts"),
         }
     }
 
@@ -101,6 +105,9 @@ impl SynCounters {
                 .listen_overflows
                 .saturating_sub(earlier.listen_overflows),
             listen_drops: self.listen_drops.saturating_sub(earlier.listen_drops),
+            embryonic_resets: self
+                .embryonic_resets
+                .saturating_sub(earlier.embryonic_resets),
         }
     }
 

@@ -67,22 +67,19 @@ pub struct SynWindow {
     pub sources: u64,
 }
 
-/// Whether to dump half-open request sockets this evaluation. The dump walks every
-/// established and TIME_WAIT socket (request sockets share their hash table), a visible
-/// cost under heavy churn, so it is skipped while nothing hints at half-open requests:
-/// every SYN seen in the window completed (bar `SYN_SLACK` in flight), no SYN-ACK was
-/// retransmitted, no SYN counter moved, and the previous dump found none. Without the
-/// SYN counter program there is no such evidence, so it always dumps; and at least
-/// every `HALF_OPEN_RECHECK_NS` anyway.
-pub fn half_open_worth_dumping(
+/// Half-open requests (or SYNs outrunning completions) that a busy host has in flight
+/// anyway: a loopback handshake lasts tens of microseconds. Fewer hint at nothing.
+const SYN_SLACK: u64 = 64;
+
+/// Whether anything in this window hints at SYN trouble: a SYN-ACK retransmitted, a SYN
+/// or listen queue overflowed (cookies, drops), requests reset by their peers, the last
+/// half-open dump finding more than [`SYN_SLACK`], or (only while the SYN counter is
+/// attached) SYNs outrunning completions.
+pub fn syn_trouble_hinted(
     syn: &HashMap<(IpAddr, u16), SynWindow>,
     syn_counters: &SynCounters,
-    syns_counted: bool,
     last_half_open: u64,
-    since_last_dump_ns: u64,
 ) -> bool {
-    const SYN_SLACK: u64 = 64;
-    const HALF_OPEN_RECHECK_NS: u64 = 10_000_000_000;
     let (syns, completed, retransmits) = syn.values().fold((0, 0, 0), |acc, w| {
         (
             acc.0 + w.syns,
@@ -90,13 +87,66 @@ pub fn half_open_worth_dumping(
             acc.2 + w.synack_retransmits,
         )
     });
-    !syns_counted
-        || last_half_open > 0
-        || since_last_dump_ns >= HALF_OPEN_RECHECK_NS
-        || retransmits > 0
+    retransmits > 0
         || syns > completed + SYN_SLACK
+        || last_half_open > SYN_SLACK
         || syn_counters.queue_overflowed()
         || syn_counters.listen_overflows + syn_counters.listen_drops > 0
+        || syn_counters.embryonic_resets > 0
+}
+
+/// Whether to dump half-open request sockets this evaluation. The dump walks every
+/// established and TIME_WAIT socket (request sockets share their hash table), a visible
+/// cost under heavy churn, so it is skipped while nothing hints at SYN trouble and the
+/// previous dump found none; at least every `HALF_OPEN_RECHECK_NS` anyway. Without the
+/// SYN counter program (it did not load) it always dumps.
+pub fn half_open_worth_dumping(
+    hinted: bool,
+    syn_counter_loaded: bool,
+    last_half_open: u64,
+    since_last_dump_ns: u64,
+) -> bool {
+    const HALF_OPEN_RECHECK_NS: u64 = 10_000_000_000;
+    !syn_counter_loaded
+        || hinted
+        || last_half_open > 0
+        || since_last_dump_ns >= HALF_OPEN_RECHECK_NS
+}
+
+/// How long the SYN counter stays attached after the last hint of SYN trouble.
+pub const SYN_COUNTER_HOLD_NS: u64 = 60_000_000_000;
+
+/// Attaches the SYN counter (cgroup sock_ops) on the first hint of SYN trouble and
+/// detaches it after [`SYN_COUNTER_HOLD_NS`] without one. Attached, it runs on about nine
+/// socket operations of every connection on the host (sock_ops has no per-operation
+/// subscription), 1-2 points of connection rate under maximal churn; idle, SYN trouble
+/// still shows through retransmits, the TcpExt counters and the half-open dumps, and
+/// the SYN rate is reported as not counted rather than as zero.
+#[derive(Debug, Default)]
+pub struct SynCounterSwitch {
+    last_hint_ns: Option<u64>,
+}
+
+impl SynCounterSwitch {
+    /// Whether the counter should be attached now.
+    pub fn wanted(&mut self, hinted: bool, now_ns: u64) -> bool {
+        if hinted {
+            self.last_hint_ns = Some(now_ns);
+        }
+        self.last_hint_ns
+            .is_some_and(|at| now_ns.saturating_sub(at) < SYN_COUNTER_HOLD_NS)
+    }
+}
+
+/// How much of an evaluation window the SYN counter was attached for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SynCoverage {
+    Whole,
+    /// Attached during the window: the SYN rate is a lower bound.
+    Partial,
+    /// Not attached (idle, or it could not load): no SYN rate.
+    #[default]
+    None,
 }
 
 /// Accumulates SYN activity per listener between evaluations, in bounded memory: distinct
@@ -153,6 +203,8 @@ pub struct Inputs {
     pub syn: HashMap<(IpAddr, u16), SynWindow>,
     /// TcpExt counter increases over the window (whole namespace).
     pub syn_counters: SynCounters,
+    /// Whether `syn` counts every SYN of the window.
+    pub syn_coverage: SynCoverage,
     pub backlogs: HashMap<(IpAddr, u16), u32>,
     pub somaxconn: Option<u32>,
     pub port_range: PortRange,
@@ -366,7 +418,10 @@ impl Detector {
             if retrans_rate >= t.synack_retransmit_rate {
                 reasons.push("SYN-ACKs unanswered");
             }
-            if syn_rate >= t.syn_rate && (w.completed as f64) < w.syns as f64 / 2.0 {
+            if inputs.syn_coverage != SynCoverage::None
+                && syn_rate >= t.syn_rate
+                && (w.completed as f64) < w.syns as f64 / 2.0
+            {
                 reasons.push("SYNs not completing");
             }
             if overflow {
@@ -390,9 +445,14 @@ impl Detector {
             firing.insert(
                 ("syn_flood", endpoint(key.0, key.1)),
                 (severity, format!(
-                    "SYN flood on {}: {half_open} half-open{}, {syn_rate:.0} SYN/s, {:.0} completed/s, {retrans_rate:.0} SYN-ACK retransmits/s, {} cookies, {} dropped; {saturated}{sources} distinct source{} ({}) [{}]",
+                    "SYN flood on {}: {half_open} half-open{}, {}, {:.0} completed/s, {retrans_rate:.0} SYN-ACK retransmits/s, {} cookies, {} dropped; {saturated}{sources} distinct source{} ({}) [{}]",
                     endpoint(key.0, key.1),
                     match (pct, backlog) { (Some(p), Some(b)) => format!(" ({p:.0}% of backlog {b})"), _ => String::new() },
+                    match inputs.syn_coverage {
+                        SynCoverage::Whole => format!("{syn_rate:.0} SYN/s"),
+                        SynCoverage::Partial => format!(">= {syn_rate:.0} SYN/s (counting began in this window)"),
+                        SynCoverage::None => "SYN/s not counted".to_owned(),
+                    },
                     w.completed as f64 / secs,
                     c.syncookies_sent + c.reqq_full_do_cookies,
                     c.reqq_full_drop + c.listen_drops,
@@ -478,6 +538,7 @@ mod tests {
             now_ns,
             window_secs: 1.0,
             port_range: PortRange::LINUX_DEFAULT,
+            syn_coverage: SynCoverage::Whole,
             ..Default::default()
         }
     }
@@ -486,96 +547,142 @@ mod tests {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     }
 
+    fn window(syns: u64, completed: u64, retransmits: u64) -> HashMap<(IpAddr, u16), SynWindow> {
+        let mut m = HashMap::new();
+        m.insert(
+            (localhost(), 80),
+            SynWindow {
+                syns,
+                completed,
+                synack_retransmits: retransmits,
+                sources: 1,
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn syn_trouble_is_hinted_by_any_sign_of_it() {
+        let none = SynCounters::default();
+        let with = |f: fn(&mut SynCounters)| {
+            let mut c = SynCounters::default();
+            f(&mut c);
+            c
+        };
+        // ((syns, completed, retransmits), counters, last half-open) -> hinted?
+        let cases = [
+            ((60_000, 59_990, 0), none, 0, false, "busy but healthy"),
+            ((0, 60_000, 0), none, 0, false, "SYN counter idle, healthy"),
+            ((0, 0, 0), none, 3, false, "a few requests in flight"),
+            ((60_000, 50_000, 0), none, 0, true, "SYNs not completing"),
+            ((10, 10, 1), none, 0, true, "SYN-ACK retransmitted"),
+            ((0, 0, 0), none, 65, true, "half-open requests piling up"),
+            (
+                (0, 0, 0),
+                with(|c| c.syncookies_sent = 1),
+                0,
+                true,
+                "cookies sent",
+            ),
+            (
+                (0, 0, 0),
+                with(|c| c.listen_drops = 1),
+                0,
+                true,
+                "listen drops",
+            ),
+            (
+                (0, 0, 0),
+                with(|c| c.embryonic_resets = 1),
+                0,
+                true,
+                "requests reset by their peers",
+            ),
+        ];
+        for ((syns, completed, retransmits), counters, last, hinted, why) in cases {
+            assert_eq!(
+                syn_trouble_hinted(&window(syns, completed, retransmits), &counters, last),
+                hinted,
+                "{why}"
+            );
+        }
+    }
+
     #[test]
     fn half_open_dump_only_when_something_hints_at_it() {
-        let calm = |syns, completed, retransmits| {
-            let mut m = HashMap::new();
-            m.insert(
-                ("127.0.0.1".parse().unwrap(), 80),
-                SynWindow {
-                    syns,
-                    completed,
-                    synack_retransmits: retransmits,
-                    sources: 1,
-                },
-            );
-            m
-        };
-        let none = SynCounters::default();
-        let cookies = SynCounters {
-            syncookies_sent: 1,
-            ..SynCounters::default()
-        };
-        let drops = SynCounters {
-            listen_drops: 1,
-            ..SynCounters::default()
-        };
         let second = 1_000_000_000;
-        // (syns, completed, retransmits, counters, sock_ops attached, last half-open,
-        // since the last dump) -> dump?
+        // (hinted, SYN counter loaded, last half-open, since the last dump) -> dump?
         let cases = [
+            (false, true, 0, second, false, "nothing hints"),
+            (true, true, 0, second, true, "a hint"),
+            (false, true, 3, second, true, "half-open seen last time"),
+            (false, false, 0, second, true, "no SYN counter"),
             (
-                (60_000, 59_990, 0),
-                &none,
-                true,
-                0,
-                second,
                 false,
-                "busy but healthy",
-            ),
-            (
-                (60_000, 50_000, 0),
-                &none,
-                true,
-                0,
-                second,
-                true,
-                "SYNs not completing",
-            ),
-            (
-                (10, 10, 1),
-                &none,
-                true,
-                0,
-                second,
-                true,
-                "SYN-ACK retransmitted",
-            ),
-            (
-                (0, 0, 0),
-                &none,
-                true,
-                3,
-                second,
-                true,
-                "half-open seen last time",
-            ),
-            ((0, 0, 0), &none, false, 0, second, true, "no SYN counter"),
-            (
-                (0, 0, 0),
-                &none,
                 true,
                 0,
                 10 * second,
                 true,
                 "10 s since the last dump",
             ),
-            ((0, 0, 0), &cookies, true, 0, second, true, "cookies sent"),
-            ((0, 0, 0), &drops, true, 0, second, true, "listen drops"),
         ];
-        for ((syns, completed, retransmits), counters, counted, last, since, dump, why) in cases {
+        for (hinted, loaded, last, since, dump, why) in cases {
             assert_eq!(
-                half_open_worth_dumping(
-                    &calm(syns, completed, retransmits),
-                    counters,
-                    counted,
-                    last,
-                    since
-                ),
+                half_open_worth_dumping(hinted, loaded, last, since),
                 dump,
                 "{why}"
             );
         }
+    }
+
+    #[test]
+    fn syn_counter_attaches_on_a_hint_and_detaches_after_a_quiet_minute() {
+        let mut switch = SynCounterSwitch::default();
+        assert!(!switch.wanted(false, 0), "idle at start");
+        assert!(switch.wanted(true, SEC), "attached on the first hint");
+        assert!(switch.wanted(false, 30 * SEC), "held while quiet");
+        assert!(switch.wanted(true, 50 * SEC), "a new hint");
+        assert!(
+            switch.wanted(false, 109 * SEC),
+            "held 60 s from the last hint"
+        );
+        assert!(
+            !switch.wanted(false, 110 * SEC),
+            "detached after 60 quiet seconds"
+        );
+        assert!(switch.wanted(true, 111 * SEC), "and attached again");
+    }
+
+    #[test]
+    fn an_uncounted_syn_rate_is_said_not_measured() {
+        let flood = |coverage| {
+            let mut d = Detector::new(LiveThresholds::default());
+            let mut i = inputs(SEC);
+            i.syn_coverage = coverage;
+            // What an idle counter leaves: completions, retransmits, no SYNs.
+            i.syn.insert(
+                (localhost(), 80),
+                SynWindow {
+                    syns: if coverage == SynCoverage::None {
+                        0
+                    } else {
+                        1500
+                    },
+                    completed: 0,
+                    synack_retransmits: 500,
+                    sources: 0,
+                },
+            );
+            d.evaluate(&view(), &i).remove(0).message
+        };
+        let none = flood(SynCoverage::None);
+        assert!(none.contains("SYN/s not counted"), "{none}");
+        assert!(!none.contains("0 SYN/s"), "{none}");
+        let partial = flood(SynCoverage::Partial);
+        assert!(partial.contains(">= 1500 SYN/s"), "{partial}");
+        assert!(partial.contains("SYNs not completing"), "{partial}");
+        let whole = flood(SynCoverage::Whole);
+        assert!(whole.contains(", 1500 SYN/s,"), "{whole}");
     }
 
     #[test]

@@ -26,7 +26,10 @@ use tcpmon::{
     process::{find_owners, Process},
     procfs::Socket,
     render::{json_line, Style},
-    rules::{half_open_worth_dumping, Alert, Detector, Inputs, LiveThresholds, Status, SynTracker},
+    rules::{
+        half_open_worth_dumping, syn_trouble_hinted, Alert, Detector, Inputs, LiveThresholds,
+        Status, SynCounterSwitch, SynCoverage, SynTracker,
+    },
     tally::{ReconcileReport, Tally, TallyConfig},
     Snapshot,
 };
@@ -163,6 +166,8 @@ struct Received {
     transitions: u64,
     synack_retransmits: u64,
     syn_requests: u64,
+    /// Times the SYN counter was attached (it runs only while SYN trouble is suspected).
+    syn_counter_attaches: u64,
     decode_errors: u64,
     /// Transitions from other namespaces (shown with --all-netns, never tallied).
     foreign: u64,
@@ -199,6 +204,11 @@ struct Session<'a> {
     loss_reconciled: u64,
     syn: SynTracker,
     syn_counters: Option<SynCounters>,
+    syn_switch: SynCounterSwitch,
+    /// When the SYN counter was last attached, while it is.
+    syn_counter_since: Option<u64>,
+    syn_counter_failed: bool,
+    syn_counter_loaded: bool,
     last_eval_ns: u64,
     time_wait_check: Option<(u64, i64)>,
     last_reconcile: Option<(ReconcileReport, &'static str)>,
@@ -302,6 +312,10 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         loss_reconciled: 0,
         syn: SynTracker::default(),
         syn_counters: None,
+        syn_switch: SynCounterSwitch::default(),
+        syn_counter_since: None,
+        syn_counter_failed: false,
+        syn_counter_loaded: false,
         last_eval_ns: monotonic_ns(),
         time_wait_check: None,
         last_reconcile: None,
@@ -326,6 +340,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     let mode_line: (String, Vec<String>);
     let mut source = match source {
         Some(mut probe) => {
+            session.syn_counter_loaded = probe.syn_counter_loaded();
             let notes = std::mem::take(&mut probe.notes);
             let layout = probe.ring_layout;
             let rings = Rings::new(std::mem::take(&mut probe.rings))?;
@@ -335,10 +350,15 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
             };
             mode_line = (
                 format!(
-                    "watching TCP state transitions with eBPF ({scope}; {}; ring buffers {} x {} KiB)",
+                    "watching TCP state transitions with eBPF ({scope}; {}; ring buffers {} x {} KiB; {})",
                     probe.state_hook.describe(),
                     layout.used,
-                    layout.each / 1024
+                    layout.each / 1024,
+                    if probe.syn_counter_loaded() {
+                        "SYN counter attached on the first sign of SYN trouble"
+                    } else {
+                        "no SYN counter"
+                    }
                 ),
                 notes,
             );
@@ -712,22 +732,44 @@ impl Session<'_> {
             .map(|prev| counters.since(&prev))
             .unwrap_or_default();
         self.syn_counters = Some(counters);
-        let window_secs = now.saturating_sub(self.last_eval_ns) as f64 / 1e9;
+        let window_start = self.last_eval_ns;
+        let window_secs = now.saturating_sub(window_start) as f64 / 1e9;
         self.last_eval_ns = now;
         let syn = self.syn.take();
+        let syn_coverage = match self.syn_counter_since {
+            Some(at) if at <= window_start => SynCoverage::Whole,
+            Some(_) => SynCoverage::Partial,
+            None => SynCoverage::None,
+        };
         // Half-open requests never fire the state tracepoint: poll them (netlink), when
         // anything hints at them (see half_open_worth_dumping).
         if let Source::Ebpf { probe, .. } = source {
             if half_open_worth_dumping(
-                &syn,
-                &syn_counters,
-                probe.syn_requests,
+                syn_trouble_hinted(&syn, &syn_counters, self.tally.half_open_total()),
+                probe.syn_counter_loaded(),
                 self.tally.half_open_total(),
                 now.saturating_sub(self.last_half_open_dump_ns),
             ) {
                 self.last_half_open_dump_ns = now;
                 if let Ok(half_open) = diag::half_open() {
                     self.tally.set_half_open(half_open);
+                }
+            }
+            // After the dump, which can be the first sign of trouble.
+            let hinted = syn_trouble_hinted(&syn, &syn_counters, self.tally.half_open_total());
+            let wanted = self.syn_switch.wanted(hinted, now);
+            if probe.syn_counter_loaded() && wanted != probe.syn_counter_attached() {
+                match probe.set_syn_counter(wanted) {
+                    Ok(()) => {
+                        self.syn_counter_since = wanted.then_some(now);
+                        self.received.syn_counter_attaches += u64::from(wanted);
+                    }
+                    // Once: it would fail the same way every second.
+                    Err(e) if !self.syn_counter_failed => {
+                        self.syn_counter_failed = true;
+                        log::warn!("SYN counter (cgroup sock_ops): {e}");
+                    }
+                    Err(_) => {}
                 }
             }
             match probe.counters() {
@@ -792,6 +834,7 @@ impl Session<'_> {
             window_secs,
             syn,
             syn_counters,
+            syn_coverage,
             backlogs: std::mem::take(&mut self.backlogs),
             somaxconn: self.somaxconn,
             port_range: self.port_range,
@@ -902,6 +945,11 @@ impl Session<'_> {
                 "listeners": view.listeners.iter().map(|(ip, port, n)| serde_json::json!({"listener": endpoint(*ip, *port), "sockets": n})).collect::<Vec<_>>(),
                 "alerts_active": self.detector.active().map(|(rule, subject, sev)| serde_json::json!({"rule": rule, "subject": subject, "severity": sev})).collect::<Vec<_>>(),
                 "received": self.received,
+                "syn_counter": match (self.syn_counter_since, self.syn_counter_loaded) {
+                    (Some(_), _) => "attached",
+                    (None, true) => "idle",
+                    (None, false) => "unavailable",
+                },
                 "kernel": self.kernel,
                 "lost": lost,
                 "inconsistencies": view.inconsistencies,

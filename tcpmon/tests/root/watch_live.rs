@@ -115,6 +115,10 @@ fn churn_tallies_equal_ss() {
     );
     assert_eq!(final_ebpf["mode"], "ebpf");
     assert_eq!(final_poll["mode"], "poll");
+    // Healthy churn gives no sign of SYN trouble: the SYN counter never attached.
+    assert_eq!(final_ebpf["syn_counter"], "idle", "{final_ebpf}");
+    assert_eq!(final_ebpf["received"]["syn_counter_attaches"], 0);
+    assert_eq!(final_poll["syn_counter"], "unavailable");
     let per_ip = &final_ebpf["per_ip"]["top"][0];
     assert_eq!(per_ip["ip"], "127.0.0.1");
     assert_eq!(
@@ -328,6 +332,9 @@ fn syn_flood_is_alerted_within_two_seconds_and_clears() {
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_synack_retries=1"]);
     let listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 8080)).unwrap());
     let watcher = watch(&ns, &[]);
+    // Past the first evaluation (which dumps half-open requests anyway): the flood must
+    // be noticed by its own signs, with the SYN counter still detached.
+    std::thread::sleep(Duration::from_millis(2500));
     let flood_start = Instant::now();
     let status = ns
         .command("timeout")
@@ -371,13 +378,35 @@ fn syn_flood_is_alerted_within_two_seconds_and_clears() {
         l.contains("\"rule\":\"syn_flood\"") && l.contains("\"status\":\"cleared\"")
     });
     assert!(cleared.contains("127.0.0.1:8080"));
-    let (lines, _) = watcher.stop();
-    drop(listener);
-    let tally = records(&lines, "tally").last().unwrap();
+    // The flood's first sign attached the SYN counter, which stays a minute after the
+    // last one. The flood itself filled the SYN queue at once (cookies: no request
+    // sockets to count), so count 20 SYNs that do get a request socket now.
+    let status = ns
+        .command("hping3")
+        // From 127.0.0.1 (hping3 steps the source port): random sources other than
+        // 127/8 have no route back and are dropped before a request socket exists.
+        .args(["-q", "-S", "-p", "8080", "-c", "20"])
+        .args(["-i", "u10000", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "hping3: {status}");
+    let counted = |l: &str| -> Option<Value> {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["type"] == "tally" && v["received"]["syn_requests"].as_u64()? >= 20).then_some(v)
+    };
+    let tally = watcher.wait_for(Duration::from_secs(5), "20 SYNs counted", |l| {
+        counted(l).is_some()
+    });
+    let tally = counted(&tally).unwrap();
+    assert_eq!(tally["syn_counter"], "attached", "{tally}");
     assert!(
-        tally["received"]["syn_requests"].as_u64().unwrap() > 0,
-        "sock_ops saw the SYNs: {tally}"
+        tally["received"]["syn_counter_attaches"].as_u64().unwrap() >= 1,
+        "{tally}"
     );
+    watcher.stop();
+    drop(listener);
     eprintln!("SYN flood alert {latency:?} after start: {message}");
 }
 
