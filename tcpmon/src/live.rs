@@ -255,7 +255,39 @@ pub struct FastWriter {
     second: Option<u64>,
     ip_texts: [IpText; IP_TEXT_SLOTS],
     ip_scratch: Vec<u8>,
+    /// The last namespace inode's digits: every record of a watch has the same.
+    netns_text: Digits,
+    /// The last task name and its JSON string: under churn it is the same few processes.
+    comm_text: Option<([u8; 16], Vec<u8>)>,
     pub buf: Vec<u8>,
+}
+
+/// The decimal digits of one number, kept for the next record that has the same.
+#[derive(Clone, Copy, Debug, Default)]
+struct Digits {
+    of: Option<u64>,
+    len: usize,
+    text: [u8; 20],
+}
+
+impl Digits {
+    /// Appends the digits of `n` to `buf` (20 bytes reserved by the caller), computing
+    /// them only when `n` differs from the last; a fixed-size copy, no memcpy call.
+    fn push(&mut self, buf: &mut Vec<u8>, n: u64) {
+        if self.of != Some(n) {
+            let mut text = Vec::with_capacity(20);
+            push_decimal(&mut text, n, 1);
+            self.text[..text.len()].copy_from_slice(&text);
+            self.len = text.len();
+            self.of = Some(n);
+        }
+        let start = buf.len();
+        for (dst, src) in buf.spare_capacity_mut()[..20].iter_mut().zip(self.text) {
+            dst.write(src);
+        }
+        // SAFETY: 20 bytes after `start` were written, and len <= 20.
+        unsafe { buf.set_len(start + self.len) };
+    }
 }
 
 /// The longest address text ("ffff:ffff:...": 39 bytes), rounded up.
@@ -312,6 +344,18 @@ fn push_decimal(buf: &mut Vec<u8>, mut n: u64, width: usize) {
     // SAFETY: the `digits` bytes after `start` were all written just above.
     unsafe { buf.set_len(start + digits) };
 }
+
+/// "00" to "ff": one lookup per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [digits[i >> 4], digits[i & 0xf]];
+        i += 1;
+    }
+    table
+};
 
 impl FastWriter {
     /// The record's wall time: sets `prefix` and returns the microseconds.
@@ -377,17 +421,37 @@ impl FastWriter {
     /// Appends `n` in lower-case hex without leading zeros.
     fn push_hex(&mut self, n: u64) {
         let digits = ((64 - n.leading_zeros()).div_ceil(4).max(1)) as usize;
+        // All 16 digits, a byte per lookup, then the significant ones in one fixed-size
+        // copy (kernel addresses have all 16).
+        let mut text = [0u8; 32];
+        for (i, pair) in n.to_be_bytes().iter().enumerate() {
+            text[2 * i..2 * i + 2].copy_from_slice(&HEX_PAIRS[*pair as usize]);
+        }
         let start = self.buf.len();
         self.buf.reserve(16);
-        for (i, dst) in self.buf.spare_capacity_mut()[..digits]
+        let skip = 16 - digits;
+        for (dst, src) in self.buf.spare_capacity_mut()[..16]
             .iter_mut()
-            .enumerate()
+            .zip(&text[skip..skip + 16])
         {
-            let shift = (digits - 1 - i) * 4;
-            dst.write(b"0123456789abcdef"[((n >> shift) & 0xf) as usize]);
+            dst.write(*src);
         }
-        // SAFETY: the `digits` bytes after `start` were written just above.
+        // SAFETY: 16 bytes after `start` were written, and digits <= 16.
         unsafe { self.buf.set_len(start + digits) };
+    }
+
+    /// Appends the task name as a JSON string, from the one-entry cache (the name is
+    /// arbitrary bytes from the task, so serde escapes it).
+    fn push_comm(&mut self, task: &crate::event::Task) {
+        let cached = self
+            .comm_text
+            .get_or_insert_with(|| (task.comm, Vec::new()));
+        if cached.1.is_empty() || cached.0 != task.comm {
+            cached.0 = task.comm;
+            cached.1.clear();
+            let _ = serde_json::to_writer(&mut cached.1, &task.comm());
+        }
+        self.buf.extend_from_slice(&cached.1);
     }
 
     /// Appends one NDJSON `transition` line to `self.buf`.
@@ -431,20 +495,19 @@ impl FastWriter {
             }
             _ => b.extend_from_slice(b"null"),
         }
-        match t.task {
+        match &t.task {
             Some(task) => {
                 b.extend_from_slice(b",\"pid\":");
                 push_decimal(b, task.pid.into(), 1);
                 b.extend_from_slice(b",\"comm\":");
-                // The name is arbitrary bytes from the task: let serde escape it.
-                let _ = serde_json::to_writer(&mut *b, &task.comm());
+                self.push_comm(task);
             }
             None => b.extend_from_slice(b",\"pid\":null,\"comm\":null"),
         }
-        b.reserve(64);
-        b.extend_from_slice(b",\"netns\":");
-        push_decimal(b, t.at.netns.into(), 1);
-        b.extend_from_slice(b",\"skaddr\":\"0x");
+        self.buf.reserve(64);
+        self.buf.extend_from_slice(b",\"netns\":");
+        self.netns_text.push(&mut self.buf, t.at.netns.into());
+        self.buf.extend_from_slice(b",\"skaddr\":\"0x");
         self.push_hex(t.at.skaddr);
         self.buf.extend_from_slice(b"\"}\n");
     }
@@ -487,6 +550,9 @@ mod fast_tests {
             let mut swapped = t;
             swapped.at.local_ip = t.at.remote_ip;
             swapped.at.remote_ip = t.at.local_ip;
+            // Cached namespace and task texts are replaced too.
+            swapped.at.netns = 4_026_531_840;
+            swapped.task = t.task.map(|task| Task { pid: task.pid, comm: *b"other\0\0\0\0\0\0\0\0\0\0\0" });
             let mut w = FastWriter::default();
             for t in [t, swapped, t] {
                 w.buf.clear();
