@@ -8,19 +8,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tcpmon::{
     event::{decode_event, Record},
     live::{Clock, FastWriter, Origin},
+    model::TcpState::{self, *},
     tally::{Tally, TallyConfig},
 };
 use tcpmon_common::{kind, ShortEvent, SockEvent, AF_INET};
-
-const CLOSE: u8 = 7;
-const ESTABLISHED: u8 = 1;
-const SYN_SENT: u8 = 2;
-const SYN_RECV: u8 = 3;
-const FIN_WAIT1: u8 = 4;
-const FIN_WAIT2: u8 = 5;
-const CLOSE_WAIT: u8 = 8;
-const LAST_ACK: u8 = 9;
-const LISTEN: u8 = 10;
 
 /// The records `connections` loopback connections leave in the rings, in order, each
 /// as the kernel writes it (short when it has a short form).
@@ -32,39 +23,40 @@ fn stream(connections: usize) -> Vec<Vec<u8>> {
         let client_port = 32_768 + (i % 28_232) as u16;
         let client_sk = 0xffff_8881_0000_0000 + (i as u64 % 4096) * 0x2000;
         let server_sk = client_sk + 0x1000;
-        let mut push = |sk: u64, local: u16, remote: u16, old: u8, new: u8, task: bool| {
-            ts += 1_000;
-            let mut e = SockEvent::zeroed();
-            e.ts_ns = ts;
-            e.skaddr = sk;
-            e.saddr[..4].copy_from_slice(&loopback);
-            e.daddr[..4].copy_from_slice(&loopback);
-            e.netns = 4_026_531_840;
-            e.sport = local;
-            e.dport = remote;
-            e.family = AF_INET;
-            e.kind = kind::STATE;
-            e.oldstate = old;
-            e.newstate = new;
-            if task {
-                e.tgid = 4242;
-                e.comm[..5].copy_from_slice(b"churn");
-            }
-            records.push(match ShortEvent::narrow(&e) {
-                Some(short) => short.as_bytes().to_vec(),
-                None => e.as_bytes().to_vec(),
-            });
-        };
-        push(client_sk, 0, 7000, CLOSE, SYN_SENT, true);
-        push(client_sk, client_port, 7000, SYN_SENT, ESTABLISHED, false);
-        push(server_sk, 7000, client_port, LISTEN, SYN_RECV, false);
-        push(server_sk, 7000, client_port, SYN_RECV, ESTABLISHED, false);
-        push(client_sk, client_port, 7000, ESTABLISHED, FIN_WAIT1, true);
-        push(server_sk, 7000, client_port, ESTABLISHED, CLOSE_WAIT, false);
-        push(server_sk, 7000, client_port, CLOSE_WAIT, LAST_ACK, true);
-        push(client_sk, client_port, 7000, FIN_WAIT1, FIN_WAIT2, false);
-        push(client_sk, client_port, 7000, FIN_WAIT2, CLOSE, false);
-        push(server_sk, 7000, client_port, LAST_ACK, CLOSE, false);
+        let mut push =
+            |sk: u64, local: u16, remote: u16, old: TcpState, new: TcpState, task: bool| {
+                ts += 1_000;
+                let mut e = SockEvent::zeroed();
+                e.ts_ns = ts;
+                e.skaddr = sk;
+                e.saddr[..4].copy_from_slice(&loopback);
+                e.daddr[..4].copy_from_slice(&loopback);
+                e.netns = 4_026_531_840;
+                e.sport = local;
+                e.dport = remote;
+                e.family = AF_INET;
+                e.kind = kind::STATE;
+                e.oldstate = old as u8;
+                e.newstate = new as u8;
+                if task {
+                    e.tgid = 4242;
+                    e.comm[..5].copy_from_slice(b"churn");
+                }
+                records.push(match ShortEvent::narrow(&e) {
+                    Some(short) => short.as_bytes().to_vec(),
+                    None => e.as_bytes().to_vec(),
+                });
+            };
+        push(client_sk, 0, 7000, Close, SynSent, true);
+        push(client_sk, client_port, 7000, SynSent, Established, false);
+        push(server_sk, 7000, client_port, Listen, SynRecv, false);
+        push(server_sk, 7000, client_port, SynRecv, Established, false);
+        push(client_sk, client_port, 7000, Established, FinWait1, true);
+        push(server_sk, 7000, client_port, Established, CloseWait, false);
+        push(server_sk, 7000, client_port, CloseWait, LastAck, true);
+        push(client_sk, client_port, 7000, FinWait1, FinWait2, false);
+        push(client_sk, client_port, 7000, FinWait2, Close, false);
+        push(server_sk, 7000, client_port, LastAck, Close, false);
     }
     records
 }
