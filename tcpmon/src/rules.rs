@@ -125,6 +125,7 @@ pub const SYN_COUNTER_HOLD_NS: u64 = 60_000_000_000;
 #[derive(Debug, Default)]
 pub struct SynCounterSwitch {
     last_hint_ns: Option<u64>,
+    wanted: bool,
 }
 
 impl SynCounterSwitch {
@@ -133,8 +134,15 @@ impl SynCounterSwitch {
         if hinted {
             self.last_hint_ns = Some(now_ns);
         }
-        self.last_hint_ns
-            .is_some_and(|at| now_ns.saturating_sub(at) < SYN_COUNTER_HOLD_NS)
+        self.wanted = self
+            .last_hint_ns
+            .is_some_and(|at| now_ns.saturating_sub(at) < SYN_COUNTER_HOLD_NS);
+        self.wanted
+    }
+
+    /// What the last [`Self::wanted`] answered.
+    pub fn holding(&self) -> bool {
+        self.wanted
     }
 }
 

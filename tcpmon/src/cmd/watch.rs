@@ -947,6 +947,8 @@ impl Session<'_> {
                 "received": self.received,
                 "syn_counter": match (self.syn_counter_since, self.syn_counter_loaded) {
                     (Some(_), _) => "attached",
+                    // Wanted, but attaching failed (the warning said why); retried.
+                    (None, true) if self.syn_counter_failed && self.syn_switch.holding() => "attach failed",
                     (None, true) => "idle",
                     (None, false) => "unavailable",
                 },
