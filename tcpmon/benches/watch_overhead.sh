@@ -5,6 +5,8 @@
 #   tcpmon/benches/watch_overhead.sh [--seconds 10] [--rounds 3] [--threads 32] [--rss 600]
 # 32 client threads: the rate stops rising there on the 2-core VM (3 threads: ~66k/s,
 # 16: ~80k/s, 32 and 64: ~86k/s); one accepting thread serves them all.
+# Peers in the same run when installed (apt-get install bpftrace libbpf-tools): bpftrace
+# printing each event, bpftrace counting in a kernel map, and bcc's tcpstates (libbpf-tools).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -91,6 +93,21 @@ for ((r = 1; r <= rounds; r++)); do
             sleep 2
         done
     fi
+    # bcc's tcpstates as libbpf-tools packages it (CO-RE: needs no kernel headers, which
+    # the Python bcc one does and this kernel lacks); it prints every transition.
+    if [[ -x /usr/sbin/tcpstates ]]; then
+        /usr/sbin/tcpstates >/dev/null 2>"$work/tcpstates.err" &
+        tracer=$!
+        sleep 3
+        peer=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+        kill -INT "$tracer" 2>/dev/null || echo "tcpstates exited early: $(tail -2 "$work/tcpstates.err")" >&2
+        wait "$tracer" 2>/dev/null || true
+        # It reports perf-buffer loss as "lost N events" lines on stderr.
+        lost=$(awk '/[Ll]ost/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i} END {print n + 0}' "$work/tcpstates.err")
+        printf '%-6s %-22s %10s %14s %12s\n' "$r" "tcpstates (libbpf)" "$peer" "" "$lost"
+        echo "$peer" >> "$work/peer_tcpstates"
+        sleep 2
+    fi
 done
 python3 - "$work/rounds" <<'PY'
 import statistics, sys
@@ -105,11 +122,12 @@ paired = sorted((1 - r[1] / r[0]) * 100 for r in rows)
 print(f"paired per-round loss: median {statistics.median(paired):.1f}%, "
       f"range {paired[0]:.1f}%..{paired[-1]:.1f}% over {len(paired)} rounds")
 import os
-for kind, what in (("printf", "printing each event"), ("count", "counting in a kernel map")):
+for kind, what in (("printf", "bpftrace printing each event"), ("count", "bpftrace counting in a kernel map"),
+                   ("tcpstates", "tcpstates (bcc's, libbpf-tools)")):
     peer_file = os.path.join(os.path.dirname(sys.argv[1]), "peer_" + kind)
     if os.path.exists(peer_file):
         peer = statistics.median(int(l) for l in open(peer_file) if l.strip())
-        print(f"median rate with bpftrace {what}: {peer:.0f}/s: {(1 - peer / base) * 100:.1f}% lower")
+        print(f"median rate with {what}: {peer:.0f}/s: {(1 - peer / base) * 100:.1f}% lower")
 # A connection makes 10 transitions when it closes normally; one reset in ESTABLISHED or
 # CLOSE_WAIT (TcpEstabResets, which busy loopback churn produces now and then) makes 1-2
 # fewer, so a shortfall up to twice the resets is not loss.
