@@ -299,14 +299,21 @@ fn inum_of(net: u64) -> u32 {
     inum
 }
 
-/// Applies the namespace filter to an inode already read; `None` drops the event.
+/// Applies the namespace filter to an inode already read, logging an unreadable one;
+/// `None` drops the event.
 #[inline(always)]
 fn wanted<C: EbpfContext>(ctx: &C, skaddr: u64, netns: u32) -> Option<u32> {
+    if netns == 0 && SK_NET_OFFSET.load() != 0 {
+        warn!(ctx, "tcpmon: could not read netns of sock {:x}", skaddr);
+    }
+    netns_filter(netns)
+}
+
+/// The namespace filter and its counters, without a log line.
+#[inline(always)]
+fn netns_filter(netns: u32) -> Option<u32> {
     if netns == 0 {
         bump(counter::NETNS_UNREADABLE);
-        if SK_NET_OFFSET.load() != 0 {
-            warn!(ctx, "tcpmon: could not read netns of sock {:x}", skaddr);
-        }
     }
     let target = TARGET_NETNS.load();
     if target != 0 && netns != target {
@@ -550,14 +557,9 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
         // A typed pointer: stored as is, never formatted (the verifier forbids
         // arithmetic on it), so no log line here; the counter still tells.
         let skaddr = tcp as u64;
-        if netns == 0 {
-            bump(counter::NETNS_UNREADABLE);
-        }
-        let target = TARGET_NETNS.load();
-        if target != 0 && netns != target {
-            bump(counter::OTHER_NETNS);
+        let Some(netns) = netns_filter(netns) else {
             return 0;
-        }
+        };
         let inet = INET_SADDR_OFFSET.load() as usize;
         let family: u16 = load(tcp, c::FAMILY);
         let (saddr, daddr) = if family == AF_INET {

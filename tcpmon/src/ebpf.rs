@@ -12,8 +12,8 @@ use std::{
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{
-        links::CgroupAttachMode, sock_ops::SockOpsLinkId, BtfTracePoint, RawTracePoint, SockOps,
-        TracePoint,
+        links::CgroupAttachMode, sock_ops::SockOpsLinkId, BtfTracePoint, ProgramError, ProgramFd,
+        RawTracePoint, SockOps, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -198,8 +198,7 @@ fn load_sock_ops(ebpf: &mut Ebpf) -> Result<(fs::File, std::os::fd::OwnedFd), St
     let link = attach_to(prog, &cgroup)?;
     prog.detach(link)
         .map_err(|e| LoadError::classify("detaching", e).to_string())?;
-    let fd = prog.fd().map_err(|e| e.to_string())?;
-    let fd = fd.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+    let fd = owned_fd(prog.fd()).map_err(|e| e.to_string())?;
     Ok((cgroup, fd))
 }
 
@@ -208,6 +207,14 @@ fn attach_to(prog: &mut SockOps, cgroup: &fs::File) -> Result<SockOpsLinkId, Str
     // attach flags on link_create, so the mode must be the default.
     prog.attach(cgroup, CgroupAttachMode::Single)
         .map_err(|e| LoadError::classify("attaching", e).to_string())
+}
+
+/// A program's fd of its own, to read its fdinfo counters after aya's borrow ends.
+fn owned_fd(fd: Result<&ProgramFd, ProgramError>) -> Result<std::os::fd::OwnedFd, LoadError> {
+    fd.map_err(|e| LoadError::Other(e.to_string()))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| LoadError::Other(e.to_string()))
 }
 
 /// Attaches the BTF-tracepoint variant of the state program.
@@ -222,10 +229,7 @@ fn attach_btf(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, LoadError> {
         .map_err(|e| LoadError::classify("loading the BTF tracepoint", e))?;
     prog.attach()
         .map_err(|e| LoadError::classify("attaching BTF inet_sock_set_state", e))?;
-    let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
-    fd.as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| LoadError::Other(e.to_string()))
+    owned_fd(prog.fd())
 }
 
 /// Attaches the raw-tracepoint variant of the state program.
@@ -239,10 +243,7 @@ fn attach_raw(ebpf: &mut Ebpf) -> Result<std::os::fd::OwnedFd, LoadError> {
         .map_err(|e| LoadError::classify("loading the raw tracepoint", e))?;
     prog.attach("inet_sock_set_state")
         .map_err(|e| LoadError::classify("attaching raw inet_sock_set_state", e))?;
-    let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
-    fd.as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| LoadError::Other(e.to_string()))
+    owned_fd(prog.fd())
 }
 
 /// Attaches a classic tracepoint program (found through tracefs).
@@ -274,10 +275,7 @@ fn attach_classic(
             LoadError::classify(&format!("attaching {category}:{name}"), e)
         }
     })?;
-    let fd = prog.fd().map_err(|e| LoadError::Other(e.to_string()))?;
-    fd.as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| LoadError::Other(e.to_string()))
+    owned_fd(prog.fd())
 }
 
 /// Mounts cgroup2 on a temporary directory just long enough to open its root (inside

@@ -257,8 +257,9 @@ pub struct FastWriter {
     ip_scratch: Vec<u8>,
     /// The last namespace inode's digits: every record of a watch has the same.
     netns_text: Digits,
-    /// The last task name and its JSON string: under churn it is the same few processes.
-    comm_text: Option<([u8; 16], Vec<u8>)>,
+    /// The last task name and its JSON string (empty until the first): under churn it
+    /// is the same few processes.
+    comm_text: ([u8; 16], Vec<u8>),
     pub buf: Vec<u8>,
 }
 
@@ -443,15 +444,13 @@ impl FastWriter {
     /// Appends the task name as a JSON string, from the one-entry cache (the name is
     /// arbitrary bytes from the task, so serde escapes it).
     fn push_comm(&mut self, task: &crate::event::Task) {
-        let cached = self
-            .comm_text
-            .get_or_insert_with(|| (task.comm, Vec::new()));
-        if cached.1.is_empty() || cached.0 != task.comm {
-            cached.0 = task.comm;
-            cached.1.clear();
-            let _ = serde_json::to_writer(&mut cached.1, &task.comm());
+        let (comm, text) = &mut self.comm_text;
+        if text.is_empty() || *comm != task.comm {
+            *comm = task.comm;
+            text.clear();
+            let _ = serde_json::to_writer(&mut *text, &task.comm());
         }
-        self.buf.extend_from_slice(&cached.1);
+        self.buf.extend_from_slice(text);
     }
 
     /// Appends one NDJSON `transition` line to `self.buf`.
