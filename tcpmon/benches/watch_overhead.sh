@@ -3,6 +3,7 @@
 # >/dev/null` attached, the events it received and lost, and (with --rss SECONDS) its RSS
 # over a long churn. Runs in a private network namespace; needs root.
 #   tcpmon/benches/watch_overhead.sh [--seconds 10] [--rounds 3] [--threads 32] [--rss 600]
+#       [--no-peers] [-- WATCH OPTIONS...]
 # 32 client threads: the rate stops rising there on the 2-core VM (3 threads: ~66k/s,
 # 16: ~80k/s, 32 and 64: ~86k/s); one accepting thread serves them all.
 # Peers in the same run when installed (apt-get install bpftrace libbpf-tools): bpftrace
@@ -12,13 +13,15 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 tcpmon="${TCPMON:-$root/target/release/tcpmon}"
 churn="${CHURN:-$root/target/release/examples/churn}"
-seconds=10 rounds=3 threads=32 rss=0
+seconds=10 rounds=3 threads=32 rss=0 peers=1 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --seconds) seconds=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --rss) rss=$2; shift 2 ;;
+        --no-peers) peers=0; shift ;;
+        --) shift; extra+=("$@"); break ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -41,7 +44,7 @@ conns_of() { sed -n 's/.*connections=\([0-9]*\).*/\1/p'; }
 
 start_watch() {
     # Not through in_ns: a backgrounded function is a subshell, and $! must be tcpmon.
-    ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf >/dev/null 2>"$work/watch.err" &
+    ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf "${extra[@]}" >/dev/null 2>"$work/watch.err" &
     watcher=$!
     sleep 1.5
 }
@@ -51,6 +54,7 @@ stop_watch() {
     grep 'detached' "$work/watch.err" | tail -1 > "$work/summary" || echo "no summary: $(tail -3 "$work/watch.err")" > "$work/summary"
 }
 
+echo "watch options: --json --mode ebpf ${extra[*]}"
 echo "churn: $threads client threads, ${seconds}s per run, $rounds rounds (alternating)"
 printf '%-6s %-22s %10s %14s %12s\n' round run conn_per_s transitions lost
 for ((r = 1; r <= rounds; r++)); do
@@ -70,7 +74,7 @@ for ((r = 1; r <= rounds; r++)); do
         "$(rate_of <<<"$out")" "$got" "$lost" "$((conns * 10))" "${summary#tcpmon: }"
     echo "$base $(rate_of <<<"$out") $got $lost $conns $resets" >> "$work/rounds"
     sleep 2
-    if command -v bpftrace >/dev/null; then
+    if [[ $peers == 1 ]] && command -v bpftrace >/dev/null; then
         # bpftrace finds tracepoints through tracefs, which minimal systems leave unmounted.
         [[ -d /sys/kernel/tracing/events ]] || mount -t tracefs tracefs /sys/kernel/tracing
         # Peers in the same run: bpftrace printing each event (KERNEL_FACTS.md), and
@@ -95,7 +99,7 @@ for ((r = 1; r <= rounds; r++)); do
     fi
     # bcc's tcpstates as libbpf-tools packages it (CO-RE: needs no kernel headers, which
     # the Python bcc one does and this kernel lacks); it prints every transition.
-    if [[ -x /usr/sbin/tcpstates ]]; then
+    if [[ $peers == 1 && -x /usr/sbin/tcpstates ]]; then
         /usr/sbin/tcpstates >/dev/null 2>"$work/tcpstates.err" &
         tracer=$!
         sleep 3
