@@ -105,7 +105,7 @@ pub struct TransitionRecord {
 }
 
 impl TransitionRecord {
-    pub fn new(t: &Transition, clock: &Clock, ms_in_old: Option<f64>, origin: Origin) -> Self {
+    pub fn new(t: &Transition, clock: &Clock, micros_in_old: Option<u64>, origin: Origin) -> Self {
         Self {
             record_type: "transition".into(),
             time: humantime::format_rfc3339_micros(clock.wall(t.at.ts_ns)).to_string(),
@@ -118,7 +118,7 @@ impl TransitionRecord {
             remote_port: t.at.remote_port,
             old: t.old,
             new: t.new,
-            ms_in_old,
+            ms_in_old: micros_in_old.map(|us| us as f64 / 1000.0),
             pid: t.task.map(|task| task.pid),
             comm: t.task.map(|task| task.comm()),
             netns: t.at.netns,
@@ -218,7 +218,7 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             5_000_000_000,
         );
-        let record = TransitionRecord::new(&transition(), &clock, Some(1.5), Origin::Ebpf);
+        let record = TransitionRecord::new(&transition(), &clock, Some(1500), Origin::Ebpf);
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["type"], "transition");
         assert_eq!(json["time"], "2027-01-15T08:00:00.000000Z");
@@ -454,7 +454,13 @@ impl FastWriter {
     }
 
     /// Appends one NDJSON `transition` line to `self.buf`.
-    pub fn json(&mut self, t: &Transition, clock: &Clock, ms_in_old: Option<f64>, origin: Origin) {
+    pub fn json(
+        &mut self,
+        t: &Transition,
+        clock: &Clock,
+        micros_in_old: Option<u64>,
+        origin: Origin,
+    ) {
         let micros = self.time_prefix(clock.wall_ns(t.at.ts_ns));
         self.buf.reserve(RECORD_RESERVE);
         let b = &mut self.buf;
@@ -483,16 +489,14 @@ impl FastWriter {
         b.extend_from_slice(b"\",\"new\":\"");
         b.extend_from_slice(t.new.name().as_bytes());
         b.extend_from_slice(b"\",\"ms_in_old\":");
-        match ms_in_old {
-            // Microsecond precision, printed as integers: float formatting was a visible
-            // cost at full rate.
-            Some(ms) if ms.is_finite() && ms >= 0.0 => {
-                let micros = (ms * 1000.0).round() as u64;
+        match micros_in_old {
+            // Printed from integers: float formatting was a visible cost at full rate.
+            Some(micros) => {
                 push_decimal(b, micros / 1000, 1);
                 b.push(b'.');
                 push_decimal(b, micros % 1000, 3);
             }
-            _ => b.extend_from_slice(b"null"),
+            None => b.extend_from_slice(b"null"),
         }
         match &t.task {
             Some(task) => {
@@ -524,7 +528,7 @@ mod fast_tests {
         fn fast_json_equals_the_serde_record(
             ts in 0u64..u64::MAX / 4, sk in any::<u64>(), v6 in any::<bool>(), l in any::<[u8; 16]>(),
             r in any::<[u8; 16]>(), ports in any::<(u16, u16)>(), old in 1u8..=12, new in 1u8..=12,
-            ms in proptest::option::of(0u32..10_000_000), task in proptest::option::of((any::<u32>(), any::<[u8; 16]>())),
+            micros_in_old in proptest::option::of(0u32..10_000_000), task in proptest::option::of((any::<u32>(), any::<[u8; 16]>())),
         ) {
             let ip = |o: [u8; 16]| if v6 { IpAddr::from(o) } else { IpAddr::from([o[0], o[1], o[2], o[3]]) };
             let t = Transition {
@@ -543,7 +547,7 @@ mod fast_tests {
                 task: task.map(|(pid, comm)| Task { pid, comm }),
             };
             let clock = Clock::fixed(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000), 0);
-            let ms = ms.map(|m| f64::from(m) / 1000.0);
+            let micros = micros_in_old.map(u64::from);
             // The same writer for several records, so that cached address texts are
             // reused (and replaced) along the way.
             let mut swapped = t;
@@ -555,9 +559,9 @@ mod fast_tests {
             let mut w = FastWriter::default();
             for t in [t, swapped, t] {
                 w.buf.clear();
-                w.json(&t, &clock, ms, Origin::Ebpf);
+                w.json(&t, &clock, micros, Origin::Ebpf);
                 let fast: TransitionRecord = serde_json::from_slice(&w.buf).unwrap();
-                let slow = TransitionRecord::new(&t, &clock, ms, Origin::Ebpf);
+                let slow = TransitionRecord::new(&t, &clock, micros, Origin::Ebpf);
                 prop_assert_eq!(fast, slow);
                 prop_assert_eq!(w.buf.iter().filter(|b| **b == b'\n').count(), 1);
             }

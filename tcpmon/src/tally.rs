@@ -29,9 +29,10 @@ use crate::{
     procfs::Socket,
 };
 
-/// Nanoseconds as milliseconds at microsecond precision (what the output prints).
-fn micros_as_ms(ns: u64) -> f64 {
-    (ns / 1000) as f64 / 1000.0
+/// Whole microseconds (the precision the output prints), kept an integer on the hot path:
+/// a float division per transition showed in profiles.
+fn whole_micros(ns: u64) -> u64 {
+    ns / 1000
 }
 
 /// Linux keeps a socket in TIME_WAIT for TCP_TIMEWAIT_LEN, fixed at 60 s.
@@ -188,8 +189,8 @@ pub const MAX_SOURCES: usize = 65_536;
 /// What applying one transition meant.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Applied {
-    /// Milliseconds in the old state, when tcpmon saw the socket enter it.
-    pub ms_in_old: Option<f64>,
+    /// Microseconds in the old state, when tcpmon saw the socket enter it.
+    pub micros_in_old: Option<u64>,
     /// A listener appeared on an address/port that had none.
     pub new_listener: bool,
     /// The transition was read as entry into TIME_WAIT.
@@ -522,13 +523,13 @@ impl Tally {
 
         // Time in the old state, and what the socket's next transition will measure from.
         let key = t.at.skaddr;
-        applied.ms_in_old = if born {
+        applied.micros_in_old = if born {
             None
         } else {
             self.entered
                 .get(&key)
                 .filter(|(s, _)| *s == t.old)
-                .map(|(_, at)| micros_as_ms(t.at.ts_ns.saturating_sub(*at)))
+                .map(|(_, at)| whole_micros(t.at.ts_ns.saturating_sub(*at)))
         };
         if gone {
             self.entered.remove(&key);
@@ -683,18 +684,18 @@ impl Tally {
     /// Notes a transition that a baseline snapshot already contains (it happened before
     /// the snapshot was read): only the socket's state entry time is recorded.
     pub fn observe(&mut self, t: &Transition) -> Applied {
-        let ms_in_old = self
+        let micros_in_old = self
             .entered
             .get(&t.at.skaddr)
             .filter(|(s, _)| *s == t.old)
-            .map(|(_, at)| micros_as_ms(t.at.ts_ns.saturating_sub(*at)));
+            .map(|(_, at)| whole_micros(t.at.ts_ns.saturating_sub(*at)));
         if t.new == TcpState::Close {
             self.entered.remove(&t.at.skaddr);
         } else if self.entered.len() < self.cfg.max_tracked_sockets {
             self.entered.insert(t.at.skaddr, (t.new, t.at.ts_ns));
         }
         Applied {
-            ms_in_old,
+            micros_in_old,
             ..Default::default()
         }
     }
@@ -1030,7 +1031,7 @@ mod tests {
         let mut t = Tally::new(TallyConfig::default());
         assert_eq!(
             t.apply(&tr(1, 5 * SEC, (1, 0), (2, 80), Close, SynSent))
-                .ms_in_old,
+                .micros_in_old,
             None
         );
         let a = t.apply(&tr(
@@ -1041,11 +1042,11 @@ mod tests {
             SynSent,
             Established,
         ));
-        assert_eq!(a.ms_in_old, Some(1.5));
+        assert_eq!(a.micros_in_old, Some(1500));
         // A socket tcpmon never saw enter its state has no duration.
         assert_eq!(
             t.apply(&tr(9, 6 * SEC, (1, 6), (2, 80), Established, FinWait1))
-                .ms_in_old,
+                .micros_in_old,
             None
         );
     }

@@ -666,16 +666,16 @@ impl Session<'_> {
             })
         };
         if self.args.shows(t) {
-            let ms = applied.and_then(|a| a.ms_in_old);
+            let micros = applied.and_then(|a| a.micros_in_old);
             if self.args.json {
                 // Records pile up in one buffer written out in large pieces (see
                 // flush_records), sparing a copy through the BufWriter per record.
-                self.fast.json(t, &self.clock, ms, origin);
+                self.fast.json(t, &self.clock, micros, origin);
                 if self.fast.buf.len() >= RECORD_FLUSH_BYTES {
                     self.flush_records()?;
                 }
             } else {
-                TransitionRecord::new(t, &self.clock, ms, origin).write_human(&mut self.out)?;
+                TransitionRecord::new(t, &self.clock, micros, origin).write_human(&mut self.out)?;
             }
         }
         if applied.is_some_and(|a| a.new_listener) {
