@@ -80,7 +80,7 @@ fn consume(c: &mut Criterion) {
                 };
                 let applied = tally.apply(&t);
                 writer.json(&t, &clock, applied.micros_in_old, Origin::Ebpf);
-                if writer.buf.len() > 1 << 20 {
+                if writer.buf.len() > 64 << 10 {
                     black_box(&writer.buf);
                     writer.buf.clear();
                 }

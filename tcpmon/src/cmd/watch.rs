@@ -235,8 +235,10 @@ struct Session<'a> {
     last_half_open_dump_ns: u64,
 }
 
-/// Pending NDJSON bytes written in one go: larger than the BufWriter, so they bypass it.
-const RECORD_FLUSH_BYTES: usize = 512 << 10;
+/// Pending NDJSON bytes written in one go: larger than the BufWriter, so they bypass it,
+/// and small enough that the reused buffer stays in cache (the consume bench: 134 -> 129
+/// ns per transition against 1 MiB; 64 KiB is also a default pipe's capacity).
+const RECORD_FLUSH_BYTES: usize = 64 << 10;
 
 /// At most one /proc read a second to name the owners of CLOSE_WAIT sockets.
 const OWNER_LOOKUP_GAP_NS: u64 = 1_000_000_000;
@@ -291,7 +293,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     let mut session = Session {
         args,
         style,
-        out: io::BufWriter::with_capacity(256 << 10, stdout.lock()),
+        out: io::BufWriter::with_capacity(32 << 10, stdout.lock()),
         clock: Clock::now(),
         tally: Tally::new(TallyConfig {
             max_ips: args.max_ips,
