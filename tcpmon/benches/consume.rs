@@ -88,12 +88,16 @@ fn consume(c: &mut Criterion) {
             black_box(tally.view(5).states.len())
         })
     });
-    // The quiet path as the reader runs it: records walked out of two rings (one per
-    // CPU) in passes of a few thousand, put back in time order, decoded and tallied.
+    // The quiet path as the reader runs it (--quiet-transitions): records walked out of
+    // two rings (one per CPU) in passes of a few thousand, put back in time order, decoded
+    // and tallied, without entry times as nothing shows them.
     let rings = two_rings(&records);
     group.bench_function("rings+reorder+decode+tally", |b| {
         b.iter(|| {
-            let mut tally = Tally::new(TallyConfig::default());
+            let mut tally = Tally::new(TallyConfig {
+                max_tracked_sockets: 0,
+                ..TallyConfig::default()
+            });
             let mut reorder = Reorder::default();
             let mut batch = Vec::new();
             let mut positions = [0u64; 2];

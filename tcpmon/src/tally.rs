@@ -44,7 +44,9 @@ const USER_HZ: u64 = 100;
 pub struct TallyConfig {
     /// Remote IPs counted individually; the rest are aggregated (and said to be).
     pub max_ips: usize,
-    /// Sockets whose state entry time is remembered (for "time in old state").
+    /// Sockets whose state entry time is remembered (for "time in old state"); 0 when
+    /// nothing shows it (watch --quiet-transitions), which spares two map operations per
+    /// transition.
     pub max_tracked_sockets: usize,
     /// TIME_WAIT entries held at most (the kernel's net.ipv4.tcp_max_tw_buckets, past
     /// which it creates none).
@@ -523,7 +525,8 @@ impl Tally {
 
         // Time in the old state, and what the socket's next transition will measure from.
         let key = t.at.skaddr;
-        applied.micros_in_old = if born {
+        let timed = self.cfg.max_tracked_sockets > 0;
+        applied.micros_in_old = if born || !timed {
             None
         } else {
             self.entered
@@ -531,7 +534,9 @@ impl Tally {
                 .filter(|(s, _)| *s == t.old)
                 .map(|(_, at)| whole_micros(t.at.ts_ns.saturating_sub(*at)))
         };
-        if gone {
+        if !timed {
+            // Nothing shows the time in a state: no entry times kept.
+        } else if gone {
             self.entered.remove(&key);
         } else {
             if self.entered.len() >= self.cfg.max_tracked_sockets
@@ -1024,6 +1029,35 @@ mod tests {
             (count(&t, Established), count(&t, TimeWait), t.duplicates),
             (1, 1, 2)
         );
+    }
+
+    #[test]
+    fn untimed_tally_counts_alike_and_keeps_no_entry_times() {
+        let mut timed = Tally::new(TallyConfig::default());
+        let mut untimed = Tally::new(TallyConfig {
+            max_tracked_sockets: 0,
+            ..TallyConfig::default()
+        });
+        let stream = [
+            tr(1, SEC, (1, 0), (2, 80), Close, SynSent),
+            tr(1, SEC + 1_000_000, (1, 5), (2, 80), SynSent, Established),
+            tr(2, SEC + 2_000_000, (1, 0), (3, 80), Close, SynSent),
+            tr(2, SEC + 3_000_000, (1, 6), (3, 80), SynSent, Established),
+            tr(1, 2 * SEC, (1, 5), (2, 80), Established, FinWait1),
+            tr(1, 2 * SEC + 1_000, (1, 5), (2, 80), FinWait1, FinWait2),
+            tr(1, 2 * SEC + 2_000, (1, 5), (2, 80), FinWait2, Close),
+        ];
+        let mut timed_durations = 0;
+        for t in &stream {
+            timed_durations += usize::from(timed.apply(t).micros_in_old.is_some());
+            assert_eq!(untimed.apply(t).micros_in_old, None);
+        }
+        assert_eq!(timed_durations, 5);
+        assert_eq!(untimed.state_counts(), timed.state_counts());
+        assert_eq!(untimed.view(10).per_ip_top, timed.view(10).per_ip_top);
+        // The timed tally remembers when socket 2 entered ESTABLISHED; the other, nothing.
+        assert_eq!(timed.entries() - untimed.entries(), 1);
+        assert_eq!(untimed.timing_resets, 0);
     }
 
     #[test]

@@ -303,7 +303,11 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
                 .unwrap_or(TallyConfig::default().max_time_wait),
-            ..Default::default()
+            max_tracked_sockets: if args.quiet_transitions {
+                0
+            } else {
+                TallyConfig::default().max_tracked_sockets
+            },
         }),
         detector: Detector::new(args.thresholds.thresholds()),
         proc_root: Path::new("/proc"),
