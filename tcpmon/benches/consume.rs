@@ -99,7 +99,6 @@ fn consume(c: &mut Criterion) {
                 ..TallyConfig::default()
             });
             let mut reorder = Reorder::default();
-            let mut batch = Vec::new();
             let mut positions = [0u64; 2];
             // The clock when a pass starts: after every record read so far was stamped.
             let mut newest = 0;
@@ -123,13 +122,12 @@ fn consume(c: &mut Criterion) {
                     positions[index] = walk.position;
                     any |= walk.records > 0;
                 }
-                reorder.release(pass_started, &mut batch);
-                for raw in batch.drain(..) {
-                    let Ok(Record::Transition(t)) = decode_event(&raw) else {
+                reorder.release(pass_started, |raw| {
+                    let Ok(Record::Transition(t)) = decode_event(raw) else {
                         unreachable!("only state records here")
                     };
                     black_box(tally.apply(&t));
-                }
+                });
                 if !any && reorder.is_empty() {
                     break;
                 }

@@ -51,10 +51,10 @@ impl Reorder {
         self.pending.iter().all(Vec::is_empty)
     }
 
-    /// Appends to `into`, oldest first, every held record stamped before `pass_started`:
+    /// Hands to `each`, oldest first, every held record stamped before `pass_started`:
     /// the monotonic time (the clock of bpf_ktime_get_ns) taken before the last complete
     /// pass over all rings began. Equal stamps go out in ring order.
-    pub fn release(&mut self, pass_started: u64, into: &mut Vec<SockEvent>) {
+    pub fn release(&mut self, pass_started: u64, mut each: impl FnMut(&SockEvent)) {
         for ring in &mut self.pending {
             if !ring.is_sorted_by_key(|r| r.ts_ns) {
                 ring.sort_by_key(|r| r.ts_ns);
@@ -73,7 +73,7 @@ impl Reorder {
                 }
             }
             let Some((ring, _)) = oldest else { break };
-            into.push(self.pending[ring][self.heads[ring]]);
+            each(&self.pending[ring][self.heads[ring]]);
             self.heads[ring] += 1;
         }
         for (records, &head) in self.pending.iter_mut().zip(&self.heads) {
@@ -83,11 +83,11 @@ impl Reorder {
 
     /// Hands out everything still held, oldest first (at detach, when no ring will be
     /// read again).
-    pub fn release_all(&mut self, into: &mut Vec<SockEvent>) {
-        self.release(u64::MAX, into);
+    pub fn release_all(&mut self, mut each: impl FnMut(&SockEvent)) {
+        self.release(u64::MAX, &mut each);
         // Stamped u64::MAX, if any such record exists.
         for records in &mut self.pending {
-            into.append(records);
+            records.drain(..).for_each(|r| each(&r));
         }
     }
 }
@@ -113,14 +113,14 @@ mod tests {
             reorder.push(ring, record(ts, sk, 0));
         }
         let mut out = Vec::new();
-        reorder.release(31, &mut out);
+        reorder.release(31, |r| out.push(*r));
         assert_eq!(
             out.iter().map(|r| r.ts_ns).collect::<Vec<_>>(),
             [10, 20, 30]
         );
         assert_eq!(reorder.len(), 1);
         out.clear();
-        reorder.release_all(&mut out);
+        reorder.release_all(|r| out.push(*r));
         assert_eq!(out.iter().map(|r| r.ts_ns).collect::<Vec<_>>(), [50]);
         assert!(reorder.is_empty());
     }
@@ -201,7 +201,7 @@ mod tests {
                         read[i] += 1;
                     }
                 }
-                reorder.release(pass_started, &mut out);
+                reorder.release(pass_started, |r| out.push(*r));
             }
             // Drain the rest as at detach.
             for (i, ring) in rings.iter().enumerate() {
@@ -209,7 +209,7 @@ mod tests {
                     reorder.push(i, record(s.stamped, s.socket, s.step));
                 }
             }
-            reorder.release_all(&mut out);
+            reorder.release_all(|r| out.push(*r));
             prop_assert_eq!(out.len(), sims.len());
             let mut expected_step = [0u8; 6];
             for r in &out {

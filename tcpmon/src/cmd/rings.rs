@@ -54,14 +54,14 @@ impl Rings {
         self.wake.notified().await;
     }
 
-    /// Reads every ring and appends to `into`, oldest first, the records that are safe
-    /// to hand out (all of them when `everything`, at detach); what cannot be decoded
-    /// goes to `problems`. Two passes: the second lets the records the first one read go
-    /// out at once.
+    /// Reads every ring and hands to `each`, oldest first, the records that are safe to
+    /// hand out (all of them when `everything`, at detach); what cannot be decoded goes
+    /// to `problems`. Two passes: the second lets the records the first one read go out
+    /// at once.
     pub fn read(
         &mut self,
         everything: bool,
-        into: &mut Vec<SockEvent>,
+        mut each: impl FnMut(&SockEvent),
         problems: &mut Vec<DecodeError>,
     ) {
         for _ in 0..2 {
@@ -82,13 +82,13 @@ impl Rings {
                 }
                 any |= walk.records > 0;
             }
-            self.reorder.release(pass_started, into);
+            self.reorder.release(pass_started, &mut each);
             if !any && self.reorder.is_empty() {
                 break;
             }
         }
         if everything {
-            self.reorder.release_all(into);
+            self.reorder.release_all(each);
         }
     }
 }

@@ -230,8 +230,6 @@ struct Session<'a> {
     /// in-flight events arrive before they are missed).
     opens_base: Option<kstats::Opens>,
     opens_prev: Option<kstats::Opens>,
-    /// Records read from the rings, reused between drains.
-    batch: Vec<SockEvent>,
     last_half_open_dump_ns: u64,
 }
 
@@ -339,7 +337,6 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
         last_owner_lookup_ns: 0,
         opens_base: None,
         opens_prev: None,
-        batch: Vec::new(),
         last_half_open_dump_ns: 0,
     };
     release_free_memory();
@@ -616,32 +613,42 @@ impl Session<'_> {
     /// Reads the rings and applies, in time order, what is safe to apply: everything
     /// when `everything` (at detach, records held for ordering included).
     fn drain_rings(&mut self, rings: &mut Rings, everything: bool) -> Result<()> {
-        let mut batch = std::mem::take(&mut self.batch);
         let mut problems = Vec::new();
-        rings.read(everything, &mut batch, &mut problems);
+        // Records are handled as the merge hands them out, without an intermediate copy;
+        // after a failed write the rest are still tallied, and the error returned.
+        let mut failed = None;
+        rings.read(
+            everything,
+            |raw| {
+                if let Err(e) = self.ring_record(raw) {
+                    failed.get_or_insert(e);
+                }
+            },
+            &mut problems,
+        );
         for problem in problems {
             self.received.decode_errors += 1;
             log::warn!("undecodable ring-buffer record: {problem}");
         }
-        for raw in batch.drain(..) {
-            match decode_event(&raw) {
-                Ok(Record::Transition(t)) => self.transition(&t, Origin::Ebpf)?,
-                Ok(Record::SynAckRetransmit(at)) => {
-                    self.received.synack_retransmits += 1;
-                    self.syn.synack_retransmit(listener_of(&at));
-                }
-                Ok(Record::SynRequest(at)) => {
-                    self.received.syn_requests += 1;
-                    self.syn.syn(listener_of(&at), canonical_ip(at.remote_ip));
-                }
-                Err(e) => {
-                    self.received.decode_errors += 1;
-                    log::warn!("undecodable ring-buffer record: {e}");
-                }
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn ring_record(&mut self, raw: &SockEvent) -> Result<()> {
+        match decode_event(raw) {
+            Ok(Record::Transition(t)) => self.transition(&t, Origin::Ebpf)?,
+            Ok(Record::SynAckRetransmit(at)) => {
+                self.received.synack_retransmits += 1;
+                self.syn.synack_retransmit(listener_of(&at));
+            }
+            Ok(Record::SynRequest(at)) => {
+                self.received.syn_requests += 1;
+                self.syn.syn(listener_of(&at), canonical_ip(at.remote_ip));
+            }
+            Err(e) => {
+                self.received.decode_errors += 1;
+                log::warn!("undecodable ring-buffer record: {e}");
             }
         }
-        // The emptied buffer keeps its capacity for the next drain.
-        self.batch = batch;
         Ok(())
     }
 
