@@ -90,7 +90,9 @@ impl SockEvent {
     }
 
     /// Decodes a record of either size (a [`ShortEvent`] is widened); `None` for any
-    /// other length.
+    /// other length. Inlined (user space is another crate) so that the record is built
+    /// where the caller keeps it.
+    #[inline]
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         // SAFETY: the lengths are checked; every bit pattern is valid for both types
         // (integers and byte arrays only); read_unaligned because ring-buffer data is
@@ -135,6 +137,7 @@ const _: () = assert!(core::mem::align_of::<ShortEvent>() == 8);
 
 impl ShortEvent {
     /// The full record this one stands for (no task, IPv4 addresses in the first bytes).
+    #[inline]
     pub fn widen(&self) -> SockEvent {
         let mut full = SockEvent::zeroed();
         full.ts_ns = self.ts_ns;
