@@ -91,7 +91,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     decode_event(&raw)
 }
 
-/// Checks and types a record already cut to size.
+/// Checks and types a record already cut to size. Inlined into the reader (another
+/// crate): returned through memory, the record was copied out with wider loads than the
+/// stores that built it, which stalled on store forwarding.
+#[inline]
 pub fn decode_event(raw: &SockEvent) -> Result<Record, DecodeError> {
     let family = match raw.family {
         AF_INET => Family::Ipv4,
