@@ -534,11 +534,9 @@ impl Tally {
                 .filter(|(s, _)| *s == t.old)
                 .map(|(_, at)| whole_micros(t.at.ts_ns.saturating_sub(*at)))
         };
-        if !timed {
-            // Nothing shows the time in a state: no entry times kept.
-        } else if gone {
+        if timed && gone {
             self.entered.remove(&key);
-        } else {
+        } else if timed {
             if self.entered.len() >= self.cfg.max_tracked_sockets
                 && !self.entered.contains_key(&key)
             {

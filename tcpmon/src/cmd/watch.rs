@@ -288,6 +288,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     };
     let stdout: &'static io::Stdout = Box::leak(Box::new(io::stdout()));
     let port_range = tcpmon::port_range(Path::new("/proc"));
+    let tally_defaults = TallyConfig::default();
     let mut session = Session {
         args,
         style,
@@ -300,11 +301,12 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
             max_time_wait: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_tw_buckets")
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
-                .unwrap_or(TallyConfig::default().max_time_wait),
+                .unwrap_or(tally_defaults.max_time_wait),
+            // Without transition lines nothing shows the time in a state.
             max_tracked_sockets: if args.quiet_transitions {
                 0
             } else {
-                TallyConfig::default().max_tracked_sockets
+                tally_defaults.max_tracked_sockets
             },
         }),
         detector: Detector::new(args.thresholds.thresholds()),
@@ -614,14 +616,14 @@ impl Session<'_> {
     /// when `everything` (at detach, records held for ordering included).
     fn drain_rings(&mut self, rings: &mut Rings, everything: bool) -> Result<()> {
         let mut problems = Vec::new();
-        // Records are handled as the merge hands them out, without an intermediate copy;
-        // after a failed write the rest are still tallied, and the error returned.
+        // Records are handled as the merge hands them out, without an intermediate copy.
+        // A failed write ends the watch: the records after it are left alone.
         let mut failed = None;
         rings.read(
             everything,
             |raw| {
-                if let Err(e) = self.ring_record(raw) {
-                    failed.get_or_insert(e);
+                if failed.is_none() {
+                    failed = self.ring_record(raw).err();
                 }
             },
             &mut problems,
