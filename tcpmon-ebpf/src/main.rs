@@ -7,7 +7,10 @@
 #![no_std]
 #![no_main]
 
-use core::mem::offset_of;
+use core::{
+    mem::{offset_of, MaybeUninit},
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     helpers::{
@@ -21,8 +24,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tcpmon_common::{
-    counter, kind, made_by_syscall, ShortEvent, SockEvent, AF_INET, DEFAULT_RING_BYTES,
-    IPPROTO_TCP, RING_COUNT,
+    counter, kind, made_by_syscall, slot_tag, ShortEvent, Slot, SlotCursor, SockEvent, AF_INET,
+    BPF_F_MMAPABLE, DEFAULT_RING_BYTES, IPPROTO_TCP, RING_COUNT, SLOT_HEAD_BYTES,
 };
 
 // One ring per CPU (see RING_COUNT); user space sets their sizes and leaves the rings
@@ -44,6 +47,15 @@ static EVENTS6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map(name = "EVENTS7")]
 static EVENTS7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 const _: () = assert!(RING_COUNT == 8);
+
+// State transitions: one ring of slots per CPU (see tcpmon-common's SlotCursor). User
+// space sizes both maps (CPUs << SLOTS_SHIFT slots, one cursor per CPU).
+#[map(name = "STATE_SLOTS")]
+static STATE_SLOTS: Array<Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map(name = "STATE_CURSORS")]
+static STATE_CURSORS: Array<SlotCursor> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[unsafe(no_mangle)]
+static SLOTS_SHIFT: Global<u32> = Global::new(0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -96,13 +108,12 @@ mod retransmit_synack {
     pub const DADDR_V6: usize = 54;
 }
 
-/// Wake the reader when this much is waiting...
-const WAKEUP_BYTES: u64 = 1 << 20;
-/// ...or when it has not been woken for this long (user space also drains on a timer).
+/// Wake the reader when it has not been woken for this long (user space also drains on a
+/// timer). No byte threshold: at this machine's peak (~30 MB/s over all rings) 5 ms fill
+/// well under 1 MiB, and asking the ring how full it is costs a helper call per record.
 const WAKEUP_NS: u64 = 5_000_000;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// BPF_SOCK_OPS_TIMEOUT_INIT: the kernel asks for a SYN-ACK timeout when it creates a
 /// request socket for an incoming SYN (and for its own SYN on connect, a full socket).
@@ -137,40 +148,49 @@ fn bump(index: u32) {
 }
 
 /// Batched notification: waking the reader for every record costs a context switch per
-/// record under load; waking it per megabyte or every 5 ms keeps latency low when quiet
-/// and the cost flat when busy.
+/// record under load; waking it at most every 5 ms keeps latency low when quiet and the
+/// cost flat when busy. True when this record should wake the reader.
 #[inline(always)]
-fn wakeup_flags(ring: u32, queued: u64, now: u64) -> u64 {
+fn wakeup_due(ring: u32, now: u64) -> bool {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(ring) else {
-        return 0;
+        return true;
     };
     // SAFETY: valid map value pointer; a racy read-modify-write is harmless here.
     unsafe {
-        if queued >= WAKEUP_BYTES || now.wrapping_sub(*last) >= WAKEUP_NS {
+        if now.wrapping_sub(*last) >= WAKEUP_NS {
             *last = now;
-            BPF_RB_FORCE_WAKEUP
+            true
         } else {
-            BPF_RB_NO_WAKEUP
+            false
         }
     }
 }
 
+/// One field store. Volatile, so that the compiler keeps the stores of a slot record in
+/// order before the volatile store of the position that publishes it (the BPF backend
+/// has no compiler fence).
 #[inline(always)]
 unsafe fn put<T>(base: *mut u8, offset: usize, value: T) {
-    // SAFETY: the caller writes inside a reserved SockEvent at a field's own offset.
-    unsafe { (base.add(offset) as *mut T).write(value) }
+    // SAFETY: the caller writes inside a record at a field's own offset.
+    unsafe { write_volatile(base.add(offset) as *mut T, value) }
 }
 
-/// Reserves a `T` in this CPU's ring, with the bytes already queued there. Each ring is
-/// named in its own branch: map pointers must be constants the verifier can see.
+/// This CPU's ring buffer.
 #[inline(always)]
-fn reserve<T>() -> Option<(aya_ebpf::maps::ring_buf::RingBufEntry<T>, u32, u64)> {
+fn this_ring() -> u32 {
     // SAFETY: helper without preconditions.
-    let ring = unsafe { bpf_get_smp_processor_id() } % RING_COUNT as u32;
+    unsafe { bpf_get_smp_processor_id() % RING_COUNT as u32 }
+}
+
+/// Copies a record into ring buffer `ring` and commits it: one helper call, where
+/// reserving in place and submitting takes two (each call and return goes through the
+/// kernel's mitigation thunks). Each ring is named in its own branch: map pointers must be
+/// constants the verifier can see.
+#[inline(always)]
+fn ring_output<T>(ring: u32, record: &T, flags: u64) -> Result<(), i32> {
     macro_rules! on {
         ($map:ident) => {
-            $map.reserve::<T>(0)
-                .map(|entry| (entry, ring, $map.query(BPF_RB_AVAIL_DATA)))
+            $map.output::<T>(record, flags)
         };
     }
     match ring {
@@ -185,26 +205,114 @@ fn reserve<T>() -> Option<(aya_ebpf::maps::ring_buf::RingBufEntry<T>, u32, u64)>
     }
 }
 
-/// Writes the record (every byte, padding included) and commits it: the short form for
-/// IPv4 without a task, the commonest case, else the full one.
+/// Sends a finished record through this CPU's ring buffer, counting it.
 #[inline(always)]
-fn submit(f: &Fields) {
-    if f.family == AF_INET && f.tgid == 0 {
-        submit_short(f);
+fn output<T>(record: &T, now: u64) {
+    let ring = this_ring();
+    let flags = if wakeup_due(ring, now) {
+        BPF_RB_FORCE_WAKEUP
     } else {
-        submit_full(f);
+        BPF_RB_NO_WAKEUP
+    };
+    bump(if ring_output(ring, record, flags).is_ok() {
+        counter::SUBMITTED
+    } else {
+        counter::RINGBUF_FULL
+    });
+}
+
+/// Writes a state transition into this CPU's slot ring, or into its ring buffer when
+/// there are no slot rings.
+#[inline(always)]
+fn submit_state(f: &Fields) {
+    let shift = SLOTS_SHIFT.load();
+    if shift == 0 {
+        submit(f);
+        return;
+    }
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(cursor) = STATE_CURSORS.get_ptr_mut(cpu) else {
+        submit(f);
+        return;
+    };
+    let short = is_short(f);
+    let needed: u64 = if short { 1 } else { 2 };
+    // SAFETY: `cursor` and the slots are map value pointers. This program is the ring's
+    // only writer (see tcpmon_common::Slot); user space only ever writes `consumed`, and
+    // reads a slot only below the `produced` published after the slot was written.
+    unsafe {
+        let produced = read_volatile(&(*cursor).produced);
+        let consumed = read_volatile(&(*cursor).consumed);
+        if produced.wrapping_sub(consumed) + needed > 1u64 << shift {
+            bump(counter::RINGBUF_FULL);
+            return;
+        }
+        // Below max_entries: user space sizes the map as possible CPUs << shift.
+        let first = cpu << shift;
+        let mask = (1u32 << shift) - 1;
+        let Some(head) = STATE_SLOTS.get_ptr_mut(first | (produced as u32 & mask)) else {
+            submit(f);
+            return;
+        };
+        let head = head as *mut u8;
+        // Volatile stores stay in program order, and x86 (TSO) makes them visible in
+        // that order: the record is whole before the position that shows it.
+        if short {
+            write_short(head, f);
+            put(head, SLOT_HEAD_BYTES, slot_tag::SHORT);
+        } else {
+            let next = first | ((produced as u32 + 1) & mask);
+            let Some(tail) = STATE_SLOTS.get_ptr_mut(next) else {
+                submit(f);
+                return;
+            };
+            write_full(head, tail as *mut u8, f);
+            put(head, SLOT_HEAD_BYTES, slot_tag::FULL);
+        }
+        write_volatile(&mut (*cursor).produced, produced + needed);
+    }
+    bump(counter::SUBMITTED);
+    let ring = cpu % RING_COUNT as u32;
+    if wakeup_due(ring, f.ts_ns) {
+        // A lost doorbell only delays the read to user space's next timed drain.
+        let _ = ring_output(ring, &f.ts_ns, BPF_RB_FORCE_WAKEUP);
     }
 }
 
+/// The short record form fits: IPv4 without a task, the commonest case.
 #[inline(always)]
-fn submit_short(f: &Fields) {
-    let Some((mut entry, ring, queued)) = reserve::<ShortEvent>() else {
-        bump(counter::RINGBUF_FULL);
-        return;
-    };
-    let p = entry.as_mut_ptr() as *mut u8;
-    // SAFETY: offsets of ShortEvent's own fields, inside the reserved record. The IPv4
-    // address is the low 4 bytes of the first address half (native order = memory order).
+fn is_short(f: &Fields) -> bool {
+    f.family == AF_INET && f.tgid == 0
+}
+
+/// Writes the record (every byte, padding included) into a ring buffer and commits it.
+#[inline(always)]
+fn submit(f: &Fields) {
+    if is_short(f) {
+        let mut record = MaybeUninit::<ShortEvent>::uninit();
+        // SAFETY: every byte of the record is written before it is read.
+        unsafe {
+            write_short(record.as_mut_ptr() as *mut u8, f);
+            output(record.assume_init_ref(), f.ts_ns);
+        }
+    } else {
+        let mut record = MaybeUninit::<SockEvent>::uninit();
+        let p = record.as_mut_ptr() as *mut u8;
+        // SAFETY: as above; the tail follows the head.
+        unsafe {
+            write_full(p, p.add(SLOT_HEAD_BYTES), f);
+            output(record.assume_init_ref(), f.ts_ns);
+        }
+    }
+}
+
+/// Writes every byte of a `ShortEvent` (padding included) at `p`.
+#[inline(always)]
+unsafe fn write_short(p: *mut u8, f: &Fields) {
+    // SAFETY: the caller passes room for a ShortEvent; these are its fields' offsets. The
+    // IPv4 address is the low 4 bytes of the first address half (native order = memory
+    // order).
     unsafe {
         put(p, offset_of!(ShortEvent, ts_ns), f.ts_ns);
         put(p, offset_of!(ShortEvent, skaddr), f.skaddr);
@@ -220,41 +328,45 @@ fn submit_short(f: &Fields) {
         put(p, offset_of!(ShortEvent, _pad1), 0u8);
         put(p, offset_of!(ShortEvent, _pad2), 0u16);
     }
-    entry.submit(wakeup_flags(ring, queued, f.ts_ns));
-    bump(counter::SUBMITTED);
 }
 
+/// Writes every byte of a `SockEvent` (padding included): its first SLOT_HEAD_BYTES at
+/// `head`, the rest at `tail`.
 #[inline(always)]
-fn submit_full(f: &Fields) {
-    let Some((mut entry, ring, queued)) = reserve::<SockEvent>() else {
-        bump(counter::RINGBUF_FULL);
-        return;
-    };
-    let p = entry.as_mut_ptr() as *mut u8;
-    // SAFETY: offsets of SockEvent's own fields, inside the reserved record.
-    unsafe {
-        put(p, offset_of!(SockEvent, ts_ns), f.ts_ns);
-        put(p, offset_of!(SockEvent, skaddr), f.skaddr);
-        put(p, offset_of!(SockEvent, saddr), f.saddr.0);
-        put(p, offset_of!(SockEvent, saddr) + 8, f.saddr.1);
-        put(p, offset_of!(SockEvent, daddr), f.daddr.0);
-        put(p, offset_of!(SockEvent, daddr) + 8, f.daddr.1);
-        put(p, offset_of!(SockEvent, netns), f.netns);
-        put(p, offset_of!(SockEvent, tgid), f.tgid);
-        put(p, offset_of!(SockEvent, sport), f.sport);
-        put(p, offset_of!(SockEvent, dport), f.dport);
-        put(p, offset_of!(SockEvent, family), f.family);
-        put(p, offset_of!(SockEvent, kind), f.kind);
-        put(p, offset_of!(SockEvent, oldstate), f.oldstate);
-        put(p, offset_of!(SockEvent, newstate), f.newstate);
-        put(p, offset_of!(SockEvent, _pad1), 0u8);
-        put(p, offset_of!(SockEvent, _pad2), 0u16);
-        put(p, offset_of!(SockEvent, _pad4), 0u32);
-        put(p, offset_of!(SockEvent, comm), f.comm.0);
-        put(p, offset_of!(SockEvent, comm) + 8, f.comm.1);
+unsafe fn write_full(head: *mut u8, tail: *mut u8, f: &Fields) {
+    macro_rules! field {
+        ($offset:expr, $value:expr) => {{
+            let offset = $offset;
+            // SAFETY: the caller passes room for the head and the tail; the offsets are
+            // SockEvent's own, constants, so this branch folds away.
+            unsafe {
+                if offset < SLOT_HEAD_BYTES {
+                    put(head, offset, $value)
+                } else {
+                    put(tail, offset - SLOT_HEAD_BYTES, $value)
+                }
+            }
+        }};
     }
-    entry.submit(wakeup_flags(ring, queued, f.ts_ns));
-    bump(counter::SUBMITTED);
+    field!(offset_of!(SockEvent, ts_ns), f.ts_ns);
+    field!(offset_of!(SockEvent, skaddr), f.skaddr);
+    field!(offset_of!(SockEvent, saddr), f.saddr.0);
+    field!(offset_of!(SockEvent, saddr) + 8, f.saddr.1);
+    field!(offset_of!(SockEvent, daddr), f.daddr.0);
+    field!(offset_of!(SockEvent, daddr) + 8, f.daddr.1);
+    field!(offset_of!(SockEvent, netns), f.netns);
+    field!(offset_of!(SockEvent, tgid), f.tgid);
+    field!(offset_of!(SockEvent, sport), f.sport);
+    field!(offset_of!(SockEvent, dport), f.dport);
+    field!(offset_of!(SockEvent, family), f.family);
+    field!(offset_of!(SockEvent, kind), f.kind);
+    field!(offset_of!(SockEvent, oldstate), f.oldstate);
+    field!(offset_of!(SockEvent, newstate), f.newstate);
+    field!(offset_of!(SockEvent, _pad1), 0u8);
+    field!(offset_of!(SockEvent, _pad2), 0u16);
+    field!(offset_of!(SockEvent, _pad4), 0u32);
+    field!(offset_of!(SockEvent, comm), f.comm.0);
+    field!(offset_of!(SockEvent, comm) + 8, f.comm.1);
 }
 
 /// Reads `sk->__sk_common.skc_net.net->ns.inum` with offsets user space found in BTF.
@@ -367,7 +479,7 @@ fn submit_transition(t: Transition) {
     } else {
         (0, (0, 0))
     };
-    submit(&Fields {
+    submit_state(&Fields {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skaddr: t.skaddr,
@@ -440,7 +552,9 @@ static INET_SADDR_OFFSET: Global<u32> = Global::new(0);
 mod sock_common {
     pub const LEN: usize = 88;
     pub const DADDR: usize = 0;
+    pub const RCV_SADDR: usize = 4;
     pub const DPORT: usize = 12;
+    pub const NUM: usize = 14;
     pub const FAMILY: usize = 16;
     pub const NET: usize = 48;
     pub const V6_DADDR: usize = 56;
@@ -542,13 +656,12 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let newstate = ctx.arg::<u64>(2) as u8;
     // SAFETY: typed loads at offsets the loader checked against this kernel's BTF.
     unsafe {
-        // NULL unless a full TCP socket: the protocol filter, and the inet_sock fields
-        // live past struct sock, where only a tcp_sock pointer may read.
-        let tcp = bpf_skc_to_tcp_sock(sk as *mut _) as *const u8;
-        if tcp.is_null() {
+        // Fields of struct sock are read in place; bpf_skc_to_tcp_sock, which would also
+        // filter the protocol, costs a helper call (~25 ns here) on every run.
+        if load::<u16>(sk, SK_PROTOCOL_OFFSET.load() as usize) != IPPROTO_TCP {
             return 0;
         }
-        let net: *const u8 = load(tcp, c::NET);
+        let net: *const u8 = load(sk, c::NET);
         let netns = if net.is_null() {
             0
         } else {
@@ -556,30 +669,45 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
         };
         // A typed pointer: stored as is, never formatted (the verifier forbids
         // arithmetic on it), so no log line here; the counter still tells.
-        let skaddr = tcp as u64;
+        let skaddr = sk as u64;
         let Some(netns) = netns_filter(netns) else {
             return 0;
         };
-        let inet = INET_SADDR_OFFSET.load() as usize;
-        let family: u16 = load(tcp, c::FAMILY);
+        let family: u16 = load(sk, c::FAMILY);
+        // For TCP the bound source address (skc_rcv_saddr) is the source address the
+        // classic tracepoint shows (inet_saddr): connect(), accept and bind set both.
         let (saddr, daddr) = if family == AF_INET {
             (
-                (u64::from(load::<u32>(tcp, inet)), 0),
-                (u64::from(load::<u32>(tcp, c::DADDR)), 0),
+                (u64::from(load::<u32>(sk, c::RCV_SADDR)), 0),
+                (u64::from(load::<u32>(sk, c::DADDR)), 0),
             )
         } else {
             (
-                (load(tcp, c::V6_RCV_SADDR), load(tcp, c::V6_RCV_SADDR + 8)),
-                (load(tcp, c::V6_DADDR), load(tcp, c::V6_DADDR + 8)),
+                (load(sk, c::V6_RCV_SADDR), load(sk, c::V6_RCV_SADDR + 8)),
+                (load(sk, c::V6_DADDR), load(sk, c::V6_DADDR + 8)),
             )
+        };
+        // skc_num is the local port, but 0 once a closing socket has given its port
+        // back (inet_put_port runs before the move to CLOSE). Then inet_sport, as the
+        // classic tracepoint reads it, past struct sock: only a tcp_sock pointer may.
+        let num: u16 = load(sk, c::NUM);
+        let sport = if num != 0 {
+            num
+        } else {
+            let tcp = bpf_skc_to_tcp_sock(sk as *mut _) as *const u8;
+            if tcp.is_null() {
+                0
+            } else {
+                u16::from_be(load(tcp, INET_SADDR_OFFSET.load() as usize + 6))
+            }
         };
         submit_transition(Transition {
             skaddr,
             saddr,
             daddr,
             netns,
-            sport: u16::from_be(load(tcp, inet + 6)),
-            dport: u16::from_be(load(tcp, c::DPORT)),
+            sport,
+            dport: u16::from_be(load(sk, c::DPORT)),
             family,
             oldstate,
             newstate,

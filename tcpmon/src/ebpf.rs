@@ -19,7 +19,10 @@ use aya::{
 };
 use tcpmon_common::{counter, names, DEFAULT_RING_BYTES, RING_COUNT};
 
-use crate::ringbuf::RingReader;
+use crate::{
+    ringbuf::RingReader,
+    slots::{SlotLayout, SlotRings},
+};
 
 /// The kernel object tcpmon-ebpf compiles to (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpmon"));
@@ -101,6 +104,10 @@ pub struct LoadOptions {
     pub synack: bool,
     /// Which hook delivers the state changes.
     pub state_hook: StateHook,
+    /// State transitions go through per-CPU slot rings (see tcpmon_common::SlotCursor)
+    /// instead of the ring buffers. Only on x86-64: the kernel side publishes a slot with
+    /// plain stores, which only x86's store order makes safe.
+    pub slot_rings: bool,
 }
 
 /// The three ways to hook sock:inet_sock_set_state, cheapest first. All three produce the
@@ -135,6 +142,7 @@ impl Default for LoadOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             synack: true,
             state_hook: StateHook::Auto,
+            slot_rings: cfg!(target_arch = "x86_64"),
         }
     }
 }
@@ -166,6 +174,8 @@ pub struct Probe {
     /// The rings CPUs write to (see [`RingLayout`]), for the caller to take.
     pub rings: Vec<RingReader>,
     pub ring_layout: RingLayout,
+    /// The per-CPU slot rings of state transitions, when used, for the caller to take.
+    pub slot_rings: Option<SlotRings>,
     counters: PerCpuArray<MapData, u64>,
     program_fds: Vec<std::os::fd::OwnedFd>,
     /// Things worth telling the operator once (e.g. "mounted tracefs").
@@ -367,9 +377,11 @@ pub struct RawOffsets {
 
 /// The `struct sock_common` head layout compiled into the raw and BTF programs (field,
 /// offset); a kernel with another layout gets the classic tracepoint.
-const SOCK_COMMON_HEAD: [(&str, u32); 6] = [
+const SOCK_COMMON_HEAD: [(&str, u32); 8] = [
     ("__sk_common.skc_daddr", 0),
+    ("__sk_common.skc_rcv_saddr", 4),
     ("__sk_common.skc_dport", 12),
+    ("__sk_common.skc_num", 14),
     ("__sk_common.skc_family", 16),
     ("__sk_common.skc_net.net", 48),
     ("__sk_common.skc_v6_daddr", 56),
@@ -547,12 +559,29 @@ impl Probe {
                 0
             }),
         };
-        let layout = RingLayout::new(options.ring_bytes, possible_cpus(), page_size());
+        let cpus = possible_cpus();
+        // With slot rings, the ring buffers carry only SYN records and doorbells: a
+        // quarter of the budget, the rest buys slots.
+        let slot_layout = options
+            .slot_rings
+            .then(|| SlotLayout::new(u64::from(options.ring_bytes) / 4 * 3, cpus as u32))
+            .flatten();
+        let ring_share = match slot_layout {
+            Some(_) => options.ring_bytes / 4,
+            None => options.ring_bytes,
+        };
+        let layout = RingLayout::new(ring_share, cpus, page_size());
         let mut loader = EbpfLoader::new();
         for (ring, name) in names::EVENTS_MAPS.iter().enumerate() {
             loader.map_max_entries(name, layout.size_of(ring));
         }
+        let slots_shift = slot_layout.map_or(0, |l| l.shift);
+        if let Some(slots) = slot_layout {
+            loader.map_max_entries(names::STATE_SLOTS_MAP, slots.entries().unwrap_or(1));
+            loader.map_max_entries(names::STATE_CURSORS_MAP, slots.cpus);
+        }
         let mut ebpf = loader
+            .override_global(names::SLOTS_SHIFT, &slots_shift, true)
             .override_global(names::TARGET_NETNS, &target, true)
             .override_global(names::SK_NET_OFFSET, &sk_net, true)
             .override_global(names::NET_INUM_OFFSET, &net_inum, true)
@@ -649,6 +678,13 @@ impl Probe {
                 .map_err(|e| LoadError::Other(format!("mapping {name}: {e}")))?;
             rings.push(reader);
         }
+        let slot_rings = match slot_layout {
+            Some(slots) => Some(
+                map_slot_rings(&mut ebpf, slots)
+                    .map_err(|e| LoadError::Other(format!("mapping the slot rings: {e}")))?,
+            ),
+            None => None,
+        };
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS_MAP)
                 .ok_or_else(|| LoadError::Other("COUNTERS map missing".into()))?,
@@ -658,6 +694,7 @@ impl Probe {
             ebpf,
             rings,
             ring_layout: layout,
+            slot_rings,
             state_hook,
             counters,
             program_fds,
@@ -725,6 +762,22 @@ impl Probe {
 }
 
 /// The number of CPUs the kernel may run on (each may write records).
+/// Takes the slot and cursor maps out of the object and maps them.
+fn map_slot_rings(ebpf: &mut Ebpf, layout: SlotLayout) -> io::Result<SlotRings> {
+    let mut fd_of = |name: &str| -> io::Result<std::os::fd::OwnedFd> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or_else(|| io::Error::other(format!("{name} map missing")))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(io::Error::other(format!("{name} is not an array")));
+        };
+        data.fd().as_fd().try_clone_to_owned()
+    };
+    let slots = fd_of(names::STATE_SLOTS_MAP)?;
+    let cursors = fd_of(names::STATE_CURSORS_MAP)?;
+    SlotRings::new(slots, cursors, layout)
+}
+
 fn possible_cpus() -> usize {
     aya::util::nr_cpus().unwrap_or(RING_COUNT)
 }

@@ -74,6 +74,8 @@ pub enum DecodeError {
     State(u8),
     #[error("ring buffer {0} holds a record header longer than the ring: it is no longer read")]
     RingHeader(usize),
+    #[error("the slot ring of CPU {0} holds what no writer produces: it is no longer read")]
+    SlotCorrupt(usize),
 }
 
 /// Transitions the kernel only makes inside a system call of the socket's owner:

@@ -31,6 +31,7 @@ pub mod procfs;
 pub mod render;
 pub mod ringbuf;
 pub mod rules;
+pub mod slots;
 pub mod snapshot;
 pub mod tally;
 

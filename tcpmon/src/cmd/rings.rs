@@ -1,15 +1,22 @@
-//! The per-CPU ring buffers read as one stream in time order (see tcpmon::order).
+//! The per-CPU ring buffers and slot rings read as one stream in time order (see
+//! tcpmon::order).
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use tcpmon::{event::DecodeError, live::monotonic_ns, order::Reorder, ringbuf::RingReader};
-use tcpmon_common::SockEvent;
+use tcpmon::{
+    event::DecodeError, live::monotonic_ns, order::Reorder, ringbuf::RingReader, slots::SlotRings,
+};
+use tcpmon_common::{SockEvent, DOORBELL_SIZE, RING_COUNT};
 use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
 
 pub struct Rings {
     rings: Vec<RingReader>,
     /// Rings found corrupt (a header claiming more than the ring): no longer read.
     broken: Vec<bool>,
+    /// The state transitions' slot rings, when the kernel side uses them.
+    slots: Option<SlotRings>,
+    /// Slot rings found with impossible positions: no longer read.
+    broken_slots: Vec<bool>,
     reorder: Reorder,
     /// Set when any ring's reader is woken.
     wake: Arc<Notify>,
@@ -17,8 +24,9 @@ pub struct Rings {
 }
 
 impl Rings {
-    /// Takes the rings and starts one readiness watcher per ring on the runtime.
-    pub fn new(rings: Vec<RingReader>) -> Result<Self> {
+    /// Takes the rings and starts one readiness watcher per ring buffer on the runtime
+    /// (the slot rings have none: the kernel rings a ring buffer's doorbell for them).
+    pub fn new(rings: Vec<RingReader>, slots: Option<SlotRings>) -> Result<Self> {
         let wake = Arc::new(Notify::new());
         let mut watchers = Vec::with_capacity(rings.len());
         for ring in &rings {
@@ -43,6 +51,8 @@ impl Rings {
         Ok(Self {
             broken: vec![false; rings.len()],
             rings,
+            broken_slots: vec![false; slots.as_ref().map_or(0, |s| s.layout().cpus as usize)],
+            slots,
             reorder: Reorder::default(),
             wake,
             watchers,
@@ -74,6 +84,7 @@ impl Rings {
                 let reorder = &mut self.reorder;
                 let walk = ring.read(|item| match SockEvent::from_bytes(item) {
                     Some(record) => reorder.push(index, record),
+                    None if item.len() == DOORBELL_SIZE => {}
                     None => problems.push(DecodeError::Length(item.len())),
                 });
                 if walk.corrupt {
@@ -81,6 +92,24 @@ impl Rings {
                     problems.push(DecodeError::RingHeader(index));
                 }
                 any |= walk.records > 0;
+            }
+            if let Some(slots) = &mut self.slots {
+                for (cpu, broken) in self.broken_slots.iter_mut().enumerate() {
+                    if *broken {
+                        continue;
+                    }
+                    // CPU c's ring buffer is c % RING_COUNT: one queue per group of CPUs
+                    // keeps the merge narrow (the queue sorts itself when they interleave).
+                    let queue = cpu % RING_COUNT;
+                    let reorder = &mut self.reorder;
+                    match slots.read(cpu, |record| reorder.push(queue, *record)) {
+                        Ok(records) => any |= records > 0,
+                        Err(_) => {
+                            *broken = true;
+                            problems.push(DecodeError::SlotCorrupt(cpu));
+                        }
+                    }
+                }
             }
             self.reorder.release(pass_started, &mut each);
             if !any && self.reorder.is_empty() {

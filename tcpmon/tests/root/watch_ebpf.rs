@@ -131,8 +131,16 @@ fn check_sequences(family: &str, listen: SocketAddr) {
         );
         // Exactly these three sockets: nothing from other namespaces leaked in.
         assert_eq!(per_socket.len(), 3, "{per_socket:#?}");
+        let loopback = listen.ip().to_string();
         for t in records(&lines, "transition") {
             assert_eq!(t["family"], family);
+            // Both ends are the loopback address on every transition, whichever field
+            // the hook reads it from (the BTF one takes the bound address).
+            let is_listener = t["remote_port"] == 0;
+            assert_eq!(t["local_ip"], loopback.as_str(), "{t}");
+            if !is_listener {
+                assert_eq!(t["remote_ip"], loopback.as_str(), "{t}");
+            }
             assert_eq!(t["netns"].as_u64(), Some(ns.inode()), "{t}");
             // pid only where a syscall made the transition
             let syscall = matches!(

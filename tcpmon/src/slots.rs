@@ -1,0 +1,357 @@
+//! Reads the per-CPU slot rings the state program writes (tcpmon_common::Slot says why
+//! they exist and how records are laid out): two mmapable array maps, one of slots (CPU
+//! after CPU, `1 << shift` slots each) and one of cursors (one per CPU).
+use std::{
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use tcpmon_common::{
+    slot_tag, Slot, SlotCursor, SockEvent, MIN_SLOTS_PER_CPU, SLOT_CURSOR_SIZE, SLOT_HEAD_BYTES,
+    SLOT_SIZE, SOCK_EVENT_SIZE,
+};
+
+/// How many slot rings there are and how big.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotLayout {
+    /// One ring per possible CPU (the kernel's CPU numbers stay below this).
+    pub cpus: u32,
+    /// log2 of the slots per ring.
+    pub shift: u32,
+}
+
+impl SlotLayout {
+    /// The rings `bytes` buys for `cpus` CPUs: a power of two of slots each, at least
+    /// MIN_SLOTS_PER_CPU. None when the slot map would not fit a u32 of entries.
+    pub fn new(bytes: u64, cpus: u32) -> Option<Self> {
+        let cpus = cpus.max(1);
+        let share = (bytes / u64::from(cpus) / SLOT_SIZE as u64)
+            .clamp(u64::from(MIN_SLOTS_PER_CPU), 1 << 31);
+        let shift = 63 - share.leading_zeros();
+        let layout = Self { cpus, shift };
+        layout.entries().map(|_| layout)
+    }
+
+    pub fn slots(&self) -> u32 {
+        1 << self.shift
+    }
+
+    /// The slot map's max_entries.
+    pub fn entries(&self) -> Option<u32> {
+        self.cpus.checked_mul(self.slots())
+    }
+
+    /// Bytes of slots in all.
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.cpus) * u64::from(self.slots()) * SLOT_SIZE as u64
+    }
+}
+
+/// A ring holding what no writer following the protocol produces (positions further
+/// apart than the ring, an unknown tag): it is no longer read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Corrupt {
+    /// Where reading stopped.
+    pub at: u64,
+    pub produced: u64,
+}
+
+fn bytes_of(slot: &Slot) -> &[u8; SLOT_SIZE] {
+    // SAFETY: Slot is repr(C), SLOT_SIZE bytes of plain integers.
+    unsafe { &*(slot as *const Slot).cast::<[u8; SLOT_SIZE]>() }
+}
+
+/// The record whose first slot is `head` (and, for a full record, whose second is what
+/// `next` returns), with how many slots it took.
+#[inline]
+fn record_at(head: &Slot, next: impl FnOnce() -> Option<Slot>) -> Option<(SockEvent, u64)> {
+    let bytes = bytes_of(head);
+    match head.0[SLOT_HEAD_BYTES / 8] {
+        slot_tag::SHORT => Some((SockEvent::from_bytes(&bytes[..SLOT_HEAD_BYTES])?, 1)),
+        slot_tag::FULL => {
+            let tail = next()?;
+            let mut full = [0; SOCK_EVENT_SIZE];
+            full[..SLOT_HEAD_BYTES].copy_from_slice(&bytes[..SLOT_HEAD_BYTES]);
+            full[SLOT_HEAD_BYTES..]
+                .copy_from_slice(&bytes_of(&tail)[..SOCK_EVENT_SIZE - SLOT_HEAD_BYTES]);
+            Some((SockEvent::from_bytes(&full)?, 2))
+        }
+        _ => None,
+    }
+}
+
+/// Hands the records in slots `consumed..produced` of one ring of `mask + 1` slots to
+/// `each`, reading slot `i` with `slot(i)`; returns the new consumed position.
+pub fn walk(
+    mask: u64,
+    consumed: u64,
+    produced: u64,
+    slot: impl Fn(usize) -> Slot,
+    mut each: impl FnMut(&SockEvent),
+) -> Result<u64, Corrupt> {
+    match produced.checked_sub(consumed) {
+        Some(waiting) if waiting <= mask + 1 => {}
+        _ => {
+            return Err(Corrupt {
+                at: consumed,
+                produced,
+            })
+        }
+    }
+    let mut at = consumed;
+    while at < produced {
+        let next = || (at + 1 < produced).then(|| slot(((at + 1) & mask) as usize));
+        let Some((record, used)) = record_at(&slot((at & mask) as usize), next) else {
+            return Err(Corrupt { at, produced });
+        };
+        each(&record);
+        at += used;
+    }
+    Ok(at)
+}
+
+/// One shared mapping of a map fd, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of an mmapable array map; the kernel checks the
+        // length against the map.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in new() with this length.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The mapped slot rings. The fds keep the maps alive.
+pub struct SlotRings {
+    slots: Mapping,
+    cursors: Mapping,
+    layout: SlotLayout,
+    /// Each ring's consumed position as last published.
+    consumed: Vec<u64>,
+    _fds: [OwnedFd; 2],
+}
+
+// SAFETY: the mappings are owned by this value and touched through &mut self, or
+// atomics for the shared positions.
+unsafe impl Send for SlotRings {}
+
+impl SlotRings {
+    /// Maps the slot map (`layout.entries()` slots) and the cursor map (`layout.cpus`).
+    pub fn new(slots_fd: OwnedFd, cursors_fd: OwnedFd, layout: SlotLayout) -> io::Result<Self> {
+        let entries = layout
+            .entries()
+            .ok_or_else(|| io::Error::other("slot map too large"))?;
+        // Array map elements are value_size rounded up to 8: both sizes already are.
+        let slots = Mapping::new(&slots_fd, entries as usize * SLOT_SIZE)?;
+        let cursors = Mapping::new(&cursors_fd, layout.cpus as usize * SLOT_CURSOR_SIZE)?;
+        let mut rings = Self {
+            slots,
+            cursors,
+            layout,
+            consumed: vec![0; layout.cpus as usize],
+            _fds: [slots_fd, cursors_fd],
+        };
+        for cpu in 0..layout.cpus as usize {
+            rings.consumed[cpu] = rings.position(cpu, std::mem::offset_of!(SlotCursor, consumed));
+        }
+        Ok(rings)
+    }
+
+    pub fn layout(&self) -> SlotLayout {
+        self.layout
+    }
+
+    fn cursor_field(&self, cpu: usize, offset: usize) -> &AtomicU64 {
+        debug_assert!(cpu < self.layout.cpus as usize);
+        // SAFETY: inside the cursor mapping (cpu < cpus), 8-aligned (page-aligned base,
+        // 128-byte cursors, fields at 0 and 64); shared with the kernel, hence atomic.
+        unsafe {
+            &*self
+                .cursors
+                .ptr
+                .as_ptr()
+                .add(cpu * SLOT_CURSOR_SIZE + offset)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    fn position(&self, cpu: usize, offset: usize) -> u64 {
+        self.cursor_field(cpu, offset).load(Ordering::Acquire)
+    }
+
+    /// Hands every record CPU `cpu` has written since the last read to `each`, then
+    /// tells the kernel their slots are free. Returns how many slots they took.
+    pub fn read(&mut self, cpu: usize, each: impl FnMut(&SockEvent)) -> Result<u64, Corrupt> {
+        let produced = self.position(cpu, std::mem::offset_of!(SlotCursor, produced));
+        let consumed = self.consumed[cpu];
+        let base = self.slots.ptr.as_ptr();
+        let first = cpu << self.layout.shift;
+        let after = walk(
+            u64::from(self.layout.slots() - 1),
+            consumed,
+            produced,
+            // SAFETY: slot `first + i` (i below the ring's length) lies inside the
+            // mapping, 16-aligned; the kernel finished it before publishing `produced`
+            // (read with Acquire above) and leaves it alone until `consumed` passes it.
+            |i| unsafe { base.add((first + i) * SLOT_SIZE).cast::<Slot>().read() },
+            each,
+        )?;
+        if after != consumed {
+            self.consumed[cpu] = after;
+            self.cursor_field(cpu, std::mem::offset_of!(SlotCursor, consumed))
+                .store(after, Ordering::Release);
+        }
+        Ok(after - consumed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tcpmon_common::{ShortEvent, AF_INET, AF_INET6};
+
+    use super::*;
+
+    fn short(ts_ns: u64) -> ShortEvent {
+        let mut full = SockEvent::zeroed();
+        full.ts_ns = ts_ns;
+        full.family = AF_INET;
+        full.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        full.sport = 7000;
+        ShortEvent::narrow(&full).unwrap()
+    }
+
+    fn full(ts_ns: u64) -> SockEvent {
+        let mut full = SockEvent::zeroed();
+        full.ts_ns = ts_ns;
+        full.family = AF_INET6;
+        full.saddr = [0xfd; 16];
+        full.daddr = [0x20; 16];
+        full.tgid = 4242;
+        full.comm = *b"curl\0\0\0\0\0\0\0\0\0\0\0\0";
+        full
+    }
+
+    /// Slots as the kernel writes them: a short record and its tag in one, a full record
+    /// split over two.
+    fn put_short(ring: &mut [Slot], at: usize, record: &ShortEvent) {
+        let mut bytes = [0; SLOT_SIZE];
+        bytes[..SLOT_HEAD_BYTES].copy_from_slice(record.as_bytes());
+        bytes[SLOT_HEAD_BYTES..].copy_from_slice(&slot_tag::SHORT.to_ne_bytes());
+        ring[at % ring.len()] = slot(bytes);
+    }
+
+    fn put_full(ring: &mut [Slot], at: usize, record: &SockEvent) {
+        let all = record.as_bytes();
+        let mut head = [0; SLOT_SIZE];
+        head[..SLOT_HEAD_BYTES].copy_from_slice(&all[..SLOT_HEAD_BYTES]);
+        head[SLOT_HEAD_BYTES..].copy_from_slice(&slot_tag::FULL.to_ne_bytes());
+        let mut tail = [0; SLOT_SIZE];
+        tail[..SOCK_EVENT_SIZE - SLOT_HEAD_BYTES].copy_from_slice(&all[SLOT_HEAD_BYTES..]);
+        let len = ring.len();
+        ring[at % len] = slot(head);
+        ring[(at + 1) % len] = slot(tail);
+    }
+
+    fn slot(bytes: [u8; SLOT_SIZE]) -> Slot {
+        let mut words = [0; 6];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_ne_bytes(chunk.try_into().unwrap());
+        }
+        Slot(words)
+    }
+
+    #[test]
+    fn layout_spends_the_budget_in_powers_of_two_with_a_floor() {
+        // 12 MiB over 2 CPUs: 131,072 slots of 48 bytes fit each exactly.
+        let two = SlotLayout::new(12 << 20, 2).unwrap();
+        assert_eq!((two.cpus, two.slots()), (2, 131_072));
+        assert_eq!(two.entries(), Some(262_144));
+        assert_eq!(two.bytes(), 12 << 20);
+        // A little less: the next power of two down.
+        assert_eq!(SlotLayout::new((12 << 20) - 1, 2).unwrap().slots(), 65_536);
+        // A tiny budget still gets the floor; no CPUs counts as one.
+        assert_eq!(SlotLayout::new(4096, 8).unwrap().slots(), MIN_SLOTS_PER_CPU);
+        assert_eq!(SlotLayout::new(1 << 20, 0).unwrap().cpus, 1);
+        // Entries beyond a u32: no slot rings.
+        assert_eq!(SlotLayout::new(u64::MAX, 1 << 16), None);
+    }
+
+    #[test]
+    fn walks_short_and_split_full_records_across_the_end_of_the_ring() {
+        // A ring of 4 slots holding positions 5..9: a short record (slot 1), a full
+        // one (slots 2 and 3), and a short one past the end (slot 0).
+        let mut ring = vec![Slot::default(); 4];
+        put_short(&mut ring, 5, &short(10));
+        put_full(&mut ring, 6, &full(11));
+        put_short(&mut ring, 8, &short(12));
+        let mut seen = Vec::new();
+        let after = walk(3, 5, 9, |i| ring[i], |r| seen.push(*r)).unwrap();
+        assert_eq!(after, 9);
+        assert_eq!(seen, [short(10).widen(), full(11), short(12).widen()]);
+        // A full record whose halves straddle the end: slots 3 and 0.
+        put_full(&mut ring, 11, &full(13));
+        let mut seen = Vec::new();
+        assert_eq!(walk(3, 11, 13, |i| ring[i], |r| seen.push(*r)), Ok(13));
+        assert_eq!(seen, [full(13)]);
+        // Nothing new: nothing handed out, position unchanged.
+        assert_eq!(
+            walk(3, 13, 13, |i| ring[i], |_| panic!("no record")),
+            Ok(13)
+        );
+    }
+
+    #[test]
+    fn impossible_contents_are_corrupt() {
+        let mut ring = vec![Slot::default(); 4];
+        // More waiting than the ring holds, or the producer behind the consumer.
+        for (consumed, produced) in [(0, 5), (7, 3)] {
+            assert_eq!(
+                walk(3, consumed, produced, |i| ring[i], |_| panic!("no record")),
+                Err(Corrupt {
+                    at: consumed,
+                    produced
+                })
+            );
+        }
+        // An unknown tag stops the walk where it is, after what came before.
+        put_short(&mut ring, 0, &short(1));
+        let mut seen = 0;
+        assert_eq!(
+            walk(3, 0, 2, |i| ring[i], |_| seen += 1),
+            Err(Corrupt { at: 1, produced: 2 })
+        );
+        assert_eq!(seen, 1);
+        // A full record's head as the last published slot: its tail is not there.
+        put_full(&mut ring, 2, &full(2));
+        assert_eq!(
+            walk(3, 2, 3, |i| ring[i], |_| panic!("no record")),
+            Err(Corrupt { at: 2, produced: 3 })
+        );
+    }
+}
