@@ -107,7 +107,18 @@ impl SockEvent {
             _ => None,
         }
     }
+
+    /// The record made of these 11 words (its memory, 8 bytes at a time). Built from
+    /// whole words, the record is stored whole: one built field by field and then
+    /// copied stalls on store forwarding.
+    #[inline]
+    pub fn from_words(words: [u64; SOCK_EVENT_SIZE / 8]) -> Self {
+        // SAFETY: same size and alignment; every bit pattern is a valid SockEvent.
+        unsafe { core::mem::transmute(words) }
+    }
 }
+
+const _: () = assert!(SOCK_EVENT_SIZE % 8 == 0 && SHORT_EVENT_SIZE % 8 == 0);
 
 /// The record of the commonest case, an IPv4 record without a task (every transition
 /// outside a system call): 40 bytes instead of 88, which with the ring's 8-byte header
@@ -139,6 +150,40 @@ impl ShortEvent {
     /// The full record this one stands for (no task, IPv4 addresses in the first bytes).
     #[inline]
     pub fn widen(&self) -> SockEvent {
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: same size and alignment; plain integers.
+            let words: [u64; SHORT_EVENT_SIZE / 8] = unsafe { core::mem::transmute(*self) };
+            SockEvent::from_words(Self::widen_words(words))
+        }
+        #[cfg(not(target_endian = "little"))]
+        self.widen_by_fields()
+    }
+
+    /// `widen` on the records' words, for a little-endian host: each full-record word
+    /// gathered from the short one's (see both layouts).
+    #[cfg(target_endian = "little")]
+    #[inline]
+    pub fn widen_words(short: [u64; SHORT_EVENT_SIZE / 8]) -> [u64; SOCK_EVENT_SIZE / 8] {
+        const LOW32: u64 = 0xffff_ffff;
+        let [ts_ns, skaddr, addrs, netns_ports, rest] = short;
+        [
+            ts_ns,
+            skaddr,
+            addrs & LOW32,         // saddr[0..4]
+            0,                     // saddr[8..16]
+            addrs >> 32,           // daddr[0..4]
+            0,                     // daddr[8..16]
+            netns_ports & LOW32,   // netns, tgid 0
+            (netns_ports >> 32) | (rest & LOW32) << 32, // ports, family, kind, oldstate
+            (rest >> 32) & 0xff,   // newstate, padding
+            0,                     // comm
+            0,
+        ]
+    }
+
+    /// `widen`, field by field (any byte order).
+    pub fn widen_by_fields(&self) -> SockEvent {
         let mut full = SockEvent::zeroed();
         full.ts_ns = self.ts_ns;
         full.skaddr = self.skaddr;

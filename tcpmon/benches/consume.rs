@@ -10,10 +10,10 @@ use tcpmon::{
     live::{Clock, FastWriter, Origin},
     model::TcpState::{self, *},
     order::Reorder,
-    ringbuf::walk,
+    slots::{encode, walk},
     tally::{Tally, TallyConfig},
 };
-use tcpmon_common::{kind, ShortEvent, SockEvent, AF_INET};
+use tcpmon_common::{kind, ShortEvent, Slot, SockEvent, AF_INET};
 
 /// The records `connections` loopback connections leave in the rings, in order, each
 /// as the kernel writes it (short when it has a short form).
@@ -89,10 +89,10 @@ fn consume(c: &mut Criterion) {
         })
     });
     // The quiet path as the reader runs it (--quiet-transitions): records walked out of
-    // two rings (one per CPU) in passes of a few thousand, put back in time order, decoded
-    // and tallied, without entry times as nothing shows them.
-    let rings = two_rings(&records);
-    group.bench_function("rings+reorder+decode+tally", |b| {
+    // two slot rings (one per CPU) in passes of a few thousand, put back in time order,
+    // decoded and tallied, without entry times as nothing shows them.
+    let rings = two_slot_rings(&records);
+    group.bench_function("slots+reorder+decode+tally", |b| {
         b.iter(|| {
             let mut tally = Tally::new(TallyConfig {
                 max_tracked_sockets: 0,
@@ -105,22 +105,24 @@ fn consume(c: &mut Criterion) {
             loop {
                 let pass_started = newest + 1;
                 let mut any = false;
-                for (index, (ring, used)) in rings.iter().enumerate() {
-                    let end = (positions[index] + PASS_BYTES).min(*used);
-                    let walk = walk(
-                        ring,
-                        ring.len() as u64 / 2 - 1,
+                for (index, (ring, starts)) in rings.iter().enumerate() {
+                    // A pass ends where the kernel had got to: at a record's start.
+                    let target = positions[index] + PASS_SLOTS;
+                    let next = starts.partition_point(|&start| start < target);
+                    let end = starts.get(next).or(starts.last()).copied().unwrap_or(0);
+                    let at = walk(
+                        ring.len() as u64 - 1,
                         positions[index],
                         end,
-                        |at| u32::from_le_bytes(ring[at..at + 4].try_into().expect("4 bytes")),
-                        |item| {
-                            let record = SockEvent::from_bytes(item).expect("record size");
+                        |i| ring[i],
+                        |record| {
                             newest = newest.max(record.ts_ns);
                             reorder.push(index, record)
                         },
-                    );
-                    positions[index] = walk.position;
-                    any |= walk.records > 0;
+                    )
+                    .expect("well-formed slots");
+                    any |= at > positions[index];
+                    positions[index] = at;
                 }
                 reorder.release(pass_started, |raw| {
                     let Ok(Record::Transition(t)) = decode_event(raw) else {
@@ -138,30 +140,27 @@ fn consume(c: &mut Criterion) {
     group.finish();
 }
 
-/// Bytes one pass finds in a ring: about 1500 records, as under max churn with the
-/// reader woken every 5 ms.
-const PASS_BYTES: u64 = 64 << 10;
+/// Slots one pass finds in a ring: about 1500 records, as under max churn with the reader
+/// woken every 5 ms.
+const PASS_SLOTS: u64 = 2048;
 
-/// The records laid out in two ring data areas as the kernel writes them (8-byte header,
-/// 8-byte aligned), client sockets' records on one CPU and server ones on the other; each
-/// area holds every record once (with the bytes used), twice the size as the real
-/// mapping is.
-fn two_rings(records: &[Vec<u8>]) -> [(Vec<u8>, u64); 2] {
-    let mut rings = [Vec::new(), Vec::new()];
-    for record in records {
+/// The records in two slot rings as the kernel writes them, client sockets' records on
+/// one CPU and server ones on the other; each ring holds every record once, its length a
+/// power of two (the rest empty slots), with the positions where records start (and,
+/// last, where they end).
+fn two_slot_rings(records: &[Vec<u8>]) -> [(Vec<Slot>, Vec<u64>); 2] {
+    let mut rings = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    for raw in records {
+        let record = SockEvent::from_bytes(raw).expect("record size");
         // Server sockets sit at odd pages in `stream` (client + 0x1000).
-        let skaddr = u64::from_ne_bytes(record[8..16].try_into().expect("8 bytes"));
-        let ring = &mut rings[(skaddr >> 12) as usize % 2];
-        ring.extend_from_slice(&(record.len() as u32).to_le_bytes());
-        ring.extend_from_slice(&[0; 4]);
-        ring.extend_from_slice(record);
-        ring.resize(ring.len().next_multiple_of(8), 0);
+        let (ring, starts) = &mut rings[(record.skaddr >> 12) as usize % 2];
+        starts.push(ring.len() as u64);
+        ring.extend(encode(&record));
     }
-    rings.map(|mut ring| {
-        let used = ring.len() as u64;
-        let size = ring.len().next_power_of_two();
-        ring.resize(2 * size, 0);
-        (ring, used)
+    rings.map(|(mut ring, mut starts)| {
+        starts.push(ring.len() as u64);
+        ring.resize(ring.len().next_power_of_two(), Slot::default());
+        (ring, starts)
     })
 }
 

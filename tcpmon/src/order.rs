@@ -36,6 +36,8 @@ pub struct Reorder {
 }
 
 impl Reorder {
+    /// Inlined, so that a record built by the caller is stored straight into the queue.
+    #[inline]
     pub fn push(&mut self, ring: usize, record: SockEvent) {
         if ring >= self.pending.len() {
             self.pending.resize_with(ring + 1, Vec::new);

@@ -9,8 +9,8 @@ use std::{
 };
 
 use tcpmon_common::{
-    slot_tag, Slot, SlotCursor, SockEvent, MIN_SLOTS_PER_CPU, SLOT_CURSOR_SIZE, SLOT_HEAD_BYTES,
-    SLOT_SIZE, SOCK_EVENT_SIZE,
+    slot_tag, ShortEvent, Slot, SlotCursor, SockEvent, MIN_SLOTS_PER_CPU, SLOT_CURSOR_SIZE,
+    SLOT_HEAD_BYTES, SLOT_SIZE, SOCK_EVENT_SIZE,
 };
 
 /// How many slot rings there are and how big.
@@ -58,38 +58,71 @@ pub struct Corrupt {
     pub produced: u64,
 }
 
-fn bytes_of(slot: &Slot) -> &[u8; SLOT_SIZE] {
-    // SAFETY: Slot is repr(C), SLOT_SIZE bytes of plain integers.
-    unsafe { &*(slot as *const Slot).cast::<[u8; SLOT_SIZE]>() }
+fn slot_of(bytes: &[u8; SLOT_SIZE]) -> Slot {
+    let mut words = [0; SLOT_SIZE / 8];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        *word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    Slot(words)
+}
+
+/// `record` in slots as the kernel writes it: one when it has a short form, else two.
+pub fn encode(record: &SockEvent) -> Vec<Slot> {
+    let mut head = [0; SLOT_SIZE];
+    let tag = match ShortEvent::narrow(record) {
+        Some(short) => {
+            head[..SLOT_HEAD_BYTES].copy_from_slice(short.as_bytes());
+            slot_tag::SHORT
+        }
+        None => {
+            head[..SLOT_HEAD_BYTES].copy_from_slice(&record.as_bytes()[..SLOT_HEAD_BYTES]);
+            slot_tag::FULL
+        }
+    };
+    head[SLOT_HEAD_BYTES..].copy_from_slice(&tag.to_ne_bytes());
+    let mut slots = vec![slot_of(&head)];
+    if tag == slot_tag::FULL {
+        let mut tail = [0; SLOT_SIZE];
+        tail[..SOCK_EVENT_SIZE - SLOT_HEAD_BYTES]
+            .copy_from_slice(&record.as_bytes()[SLOT_HEAD_BYTES..]);
+        slots.push(slot_of(&tail));
+    }
+    slots
 }
 
 /// The record whose first slot is `head` (and, for a full record, whose second is what
-/// `next` returns), with how many slots it took.
-#[inline]
+/// `next` returns), with how many slots it took. Inlined, and the record returned by
+/// value, so that it is built where the caller keeps it: a copy out of a record built
+/// field by field on the stack stalls on store forwarding.
+#[inline(always)]
 fn record_at(head: &Slot, next: impl FnOnce() -> Option<Slot>) -> Option<(SockEvent, u64)> {
-    let bytes = bytes_of(head);
-    match head.0[SLOT_HEAD_BYTES / 8] {
-        slot_tag::SHORT => Some((SockEvent::from_bytes(&bytes[..SLOT_HEAD_BYTES])?, 1)),
+    let [h0, h1, h2, h3, h4, tag] = head.0;
+    match tag {
+        slot_tag::SHORT => {
+            // SAFETY: five words are a ShortEvent's size and alignment; plain integers.
+            let short: ShortEvent = unsafe { std::mem::transmute([h0, h1, h2, h3, h4]) };
+            Some((short.widen(), 1))
+        }
         slot_tag::FULL => {
-            let tail = next()?;
-            let mut full = [0; SOCK_EVENT_SIZE];
-            full[..SLOT_HEAD_BYTES].copy_from_slice(&bytes[..SLOT_HEAD_BYTES]);
-            full[SLOT_HEAD_BYTES..]
-                .copy_from_slice(&bytes_of(&tail)[..SOCK_EVENT_SIZE - SLOT_HEAD_BYTES]);
-            Some((SockEvent::from_bytes(&full)?, 2))
+            let [t0, t1, t2, t3, t4, t5] = next()?.0;
+            let words = [h0, h1, h2, h3, h4, t0, t1, t2, t3, t4, t5];
+            Some((SockEvent::from_words(words), 2))
         }
         _ => None,
     }
 }
 
+const _: () = assert!(SLOT_HEAD_BYTES == 5 * 8 && SOCK_EVENT_SIZE == 11 * 8);
+
 /// Hands the records in slots `consumed..produced` of one ring of `mask + 1` slots to
 /// `each`, reading slot `i` with `slot(i)`; returns the new consumed position.
+#[inline]
 pub fn walk(
     mask: u64,
     consumed: u64,
     produced: u64,
     slot: impl Fn(usize) -> Slot,
-    mut each: impl FnMut(&SockEvent),
+    mut each: impl FnMut(SockEvent),
 ) -> Result<u64, Corrupt> {
     match produced.checked_sub(consumed) {
         Some(waiting) if waiting <= mask + 1 => {}
@@ -106,7 +139,7 @@ pub fn walk(
         let Some((record, used)) = record_at(&slot((at & mask) as usize), next) else {
             return Err(Corrupt { at, produced });
         };
-        each(&record);
+        each(record);
         at += used;
     }
     Ok(at)
@@ -207,7 +240,8 @@ impl SlotRings {
 
     /// Hands every record CPU `cpu` has written since the last read to `each`, then
     /// tells the kernel their slots are free. Returns how many slots they took.
-    pub fn read(&mut self, cpu: usize, each: impl FnMut(&SockEvent)) -> Result<u64, Corrupt> {
+    #[inline]
+    pub fn read(&mut self, cpu: usize, each: impl FnMut(SockEvent)) -> Result<u64, Corrupt> {
         let produced = self.position(cpu, std::mem::offset_of!(SlotCursor, produced));
         let consumed = self.consumed[cpu];
         let base = self.slots.ptr.as_ptr();
@@ -257,33 +291,28 @@ mod tests {
         full
     }
 
-    /// Slots as the kernel writes them: a short record and its tag in one, a full record
-    /// split over two.
-    fn put_short(ring: &mut [Slot], at: usize, record: &ShortEvent) {
-        let mut bytes = [0; SLOT_SIZE];
-        bytes[..SLOT_HEAD_BYTES].copy_from_slice(record.as_bytes());
-        bytes[SLOT_HEAD_BYTES..].copy_from_slice(&slot_tag::SHORT.to_ne_bytes());
-        ring[at % ring.len()] = slot(bytes);
-    }
-
-    fn put_full(ring: &mut [Slot], at: usize, record: &SockEvent) {
-        let all = record.as_bytes();
-        let mut head = [0; SLOT_SIZE];
-        head[..SLOT_HEAD_BYTES].copy_from_slice(&all[..SLOT_HEAD_BYTES]);
-        head[SLOT_HEAD_BYTES..].copy_from_slice(&slot_tag::FULL.to_ne_bytes());
-        let mut tail = [0; SLOT_SIZE];
-        tail[..SOCK_EVENT_SIZE - SLOT_HEAD_BYTES].copy_from_slice(&all[SLOT_HEAD_BYTES..]);
+    /// Writes `record` into `ring` at position `at`, as the kernel does.
+    fn put(ring: &mut [Slot], at: usize, record: &SockEvent) {
         let len = ring.len();
-        ring[at % len] = slot(head);
-        ring[(at + 1) % len] = slot(tail);
+        for (i, slot) in encode(record).into_iter().enumerate() {
+            ring[(at + i) % len] = slot;
+        }
     }
 
-    fn slot(bytes: [u8; SLOT_SIZE]) -> Slot {
-        let mut words = [0; 6];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-            *word = u64::from_ne_bytes(chunk.try_into().unwrap());
+    proptest::proptest! {
+        /// The word-shuffling widen (what the reader runs) and the field-by-field one
+        /// agree on every short record.
+        #[test]
+        fn widening_by_words_matches_by_fields(
+            ts_ns: u64, skaddr: u64, saddr: [u8; 4], daddr: [u8; 4], netns: u32,
+            sport: u16, dport: u16, kind: u8, oldstate: u8, newstate: u8,
+        ) {
+            let short = ShortEvent {
+                ts_ns, skaddr, saddr, daddr, netns, sport, dport, family: AF_INET, kind,
+                oldstate, newstate, _pad1: 0, _pad2: 0,
+            };
+            proptest::prop_assert_eq!(short.widen(), short.widen_by_fields());
         }
-        Slot(words)
     }
 
     #[test]
@@ -307,17 +336,17 @@ mod tests {
         // A ring of 4 slots holding positions 5..9: a short record (slot 1), a full
         // one (slots 2 and 3), and a short one past the end (slot 0).
         let mut ring = vec![Slot::default(); 4];
-        put_short(&mut ring, 5, &short(10));
-        put_full(&mut ring, 6, &full(11));
-        put_short(&mut ring, 8, &short(12));
+        put(&mut ring, 5, &short(10).widen());
+        put(&mut ring, 6, &full(11));
+        put(&mut ring, 8, &short(12).widen());
         let mut seen = Vec::new();
-        let after = walk(3, 5, 9, |i| ring[i], |r| seen.push(*r)).unwrap();
+        let after = walk(3, 5, 9, |i| ring[i], |r| seen.push(r)).unwrap();
         assert_eq!(after, 9);
         assert_eq!(seen, [short(10).widen(), full(11), short(12).widen()]);
         // A full record whose halves straddle the end: slots 3 and 0.
-        put_full(&mut ring, 11, &full(13));
+        put(&mut ring, 11, &full(13));
         let mut seen = Vec::new();
-        assert_eq!(walk(3, 11, 13, |i| ring[i], |r| seen.push(*r)), Ok(13));
+        assert_eq!(walk(3, 11, 13, |i| ring[i], |r| seen.push(r)), Ok(13));
         assert_eq!(seen, [full(13)]);
         // Nothing new: nothing handed out, position unchanged.
         assert_eq!(
@@ -340,7 +369,7 @@ mod tests {
             );
         }
         // An unknown tag stops the walk where it is, after what came before.
-        put_short(&mut ring, 0, &short(1));
+        put(&mut ring, 0, &short(1).widen());
         let mut seen = 0;
         assert_eq!(
             walk(3, 0, 2, |i| ring[i], |_| seen += 1),
@@ -348,7 +377,7 @@ mod tests {
         );
         assert_eq!(seen, 1);
         // A full record's head as the last published slot: its tail is not there.
-        put_full(&mut ring, 2, &full(2));
+        put(&mut ring, 2, &full(2));
         assert_eq!(
             walk(3, 2, 3, |i| ring[i], |_| panic!("no record")),
             Err(Corrupt { at: 2, produced: 3 })

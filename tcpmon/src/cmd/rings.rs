@@ -102,7 +102,7 @@ impl Rings {
                     // keeps the merge narrow (the queue sorts itself when they interleave).
                     let queue = cpu % RING_COUNT;
                     let reorder = &mut self.reorder;
-                    match slots.read(cpu, |record| reorder.push(queue, *record)) {
+                    match slots.read(cpu, |record| reorder.push(queue, record)) {
                         Ok(records) => any |= records > 0,
                         Err(_) => {
                             *broken = true;
