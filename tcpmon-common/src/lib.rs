@@ -118,7 +118,7 @@ impl SockEvent {
     }
 }
 
-const _: () = assert!(SOCK_EVENT_SIZE % 8 == 0 && SHORT_EVENT_SIZE % 8 == 0);
+const _: () = assert!(SOCK_EVENT_SIZE.is_multiple_of(8) && SHORT_EVENT_SIZE.is_multiple_of(8));
 
 /// The record of the commonest case, an IPv4 record without a task (every transition
 /// outside a system call): 40 bytes instead of 88, which with the ring's 8-byte header
@@ -170,14 +170,14 @@ impl ShortEvent {
         [
             ts_ns,
             skaddr,
-            addrs & LOW32,         // saddr[0..4]
-            0,                     // saddr[8..16]
-            addrs >> 32,           // daddr[0..4]
-            0,                     // daddr[8..16]
-            netns_ports & LOW32,   // netns, tgid 0
+            addrs & LOW32,                              // saddr[0..4]
+            0,                                          // saddr[8..16]
+            addrs >> 32,                                // daddr[0..4]
+            0,                                          // daddr[8..16]
+            netns_ports & LOW32,                        // netns, tgid 0
             (netns_ports >> 32) | (rest & LOW32) << 32, // ports, family, kind, oldstate
-            (rest >> 32) & 0xff,   // newstate, padding
-            0,                     // comm
+            (rest >> 32) & 0xff,                        // newstate, padding
+            0,                                          // comm
             0,
         ]
     }

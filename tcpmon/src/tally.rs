@@ -21,6 +21,7 @@ use std::{
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
+use std::collections::hash_map::Entry;
 
 use crate::{
     analysis::PortRange,
@@ -525,26 +526,30 @@ impl Tally {
 
         // Time in the old state, and what the socket's next transition will measure from.
         let key = t.at.skaddr;
-        let timed = self.cfg.max_tracked_sockets > 0;
-        applied.micros_in_old = if born || !timed {
-            None
-        } else {
-            self.entered
-                .get(&key)
-                .filter(|(s, _)| *s == t.old)
-                .map(|(_, at)| whole_micros(t.at.ts_ns.saturating_sub(*at)))
-        };
-        if timed && gone {
-            self.entered.remove(&key);
-        } else if timed {
+        if self.cfg.max_tracked_sockets > 0 {
             if self.entered.len() >= self.cfg.max_tracked_sockets
+                && !gone
                 && !self.entered.contains_key(&key)
             {
                 // Lost close events would otherwise grow this without bound.
                 self.entered.clear();
                 self.timing_resets += 1;
             }
-            self.entered.insert(key, (t.new, t.at.ts_ns));
+            // One lookup for both the time in the old state and the next entry time.
+            let since_entry = |(state, at): (TcpState, u64)| {
+                (state == t.old && !born).then(|| whole_micros(t.at.ts_ns.saturating_sub(at)))
+            };
+            applied.micros_in_old = match self.entered.entry(key) {
+                Entry::Occupied(slot) if gone => since_entry(slot.remove()),
+                Entry::Occupied(mut slot) => {
+                    since_entry(std::mem::replace(slot.get_mut(), (t.new, t.at.ts_ns)))
+                }
+                Entry::Vacant(_) if gone => None,
+                Entry::Vacant(slot) => {
+                    slot.insert((t.new, t.at.ts_ns));
+                    None
+                }
+            };
         }
 
         // Per-state counts (SYN_RECV full sockets are brief but counted like the rest).
