@@ -357,9 +357,13 @@ pub const MIN_SLOTS_PER_CPU: u32 = 64;
 /// wake the reader when the slot rings have news (at most every few milliseconds).
 pub const DOORBELL_SIZE: usize = 8;
 
-/// Default ring buffer size (all rings together): 16 MiB held every event of a ~400k transitions/s loopback
-/// churn on the reference machine where 256 KiB dropped some (KERNEL_FACTS.md).
-pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+/// Default ring memory (slot rings and ring buffers together). 16 MiB of ring buffer held
+/// every event of a ~400k transitions/s loopback churn on the reference machine where
+/// 256 KiB dropped some (KERNEL_FACTS.md), but here a reader kept off the CPU for ~0.6 s
+/// overflowed 2 x 128 Ki slots once in 10 minutes of ~620k/s: 28 MiB gives two CPUs
+/// 2 x 256 Ki slots (~0.8 s each at that rate) and 2 x 1 MiB of ring buffer, which
+/// (mapped twice) still stays under the 32 MiB of mapping the 16 MiB of ring buffer took.
+pub const DEFAULT_RING_BYTES: u32 = 28 << 20;
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), no padding, every bit pattern valid.

@@ -1,9 +1,10 @@
-//! tcpmon's kernel side: attach points only. Each program filters, fills one
-//! `SockEvent` and submits it; every loss is counted in `COUNTERS`.
+//! tcpmon's kernel side: attach points only. Each program filters, fills one record and
+//! commits it: state changes into this CPU's slot ring (see tcpmon_common::Slot), the
+//! rarer SYN records into this CPU's ring buffer; every loss is counted in `COUNTERS`.
 //!
 //! The hot path matters (it runs on every TCP state change of the machine): records are
-//! written field by field straight into the ring buffer, with no zeroing pass and no
-//! helper call that the record does not need.
+//! written field by field straight into their slots, with no zeroing pass, no lock and
+//! no helper call that the record does not need.
 #![no_std]
 #![no_main]
 

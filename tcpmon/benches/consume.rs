@@ -114,6 +114,7 @@ fn consume(c: &mut Criterion) {
                         ring.len() as u64 - 1,
                         positions[index],
                         end,
+                        u64::MAX,
                         |i| ring[i],
                         |record| {
                             newest = newest.max(record.ts_ns);

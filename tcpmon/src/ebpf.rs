@@ -560,14 +560,14 @@ impl Probe {
             }),
         };
         let cpus = possible_cpus();
-        // With slot rings, the ring buffers carry only SYN records and doorbells: a
-        // quarter of the budget, the rest buys slots.
+        // With slot rings, the ring buffers carry only SYN records and doorbells: an
+        // eighth of the budget, the rest buys slots.
         let slot_layout = options
             .slot_rings
-            .then(|| SlotLayout::new(u64::from(options.ring_bytes) / 4 * 3, cpus as u32))
+            .then(|| SlotLayout::new(u64::from(options.ring_bytes) / 8 * 7, cpus as u32))
             .flatten();
         let ring_share = match slot_layout {
-            Some(_) => options.ring_bytes / 4,
+            Some(_) => options.ring_bytes / 8,
             None => options.ring_bytes,
         };
         let layout = RingLayout::new(ring_share, cpus, page_size());

@@ -1,11 +1,13 @@
-//! Puts the records of several ring buffers (one per CPU) back in time order.
+//! Puts the records of several per-CPU rings (slot rings and ring buffers) back in time
+//! order.
 //!
 //! A socket's transitions can be recorded on different CPUs (connect() on one, the
 //! handshake's softirq on another), so they land in different rings, and reading ring
 //! after ring can meet a later transition before an earlier one. Two kernel facts make a
 //! watermark enough to restore each socket's order:
-//! - a record is stamped (`ts_ns`) at the start of its program and committed before the
-//!   program returns, and
+//! - a record is stamped (`ts_ns`) at the start of its program and committed (its slots'
+//!   position published, or its ring-buffer record submitted) before the program
+//!   returns, and
 //! - a socket changes state again only after the previous change's program returned
 //!   (state changes of one socket are serialised by its lock).
 //!
@@ -16,11 +18,12 @@
 //! after its ring was read comes in a later pass; none of its socket's later records can
 //! be released before it, as they are stamped after it was committed.
 //!
-//! The one case this cannot order: a reader stops at a reserved but unfinished record,
-//! and a record committed after it in the same ring (by a program nested on the same
-//! CPU, or by a second CPU sharing the ring on machines with more than RING_COUNT CPUs)
-//! waits behind it, while that socket's next record, elsewhere, is read and released.
-//! The whole chain must fit between a reservation and its commit, a few dozen
+//! The one case this cannot order, in the ring buffers only (a slot ring has one writer,
+//! and its reader sees only whole records): a reader stops at a reserved but unfinished
+//! record, and a record committed after it in the same ring (by a program nested on the
+//! same CPU, or by a second CPU sharing the ring on machines with more than RING_COUNT
+//! CPUs) waits behind it, while that socket's next record, elsewhere, is read and
+//! released. The whole chain must fit between a reservation and its commit, a few dozen
 //! instructions; should it happen, the tally counts the transition as an inconsistency
 //! and the next reconciliation repairs the counts.
 use tcpmon_common::SockEvent;
@@ -28,8 +31,9 @@ use tcpmon_common::SockEvent;
 /// Records read but not yet handed out, per ring.
 #[derive(Debug, Default)]
 pub struct Reorder {
-    /// Each ring's records in the order read: already in stamp order, but for a program
-    /// nested between another's stamp and reservation (checked, and sorted if so).
+    /// Each queue's records in the order read: in stamp order when one ring fills it,
+    /// but for a program nested between another's stamp and reservation; a queue shared
+    /// by several rings (a group of CPUs) interleaves them. Checked, and sorted if not.
     pending: Vec<Vec<SockEvent>>,
     /// Where the merge stands in each ring (reused).
     heads: Vec<usize>,
@@ -173,12 +177,15 @@ mod tests {
 
     proptest! {
         /// Whatever the read timing, each socket's records come out in history order,
-        /// and none is lost or duplicated.
+        /// and none is lost or duplicated; also when a pass reads at most `chunk`
+        /// records of a ring and then hands out only what is stamped before the first
+        /// record it left unread (as the reader does with a backlog).
         #[test]
         fn every_socket_comes_out_in_history_order(
             sims in histories(),
             pass_gaps in prop::collection::vec(1u64..60, 1..40),
             ring_gap in 0u64..10,
+            chunk in prop::option::of(1usize..6),
         ) {
             // Each ring holds its records in reservation (stamp) order; a reader sees a
             // ring's committed prefix.
@@ -195,15 +202,22 @@ mod tests {
             for gap in pass_gaps {
                 now += gap;
                 let pass_started = now;
+                let mut safe_before = pass_started;
                 for (i, ring) in rings.iter().enumerate() {
                     now += ring_gap;
+                    let mut taken = 0;
                     while read[i] < ring.len() && ring[read[i]].committed <= now {
+                        if chunk.is_some_and(|c| taken == c) {
+                            safe_before = safe_before.min(ring[read[i]].stamped);
+                            break;
+                        }
                         let s = ring[read[i]];
                         reorder.push(i, record(s.stamped, s.socket, s.step));
                         read[i] += 1;
+                        taken += 1;
                     }
                 }
-                reorder.release(pass_started, |r| out.push(*r));
+                reorder.release(safe_before, |r| out.push(*r));
             }
             // Drain the rest as at detach.
             for (i, ring) in rings.iter().enumerate() {

@@ -115,12 +115,14 @@ fn record_at(head: &Slot, next: impl FnOnce() -> Option<Slot>) -> Option<(SockEv
 const _: () = assert!(SLOT_HEAD_BYTES == 5 * 8 && SOCK_EVENT_SIZE == 11 * 8);
 
 /// Hands the records in slots `consumed..produced` of one ring of `mask + 1` slots to
-/// `each`, reading slot `i` with `slot(i)`; returns the new consumed position.
+/// `each`, reading slot `i` with `slot(i)`, until `limit` slots are read (the record
+/// that reaches it is read whole); returns the new consumed position.
 #[inline]
 pub fn walk(
     mask: u64,
     consumed: u64,
     produced: u64,
+    limit: u64,
     slot: impl Fn(usize) -> Slot,
     mut each: impl FnMut(SockEvent),
 ) -> Result<u64, Corrupt> {
@@ -134,7 +136,8 @@ pub fn walk(
         }
     }
     let mut at = consumed;
-    while at < produced {
+    let stop = produced.min(consumed.saturating_add(limit));
+    while at < stop {
         let next = || (at + 1 < produced).then(|| slot(((at + 1) & mask) as usize));
         let Some((record, used)) = record_at(&slot((at & mask) as usize), next) else {
             return Err(Corrupt { at, produced });
@@ -143,6 +146,15 @@ pub fn walk(
         at += used;
     }
     Ok(at)
+}
+
+/// What one read of a slot ring found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotRead {
+    /// Slots read.
+    pub slots: u64,
+    /// The stamp of the first record left unread, when the read stopped at its limit.
+    pub next_stamp: Option<u64>,
 }
 
 /// One shared mapping of a map fd, unmapped on drop.
@@ -238,30 +250,35 @@ impl SlotRings {
         self.cursor_field(cpu, offset).load(Ordering::Acquire)
     }
 
-    /// Hands every record CPU `cpu` has written since the last read to `each`, then
-    /// tells the kernel their slots are free. Returns how many slots they took.
+    /// Hands the records CPU `cpu` has written since the last read to `each`, about
+    /// `limit` slots of them at most, then tells the kernel their slots are free.
     #[inline]
-    pub fn read(&mut self, cpu: usize, each: impl FnMut(SockEvent)) -> Result<u64, Corrupt> {
+    pub fn read(
+        &mut self,
+        cpu: usize,
+        limit: u64,
+        each: impl FnMut(SockEvent),
+    ) -> Result<SlotRead, Corrupt> {
         let produced = self.position(cpu, std::mem::offset_of!(SlotCursor, produced));
         let consumed = self.consumed[cpu];
         let base = self.slots.ptr.as_ptr();
         let first = cpu << self.layout.shift;
-        let after = walk(
-            u64::from(self.layout.slots() - 1),
-            consumed,
-            produced,
-            // SAFETY: slot `first + i` (i below the ring's length) lies inside the
-            // mapping, 16-aligned; the kernel finished it before publishing `produced`
-            // (read with Acquire above) and leaves it alone until `consumed` passes it.
-            |i| unsafe { base.add((first + i) * SLOT_SIZE).cast::<Slot>().read() },
-            each,
-        )?;
+        let mask = u64::from(self.layout.slots() - 1);
+        // SAFETY: slot `first + i` (i below the ring's length) lies inside the mapping,
+        // 16-aligned; the kernel finished it before publishing `produced` (read with
+        // Acquire above) and leaves it alone until `consumed` passes it.
+        let slot = |i: usize| unsafe { base.add((first + i) * SLOT_SIZE).cast::<Slot>().read() };
+        let after = walk(mask, consumed, produced, limit, slot, each)?;
         if after != consumed {
             self.consumed[cpu] = after;
             self.cursor_field(cpu, std::mem::offset_of!(SlotCursor, consumed))
                 .store(after, Ordering::Release);
         }
-        Ok(after - consumed)
+        Ok(SlotRead {
+            slots: after - consumed,
+            // Every record starts with its stamp.
+            next_stamp: (after < produced).then(|| slot((after & mask) as usize).0[0]),
+        })
     }
 }
 
@@ -340,17 +357,25 @@ mod tests {
         put(&mut ring, 6, &full(11));
         put(&mut ring, 8, &short(12).widen());
         let mut seen = Vec::new();
-        let after = walk(3, 5, 9, |i| ring[i], |r| seen.push(r)).unwrap();
+        let after = walk(3, 5, 9, u64::MAX, |i| ring[i], |r| seen.push(r)).unwrap();
         assert_eq!(after, 9);
         assert_eq!(seen, [short(10).widen(), full(11), short(12).widen()]);
+        // A limit stops the walk after the record that reaches it: one slot of the full
+        // record at 6 is within a limit of 2 from 5, so it is read whole.
+        let mut seen = Vec::new();
+        assert_eq!(walk(3, 5, 9, 2, |i| ring[i], |r| seen.push(r.ts_ns)), Ok(8));
+        assert_eq!(seen, [10, 11]);
         // A full record whose halves straddle the end: slots 3 and 0.
         put(&mut ring, 11, &full(13));
         let mut seen = Vec::new();
-        assert_eq!(walk(3, 11, 13, |i| ring[i], |r| seen.push(r)), Ok(13));
+        assert_eq!(
+            walk(3, 11, 13, u64::MAX, |i| ring[i], |r| seen.push(r)),
+            Ok(13)
+        );
         assert_eq!(seen, [full(13)]);
         // Nothing new: nothing handed out, position unchanged.
         assert_eq!(
-            walk(3, 13, 13, |i| ring[i], |_| panic!("no record")),
+            walk(3, 13, 13, u64::MAX, |i| ring[i], |_| panic!("no record")),
             Ok(13)
         );
     }
@@ -361,7 +386,14 @@ mod tests {
         // More waiting than the ring holds, or the producer behind the consumer.
         for (consumed, produced) in [(0, 5), (7, 3)] {
             assert_eq!(
-                walk(3, consumed, produced, |i| ring[i], |_| panic!("no record")),
+                walk(
+                    3,
+                    consumed,
+                    produced,
+                    u64::MAX,
+                    |i| ring[i],
+                    |_| panic!("no record")
+                ),
                 Err(Corrupt {
                     at: consumed,
                     produced
@@ -372,14 +404,14 @@ mod tests {
         put(&mut ring, 0, &short(1).widen());
         let mut seen = 0;
         assert_eq!(
-            walk(3, 0, 2, |i| ring[i], |_| seen += 1),
+            walk(3, 0, 2, u64::MAX, |i| ring[i], |_| seen += 1),
             Err(Corrupt { at: 1, produced: 2 })
         );
         assert_eq!(seen, 1);
         // A full record's head as the last published slot: its tail is not there.
         put(&mut ring, 2, &full(2));
         assert_eq!(
-            walk(3, 2, 3, |i| ring[i], |_| panic!("no record")),
+            walk(3, 2, 3, u64::MAX, |i| ring[i], |_| panic!("no record")),
             Err(Corrupt { at: 2, produced: 3 })
         );
     }

@@ -74,8 +74,9 @@ pub struct WatchArgs {
     /// Only transitions into or out of these states.
     #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
     pub state: Vec<TcpState>,
-    /// Ring buffer bytes in all, shared by the per-CPU rings (each rounded down to a power
-    /// of two, at least a page).
+    /// Ring memory in all: seven eighths for the per-CPU slot rings of state transitions
+    /// (48-byte slots), an eighth for the ring buffers (SYN records), each ring rounded
+    /// down to a power of two; all of it for the ring buffers with --ring-buffers-only.
     #[arg(long, value_name = "BYTES", default_value_t = tcpmon_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
     /// Send state transitions through the BPF ring buffers too, not the per-CPU slot

@@ -74,17 +74,25 @@ fn check_sequences(family: &str, listen: SocketAddr) {
         return;
     }
     // The three hooks (the BTF one is the default here; raw and classic are the
-    // fallbacks) must give the same records.
-    for (client_closes_first, hook, described) in [
-        (true, "auto", "BTF tracepoint"),
-        (false, "btf", "BTF tracepoint"),
-        (true, "raw", "raw tracepoint"),
-        (false, "raw", "raw tracepoint"),
-        (true, "classic", "classic tracepoint"),
-        (false, "classic", "classic tracepoint"),
+    // fallbacks) must give the same records, through the slot rings or (forced) the
+    // ring buffers.
+    for (client_closes_first, hook, described, transport) in [
+        (true, "auto", "BTF tracepoint", "slot rings"),
+        (false, "btf", "BTF tracepoint", "slot rings"),
+        (true, "raw", "raw tracepoint", "slot rings"),
+        (false, "raw", "raw tracepoint", "slot rings"),
+        (true, "classic", "classic tracepoint", "slot rings"),
+        (false, "classic", "classic tracepoint", "slot rings"),
+        (true, "auto", "BTF tracepoint", "ring buffers only"),
+        (false, "auto", "BTF tracepoint", "ring buffers only"),
     ] {
         let ns = Netns::new("seq");
-        let watcher = start_watch(&ns, &["--state-hook", hook]);
+        let mut args = vec!["--state-hook", hook];
+        let slot_rings = transport == "slot rings";
+        if !slot_rings {
+            args.push("--ring-buffers-only");
+        }
+        let watcher = start_watch(&ns, &args);
         let (server_port, client_port) =
             ns.run(move || one_connection(listen, client_closes_first));
         watcher.wait_for(Duration::from_secs(10), "listener close", |l| {
@@ -93,9 +101,12 @@ fn check_sequences(family: &str, listen: SocketAddr) {
         let (lines, status) = watcher.stop();
         assert!(status.success(), "tcpmon exited with {status}");
         let mode = records(&lines, "mode").next().expect("a mode record");
-        assert!(
-            mode["reason"].as_str().unwrap().contains(described),
-            "--state-hook {hook}: {mode}"
+        let reason = mode["reason"].as_str().unwrap();
+        assert!(reason.contains(described), "--state-hook {hook}: {mode}");
+        assert_eq!(
+            reason.contains("slot rings"),
+            slot_rings,
+            "{transport}: {mode}"
         );
         let per_socket = sequences(&lines);
         let find = |pred: &dyn Fn(&Value) -> bool| {
@@ -118,16 +129,16 @@ fn check_sequences(family: &str, listen: SocketAddr) {
         assert_eq!(
             client,
             format!("CLOSE->SYN_SENT SYN_SENT->ESTABLISHED {client_end}"),
-            "{family} client, {hook}"
+            "{family} client, {hook}, {transport}"
         );
         assert_eq!(
             server,
             format!("LISTEN->SYN_RECV SYN_RECV->ESTABLISHED {server_end}"),
-            "{family} server, {hook}"
+            "{family} server, {hook}, {transport}"
         );
         assert_eq!(
             listener, "CLOSE->LISTEN LISTEN->CLOSE",
-            "{family} listener, {hook}"
+            "{family} listener, {hook}, {transport}"
         );
         // Exactly these three sockets: nothing from other namespaces leaked in.
         assert_eq!(per_socket.len(), 3, "{per_socket:#?}");
