@@ -202,9 +202,9 @@ fn a_reused_tuple_ends_its_time_wait_without_reconciliation() {
     );
 }
 
-/// Rings far too small for a burst (one page each, ~80 records): the drops are counted as
-/// ring-buffer-full in the tally, and the reconciliation they trigger brings the counts
-/// back to what `ss` sees.
+/// Rings far too small for a burst (a 4 KiB budget: the floor of 64 slots per CPU, and
+/// one-page ring buffers): the drops are counted as ring-buffer-full in the tally, and the
+/// reconciliation they trigger brings the counts back to what `ss` sees.
 #[test]
 #[ignore = "needs root: run by `cargo xtask test`"]
 fn full_ring_buffer_is_reported_and_reconciled() {
