@@ -49,7 +49,7 @@ static EVENTS6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 static EVENTS7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 const _: () = assert!(RING_COUNT == 8);
 
-// State transitions: one ring of slots per CPU (see tcpmon-common's SlotCursor). User
+// State transitions: one ring of slots per CPU (see tcpmon-common's Slot). User
 // space sizes both maps (CPUs << SLOTS_SHIFT slots, one cursor per CPU).
 #[map(name = "STATE_SLOTS")]
 static STATE_SLOTS: Array<Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);

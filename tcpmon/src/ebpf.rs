@@ -104,7 +104,7 @@ pub struct LoadOptions {
     pub synack: bool,
     /// Which hook delivers the state changes.
     pub state_hook: StateHook,
-    /// State transitions go through per-CPU slot rings (see tcpmon_common::SlotCursor)
+    /// State transitions go through per-CPU slot rings (see tcpmon_common::Slot)
     /// instead of the ring buffers. Only on x86-64: the kernel side publishes a slot with
     /// plain stores, which only x86's store order makes safe.
     pub slot_rings: bool,
@@ -761,7 +761,6 @@ impl Probe {
     }
 }
 
-/// The number of CPUs the kernel may run on (each may write records).
 /// Takes the slot and cursor maps out of the object and maps them.
 fn map_slot_rings(ebpf: &mut Ebpf, layout: SlotLayout) -> io::Result<SlotRings> {
     let mut fd_of = |name: &str| -> io::Result<std::os::fd::OwnedFd> {
@@ -778,6 +777,7 @@ fn map_slot_rings(ebpf: &mut Ebpf, layout: SlotLayout) -> io::Result<SlotRings> 
     SlotRings::new(slots, cursors, layout)
 }
 
+/// The number of CPUs the kernel may run on (each may write records).
 fn possible_cpus() -> usize {
     aya::util::nr_cpus().unwrap_or(RING_COUNT)
 }

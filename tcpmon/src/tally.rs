@@ -15,13 +15,12 @@
 //! - Lost events make counts drift: [`Tally::reconcile`] rebuilds everything from a fresh
 //!   snapshot and reports how far off the live counts were.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{hash_map::Entry, HashMap, HashSet},
     net::IpAddr,
 };
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
-use std::collections::hash_map::Entry;
 
 use crate::{
     analysis::PortRange,

@@ -80,7 +80,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "BYTES", default_value_t = tcpmon_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
     /// Send state transitions through the BPF ring buffers too, not the per-CPU slot
-    /// rings (which cost the kernel ~60 ns less per transition; x86-64 only).
+    /// rings (which cost the kernel ~40 ns less per transition; x86-64 only).
     #[arg(long)]
     pub ring_buffers_only: bool,
     /// How to hook sock:inet_sock_set_state: auto takes the cheapest that loads (btf,
