@@ -164,7 +164,7 @@ impl ShortEvent {
     /// gathered from the short one's (see both layouts).
     #[cfg(target_endian = "little")]
     #[inline]
-    pub fn widen_words(short: [u64; SHORT_EVENT_SIZE / 8]) -> [u64; SOCK_EVENT_SIZE / 8] {
+    fn widen_words(short: [u64; SHORT_EVENT_SIZE / 8]) -> [u64; SOCK_EVENT_SIZE / 8] {
         const LOW32: u64 = 0xffff_ffff;
         let [ts_ns, skaddr, addrs, netns_ports, rest] = short;
         [
@@ -371,9 +371,3 @@ unsafe impl aya::Pod for SockEvent {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for ShortEvent {}
-#[cfg(feature = "user")]
-// SAFETY: as above.
-unsafe impl aya::Pod for SlotCursor {}
-#[cfg(feature = "user")]
-// SAFETY: as above.
-unsafe impl aya::Pod for Slot {}

@@ -176,11 +176,10 @@ unsafe fn put<T>(base: *mut u8, offset: usize, value: T) {
     unsafe { write_volatile(base.add(offset) as *mut T, value) }
 }
 
-/// This CPU's ring buffer.
+/// The ring buffer CPU `cpu` writes to.
 #[inline(always)]
-fn this_ring() -> u32 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_get_smp_processor_id() % RING_COUNT as u32 }
+fn ring_of(cpu: u32) -> u32 {
+    cpu % RING_COUNT as u32
 }
 
 /// Copies a record into ring buffer `ring` and commits it: one helper call, where
@@ -209,7 +208,8 @@ fn ring_output<T>(ring: u32, record: &T, flags: u64) -> Result<(), i32> {
 /// Sends a finished record through this CPU's ring buffer, counting it.
 #[inline(always)]
 fn output<T>(record: &T, now: u64) {
-    let ring = this_ring();
+    // SAFETY: helper without preconditions.
+    let ring = ring_of(unsafe { bpf_get_smp_processor_id() });
     let flags = if wakeup_due(ring, now) {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -274,7 +274,7 @@ fn submit_state(f: &Fields) {
         write_volatile(&mut (*cursor).produced, produced + needed);
     }
     bump(counter::SUBMITTED);
-    let ring = cpu % RING_COUNT as u32;
+    let ring = ring_of(cpu);
     if wakeup_due(ring, f.ts_ns) {
         // A lost doorbell only delays the read to user space's next timed drain.
         let _ = ring_output(ring, &f.ts_ns, BPF_RB_FORCE_WAKEUP);

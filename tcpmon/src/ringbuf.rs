@@ -79,9 +79,15 @@ pub struct RingReader {
 // atomics for the shared positions).
 unsafe impl Send for RingReader {}
 
-fn mmap_shared(fd: i32, len: usize, prot: i32, offset: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a fresh shared mapping of a ring buffer map fd; the kernel checks the
-    // offset, length and protection against the map.
+/// A fresh shared mapping of a BPF map fd (a ring buffer, or an mmapable array).
+pub(crate) fn mmap_shared(
+    fd: i32,
+    len: usize,
+    prot: i32,
+    offset: usize,
+) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh shared mapping of a map fd; the kernel checks the offset, length
+    // and protection against the map.
     let ptr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),

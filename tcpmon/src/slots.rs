@@ -13,6 +13,8 @@ use tcpmon_common::{
     SLOT_HEAD_BYTES, SLOT_SIZE, SOCK_EVENT_SIZE,
 };
 
+use crate::ringbuf::mmap_shared;
+
 /// How many slot rings there are and how big.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotLayout {
@@ -58,36 +60,25 @@ pub struct Corrupt {
     pub produced: u64,
 }
 
-fn slot_of(bytes: &[u8; SLOT_SIZE]) -> Slot {
-    let mut words = [0; SLOT_SIZE / 8];
-    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-        *word = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-    }
-    Slot(words)
-}
-
-/// `record` in slots as the kernel writes it: one when it has a short form, else two.
+/// `record` in slots as the kernel writes it: one when it has a short form, else two
+/// (the inverse of `record_at`).
 pub fn encode(record: &SockEvent) -> Vec<Slot> {
-    let mut head = [0; SLOT_SIZE];
-    let tag = match ShortEvent::narrow(record) {
+    match ShortEvent::narrow(record) {
         Some(short) => {
-            head[..SLOT_HEAD_BYTES].copy_from_slice(short.as_bytes());
-            slot_tag::SHORT
+            // SAFETY: a ShortEvent is five words of plain integers.
+            let [w0, w1, w2, w3, w4]: [u64; 5] = unsafe { std::mem::transmute(short) };
+            vec![Slot([w0, w1, w2, w3, w4, slot_tag::SHORT])]
         }
         None => {
-            head[..SLOT_HEAD_BYTES].copy_from_slice(&record.as_bytes()[..SLOT_HEAD_BYTES]);
-            slot_tag::FULL
+            // SAFETY: a SockEvent is eleven words of plain integers.
+            let [w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10]: [u64; 11] =
+                unsafe { std::mem::transmute(*record) };
+            vec![
+                Slot([w0, w1, w2, w3, w4, slot_tag::FULL]),
+                Slot([w5, w6, w7, w8, w9, w10]),
+            ]
         }
-    };
-    head[SLOT_HEAD_BYTES..].copy_from_slice(&tag.to_ne_bytes());
-    let mut slots = vec![slot_of(&head)];
-    if tag == slot_tag::FULL {
-        let mut tail = [0; SLOT_SIZE];
-        tail[..SOCK_EVENT_SIZE - SLOT_HEAD_BYTES]
-            .copy_from_slice(&record.as_bytes()[SLOT_HEAD_BYTES..]);
-        slots.push(slot_of(&tail));
     }
-    slots
 }
 
 /// The record whose first slot is `head` (and, for a full record, whose second is what
@@ -165,22 +156,8 @@ struct Mapping {
 
 impl Mapping {
     fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of an mmapable array map; the kernel checks the
-        // length against the map.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let ptr = mmap_shared(fd.as_raw_fd(), len, prot, 0)?;
         Ok(Self { ptr, len })
     }
 }
