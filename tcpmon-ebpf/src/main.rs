@@ -61,10 +61,12 @@ static SLOTS_SHIFT: Global<u32> = Global::new(0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// When the reader of each ring was last woken (CPUs sharing a ring may race; that only
-/// shifts a wakeup by one record).
+/// When the reader was last woken, by any CPU through any ring: it reads every ring
+/// whichever woke it, so one clock for all halves the wakeups of a per-ring one on two
+/// busy CPUs. (CPUs race on it; that only shifts a wakeup by a record. It is written at
+/// most once per interval, so the cache line stays shared.)
 #[map(name = "LAST_WAKEUP")]
-static LAST_WAKEUP: Array<u64> = Array::with_max_entries(RING_COUNT as u32, 0);
+static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The `struct net` address of TARGET_NETNS, learned from the first socket seen in it (the
 /// namespace outlives tcpmon's watch of it, so the address cannot be reused meanwhile).
@@ -159,8 +161,8 @@ fn bump(index: u32) {
 /// record under load; waking it at most every `interval_ns` keeps latency low when quiet
 /// and the cost flat when busy. True when this record should wake the reader.
 #[inline(always)]
-fn wakeup_due(ring: u32, now: u64, interval_ns: u64) -> bool {
-    let Some(last) = LAST_WAKEUP.get_ptr_mut(ring) else {
+fn wakeup_due(now: u64, interval_ns: u64) -> bool {
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return true;
     };
     // SAFETY: valid map value pointer; a racy read-modify-write is harmless here.
@@ -217,7 +219,7 @@ fn ring_output<T>(ring: u32, record: &T, flags: u64) -> Result<(), i32> {
 fn output<T>(record: &T, now: u64) {
     // SAFETY: helper without preconditions.
     let ring = ring_of(unsafe { bpf_get_smp_processor_id() });
-    let flags = if wakeup_due(ring, now, WAKEUP_NS) {
+    let flags = if wakeup_due(now, WAKEUP_NS) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -291,7 +293,7 @@ fn submit_state(f: &Fields) {
     // stalls.
     let mark = (1u64 << shift) >> 4;
     let crossed_mark = filled_before < mark && filled_before + needed >= mark;
-    if wakeup_due(ring, f.ts_ns, SLOT_WAKEUP_NS) || crossed_mark {
+    if wakeup_due(f.ts_ns, SLOT_WAKEUP_NS) || crossed_mark {
         // A lost doorbell only delays the read to user space's next timed drain.
         let _ = ring_output(ring, &f.ts_ns, BPF_RB_FORCE_WAKEUP);
     }

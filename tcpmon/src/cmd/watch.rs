@@ -243,6 +243,9 @@ struct Session<'a> {
 /// ns per transition against 1 MiB; 64 KiB is also a default pipe's capacity).
 const RECORD_FLUSH_BYTES: usize = 64 << 10;
 
+/// The longest a record waits in a ring once traffic stops (no doorbell comes then).
+const DRAIN_AFTER: Duration = Duration::from_millis(25);
+
 /// At most one /proc read a second to name the owners of CLOSE_WAIT sockets.
 const OWNER_LOOKUP_GAP_NS: u64 = 1_000_000_000;
 
@@ -417,14 +420,12 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     let mut tick = tokio::time::interval(args.interval);
     let mut tally_tick = tokio::time::interval(args.tally_interval);
     let mut reconcile_tick = tokio::time::interval(args.reconcile_interval);
-    // The kernel batches wakeups (see tcpmon-ebpf): pick up what a batch left behind.
-    let mut drain_tick = tokio::time::interval(Duration::from_millis(25));
-    for t in [
-        &mut tick,
-        &mut tally_tick,
-        &mut reconcile_tick,
-        &mut drain_tick,
-    ] {
+    // The kernel batches wakeups (see tcpmon-ebpf): pick up what a batch left behind,
+    // DRAIN_AFTER after the last read (under load the doorbells come first, and a
+    // periodic timer would only add wakeups).
+    let drain_timer = tokio::time::sleep(DRAIN_AFTER);
+    tokio::pin!(drain_timer);
+    for t in [&mut tick, &mut tally_tick, &mut reconcile_tick] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t.tick().await;
     }
@@ -453,6 +454,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                     logger.flush();
                 }
                 session.flush()?;
+                drain_timer.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER);
             }
             _ = tick.tick() => {
                 if let Source::Poll { .. } = source {
@@ -461,11 +463,12 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
                 session.evaluate(&mut source)?;
                 session.flush()?;
             }
-            _ = drain_tick.tick() => {
+            () = &mut drain_timer => {
                 if let Source::Ebpf { rings, .. } = &mut source {
                     session.drain(rings)?;
                     session.flush()?;
                 }
+                drain_timer.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER);
             }
             _ = tally_tick.tick() => {
                 session.write_tally()?;
