@@ -88,6 +88,35 @@ fn consume(c: &mut Criterion) {
             black_box(tally.view(5).states.len())
         })
     });
+    // The NDJSON writer alone, on the same transitions decoded once, stamped as on a host
+    // up for days (15-digit ts_ns, as the kernel's clock gives them there).
+    let uptime_ns = 5 * 86_400 * 1_000_000_000;
+    let mut tally = Tally::new(TallyConfig::default());
+    let decoded: Vec<_> = records
+        .iter()
+        .map(|raw| {
+            let event = SockEvent::from_bytes(raw).expect("record size");
+            let Ok(Record::Transition(mut t)) = decode_event(&event) else {
+                unreachable!("only state records here")
+            };
+            let micros = tally.apply(&t).micros_in_old;
+            t.at.ts_ns += uptime_ns;
+            (t, micros)
+        })
+        .collect();
+    group.bench_function("json", |b| {
+        b.iter(|| {
+            let mut writer = FastWriter::default();
+            for (t, micros) in &decoded {
+                writer.json(t, &clock, *micros, Origin::Ebpf);
+                if writer.buf.len() > 64 << 10 {
+                    black_box(&writer.buf);
+                    writer.buf.clear();
+                }
+            }
+            black_box(writer.buf.len())
+        })
+    });
     // The quiet path as the reader runs it (--quiet-transitions): records walked out of
     // two slot rings (one per CPU) in passes of a few thousand, put back in time order,
     // decoded and tallied, without entry times as nothing shows them.
