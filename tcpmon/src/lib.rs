@@ -34,6 +34,7 @@ pub mod rules;
 pub mod slots;
 pub mod snapshot;
 pub mod tally;
+mod time_wait_table;
 
 use std::{fs, path::Path};
 

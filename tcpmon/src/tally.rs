@@ -27,6 +27,7 @@ use crate::{
     event::Transition,
     model::{canonical_ip, TcpState},
     procfs::Socket,
+    time_wait_table::{TimeWaitEntry, TimeWaitTable},
 };
 
 /// Whole microseconds (the precision the output prints), kept an integer on the hot path:
@@ -106,17 +107,6 @@ impl Tuple {
             remote_port: t.at.remote_port,
         }
     }
-}
-
-/// A TIME_WAIT socket as the tally holds it (keyed by its tuple).
-#[derive(Clone, Copy, Debug)]
-struct TimeWaitEntry {
-    expires_ns: u64,
-    /// Counted toward its destination (local port in the ephemeral range).
-    client_side: bool,
-    /// A timewait mini-socket still in its FIN_WAIT2 substate (an orphan waiting for the
-    /// peer's FIN): /proc and ss show it as FIN_WAIT2, sockstat counts it in `tw`.
-    fin_wait2: bool,
 }
 
 /// A CLOSE_WAIT socket and since when it has been there.
@@ -238,7 +228,7 @@ pub struct Tally {
     /// By tuple: a new connection on a held tuple ends its TIME_WAIT. Expiry sweeps the
     /// table once per `expire` call (every second) instead of keeping it in time order:
     /// a linked order cost three more cache misses per connection under churn.
-    time_wait: FxHashMap<Tuple, TimeWaitEntry>,
+    time_wait: TimeWaitTable,
     /// No entry expires before this (a lower bound), so most sweeps are skipped.
     time_wait_next_expiry: u64,
     /// TIME_WAIT entries not held because `max_time_wait` was reached.
@@ -272,7 +262,7 @@ impl Tally {
         Self {
             cfg,
             counts: [0; 12],
-            time_wait: FxHashMap::default(),
+            time_wait: TimeWaitTable::default(),
             time_wait_next_expiry: u64::MAX,
             time_wait_unheld: 0,
             time_wait_adjust: 0,
@@ -637,9 +627,7 @@ impl Tally {
                 client_side: self.cfg.port_range.contains(tuple.local_port),
                 fin_wait2: false,
             };
-            if self.time_wait.len() >= self.cfg.max_time_wait
-                && !self.time_wait.contains_key(&tuple)
-            {
+            if self.time_wait.len() >= self.cfg.max_time_wait && !self.time_wait.contains(&tuple) {
                 // The kernel would not have created it either; sockstat corrects the
                 // total. Its peer stops counting now, as for a plain close.
                 self.time_wait_unheld += 1;
@@ -712,17 +700,7 @@ impl Tally {
         if now_ns < self.time_wait_next_expiry {
             return;
         }
-        let mut next = u64::MAX;
-        let ended: Vec<(Tuple, TimeWaitEntry)> = self
-            .time_wait
-            .extract_if(|_, e| {
-                let over = e.expires_ns <= now_ns;
-                if !over {
-                    next = next.min(e.expires_ns);
-                }
-                over
-            })
-            .collect();
+        let (ended, next) = self.time_wait.take_expired(now_ns);
         self.time_wait_next_expiry = next;
         for (tuple, entry) in ended {
             self.end_time_wait(tuple, entry);
