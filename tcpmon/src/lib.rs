@@ -26,6 +26,7 @@ pub mod live;
 pub mod model;
 pub mod order;
 pub mod poll;
+pub mod priority;
 pub mod process;
 pub mod procfs;
 pub mod render;

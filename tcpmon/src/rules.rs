@@ -259,7 +259,8 @@ fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
     }
 }
 
-fn plural(n: u64) -> &'static str {
+/// The plural ending for a count of `n`.
+pub fn plural(n: u64) -> &'static str {
     if n == 1 {
         ""
     } else {

@@ -87,6 +87,11 @@ pub struct WatchArgs {
     /// then raw, then classic); the others force one, for a kernel where it misbehaves.
     #[arg(long, value_enum, value_name = "HOOK", default_value_t = StateHook::Auto)]
     pub state_hook: StateHook,
+    /// Nice value of the reader in eBPF mode, -20 to 19. By default it is raised to -19
+    /// (never lowered), so that the traffic it watches does not keep preempting it.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: Option<i32>,
     /// Remote IPs tallied individually; beyond, they are aggregated (and the tally says so).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_ips: usize,
@@ -355,7 +360,16 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     let mut source = match source {
         Some(mut probe) => {
             session.syn_counter_loaded = probe.syn_counter_loaded();
-            let notes = std::mem::take(&mut probe.notes);
+            let mut notes = std::mem::take(&mut probe.notes);
+            let reader = match tcpmon::priority::apply(args.nice) {
+                Ok(nice) => format!("reader at nice {nice}"),
+                Err(e) => {
+                    notes.push(format!(
+                        "could not set the reader's priority ({e}): under a load that keeps every CPU busy it is preempted more often, and the rings fill sooner"
+                    ));
+                    "reader at its inherited priority".to_owned()
+                }
+            };
             let layout = probe.ring_layout;
             let slot_layout = probe.slot_rings.as_ref().map(|s| s.layout());
             let rings = Rings::new(std::mem::take(&mut probe.rings), probe.slot_rings.take())?;
@@ -365,7 +379,7 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
             };
             mode_line = (
                 format!(
-                    "watching TCP state transitions with eBPF ({scope}; {}; {}ring buffers {} x {} KiB; {})",
+                    "watching TCP state transitions with eBPF ({scope}; {}; {}ring buffers {} x {} KiB; {}; {reader})",
                     probe.state_hook.describe(),
                     slot_layout.map_or_else(String::new, |l| format!(
                         "slot rings {} x {} KiB, ",
@@ -493,12 +507,13 @@ async fn watch(args: &WatchArgs, style: Style) -> Result<u8> {
     drop(source);
     // One line for whoever reads stderr (and for scripts that sent stdout elsewhere).
     eprintln!(
-        "tcpmon: detached ({} mode): {} transitions, {} lost {}, {} reconciliations",
+        "tcpmon: detached ({} mode): {} transitions, {} lost {}, {} reconciliation{}",
         session.mode,
         session.received.transitions,
         session.lost(),
         session.loss_breakdown(),
-        session.reconciliations
+        session.reconciliations,
+        tcpmon::rules::plural(session.reconciliations)
     );
     Ok(0)
 }

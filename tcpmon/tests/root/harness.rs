@@ -208,6 +208,11 @@ impl Watcher {
         }
     }
 
+    /// tcpmon's pid (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

@@ -302,3 +302,33 @@ fn every_event_arrives_or_is_counted_lost() {
     );
     eprintln!("{N} connections: {seen}/{expected} transitions received, {lost} reported lost");
 }
+
+/// The nice value of `pid`'s main thread (the reader): field 19 of /proc/PID/stat.
+fn nice_of(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which may hold spaces, start at field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace()
+        .nth(19 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn the_reader_raises_its_priority_unless_told_otherwise() {
+    if !require_root("the_reader_raises_its_priority_unless_told_otherwise") {
+        return;
+    }
+    let ns = Netns::new("nice");
+    for (extra, nice) in [(&[][..], -19), (&["--nice", "5"][..], 5)] {
+        let watcher = start_watch(&ns, extra);
+        assert_eq!(nice_of(watcher.pid()), nice, "{extra:?}");
+        let mode = watcher.wait_for(Duration::from_secs(1), "mode line", |l| {
+            l.contains("\"type\":\"mode\"")
+        });
+        assert!(mode.contains(&format!("reader at nice {nice}")), "{mode}");
+        watcher.stop();
+    }
+}
