@@ -1,9 +1,9 @@
 //! The scheduling priority of the eBPF reader. It has to keep up with the traffic it
 //! watches, and under a churn that keeps every CPU busy, at the default priority, the
-//! threads making that traffic preempt it mid-batch (~80 times a second on the 2-CPU test
-//! machine; none at nice -19). Its CPU time is the same either way, but the churn it
-//! watches ran ~3 points of connection rate slower with it at nice 0 than at -19 (-10
-//! was in between), and a reader that falls behind lets the rings fill. So it raises its
+//! threads making that traffic preempt it mid-batch (80-450 times a second on the 2-CPU
+//! test machine; 30-60 at nice -19). Its CPU time is the same either way, but the churn
+//! it watches ran 2-4 points of connection rate slower with it at nice 0 than at -19
+//! (-10 was in between), and a reader that falls behind lets the rings fill. So it raises its
 //! own priority, as audit daemons do, but stays an ordinary time-shared thread: unlike a
 //! real-time one it cannot starve the machine, even during a long /proc reconciliation.
 use std::io;

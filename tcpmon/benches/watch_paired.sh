@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Paired comparison of `tcpmon watch --json >/dev/null` option sets under maximal loopback
+# churn: every run with tcpmon gets its own no-tracer run just before it, and the order of
+# the option sets rotates each round, so the host's drift between rounds cancels out.
+# Prints each run, then per option set the median and range of the rate lost. Needs root.
+#   tcpmon/benches/watch_paired.sh [--rounds 12] [--seconds 8] [--threads 32] -- "OPTS" "OPTS"...
+# e.g. watch_paired.sh -- "--nice 0" "--nice -10" ""   ("" = the defaults)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+tcpmon="${TCPMON:-$root/target/release/tcpmon}"
+churn="${CHURN:-$root/target/release/examples/churn}"
+rounds=12 seconds=8 threads=32 variants=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --rounds) rounds=$2; shift 2 ;;
+        --seconds) seconds=$2; shift 2 ;;
+        --threads) threads=$2; shift 2 ;;
+        --) shift; variants=("$@"); break ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[[ ${#variants[@]} -ge 1 ]] || { echo "name at least one option set after --" >&2; exit 2; }
+ns="tcpmon-paired-$$"
+watcher=""
+work="$(mktemp -d)"
+cleanup() {
+    [[ -n "$watcher" ]] && kill "$watcher" 2>/dev/null || true
+    ip netns delete "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+ip netns exec "$ns" ip link set lo up
+rate_of() { sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
+
+count=${#variants[@]}
+label() { echo "[${variants[$1]:-defaults}]"; }
+printf '%-24s %10s %10s %8s  %s\n' options without with lost detach
+for ((r = 0; r < rounds; r++)); do
+    for ((i = 0; i < count; i++)); do
+        v=$(((i + r) % count))
+        read -r -a opts <<<"${variants[$v]}"
+        base=$(ip netns exec "$ns" "$churn" "$seconds" "$threads" | rate_of)
+        sleep 1
+        ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf "${opts[@]}" >/dev/null 2>"$work/watch.err" &
+        watcher=$!
+        sleep 1.5
+        with=$(ip netns exec "$ns" "$churn" "$seconds" "$threads" | rate_of)
+        kill -TERM "$watcher"; wait "$watcher" || true; watcher=""
+        lost=$(awk -v a="$base" -v b="$with" 'BEGIN { printf "%.2f", 100 * (1 - b / a) }')
+        echo "$v $lost" >> "$work/losses"
+        printf '%-24s %10s %10s %7s%%  %s\n' "$(label "$v")" "$base" "$with" "$lost" \
+            "$(grep -o 'lost (ring buffer full [0-9]*' "$work/watch.err" | tail -1)"
+        sleep 1
+    done
+done
+for ((v = 0; v < count; v++)); do
+    awk -v v="$v" '$1 == v { print $2 }' "$work/losses" | sort -g | awk -v name="$(label "$v")" '
+        { x[NR] = $1 }
+        END { m = NR % 2 ? x[(NR + 1) / 2] : (x[NR / 2] + x[NR / 2 + 1]) / 2
+              printf "%-24s rate lower by: median %.1f%%, range %.1f%%..%.1f%% over %d runs\n", name, m, x[1], x[NR], NR }'
+done
