@@ -25,19 +25,9 @@ while [[ $# -gt 0 ]]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-ns="tcpmon-ovh-$$"
-watcher=""
-work="$(mktemp -d)"
-cleanup() {
-    [[ -n "$watcher" ]] && kill "$watcher" 2>/dev/null || true
-    ip netns delete "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip netns exec "$ns" ip link set lo up
-in_ns() { ip netns exec "$ns" "$@"; }
-rate_of() { sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
+# shellcheck source=churn_netns.sh
+source "$here/churn_netns.sh"
+churn_netns tcpmon-ovh
 # A Tcp: counter of /proc/net/snmp in the namespace.
 snmp_tcp() { in_ns awk -v name="$1" '/^Tcp:/ { if (!n) { for (i = 2; i <= NF; i++) col[$i] = i; n = 1 } else print $col[name] }' /proc/net/snmp; }
 conns_of() { sed -n 's/.*connections=\([0-9]*\).*/\1/p'; }

@@ -21,18 +21,9 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ ${#variants[@]} -ge 1 ]] || { echo "name at least one option set after --" >&2; exit 2; }
-ns="tcpmon-paired-$$"
-watcher=""
-work="$(mktemp -d)"
-cleanup() {
-    [[ -n "$watcher" ]] && kill "$watcher" 2>/dev/null || true
-    ip netns delete "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-ip netns exec "$ns" ip link set lo up
-rate_of() { sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
+# shellcheck source=churn_netns.sh
+source "$here/churn_netns.sh"
+churn_netns tcpmon-paired
 
 count=${#variants[@]}
 label() { echo "[${variants[$1]:-defaults}]"; }
@@ -41,12 +32,12 @@ for ((r = 0; r < rounds; r++)); do
     for ((i = 0; i < count; i++)); do
         v=$(((i + r) % count))
         read -r -a opts <<<"${variants[$v]}"
-        base=$(ip netns exec "$ns" "$churn" "$seconds" "$threads" | rate_of)
+        base=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
         sleep 1
         ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf "${opts[@]}" >/dev/null 2>"$work/watch.err" &
         watcher=$!
         sleep 1.5
-        with=$(ip netns exec "$ns" "$churn" "$seconds" "$threads" | rate_of)
+        with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
         kill -TERM "$watcher"; wait "$watcher" || true; watcher=""
         lost=$(awk -v a="$base" -v b="$with" 'BEGIN { printf "%.2f", 100 * (1 - b / a) }')
         echo "$v $lost" >> "$work/losses"
