@@ -1,6 +1,9 @@
 # Sourced by the watch benches: a private network namespace (loopback up) for the churn,
 # a work directory, and a cleanup on exit that stops the watcher and removes both.
-#   churn_netns PREFIX   sets ns, work and watcher (the benches put tcpmon's pid there)
+#   churn_netns PREFIX      sets ns, work and watcher
+#   start_watch OPTIONS...  starts `tcpmon watch --json --mode ebpf OPTIONS >/dev/null` in
+#                           the namespace (stderr in $work/watch.err), its pid in watcher
+#   stop_watch              SIGTERM, and waits for it to detach
 churn_netns() {
     ns="$1-$$"
     watcher=""
@@ -16,3 +19,13 @@ churn_netns_cleanup() {
 }
 in_ns() { ip netns exec "$ns" "$@"; }
 rate_of() { sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
+start_watch() {
+    # Not through in_ns: a backgrounded function is a subshell, and $! must be tcpmon.
+    ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf "$@" >/dev/null 2>"$work/watch.err" &
+    watcher=$!
+    sleep 1.5
+}
+# Not called in $(...): `wait` only works in the shell that started the job.
+stop_watch() {
+    kill -TERM "$watcher"; wait "$watcher" || true; watcher=""
+}

@@ -32,15 +32,9 @@ churn_netns tcpmon-ovh
 snmp_tcp() { in_ns awk -v name="$1" '/^Tcp:/ { if (!n) { for (i = 2; i <= NF; i++) col[$i] = i; n = 1 } else print $col[name] }' /proc/net/snmp; }
 conns_of() { sed -n 's/.*connections=\([0-9]*\).*/\1/p'; }
 
-start_watch() {
-    # Not through in_ns: a backgrounded function is a subshell, and $! must be tcpmon.
-    ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf "${extra[@]}" >/dev/null 2>"$work/watch.err" &
-    watcher=$!
-    sleep 1.5
-}
-# Not called in $(...): `wait` only works in the shell that started the job.
-stop_watch() {
-    kill -TERM "$watcher"; wait "$watcher" || true; watcher=""
+# Stops tcpmon and keeps its detach line. Not called in $(...), as stop_watch.
+detach_summary() {
+    stop_watch
     grep 'detached' "$work/watch.err" | tail -1 > "$work/summary" || echo "no summary: $(tail -3 "$work/watch.err")" > "$work/summary"
 }
 
@@ -51,11 +45,11 @@ for ((r = 1; r <= rounds; r++)); do
     base=$(in_ns "$churn" "$seconds" "$threads" | tee "$work/base.out" | rate_of)
     printf '%-6s %-22s %10s\n' "$r" "no tracer" "$base"
     sleep 2
-    start_watch
+    start_watch "${extra[@]}"
     resets_before=$(snmp_tcp EstabResets)
     out=$(in_ns "$churn" "$seconds" "$threads")
     resets=$(($(snmp_tcp EstabResets) - resets_before))
-    stop_watch
+    detach_summary
     summary=$(cat "$work/summary")
     got=$(sed -n 's/.*: \([0-9]*\) transitions.*/\1/p' <<<"$summary")
     lost=$(sed -n 's/.*, \([0-9]*\) lost.*/\1/p' <<<"$summary")
@@ -134,7 +128,7 @@ PY
 
 if [[ "$rss" -gt 0 ]]; then
     echo "RSS of tcpmon watch under ${rss}s of churn (sampled every 30s):"
-    start_watch
+    start_watch "${extra[@]}"
     in_ns "$churn" "$rss" "$threads" > "$work/long.out" &
     churner=$!
     pid=$watcher
@@ -144,6 +138,6 @@ if [[ "$rss" -gt 0 ]]; then
     done
     wait "$churner" || true
     cat "$work/long.out"
-    stop_watch
+    detach_summary
     cat "$work/summary"
 fi

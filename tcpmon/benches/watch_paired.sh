@@ -34,11 +34,9 @@ for ((r = 0; r < rounds; r++)); do
         read -r -a opts <<<"${variants[$v]}"
         base=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
         sleep 1
-        ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf "${opts[@]}" >/dev/null 2>"$work/watch.err" &
-        watcher=$!
-        sleep 1.5
+        start_watch "${opts[@]}"
         with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
-        kill -TERM "$watcher"; wait "$watcher" || true; watcher=""
+        stop_watch
         lost=$(awk -v a="$base" -v b="$with" 'BEGIN { printf "%.2f", 100 * (1 - b / a) }')
         echo "$v $lost" >> "$work/losses"
         printf '%-24s %10s %10s %7s%%  %s\n' "$(label "$v")" "$base" "$with" "$lost" \

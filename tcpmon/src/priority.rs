@@ -22,7 +22,7 @@ pub fn reader_nice(current: i32, requested: Option<i32>) -> Option<i32> {
 }
 
 /// The calling thread's nice value.
-pub fn current_nice() -> io::Result<i32> {
+fn current_nice() -> io::Result<i32> {
     // getpriority() may legitimately return -1: only errno tells an error apart.
     // SAFETY: errno is thread-local; getpriority has no memory preconditions.
     unsafe {
@@ -37,7 +37,7 @@ pub fn current_nice() -> io::Result<i32> {
 
 /// Sets the calling thread's nice value (on Linux PRIO_PROCESS with id 0 is the calling
 /// thread only, which is the reader: the runtime is single-threaded).
-pub fn set_nice(nice: i32) -> io::Result<()> {
+fn set_nice(nice: i32) -> io::Result<()> {
     // SAFETY: no memory preconditions.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } == 0 {
         Ok(())
