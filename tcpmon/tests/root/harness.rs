@@ -225,7 +225,13 @@ impl Watcher {
                 return line.clone();
             }
             if start.elapsed() > timeout {
-                panic!("no {what} within {timeout:?}; stderr:\n{}", self.stderr());
+                let lines = self.lines.lock().unwrap();
+                let last = &lines[lines.len().saturating_sub(3)..];
+                panic!(
+                    "no {what} within {timeout:?}; last stdout lines:\n{}\nstderr:\n{}",
+                    last.join("\n"),
+                    self.stderr()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
