@@ -237,10 +237,15 @@ impl Watcher {
         }
     }
 
+    /// Sends `signal` to tcpmon (SIGSTOP/SIGCONT pause and resume its reader).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signalling our own child, which is not reaped before `self` drops.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// SIGTERM, wait for exit, and return every stdout line.
     pub fn stop(mut self) -> (Vec<String>, std::process::ExitStatus) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -216,17 +216,14 @@ fn full_ring_buffer_is_reported_and_reconciled() {
     let ns = Netns::new("ringfull");
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_rfc1337=1"]);
     let watcher = watch(&ns, &["--mode", "ebpf", "--ring-bytes", "4096"]);
-    let pid = watcher.pid() as i32;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    watcher.signal(libc::SIGSTOP);
     let held = ns.run(|| {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7200)).unwrap();
         let mut keep = Vec::new();
         churn(1500, &mut keep, &listener);
         (listener, keep)
     });
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    watcher.signal(libc::SIGCONT);
     let expected = ss_states(&ns);
     // Loss triggers a reconciliation at the first evaluation after the reader resumes.
     let line = watcher.wait_for(
