@@ -2,16 +2,30 @@
 //! applying them to the tally and writing NDJSON, on a stream shaped like loopback churn
 //! (both ends of each connection, 10 transitions, client ports cycling through the
 //! ephemeral range so TIME_WAIT tuples get reused as they do under real churn).
+//!
+//! `engine+ndjson` is the path `watch --json` runs: the library engine draining a source
+//! into its NDJSON sink. The other cases time the pieces alone.
 use std::{hint::black_box, time::SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tcpmon::{
-    event::{decode_event, Record},
-    live::{Clock, FastWriter, Origin},
-    model::TcpState::{self, *},
-    order::Reorder,
-    slots::{encode, walk},
-    tally::{Tally, TallyConfig},
+    ebpf::{
+        decode::{decode_event, Record},
+        order::Reorder,
+        slots::{encode, walk},
+    },
+    host::clock::Clock,
+    live::{
+        fake::{FakeHost, FakeSource},
+        record::{Mode, ModeRecord, SCHEMA_VERSION},
+        tally::{Tally, TallyConfig},
+        Engine, EngineConfig,
+    },
+    model::{
+        Origin,
+        TcpState::{self, *},
+    },
+    output::{live::NdjsonSink, ndjson::FastWriter},
 };
 use tcpmon_common::{kind, ShortEvent, Slot, SockEvent, AF_INET};
 
@@ -85,7 +99,41 @@ fn consume(c: &mut Criterion) {
                     writer.buf.clear();
                 }
             }
-            black_box(tally.view(5).states.len())
+            black_box(tally.view(5).states.total())
+        })
+    });
+    // The whole engine as `watch --json` runs it: records drained from a source (here a
+    // fake one, handing out the stream in batches as the rings do), decoded, tallied and
+    // written by the NDJSON sink to a byte sink.
+    let events: Vec<SockEvent> = records
+        .iter()
+        .map(|raw| SockEvent::from_bytes(raw).expect("record size"))
+        .collect();
+    group.bench_function("engine+ndjson", |b| {
+        b.iter(|| {
+            let mut sink = NdjsonSink::new(std::io::sink());
+            let mode = ModeRecord {
+                schema_version: SCHEMA_VERSION,
+                mode: Mode::Ebpf,
+                reason: "bench".into(),
+                notes: Vec::new(),
+                fell_back: false,
+                poll_interval: None,
+            };
+            let mut engine = Engine::start(
+                EngineConfig::default(),
+                FakeHost::default(),
+                Some(FakeSource::default()),
+                mode,
+                &mut sink,
+            )
+            .expect("a fake host always starts");
+            for batch in events.chunks(4096) {
+                let source = engine.source_mut().expect("eBPF mode");
+                source.pending.extend_from_slice(batch);
+                engine.drain(&mut sink).expect("a byte sink never fails");
+            }
+            black_box(engine.received().transitions)
         })
     });
     // The NDJSON writer alone, on the same transitions decoded once, stamped as on a host
@@ -164,7 +212,7 @@ fn consume(c: &mut Criterion) {
                     break;
                 }
             }
-            black_box(tally.view(5).states.len())
+            black_box(tally.view(5).states.total())
         })
     });
     group.finish();

@@ -5,10 +5,12 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tcpmon::{
-    analysis::{Aggregator, Collect, Filter, PortRange},
-    model::{Family, TcpState},
-    procfs::{self, Socket},
-    Snapshot,
+    host::proc_net::{self as procfs, Socket},
+    model::{Family, PortRange, TcpState},
+    snapshot::{
+        analysis::{Aggregator, Collect, Filter},
+        Snapshot,
+    },
 };
 
 /// A population shaped like a web server: mostly ESTABLISHED and TIME_WAIT from many

@@ -1,11 +1,13 @@
-//! Command-line definitions (clap derive), converted into library types by the commands.
+//! Command-line definitions (clap derive), converted here into the library's types.
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcpmon::{
-    analysis::{parse_net, Filter},
-    audit::{Severity, Thresholds},
-    model::{Family, TcpState},
+    ebpf::{LoadOptions, StateHook},
+    host::ProcRoot,
+    live::{EngineConfig, ModeChoice, SourceOptions, TransitionFilter},
+    model::{Family, Severity, TcpState, Thresholds},
+    snapshot::analysis::{parse_net, Filter},
 };
 
 #[derive(Parser, Debug)]
@@ -40,7 +42,7 @@ pub enum Command {
     /// Findings with severities; exit 0 clean, 1 when one reaches --fail-on, 2 on error.
     Audit(AuditArgs),
     /// Live transitions, tallies and alerts (eBPF; falls back to polling).
-    Watch(crate::cmd::watch::WatchArgs),
+    Watch(WatchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -91,6 +93,10 @@ impl SnapshotArgs {
     pub fn limit(&self) -> Option<usize> {
         (!self.all).then_some(self.limit)
     }
+
+    pub fn proc_root(&self) -> ProcRoot {
+        ProcRoot::new(&self.proc_root)
+    }
 }
 
 pub fn parse_state(text: &str) -> Result<TcpState, String> {
@@ -100,51 +106,108 @@ pub fn parse_state(text: &str) -> Result<TcpState, String> {
     })
 }
 
-/// Audit thresholds (defaults in the README).
+/// A percentage, 0 to 100.
+fn parse_pct(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{text}' is not a percentage from 0 to 100")),
+    }
+}
+
+/// A rate: a finite number, 0 or more.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "'{text}' is not a rate (a finite number, 0 or more)"
+        )),
+    }
+}
+
+/// Thresholds shared by the snapshot audit and the live alerts (defaults:
+/// `Thresholds::DEFAULT`, documented in the README).
 #[derive(Args, Debug, Clone)]
 pub struct ThresholdArgs {
     /// TIME_WAIT sockets above which to warn.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.time_wait_warn)]
     pub time_wait_warn: u64,
     /// TIME_WAIT sockets above which it is critical.
-    #[arg(long, default_value_t = 5000, value_name = "N")]
+    #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.time_wait_crit)]
     pub time_wait_crit: u64,
-    /// CLOSE_WAIT sockets above which it is critical (any CLOSE_WAIT warns).
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    /// CLOSE_WAIT sockets on one local port above which it is critical.
+    #[arg(long, visible_alias = "close-wait-count", value_name = "N",
+          default_value_t = Thresholds::DEFAULT.close_wait_crit)]
     pub close_wait_crit: u64,
-    /// Half-open requests per listener, % of its backlog, above which to warn.
-    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    /// Half-open requests per listener, % of its backlog, to warn.
+    #[arg(long, visible_alias = "syn-backlog", value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.syn_backlog_warn_pct)]
     pub syn_backlog_warn: f64,
-    /// ... and above which it is critical.
-    #[arg(long, default_value_t = 90.0, value_name = "PCT")]
+    /// ... and to call it critical.
+    #[arg(long, value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.syn_backlog_crit_pct)]
     pub syn_backlog_crit: f64,
     /// Connections from one remote IP above which to warn.
-    #[arg(long, default_value_t = 200, value_name = "N")]
+    #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.per_ip_warn)]
     pub per_ip_warn: u64,
     /// Connections from one remote IP above which it is critical.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.per_ip_crit)]
     pub per_ip_crit: u64,
     /// Local ports tied up toward one remote ip:port, % of the ephemeral range, to warn.
-    #[arg(long, default_value_t = 50.0, value_name = "PCT")]
+    #[arg(long, value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.port_exhaustion_warn_pct)]
     pub port_exhaustion_warn: f64,
     /// ... and to call it critical.
-    #[arg(long, default_value_t = 80.0, value_name = "PCT")]
+    #[arg(long, value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.port_exhaustion_crit_pct)]
     pub port_exhaustion_crit: f64,
 }
 
 impl ThresholdArgs {
+    pub fn apply(&self, t: &mut Thresholds) {
+        t.time_wait_warn = self.time_wait_warn;
+        t.time_wait_crit = self.time_wait_crit;
+        t.close_wait_crit = self.close_wait_crit;
+        t.syn_backlog_warn_pct = self.syn_backlog_warn;
+        t.syn_backlog_crit_pct = self.syn_backlog_crit;
+        t.per_ip_warn = self.per_ip_warn;
+        t.per_ip_crit = self.per_ip_crit;
+        t.port_exhaustion_warn_pct = self.port_exhaustion_warn;
+        t.port_exhaustion_crit_pct = self.port_exhaustion_crit;
+    }
+
     pub fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            time_wait_warn: self.time_wait_warn,
-            time_wait_crit: self.time_wait_crit,
-            close_wait_crit: self.close_wait_crit,
-            syn_backlog_warn_pct: self.syn_backlog_warn,
-            syn_backlog_crit_pct: self.syn_backlog_crit,
-            per_ip_warn: self.per_ip_warn,
-            per_ip_crit: self.per_ip_crit,
-            port_exhaustion_warn_pct: self.port_exhaustion_warn,
-            port_exhaustion_crit_pct: self.port_exhaustion_crit,
-        }
+        let mut t = Thresholds::DEFAULT;
+        self.apply(&mut t);
+        t
+    }
+}
+
+/// Thresholds only the live alerts use.
+#[derive(Args, Debug, Clone)]
+pub struct LiveThresholdArgs {
+    #[command(flatten)]
+    pub shared: ThresholdArgs,
+    /// CLOSE_WAIT sockets older than this raise an alert.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          default_value = "60s")]
+    pub close_wait_age: Duration,
+    /// SYN-ACK retransmits per second on one listener that mean a SYN flood.
+    #[arg(long, value_name = "N", value_parser = parse_rate,
+          default_value_t = Thresholds::DEFAULT.synack_retransmit_rate)]
+    pub synack_retransmit_rate: f64,
+    /// SYNs per second on one listener, with under half completing, that mean a SYN flood.
+    #[arg(long, value_name = "N", value_parser = parse_rate,
+          default_value_t = Thresholds::DEFAULT.syn_rate)]
+    pub syn_rate: f64,
+}
+
+impl LiveThresholdArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        let mut t = self.shared.thresholds();
+        t.close_wait_age_secs = self.close_wait_age.as_secs_f64();
+        t.synack_retransmit_rate = self.synack_retransmit_rate;
+        t.syn_rate = self.syn_rate;
+        t
     }
 }
 
@@ -177,6 +240,106 @@ pub enum Mode {
     Poll,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// NDJSON: one record per line, "type" mode, transition, alert, tally or summary.
+    #[arg(long)]
+    pub json: bool,
+    /// auto: eBPF, else poll /proc (saying why); ebpf: fail if eBPF cannot load; poll: never load eBPF.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// How often to evaluate alerts and poll the cheap counters (and /proc in poll mode).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Print a tally line this often.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub tally_interval: Duration,
+    /// Rebuild the tallies from a /proc snapshot this often (and after any loss).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    /// Stop after this long (default: until Ctrl-C / SIGTERM / SIGHUP).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Alerts and tallies only, no transition lines.
+    #[arg(long)]
+    pub quiet_transitions: bool,
+    /// Show transitions from every network namespace (tallies stay this namespace's).
+    #[arg(long)]
+    pub all_netns: bool,
+    /// Only transitions whose local or remote port is PORT.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only transitions whose local or remote address is in ADDR|CIDR.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = parse_net)]
+    pub ip: Option<ipnet::IpNet>,
+    /// Only transitions into or out of these states.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
+    pub state: Vec<TcpState>,
+    /// Ring memory in all: seven eighths for the per-CPU slot rings of state transitions
+    /// (48-byte slots), an eighth for the ring buffers (SYN records), each ring rounded
+    /// down to a power of two; all of it for the ring buffers with --ring-buffers-only.
+    #[arg(long, value_name = "BYTES", default_value_t = tcpmon_common::DEFAULT_RING_BYTES)]
+    pub ring_bytes: u32,
+    /// Send state transitions through the BPF ring buffers too, not the per-CPU slot
+    /// rings (which cost the kernel ~40 ns less per transition; x86-64 only).
+    #[arg(long)]
+    pub ring_buffers_only: bool,
+    /// How to hook sock:inet_sock_set_state: auto takes the cheapest that loads (btf,
+    /// then raw, then classic); the others force one, for a kernel where it misbehaves.
+    #[arg(long, value_enum, value_name = "HOOK", default_value_t = StateHook::Auto)]
+    pub state_hook: StateHook,
+    /// Nice value of the reader in eBPF mode, -20 to 19. By default it is raised to -19
+    /// (never lowered), so that the traffic it watches does not keep preempting it.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: Option<i32>,
+    /// Remote IPs tallied individually; beyond, they are aggregated (and the tally says so).
+    #[arg(long, value_name = "N", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_ips: u32,
+    #[command(flatten)]
+    pub thresholds: LiveThresholdArgs,
+}
+
+impl WatchArgs {
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            interval: self.interval,
+            tally_interval: self.tally_interval,
+            reconcile_interval: self.reconcile_interval,
+            thresholds: self.thresholds.thresholds(),
+            max_ips: self.max_ips as usize,
+            transitions: (!self.quiet_transitions).then(|| TransitionFilter {
+                port: self.port,
+                net: self.ip,
+                states: self.state.clone(),
+            }),
+            own_netns: None,
+        }
+    }
+
+    pub fn source_options(&self) -> SourceOptions {
+        SourceOptions {
+            mode: match self.mode {
+                Mode::Auto => ModeChoice::Auto,
+                Mode::Ebpf => ModeChoice::Ebpf,
+                Mode::Poll => ModeChoice::Poll,
+            },
+            load: LoadOptions {
+                ring_bytes: self.ring_bytes,
+                state_hook: self.state_hook,
+                slot_rings: !self.ring_buffers_only && LoadOptions::default().slot_rings,
+                ..LoadOptions::default()
+            },
+            all_netns: self.all_netns,
+            nice: self.nice,
+            proc_root: ProcRoot::host(),
+        }
+    }
+}
+
+/// `500ms`, `2s`, `1m` or a plain number of seconds, from 1 ms to ten years (shorter
+/// would make the timers spin; longer overflows the clock).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
         (ms, 0.001)
@@ -184,14 +347,90 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         (s, 1.0)
     } else if let Some(m) = text.strip_suffix('m') {
         (m, 60.0)
+    } else if let Some(h) = text.strip_suffix('h') {
+        (h, 3600.0)
     } else {
         (text, 1.0)
     };
     let value: f64 = number
         .parse()
         .map_err(|_| format!("'{text}' is not a duration (e.g. 500ms, 2s, 1m)"))?;
-    if !(value.is_finite() && value > 0.0) {
-        return Err(format!("'{text}' must be positive"));
+    let seconds = value * scale;
+    let (min, max) = (EngineConfig::MIN_INTERVAL, EngineConfig::MAX_INTERVAL);
+    if !(seconds.is_finite() && seconds >= min.as_secs_f64() && seconds <= max.as_secs_f64()) {
+        return Err(format!(
+            "'{text}' is outside 1ms..10 years (e.g. 500ms, 2s, 1m)"
+        ));
     }
-    Ok(Duration::from_secs_f64(value * scale))
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_within_bounds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in [
+            "1e-10s",
+            "0.0000000001",
+            "1e-12",
+            "1e300",
+            "1.8e19",
+            "NaN",
+            "inf",
+            "-1s",
+            "0",
+            "",
+            "ms",
+            "abc",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn percentages_and_rates_refuse_nonsense() {
+        assert_eq!(parse_pct("50"), Ok(50.0));
+        assert!(parse_pct("NaN").is_err());
+        assert!(parse_pct("101").is_err());
+        assert!(parse_rate("inf").is_err());
+        assert!(parse_rate("-3").is_err());
+        assert_eq!(parse_rate("0"), Ok(0.0));
+    }
+
+    #[test]
+    fn threshold_flags_default_to_the_shared_defaults() {
+        let cli = Cli::parse_from(["tcpmon", "watch"]);
+        let Command::Watch(args) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.thresholds.thresholds(), Thresholds::DEFAULT);
+        let cli = Cli::parse_from(["tcpmon", "audit"]);
+        let Command::Audit(args) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.thresholds.thresholds(), Thresholds::DEFAULT);
+    }
+
+    #[test]
+    fn old_watch_flag_names_still_work() {
+        let cli = Cli::parse_from([
+            "tcpmon",
+            "watch",
+            "--close-wait-count",
+            "7",
+            "--syn-backlog",
+            "40",
+        ]);
+        let Command::Watch(args) = cli.command else {
+            unreachable!()
+        };
+        let t = args.thresholds.thresholds();
+        assert_eq!((t.close_wait_crit, t.syn_backlog_warn_pct), (7, 40.0));
+    }
 }

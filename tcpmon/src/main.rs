@@ -1,28 +1,35 @@
 //! tcpmon's command line: parse, dispatch, map errors to exit codes.
 mod cli;
 mod cmd;
+mod exit;
+mod signals;
+mod stdout;
 
-use std::{
-    io::{self, Write},
-    process::ExitCode,
+use std::{io::Write, process::ExitCode};
+
+use clap::{CommandFactory, Parser};
+use tcpmon::output::table::Style;
+
+use crate::{
+    cli::{Cli, Command},
+    exit::Status,
 };
-
-use clap::Parser;
-use tcpmon::render::Style;
-
-use crate::cli::{Cli, Command};
-
-/// Exit status for errors (audit uses 1 for "a finding reached --fail-on").
-const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
+    if let Err(usage) = cmd::check(&cli.command) {
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, usage)
+            .exit();
+    }
     let style = Style::detect();
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(64 << 10, stdout.lock());
+    if let Command::Watch(args) = &cli.command {
+        return exit(cmd::watch::run(args, style));
+    }
+    let mut out = stdout::SnapshotOut::stdout();
     let result = match &cli.command {
         Command::Report(a) => cmd::report::run(a, &mut out, style),
         Command::States(a) => cmd::states::run(a, &mut out, style),
@@ -32,35 +39,18 @@ fn main() -> ExitCode {
         Command::PerPort(a) => cmd::per_port::run(a, &mut out, style),
         Command::Timewait(a) => cmd::timewait::run(a, &mut out, style),
         Command::Audit(a) => cmd::audit::run(a, &mut out, style),
-        Command::Watch(a) => {
-            drop(out);
-            return exit(cmd::watch::run(a, style));
-        }
+        Command::Watch(_) => unreachable!("handled above"),
     };
     let flushed = out.flush().map_err(anyhow::Error::from);
-    exit(result.and_then(|code| flushed.map(|()| code)))
+    exit(result.and_then(|status| flushed.map(|()| status)))
 }
 
-fn exit(result: anyhow::Result<u8>) -> ExitCode {
+fn exit(result: anyhow::Result<Status>) -> ExitCode {
     match result {
-        Ok(code) => ExitCode::from(code),
-        // `tcpmon report | head` is normal use, not an error.
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Ok(status) => status.into(),
         Err(e) => {
-            eprintln!("tcpmon: {e:#}");
-            ExitCode::from(EXIT_ERROR)
+            eprintln!("tcpmon: {}", stdout::error_chain(&e));
+            Status::Error.into()
         }
     }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-            || cause
-                .downcast_ref::<serde_json::Error>()
-                .and_then(|j| j.io_error_kind())
-                .is_some_and(|k| k == io::ErrorKind::BrokenPipe)
-    })
 }

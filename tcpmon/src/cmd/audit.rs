@@ -4,14 +4,15 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
-    audit::{audit, fails, Finding, Severity, Thresholds},
-    render::Style,
+    model::{Severity, Thresholds},
+    output::table::Style,
+    snapshot::audit::{audit, fails, Finding},
 };
 
 use super::{load, write_header, write_json};
-use crate::cli::AuditArgs;
+use crate::{cli::AuditArgs, exit::Status};
 
-pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(&args.snapshot, &[], true)?;
     let thresholds = args.thresholds.thresholds();
     let findings = audit(&loaded.summary, &thresholds);
@@ -54,5 +55,9 @@ pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
             )
         )?;
     }
-    Ok(u8::from(failed))
+    Ok(if failed {
+        Status::Findings
+    } else {
+        Status::Clean
+    })
 }

@@ -2,12 +2,12 @@
 use std::io::Write;
 
 use anyhow::Result;
-use tcpmon::{model::TcpState, render::Style};
+use tcpmon::{model::TcpState, output::table::Style};
 
 use super::{connections_table, load, one_list, OneList};
-use crate::cli::SnapshotArgs;
+use crate::{cli::SnapshotArgs, exit::Status};
 
-pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(args, &[TcpState::Established], false)?;
     let connections = &loaded.connections;
     let title = format!("ESTABLISHED ({})", connections.total);
@@ -25,5 +25,5 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
             what: "connections",
         },
     )?;
-    Ok(0)
+    Ok(Status::Clean)
 }

@@ -4,13 +4,13 @@ use std::io::Write;
 use anyhow::Result;
 use tcpmon::{
     model::TcpState,
-    render::{Listed, Style},
+    output::table::{Listed, Style},
 };
 
 use super::{listeners_table, load, one_list, OneList};
-use crate::cli::SnapshotArgs;
+use crate::{cli::SnapshotArgs, exit::Status};
 
-pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let mut args = args.clone();
     // Half-open requests must be counted to attribute them, so LISTEN alone is not enough.
     if !args.state.is_empty() && !args.state.contains(&TcpState::Listen) {
@@ -40,5 +40,5 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
             loaded.summary.owners_unknown
         )?;
     }
-    Ok(0)
+    Ok(Status::Clean)
 }

@@ -5,7 +5,6 @@ pub mod listen;
 pub mod per_ip;
 pub mod per_port;
 pub mod report;
-mod rings;
 pub mod states;
 pub mod timewait;
 pub mod watch;
@@ -15,13 +14,27 @@ use std::io::Write;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 use tcpmon::{
-    analysis::{Collect, Connection, Summary},
     model::{endpoint, TcpState},
-    render::{thousands, Align, Listed, Style, Table},
-    Snapshot,
+    output::table::{thousands, Align, Listed, Style, Table},
+    snapshot::{
+        analysis::{Collect, Connection, Summary},
+        Snapshot,
+    },
 };
 
-use crate::cli::SnapshotArgs;
+use crate::cli::{Command, SnapshotArgs};
+
+/// Checks what clap cannot check flag by flag (a warning level above its critical one);
+/// the message is a usage error.
+pub fn check(command: &Command) -> Result<(), String> {
+    let thresholds = match command {
+        Command::Report(a) => a.thresholds.thresholds(),
+        Command::Audit(a) => a.thresholds.thresholds(),
+        Command::Watch(a) => a.thresholds.thresholds(),
+        _ => return Ok(()),
+    };
+    thresholds.validate().map_err(|e| e.to_string())
+}
 
 /// What every snapshot command starts from.
 pub struct Loaded {
@@ -33,13 +46,13 @@ pub struct Loaded {
 /// Reads both files once and aggregates them; `collect` keeps connection rows for the
 /// listing commands and `owners` walks /proc/PID/fd for listener/CLOSE_WAIT owners.
 pub fn load(args: &SnapshotArgs, collect_states: &[TcpState], owners: bool) -> Result<Loaded> {
-    let snapshot = Snapshot::read(&args.proc_root).context("reading the socket tables")?;
+    let snapshot = Snapshot::read(&args.proc_root()).context("reading the socket tables")?;
     let collect = Collect {
         connections_of: collect_states.to_vec(),
         connection_limit: args.limit(),
     };
     let (summary, connections, matched) =
-        tcpmon::summarize_with(&snapshot, args.filter(), collect, owners);
+        tcpmon::snapshot::summarize_with(&snapshot, args.filter(), collect, owners);
     Ok(Loaded {
         snapshot,
         summary,
@@ -57,7 +70,7 @@ pub struct Source<'a> {
     pub total: u64,
     pub ipv4: u64,
     pub ipv6: u64,
-    pub skipped: &'a tcpmon::analysis::Skipped,
+    pub skipped: &'a tcpmon::snapshot::analysis::Skipped,
     /// Rows listed twice by a table that changed while it was read (counted once).
     pub duplicates: u64,
 }
@@ -65,7 +78,7 @@ pub struct Source<'a> {
 impl<'a> Source<'a> {
     pub fn of(loaded: &'a Loaded) -> Self {
         Self {
-            proc_root: &loaded.snapshot.proc_root,
+            proc_root: loaded.snapshot.proc_root.path(),
             bytes_read: loaded.snapshot.bytes_read(),
             missing: loaded
                 .snapshot
@@ -111,7 +124,7 @@ pub fn write_header(out: &mut dyn Write, loaded: &Loaded, style: Style) -> Resul
         thousands(s.total),
         thousands(s.ipv4),
         thousands(s.ipv6),
-        loaded.snapshot.proc_root.display()
+        loaded.snapshot.proc_root.path().display()
     )?;
     if s.duplicates > 0 {
         writeln!(
@@ -163,7 +176,7 @@ pub fn states_table(summary: &Summary, include_zero: bool) -> Table {
     table
 }
 
-pub fn listeners_table(listeners: &[tcpmon::analysis::Listener]) -> Table {
+pub fn listeners_table(listeners: &[tcpmon::snapshot::analysis::Listener]) -> Table {
     let mut table = Table::new(&[
         ("LOCAL", Align::Left),
         ("BACKLOG", Align::Right),
@@ -187,7 +200,7 @@ pub fn listeners_table(listeners: &[tcpmon::analysis::Listener]) -> Table {
     table
 }
 
-pub fn per_ip_table(rows: &[tcpmon::analysis::IpCount]) -> Table {
+pub fn per_ip_table(rows: &[tcpmon::snapshot::analysis::IpCount]) -> Table {
     let mut table = Table::new(&[
         ("REMOTE", Align::Left),
         ("TOTAL", Align::Right),
@@ -211,7 +224,7 @@ pub fn per_ip_table(rows: &[tcpmon::analysis::IpCount]) -> Table {
     table
 }
 
-pub fn per_port_table(rows: &[tcpmon::analysis::PortCount]) -> Table {
+pub fn per_port_table(rows: &[tcpmon::snapshot::analysis::PortCount]) -> Table {
     let mut table = Table::new(&[("LOCAL PORT", Align::Right), ("ESTABLISHED", Align::Right)]);
     for r in rows {
         table.row(vec![r.port.to_string(), thousands(r.established)]);
@@ -219,7 +232,7 @@ pub fn per_port_table(rows: &[tcpmon::analysis::PortCount]) -> Table {
     table
 }
 
-pub fn close_wait_table(rows: &[tcpmon::analysis::CloseWaitGroup]) -> Table {
+pub fn close_wait_table(rows: &[tcpmon::snapshot::analysis::CloseWaitGroup]) -> Table {
     let mut table = Table::new(&[
         ("LOCAL PORT", Align::Right),
         ("COUNT", Align::Right),
@@ -262,7 +275,7 @@ pub fn connections_table(rows: &[Connection], timer_title: &'static str) -> Tabl
     table
 }
 
-pub fn findings_table(findings: &[tcpmon::audit::Finding], style: Style) -> Table {
+pub fn findings_table(findings: &[tcpmon::snapshot::audit::Finding], style: Style) -> Table {
     let mut table = Table::new(&[
         ("SEVERITY", Align::Left),
         ("RULE", Align::Left),

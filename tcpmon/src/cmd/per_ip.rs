@@ -2,12 +2,12 @@
 use std::io::Write;
 
 use anyhow::Result;
-use tcpmon::render::{Listed, Style};
+use tcpmon::output::table::{Listed, Style};
 
 use super::{load, one_list, per_ip_table, OneList};
-use crate::cli::SnapshotArgs;
+use crate::{cli::SnapshotArgs, exit::Status};
 
-pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(args, &[], false)?;
     let per_ip = Listed::cut(&loaded.summary.per_ip, args.limit());
     let title = format!(
@@ -27,5 +27,5 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
             what: "remote IPs",
         },
     )?;
-    Ok(0)
+    Ok(Status::Clean)
 }

@@ -2,12 +2,12 @@
 use std::io::Write;
 
 use anyhow::Result;
-use tcpmon::render::{Listed, Style};
+use tcpmon::output::table::{Listed, Style};
 
 use super::{load, one_list, per_port_table, OneList};
-use crate::cli::SnapshotArgs;
+use crate::{cli::SnapshotArgs, exit::Status};
 
-pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(args, &[], false)?;
     let per_port = Listed::cut(&loaded.summary.per_port, args.limit());
     let title = format!("ESTABLISHED PER LOCAL PORT ({} ports)", per_port.total);
@@ -24,5 +24,5 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
             what: "ports",
         },
     )?;
-    Ok(0)
+    Ok(Status::Clean)
 }

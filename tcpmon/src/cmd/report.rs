@@ -4,14 +4,14 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
-    audit::audit,
-    render::{Listed, Style},
+    output::table::{Listed, Style},
+    snapshot::audit::audit,
 };
 
 use super::{load, section, write_header, write_json};
-use crate::cli::ReportArgs;
+use crate::{cli::ReportArgs, exit::Status};
 
-pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(&args.snapshot, &[], true)?;
     let s = &loaded.summary;
     let limit = args.snapshot.limit();
@@ -23,11 +23,11 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
     if args.snapshot.json {
         #[derive(Serialize)]
         struct Body<'a, S> {
-            states: &'a tcpmon::analysis::StateCounts,
-            listeners: &'a Listed<tcpmon::analysis::Listener>,
-            per_ip: &'a Listed<tcpmon::analysis::IpCount>,
-            per_port: &'a Listed<tcpmon::analysis::PortCount>,
-            close_wait: &'a Listed<tcpmon::analysis::CloseWaitGroup>,
+            states: &'a tcpmon::model::StateCounts,
+            listeners: &'a Listed<tcpmon::snapshot::analysis::Listener>,
+            per_ip: &'a Listed<tcpmon::snapshot::analysis::IpCount>,
+            per_port: &'a Listed<tcpmon::snapshot::analysis::PortCount>,
+            close_wait: &'a Listed<tcpmon::snapshot::analysis::CloseWaitGroup>,
             findings: &'a S,
         }
         write_json(
@@ -42,7 +42,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
                 findings: &findings,
             },
         )?;
-        return Ok(0);
+        return Ok(Status::Clean);
     }
     write_header(out, &loaded, style)?;
     section(out, style, "STATES")?;
@@ -92,5 +92,5 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
     } else {
         super::findings_table(&findings, style).write(out, "  ")?;
     }
-    Ok(0)
+    Ok(Status::Clean)
 }

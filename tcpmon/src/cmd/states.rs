@@ -3,17 +3,17 @@ use std::io::Write;
 
 use anyhow::Result;
 use serde::Serialize;
-use tcpmon::render::Style;
+use tcpmon::output::table::Style;
 
 use super::{load, write_header, write_json};
-use crate::cli::SnapshotArgs;
+use crate::{cli::SnapshotArgs, exit::Status};
 
-pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(args, &[], false)?;
     if args.json {
         #[derive(Serialize)]
         struct Body<'a> {
-            states: &'a tcpmon::analysis::StateCounts,
+            states: &'a tcpmon::model::StateCounts,
         }
         write_json(
             out,
@@ -22,10 +22,10 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
                 states: &loaded.summary.states,
             },
         )?;
-        return Ok(0);
+        return Ok(Status::Clean);
     }
     write_header(out, &loaded, style)?;
     writeln!(out)?;
     super::states_table(&loaded.summary, true).write(out, "  ")?;
-    Ok(0)
+    Ok(Status::Clean)
 }

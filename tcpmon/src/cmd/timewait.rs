@@ -5,15 +5,15 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
-    analysis::{Connection, Destination, PortRange},
-    model::{endpoint, TcpState},
-    render::{thousands, Align, Listed, Style, Table},
+    model::{endpoint, PortRange, TcpState},
+    output::table::{thousands, Align, Listed, Style, Table},
+    snapshot::analysis::{Connection, Destination},
 };
 
 use super::{load, write_header, write_json, write_listed};
-use crate::cli::SnapshotArgs;
+use crate::{cli::SnapshotArgs, exit::Status};
 
-pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8> {
+pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(args, &[TcpState::TimeWait], false)?;
     let s = &loaded.summary;
     let time_wait = s.states.get(TcpState::TimeWait);
@@ -42,7 +42,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
                 sockets: &loaded.connections,
             },
         )?;
-        return Ok(0);
+        return Ok(Status::Clean);
     }
     write_header(out, &loaded, style)?;
     writeln!(
@@ -85,5 +85,5 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<u8>
         &loaded.connections,
         "sockets",
     )?;
-    Ok(0)
+    Ok(Status::Clean)
 }

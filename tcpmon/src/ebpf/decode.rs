@@ -2,10 +2,9 @@
 //! bytes into typed values (addresses, states), and back for tests.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::Serialize;
 use tcpmon_common::{kind, SockEvent, AF_INET, AF_INET6, SHORT_EVENT_SIZE, SOCK_EVENT_SIZE};
 
-use crate::model::{Family, TcpState};
+use crate::model::{made_by_syscall, Endpoints, Family, Task, TcpState, Transition};
 
 /// What a ring-buffer record can be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,51 +14,6 @@ pub enum Record {
     SynAckRetransmit(Endpoints),
     /// A SYN created a request socket (cgroup sock_ops TIMEOUT_INIT).
     SynRequest(Endpoints),
-}
-
-/// The 4-tuple and identity shared by every record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Endpoints {
-    pub ts_ns: u64,
-    pub skaddr: u64,
-    pub netns: u32,
-    pub family: Family,
-    pub local_ip: IpAddr,
-    pub local_port: u16,
-    pub remote_ip: IpAddr,
-    pub remote_port: u16,
-}
-
-/// One TCP state change as the kernel reported it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transition {
-    pub at: Endpoints,
-    pub old: TcpState,
-    pub new: TcpState,
-    /// The task in whose context the transition ran: `None` in softirq, where the kernel
-    /// processes packets on behalf of nobody in particular.
-    pub task: Option<Task>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Task {
-    pub pid: u32,
-    pub comm: [u8; 16],
-}
-
-impl Task {
-    fn is_softirq_thread(&self) -> bool {
-        self.comm.starts_with(b"ksoftirqd/")
-    }
-
-    pub fn comm(&self) -> String {
-        let end = self
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.comm.len());
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -76,15 +30,6 @@ pub enum DecodeError {
     RingHeader(usize),
     #[error("the slot ring of CPU {0} holds what no writer produces: it is no longer read")]
     SlotCorrupt(usize),
-}
-
-/// Transitions the kernel only makes inside a system call of the socket's owner:
-/// listen(), connect() and close()/shutdown(). Everything else may run in softirq, where the
-/// current task is whoever was interrupted, and the tracepoint does not say which context
-/// it ran in (its context flags are not filled in for BPF, and BPF's private stack hides the
-/// IRQ stack), so those transitions get no pid rather than a wrong one.
-pub fn made_by_syscall(old: TcpState, new: TcpState) -> bool {
-    tcpmon_common::made_by_syscall(old as u8, new as u8)
 }
 
 /// Decodes one ring-buffer record; never panics, whatever the bytes.

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::audit::Severity;
+use crate::model::Severity;
 
 /// A list cut to `--limit`, remembering how much was left out.
 #[derive(Clone, Debug, Serialize)]

@@ -3,10 +3,8 @@
 use std::collections::HashMap;
 
 use crate::{
-    event::{Endpoints, Transition},
-    model::{canonical_ip, TcpState},
-    procfs::Socket,
-    tally::Tuple,
+    host::proc_net::Socket,
+    model::{Endpoints, TcpState, Transition, Tuple},
 };
 
 /// A socket's identity across snapshots: its inode while it has one (full sockets), else
@@ -24,12 +22,7 @@ pub struct Index {
 }
 
 fn tuple(s: &Socket) -> Tuple {
-    Tuple {
-        local_ip: canonical_ip(s.local_ip),
-        local_port: s.local_port,
-        remote_ip: canonical_ip(s.remote_ip),
-        remote_port: s.remote_port,
-    }
+    Tuple::new((s.local_ip, s.local_port), (s.remote_ip, s.remote_port))
 }
 
 impl Index {

@@ -1,14 +1,25 @@
-//! One consistent read of /proc/net/tcp and /proc/net/tcp6.
+//! Snapshots: one consistent read of /proc/net/tcp and /proc/net/tcp6, aggregated into
+//! what the snapshot commands show ([`analysis`]) and judged by the audit rules
+//! ([`audit`]).
+pub mod analysis;
+pub mod audit;
+
 use std::{
+    collections::HashMap,
     io,
     path::{Path, PathBuf},
 };
 
 use bytes::Bytes;
 
+use self::analysis::{Aggregator, Collect, Connection, Filter, Summary};
 use crate::{
+    host::{
+        diag,
+        proc_net::{self, LineError, Socket},
+        process, read, ProcRoot,
+    },
     model::Family,
-    procfs::{self, LineError, Socket},
 };
 
 /// Where a snapshot was read from and what it held.
@@ -22,7 +33,7 @@ pub struct SourceFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
 }
 
@@ -30,7 +41,7 @@ pub enum SnapshotError {
 /// from these, so every section agrees with every other.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
-    pub proc_root: PathBuf,
+    pub proc_root: ProcRoot,
     pub files: Vec<SourceFile>,
 }
 
@@ -47,10 +58,10 @@ impl Snapshot {
     /// Reads `<proc_root>/net/tcp` (required) and `<proc_root>/net/tcp6` (optional). The
     /// two files are read on two threads: nearly all the cost is the kernel formatting
     /// lines, and that work then runs on two cores.
-    pub fn read(proc_root: &Path) -> Result<Self, SnapshotError> {
-        let read = |family: Family, name: &str| -> Result<SourceFile, SnapshotError> {
-            let path = proc_root.join(name);
-            let data = match procfs::read_file(&path) {
+    pub fn read(proc_root: &ProcRoot) -> Result<Self, SnapshotError> {
+        let read = |family: Family| -> Result<SourceFile, SnapshotError> {
+            let path = proc_root.socket_table(family);
+            let data = match read::whole(&path, read::MAX_TABLE_BYTES) {
                 Ok(data) => Some(data),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && family == Family::Ipv6 => None,
                 Err(source) => return Err(SnapshotError::Read { path, source }),
@@ -58,15 +69,15 @@ impl Snapshot {
             Ok(SourceFile { family, path, data })
         };
         let (tcp, tcp6) = std::thread::scope(|scope| {
-            let tcp6 = scope.spawn(|| read(Family::Ipv6, "net/tcp6"));
-            let tcp = read(Family::Ipv4, "net/tcp");
+            let tcp6 = scope.spawn(|| read(Family::Ipv6));
+            let tcp = read(Family::Ipv4);
             (
                 tcp,
                 tcp6.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
             )
         });
         Ok(Self {
-            proc_root: proc_root.to_path_buf(),
+            proc_root: proc_root.clone(),
             files: vec![tcp?, tcp6?],
         })
     }
@@ -74,7 +85,7 @@ impl Snapshot {
     /// A snapshot from bytes already in memory (tests, benchmarks, library callers).
     pub fn from_bytes(tcp: Bytes, tcp6: Option<Bytes>) -> Self {
         Self {
-            proc_root: PathBuf::from("<memory>"),
+            proc_root: ProcRoot::new("<memory>"),
             files: vec![
                 SourceFile {
                     family: Family::Ipv4,
@@ -93,7 +104,7 @@ impl Snapshot {
     pub fn rows(&self) -> impl Iterator<Item = Row<'_>> {
         self.files.iter().flat_map(|file| {
             let data: &[u8] = file.data.as_deref().unwrap_or_default();
-            procfs::parse(data, file.family).map(move |(line, socket)| Row {
+            proc_net::parse(data, file.family).map(move |(line, socket)| Row {
                 family: file.family,
                 path: &file.path,
                 line,
@@ -114,4 +125,59 @@ impl Snapshot {
             .map(Bytes::len)
             .sum()
     }
+
+    /// Every decodable row's socket.
+    pub fn sockets(&self) -> impl Iterator<Item = Socket> + '_ {
+        self.rows().filter_map(|r| r.socket.ok())
+    }
+}
+
+/// Listener backlogs by inode, from sock_diag when the snapshot is this namespace's own
+/// /proc.
+fn listener_backlogs(proc_root: &ProcRoot) -> HashMap<u64, u32> {
+    if !proc_root.is_own() {
+        return HashMap::new();
+    }
+    match diag::listener_queues() {
+        Ok(queues) => queues
+            .into_iter()
+            .map(|(inode, q)| (inode, q.backlog))
+            .collect(),
+        Err(e) => {
+            log::warn!("listener backlogs unavailable (sock_diag: {e})");
+            HashMap::new()
+        }
+    }
+}
+
+/// Aggregates a snapshot, resolving the owners of listeners and CLOSE_WAIT sockets.
+pub fn summarize(snapshot: &Snapshot, filter: Filter) -> Summary {
+    summarize_with(snapshot, filter, Collect::default(), true).0
+}
+
+/// Aggregates a snapshot, optionally keeping connections of some states and resolving
+/// owning processes (a walk of /proc/PID/fd, skipped when `owners` is false).
+pub fn summarize_with(
+    snapshot: &Snapshot,
+    filter: Filter,
+    collect: Collect,
+    owners: bool,
+) -> (Summary, Vec<Connection>, u64) {
+    let root = &snapshot.proc_root;
+    let mut agg = Aggregator::new(filter, collect, root.port_range());
+    for row in snapshot.rows() {
+        agg.add_row(&row);
+    }
+    let found = if owners {
+        process::find_owners(root, &agg.wanted_owners()).by_inode
+    } else {
+        HashMap::new()
+    };
+    let (connections, matched) = agg.take_connections();
+    let mut summary = agg.finish(&found, &listener_backlogs(root));
+    if !owners {
+        summary.owners_unknown = 0;
+    }
+    summary.somaxconn = root.somaxconn();
+    (summary, connections, matched)
 }

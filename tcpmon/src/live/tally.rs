@@ -22,12 +22,12 @@ use std::{
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use super::time_wait_table::{TimeWaitEntry, TimeWaitTable};
 use crate::{
-    analysis::PortRange,
-    event::Transition,
-    model::{canonical_ip, TcpState},
-    procfs::Socket,
-    time_wait_table::{TimeWaitEntry, TimeWaitTable},
+    host::proc_net::Socket,
+    model::{
+        canonical_ip, HalfOpen, PortRange, StateCounts, TcpState, Transition, Tuple, MAX_SOURCES,
+    },
 };
 
 /// Whole microseconds (the precision the output prints), kept an integer on the hot path:
@@ -66,47 +66,9 @@ impl Default for TallyConfig {
     }
 }
 
-/// A connection's identity while it lives: family-canonical addresses and both ports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Tuple {
-    pub local_ip: IpAddr,
-    pub local_port: u16,
-    pub remote_ip: IpAddr,
-    pub remote_port: u16,
-}
-
-/// Five words instead of the derived walk over two address enums and their byte arrays:
-/// tuples are hashed several times per connection under churn. (An IPv4 address and its
-/// v4-mapped form hash alike; tuples are canonical, and equal ones still hash equal.)
-impl std::hash::Hash for Tuple {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let bits = |ip: IpAddr| match ip {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
-        state.write_u128(bits(self.local_ip));
-        state.write_u128(bits(self.remote_ip));
-        state.write_u32(u32::from(self.local_port) << 16 | u32::from(self.remote_port));
-    }
-}
-
-impl Tuple {
-    fn of_socket(s: &Socket) -> Self {
-        Self {
-            local_ip: canonical_ip(s.local_ip),
-            local_port: s.local_port,
-            remote_ip: canonical_ip(s.remote_ip),
-            remote_port: s.remote_port,
-        }
-    }
-    fn of_transition(t: &Transition) -> Self {
-        Self {
-            local_ip: canonical_ip(t.at.local_ip),
-            local_port: t.at.local_port,
-            remote_ip: canonical_ip(t.at.remote_ip),
-            remote_port: t.at.remote_port,
-        }
-    }
+/// The tuple of a /proc row.
+fn tuple_of_socket(s: &Socket) -> Tuple {
+    Tuple::new((s.local_ip, s.local_port), (s.remote_ip, s.remote_port))
 }
 
 /// A CLOSE_WAIT socket and since when it has been there.
@@ -166,18 +128,6 @@ impl IpTable {
     }
 }
 
-/// Half-open requests of one listener, from the last poll of request sockets.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct HalfOpen {
-    pub count: u64,
-    /// Distinct remote addresses, capped at [`MAX_SOURCES`] (then "at least").
-    pub sources: u64,
-}
-
-/// Distinct sources tracked per listener and window; beyond it the count saturates so a
-/// flood from millions of spoofed addresses cannot grow memory.
-pub const MAX_SOURCES: usize = 65_536;
-
 /// What applying one transition meant.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Applied {
@@ -201,7 +151,7 @@ pub struct ReconcileReport {
 /// The tally at one moment, for output and detectors.
 #[derive(Clone, Debug, Serialize)]
 pub struct TallyView {
-    pub states: HashMap<&'static str, u64>,
+    pub states: StateCounts,
     pub time_wait: u64,
     /// Listeners as (address, port) with how many sockets listen there (SO_REUSEPORT).
     pub listeners: Vec<(IpAddr, u16, u64)>,
@@ -305,7 +255,7 @@ impl Tally {
         let mut seen_minis: HashSet<(Tuple, TcpState)> = HashSet::new();
         self.duplicates = 0;
         for s in sockets {
-            let tuple = Tuple::of_socket(s);
+            let tuple = tuple_of_socket(s);
             let first = if s.inode != 0 {
                 seen_inodes.insert(s.inode)
             } else {
@@ -429,11 +379,11 @@ impl Tally {
         for s in sockets {
             match (s.inode, s.state) {
                 (0, TcpState::TimeWait | TcpState::FinWait2) => {
-                    minis.insert(Tuple::of_socket(s));
+                    minis.insert(tuple_of_socket(s));
                 }
                 (0, TcpState::SynRecv) => {}
                 (_, state) => {
-                    full.insert(Tuple::of_socket(s), state);
+                    full.insert(tuple_of_socket(s), state);
                 }
             }
         }
@@ -458,7 +408,7 @@ impl Tally {
             let mut next: Option<Tuple> = None;
             for (i, t) in group.iter().enumerate().rev() {
                 if t.at.local_port != 0 {
-                    next = Some(Tuple::of_transition(t));
+                    next = Some(t.at.tuple());
                 }
                 tuples[i] = next;
             }
@@ -505,7 +455,7 @@ impl Tally {
     pub fn apply(&mut self, t: &Transition) -> Applied {
         use TcpState::*;
         let mut applied = Applied::default();
-        let tuple = Tuple::of_transition(t);
+        let tuple = t.at.tuple();
         // LISTEN -> SYN_RECV is a new child socket cloned from the listener, not the
         // listener changing state.
         let child_born = t.old == Listen && t.new == SynRecv;
@@ -799,10 +749,7 @@ impl Tally {
             .collect();
         half_open.sort_unstable_by_key(|h| std::cmp::Reverse(h.2.count));
         TallyView {
-            states: TcpState::ALL
-                .iter()
-                .map(|s| (s.name(), counts[s.index()]))
-                .collect(),
+            states: StateCounts(counts),
             time_wait: self.time_wait(),
             listeners,
             established_by_port,
@@ -837,7 +784,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        event::{Endpoints, Transition},
+        model::{Endpoints, Transition},
         model::{Family, TcpState::*},
     };
 
@@ -1300,7 +1247,7 @@ mod window_tests {
 
     use super::*;
     use crate::{
-        event::Endpoints,
+        model::Endpoints,
         model::{Family, TcpState::*},
     };
 

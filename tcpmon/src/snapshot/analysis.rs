@@ -10,11 +10,10 @@ use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
+use super::Row;
 use crate::{
-    model::{canonical_ip, Family, TcpState},
-    process::Process,
-    procfs::{LineError, Socket},
-    snapshot::Row,
+    host::proc_net::{LineError, Socket},
+    model::{canonical_ip, Family, PortRange, Process, StateCounts, TcpState},
 };
 
 /// Which sockets a command looks at.
@@ -56,36 +55,6 @@ pub fn parse_net(text: &str) -> Result<IpNet, String> {
     text.parse::<IpAddr>()
         .map(IpNet::from)
         .map_err(|_| format!("'{text}' is neither an IP address nor a CIDR network"))
-}
-
-/// Counts per TCP state, in kernel order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StateCounts(pub [u64; 12]);
-
-impl StateCounts {
-    pub fn get(&self, state: TcpState) -> u64 {
-        self.0[state.index()]
-    }
-    pub fn add(&mut self, state: TcpState, n: u64) {
-        self.0[state.index()] += n;
-    }
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = (TcpState, u64)> + '_ {
-        TcpState::ALL.into_iter().map(|s| (s, self.get(s)))
-    }
-}
-
-impl Serialize for StateCounts {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = ser.serialize_map(Some(12))?;
-        for (state, n) in self.iter() {
-            map.serialize_entry(state.name(), &n)?;
-        }
-        map.end()
-    }
 }
 
 /// Lines that could not be decoded: counted, with a few examples, never silently dropped.
@@ -190,39 +159,6 @@ pub struct Connection {
     pub inode: u64,
     /// Seconds until the socket's timer fires (TIME_WAIT: until it disappears).
     pub timer_secs: Option<f64>,
-}
-
-/// The ephemeral port range (net.ipv4.ip_local_port_range), inclusive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortRange {
-    pub low: u16,
-    pub high: u16,
-}
-
-impl Default for PortRange {
-    fn default() -> Self {
-        Self::LINUX_DEFAULT
-    }
-}
-
-impl PortRange {
-    /// The kernel's default when the sysctl cannot be read.
-    pub const LINUX_DEFAULT: Self = Self {
-        low: 32768,
-        high: 60999,
-    };
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.low..=self.high).contains(&port)
-    }
-    pub fn size(&self) -> u64 {
-        u64::from(self.high.saturating_sub(self.low)) + 1
-    }
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.split_whitespace().map(str::parse::<u16>);
-        let (low, high) = (parts.next()?.ok()?, parts.next()?.ok()?);
-        (low <= high).then_some(Self { low, high })
-    }
 }
 
 /// Everything one snapshot says, after filtering.
@@ -551,7 +487,7 @@ fn best_listener(listeners: &[Listener], ip: IpAddr, port: u16) -> Option<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::Socket;
+    use crate::host::proc_net::Socket;
 
     fn sock(state: TcpState, local: &str, lport: u16, remote: &str, rport: u16) -> Socket {
         let inode = u64::from(lport) * 7 + u64::from(rport);

@@ -1,20 +1,14 @@
 //! Parser for /proc/net/tcp and /proc/net/tcp6.
 //!
-//! A file is read once into a [`Bytes`] buffer and every [`Socket`] is decoded from it in
+//! A file is read once into a `Bytes` buffer and every [`Socket`] is decoded from it in
 //! place: no line is copied into a `String`, so the memory a command uses is the file it
 //! read plus whatever it chooses to keep.
 //!
 //! The kernel prints each address as host-endian 32-bit words (`%08X` of a `__be32`
 //! loaded as a native integer). On little-endian machines that reverses the bytes inside
 //! every word, so `::1` appears as `00000000000000000000000001000000`.
-use std::{
-    fs::File,
-    io::{self, Read},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::model::{Family, TcpState};
@@ -88,43 +82,6 @@ pub enum LineError {
     BadTimer,
     #[error("bad number field")]
     BadNumber,
-}
-
-/// Reads a whole /proc file with large reads (seq_file produces as much as each read asks
-/// for, so fewer, bigger reads mean fewer trips through the kernel's socket walk).
-pub fn read_file(path: &Path) -> io::Result<Bytes> {
-    const CHUNK: usize = 1 << 20;
-    let mut file = File::open(path)?;
-    let mut buf = BytesMut::with_capacity(CHUNK);
-    loop {
-        if buf.capacity() - buf.len() < CHUNK / 2 {
-            buf.reserve(CHUNK);
-        }
-        let len = buf.len();
-        let spare = buf.capacity() - len;
-        // SAFETY: `read` only writes into the spare capacity we expose and reports how
-        // many bytes it initialised; we only extend the length by that amount.
-        let n = unsafe {
-            buf.set_len(len + spare);
-            let slice = &mut buf[len..];
-            match file.read(slice) {
-                Ok(n) => {
-                    buf.set_len(len + n);
-                    n
-                }
-                Err(e) => {
-                    buf.set_len(len);
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
-                }
-            }
-        };
-        if n == 0 {
-            return Ok(buf.freeze());
-        }
-    }
 }
 
 /// Iterates the data rows of one file (the header line is skipped), yielding each row's

@@ -4,26 +4,14 @@ use std::{
     ffi::CString,
     fs,
     os::fd::AsRawFd,
-    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Mutex,
     },
 };
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    pub comm: String,
-}
-
-impl std::fmt::Display for Process {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.comm, self.pid)
-    }
-}
+use super::{read, ProcRoot};
+use crate::model::Process;
 
 /// What the walk found, and whether it could look everywhere.
 #[derive(Clone, Debug, Default)]
@@ -37,11 +25,11 @@ pub struct Owners {
 /// stops as soon as every inode is found, so its cost is bounded by where the wanted
 /// sockets are rather than by every fd on the machine. When several processes share a
 /// socket (fork), the lowest pid is reported.
-pub fn find_owners(proc_root: &Path, wanted: &HashSet<u64>) -> Owners {
+pub fn find_owners(proc_root: &ProcRoot, wanted: &HashSet<u64>) -> Owners {
     if wanted.is_empty() {
         return Owners::default();
     }
-    let Ok(entries) = fs::read_dir(proc_root) else {
+    let Ok(entries) = fs::read_dir(proc_root.path()) else {
         return Owners::default();
     };
     let mut pids: Vec<u32> = entries
@@ -88,9 +76,11 @@ struct Shared<'a> {
 
 /// Reads one process's fd table with readlinkat() relative to its fd directory (one
 /// path component per lookup instead of four).
-fn scan_process(proc_root: &Path, pid: u32, shared: &Shared<'_>) -> std::io::Result<()> {
-    let dir_path = proc_root.join(pid.to_string()).join("fd");
-    let dir = fs::File::open(&dir_path)?;
+fn scan_process(proc_root: &ProcRoot, pid: u32, shared: &Shared<'_>) -> std::io::Result<()> {
+    let pid_dir = proc_root.pid_dir(pid);
+    let dir_path = pid_dir.join("fd");
+    // Not a plain open: in another /proc tree `fd` could be a FIFO, which blocks.
+    let dir = read::open_dir(&dir_path)?;
     let mut comm: Option<String> = None;
     let mut link = [0u8; 64];
     for entry in fs::read_dir(&dir_path)?.filter_map(Result::ok) {
@@ -121,8 +111,8 @@ fn scan_process(proc_root: &Path, pid: u32, shared: &Shared<'_>) -> std::io::Res
         }
         let comm = comm
             .get_or_insert_with(|| {
-                fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-                    .map(|c| c.trim_end().to_owned())
+                read::small_text(&pid_dir.join("comm"))
+                    .map(|c| c.trim_end_matches('\n').to_owned())
                     .unwrap_or_else(|_| "?".into())
             })
             .clone();
@@ -164,14 +154,14 @@ mod tests {
     fn finds_its_own_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let snap = crate::snapshot::Snapshot::read(Path::new("/proc")).unwrap();
+        let snap = crate::snapshot::Snapshot::read(&ProcRoot::host()).unwrap();
         let inode = snap
             .rows()
             .filter_map(|r| r.socket.ok())
             .find(|s| s.local_port == port && s.state == crate::model::TcpState::Listen)
             .expect("our listener is in /proc/net/tcp")
             .inode;
-        let owners = find_owners(Path::new("/proc"), &HashSet::from([inode]));
+        let owners = find_owners(&ProcRoot::host(), &HashSet::from([inode]));
         let owner = owners.by_inode.get(&inode).expect("owner found");
         assert_eq!(owner.pid, std::process::id());
     }

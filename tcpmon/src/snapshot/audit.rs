@@ -2,45 +2,8 @@
 //! message an operator can act on. Pure: no I/O, no rendering.
 use serde::{Deserialize, Serialize};
 
-use crate::{analysis::Summary, model::endpoint};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Info => "info",
-            Self::Warning => "warning",
-            Self::Critical => "critical",
-        }
-    }
-}
-
-impl std::fmt::Display for Severity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-impl std::str::FromStr for Severity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "info" => Ok(Self::Info),
-            "warning" | "warn" => Ok(Self::Warning),
-            "critical" | "crit" => Ok(Self::Critical),
-            other => Err(format!(
-                "unknown severity '{other}' (info, warning, critical)"
-            )),
-        }
-    }
-}
+use super::analysis::Summary;
+use crate::model::{endpoint, Severity, Thresholds};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
@@ -49,39 +12,6 @@ pub struct Finding {
     /// port_exhaustion, wildcard_listener, unparsed_lines, owners_hidden.
     pub rule: String,
     pub message: String,
-}
-
-/// Thresholds, each settable from the command line (defaults documented in the README).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Thresholds {
-    pub time_wait_warn: u64,
-    pub time_wait_crit: u64,
-    /// Any CLOSE_WAIT is a warning; more than this is critical.
-    pub close_wait_crit: u64,
-    /// Half-open requests as a percentage of the listener's backlog.
-    pub syn_backlog_warn_pct: f64,
-    pub syn_backlog_crit_pct: f64,
-    pub per_ip_warn: u64,
-    pub per_ip_crit: u64,
-    /// Sockets toward one remote ip:port as a percentage of the ephemeral range.
-    pub port_exhaustion_warn_pct: f64,
-    pub port_exhaustion_crit_pct: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Self {
-            time_wait_warn: 1000,
-            time_wait_crit: 5000,
-            close_wait_crit: 100,
-            syn_backlog_warn_pct: 50.0,
-            syn_backlog_crit_pct: 90.0,
-            per_ip_warn: 200,
-            per_ip_crit: 1000,
-            port_exhaustion_warn_pct: 50.0,
-            port_exhaustion_crit_pct: 80.0,
-        }
-    }
 }
 
 fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
@@ -284,9 +214,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        analysis::{Aggregator, Collect, Filter, PortRange},
-        model::TcpState,
-        procfs::Socket,
+        host::proc_net::Socket,
+        model::{PortRange, TcpState},
+        snapshot::analysis::{Aggregator, Collect, Filter},
     };
 
     fn sock(state: TcpState, lport: u16, remote: [u8; 4], rport: u16) -> Socket {

@@ -1,7 +1,6 @@
-//! Presentation of live records: the NDJSON schema and the human line for each
-//! transition, plus the clock conversion from the kernel's monotonic timestamps.
+//! The NDJSON `transition` record: its schema (a serde type), and a writer that produces
+//! the same bytes without serde at the rate the kernel reports transitions.
 use std::{
-    io::{self, Write},
     mem::MaybeUninit,
     net::IpAddr,
     time::{Duration, SystemTime},
@@ -10,76 +9,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    event::Transition,
-    model::{endpoint, Family, TcpState},
+    host::clock::Clock,
+    model::{Family, Origin, TcpState, Transition},
 };
-
-/// CLOCK_MONOTONIC now, in nanoseconds: the clock bpf_ktime_get_ns() reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Maps kernel monotonic timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    wall_at_start: SystemTime,
-    mono_at_start: u64,
-    /// `wall_at_start` as nanoseconds since the Unix epoch.
-    wall_ns_at_start: u64,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        Self::fixed(SystemTime::now(), monotonic_ns())
-    }
-
-    pub fn fixed(wall_at_start: SystemTime, mono_at_start: u64) -> Self {
-        let wall_ns_at_start = wall_at_start
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        Self {
-            wall_at_start,
-            mono_at_start,
-            wall_ns_at_start,
-        }
-    }
-
-    /// Wall-clock nanoseconds since the Unix epoch at monotonic time `mono_ns` (integer
-    /// arithmetic only: this runs once per record).
-    pub fn wall_ns(&self, mono_ns: u64) -> u64 {
-        let start = self.wall_ns_at_start;
-        if mono_ns >= self.mono_at_start {
-            start.saturating_add(mono_ns - self.mono_at_start)
-        } else {
-            start.saturating_sub(self.mono_at_start - mono_ns)
-        }
-    }
-
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        if mono_ns >= self.mono_at_start {
-            self.wall_at_start + Duration::from_nanos(mono_ns - self.mono_at_start)
-        } else {
-            self.wall_at_start - Duration::from_nanos(self.mono_at_start - mono_ns)
-        }
-    }
-}
-
-/// How a transition was learned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// Reported by the kernel tracepoint as it happened.
-    Ebpf,
-    /// Deduced from the difference between two /proc snapshots (poll mode): the exact
-    /// moment and any intermediate states are unknown.
-    Inferred,
-}
 
 /// One NDJSON `transition` record. Field names are part of the interface.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -126,45 +58,12 @@ impl TransitionRecord {
             skaddr: format!("{:#x}", t.at.skaddr),
         }
     }
-
-    /// `21:40:12.123456  10.0.0.1:22  10.0.0.9:50112  ESTABLISHED -> CLOSE_WAIT  1532.4ms  sshd[812]`
-    pub fn write_human(&self, w: &mut dyn Write) -> io::Result<()> {
-        // RFC 3339 "YYYY-MM-DDTHH:MM:SS.uuuuuuZ": the time of day is enough on a live screen.
-        let time_of_day = self.time.get(11..26).unwrap_or(&self.time);
-        let elapsed = self.ms_in_old.map_or_else(|| "-".to_owned(), format_ms);
-        let who = match (&self.comm, self.pid) {
-            (Some(comm), Some(pid)) => format!("{comm}[{pid}]"),
-            _ => String::new(),
-        };
-        let marker = if self.origin == Origin::Inferred {
-            " (inferred)"
-        } else {
-            ""
-        };
-        writeln!(
-            w,
-            "{time_of_day}  {:<22} {:<22} {:>11} -> {:<11} {:>9}  {who}{marker}",
-            endpoint(self.local_ip, self.local_port),
-            endpoint(self.remote_ip, self.remote_port),
-            self.old.name(),
-            self.new.name(),
-            elapsed,
-        )
-    }
-}
-
-pub fn format_ms(ms: f64) -> String {
-    if ms >= 10_000.0 {
-        format!("{:.1}s", ms / 1000.0)
-    } else {
-        format!("{ms:.1}ms")
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Endpoints, Task};
+    use crate::model::{Endpoints, Task};
 
     fn transition() -> Transition {
         let mut comm = [0u8; 16];
@@ -204,16 +103,6 @@ mod tests {
     }
 
     #[test]
-    fn clock_maps_monotonic_to_wall() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let clock = Clock::fixed(start, 1_000_000_000);
-        assert_eq!(clock.wall(3_000_000_000), start + Duration::from_secs(2));
-        assert_eq!(clock.wall(500_000_000), start - Duration::from_millis(500));
-        assert_eq!(clock.wall_ns(3_000_000_000), 1_800_000_002_000_000_000);
-        assert_eq!(clock.wall_ns(500_000_000), 1_799_999_999_500_000_000);
-    }
-
-    #[test]
     fn records_serialize_with_stable_names_and_read_back() {
         let clock = Clock::fixed(
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -231,15 +120,6 @@ mod tests {
         assert_eq!(json["origin"], "ebpf");
         let back: TransitionRecord = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
-        let mut line = Vec::new();
-        record.write_human(&mut line).unwrap();
-        let line = String::from_utf8(line).unwrap();
-        assert!(line.starts_with("08:00:00.000000  [::1]:41000"), "{line}");
-        assert!(line.contains("SYN_SENT -> ESTABLISHED"), "{line}");
-        assert!(
-            line.contains("1.5ms") && line.contains("curl[4242]"),
-            "{line}"
-        );
     }
 }
 
@@ -512,7 +392,7 @@ impl FastWriter {
 
     /// Appends the task name as a JSON string, from the one-entry cache (the name is
     /// arbitrary bytes from the task, so serde escapes it).
-    fn push_comm(&mut self, task: &crate::event::Task) {
+    fn push_comm(&mut self, task: &crate::model::Task) {
         let (comm, text) = &mut self.comm_text;
         if text.is_empty() || *comm != task.comm {
             *comm = task.comm;
@@ -606,7 +486,7 @@ mod fast_tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::event::{Endpoints, Task};
+    use crate::model::{Endpoints, Task};
 
     #[test]
     fn hex_has_no_leading_zeros_and_every_digit() {

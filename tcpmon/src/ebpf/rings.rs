@@ -1,13 +1,12 @@
 //! The per-CPU ring buffers and slot rings read as one stream in time order (see
-//! tcpmon::order).
-use std::sync::Arc;
+//! [`super::order`]).
+use std::{io, sync::Arc};
 
-use anyhow::{Context as _, Result};
-use tcpmon::{
-    event::DecodeError, live::monotonic_ns, order::Reorder, ringbuf::RingReader, slots::SlotRings,
-};
 use tcpmon_common::{SockEvent, DOORBELL_SIZE, RING_COUNT};
 use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinHandle};
+
+use super::{decode::DecodeError, order::Reorder, ringbuf::RingReader, slots::SlotRings};
+use crate::host::clock::monotonic_ns;
 
 pub struct Rings {
     rings: Vec<RingReader>,
@@ -26,20 +25,16 @@ pub struct Rings {
 impl Rings {
     /// Takes the rings and starts one readiness watcher per ring buffer on the runtime
     /// (the slot rings have none: the kernel rings a ring buffer's doorbell for them).
-    pub fn new(rings: Vec<RingReader>, slots: Option<SlotRings>) -> Result<Self> {
+    /// Must be called within a tokio runtime.
+    pub fn new(rings: Vec<RingReader>, slots: Option<SlotRings>) -> io::Result<Self> {
         let wake = Arc::new(Notify::new());
         let mut watchers = Vec::with_capacity(rings.len());
         for ring in &rings {
             // A duplicate of the map fd: readiness is a property of the ring, not the fd.
-            let fd = ring
-                .fd()
-                .try_clone()
-                .context("duplicating a ring buffer fd")?;
+            let fd = ring.fd().try_clone()?;
             // SAFETY: the AsyncFd owns the OwnedFd, so the fd stays open, and refers to the
             // same file, for as long as it is registered.
-            let fd = unsafe { AsyncFd::register(fd) }
-                .map_err(|e| e.into_parts().1)
-                .context("registering a ring buffer with the runtime")?;
+            let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
             let wake = Arc::clone(&wake);
             watchers.push(tokio::spawn(async move {
                 while let Ok(mut ready) = fd.readable().await {
@@ -59,9 +54,10 @@ impl Rings {
         })
     }
 
-    /// Completes when some ring has been woken since the last call.
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Notified when some ring has been woken (its `notified()` completes at once when
+    /// that happened since the last wait).
+    pub fn wakeup(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
     }
 
     /// Reads every ring and hands to `each`, oldest first, the records that are safe to

@@ -7,201 +7,14 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{
-    analysis::PortRange,
-    audit::Severity,
-    kstats::SynCounters,
-    model::endpoint,
-    process::Process,
-    tally::{TallyView, MAX_SOURCES},
+use super::{
+    syn::{SynCoverage, SynWindow},
+    tally::TallyView,
 };
-
-/// Alert thresholds for `watch` (defaults documented in the README; all are flags).
-#[derive(Clone, Debug, Serialize)]
-pub struct LiveThresholds {
-    pub time_wait_warn: u64,
-    pub time_wait_crit: u64,
-    /// Client-side TIME_WAIT toward one destination, % of the ephemeral range.
-    pub port_exhaustion_warn_pct: f64,
-    pub port_exhaustion_crit_pct: f64,
-    /// CLOSE_WAIT sockets older than this (seconds) raise an alert.
-    pub close_wait_age_secs: f64,
-    /// More CLOSE_WAIT sockets than this on one port raise an alert.
-    pub close_wait_count: u64,
-    pub per_ip_warn: u64,
-    pub per_ip_crit: u64,
-    /// Half-open requests, % of the listener's backlog.
-    pub syn_backlog_pct: f64,
-    /// SYN-ACK retransmits per second on one listener.
-    pub synack_retransmit_rate: f64,
-    /// SYNs per second on one listener with fewer than half completing.
-    pub syn_rate: f64,
-}
-
-impl Default for LiveThresholds {
-    fn default() -> Self {
-        Self {
-            time_wait_warn: 1000,
-            time_wait_crit: 5000,
-            port_exhaustion_warn_pct: 50.0,
-            port_exhaustion_crit_pct: 80.0,
-            close_wait_age_secs: 60.0,
-            close_wait_count: 100,
-            per_ip_warn: 200,
-            per_ip_crit: 1000,
-            syn_backlog_pct: 50.0,
-            synack_retransmit_rate: 100.0,
-            syn_rate: 1000.0,
-        }
-    }
-}
-
-/// SYN activity of one listener over the last window, from the kernel programs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SynWindow {
-    pub syns: u64,
-    /// Handshakes that completed (LISTEN -> SYN_RECV child sockets).
-    pub completed: u64,
-    pub synack_retransmits: u64,
-    /// Distinct SYN sources (saturates at MAX_SOURCES).
-    pub sources: u64,
-}
-
-/// Half-open requests (or SYNs outrunning completions) that a busy host has in flight
-/// anyway: a loopback handshake lasts tens of microseconds. Fewer hint at nothing.
-const SYN_SLACK: u64 = 64;
-
-/// Whether anything in this window hints at SYN trouble: a SYN-ACK retransmitted, a SYN
-/// or listen queue overflowed (cookies, drops), requests reset by their peers, the last
-/// half-open dump finding more than [`SYN_SLACK`], or (only while the SYN counter is
-/// attached) SYNs outrunning completions.
-pub fn syn_trouble_hinted(
-    syn: &HashMap<(IpAddr, u16), SynWindow>,
-    syn_counters: &SynCounters,
-    last_half_open: u64,
-) -> bool {
-    let (syns, completed, retransmits) = syn.values().fold((0, 0, 0), |acc, w| {
-        (
-            acc.0 + w.syns,
-            acc.1 + w.completed,
-            acc.2 + w.synack_retransmits,
-        )
-    });
-    retransmits > 0
-        || syns > completed + SYN_SLACK
-        || last_half_open > SYN_SLACK
-        || syn_counters.queue_overflowed()
-        || syn_counters.listen_overflows + syn_counters.listen_drops > 0
-        || syn_counters.embryonic_resets > 0
-}
-
-/// Whether to dump half-open request sockets this evaluation. The dump walks every
-/// established and TIME_WAIT socket (request sockets share their hash table), a visible
-/// cost under heavy churn, so it is skipped while nothing hints at SYN trouble and the
-/// previous dump found none; at least every `HALF_OPEN_RECHECK_NS` anyway. Without the
-/// SYN counter program (it did not load) it always dumps.
-pub fn half_open_worth_dumping(
-    hinted: bool,
-    syn_counter_loaded: bool,
-    last_half_open: u64,
-    since_last_dump_ns: u64,
-) -> bool {
-    const HALF_OPEN_RECHECK_NS: u64 = 10_000_000_000;
-    !syn_counter_loaded
-        || hinted
-        || last_half_open > 0
-        || since_last_dump_ns >= HALF_OPEN_RECHECK_NS
-}
-
-/// How long the SYN counter stays attached after the last hint of SYN trouble.
-pub const SYN_COUNTER_HOLD_NS: u64 = 60_000_000_000;
-
-/// Attaches the SYN counter (cgroup sock_ops) on the first hint of SYN trouble and
-/// detaches it after [`SYN_COUNTER_HOLD_NS`] without one. Attached, it runs on about nine
-/// socket operations of every connection on the host (sock_ops has no per-operation
-/// subscription), 1-2 points of connection rate under maximal churn; idle, SYN trouble
-/// still shows through retransmits, the TcpExt counters and the half-open dumps, and
-/// the SYN rate is reported as not counted rather than as zero.
-#[derive(Debug, Default)]
-pub struct SynCounterSwitch {
-    last_hint_ns: Option<u64>,
-    wanted: bool,
-}
-
-impl SynCounterSwitch {
-    /// Whether the counter should be attached now.
-    pub fn wanted(&mut self, hinted: bool, now_ns: u64) -> bool {
-        if hinted {
-            self.last_hint_ns = Some(now_ns);
-        }
-        self.wanted = self
-            .last_hint_ns
-            .is_some_and(|at| now_ns.saturating_sub(at) < SYN_COUNTER_HOLD_NS);
-        self.wanted
-    }
-
-    /// What the last [`Self::wanted`] answered.
-    pub fn holding(&self) -> bool {
-        self.wanted
-    }
-}
-
-/// How much of an evaluation window the SYN counter was attached for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SynCoverage {
-    Whole,
-    /// Attached during the window: the SYN rate is a lower bound.
-    Partial,
-    /// Not attached (idle, or it could not load): no SYN rate.
-    #[default]
-    None,
-}
-
-/// Accumulates SYN activity per listener between evaluations, in bounded memory: distinct
-/// sources saturate at MAX_SOURCES per listener, so a flood from a million spoofed
-/// addresses costs at most that many entries until the next evaluation empties it.
-#[derive(Debug, Default)]
-pub struct SynTracker {
-    listeners: rustc_hash::FxHashMap<(IpAddr, u16), (SynWindow, rustc_hash::FxHashSet<IpAddr>)>,
-}
-
-impl SynTracker {
-    pub fn syn(&mut self, listener: (IpAddr, u16), source: IpAddr) {
-        let (w, sources) = self.listeners.entry(listener).or_default();
-        w.syns += 1;
-        if sources.len() < MAX_SOURCES {
-            sources.insert(source);
-        }
-    }
-
-    pub fn completed(&mut self, listener: (IpAddr, u16)) {
-        self.listeners.entry(listener).or_default().0.completed += 1;
-    }
-
-    pub fn synack_retransmit(&mut self, listener: (IpAddr, u16)) {
-        self.listeners
-            .entry(listener)
-            .or_default()
-            .0
-            .synack_retransmits += 1;
-    }
-
-    /// The window so far, leaving the tracker empty.
-    pub fn take(&mut self) -> HashMap<(IpAddr, u16), SynWindow> {
-        std::mem::take(&mut self.listeners)
-            .into_iter()
-            .map(|(k, (mut w, sources))| {
-                w.sources = sources.len() as u64;
-                (k, w)
-            })
-            .collect()
-    }
-
-    /// Entries held (for the bounded-memory promise).
-    pub fn entries(&self) -> usize {
-        self.listeners.values().map(|(_, s)| s.len() + 1).sum()
-    }
-}
+use crate::{
+    host::kstats::SynCounters,
+    model::{endpoint, PortRange, Process, Severity, Thresholds, MAX_SOURCES},
+};
 
 /// Everything an evaluation looks at besides the tally.
 #[derive(Clone, Debug, Default)]
@@ -245,7 +58,7 @@ pub struct Alert {
 /// Remembers which alerts are active so each start and end is reported once.
 #[derive(Clone, Debug, Default)]
 pub struct Detector {
-    pub thresholds: LiveThresholds,
+    pub thresholds: Thresholds,
     active: BTreeMap<(&'static str, String), (Severity, String)>,
 }
 
@@ -269,7 +82,7 @@ pub fn plural(n: u64) -> &'static str {
 }
 
 impl Detector {
-    pub fn new(thresholds: LiveThresholds) -> Self {
+    pub fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
             active: BTreeMap::new(),
@@ -346,7 +159,7 @@ impl Detector {
         for &(port, count, since_ns, known) in &view.close_wait_by_port {
             let age = inputs.now_ns.saturating_sub(since_ns) as f64 / 1e9;
             let too_old = age >= t.close_wait_age_secs;
-            let too_many = count > t.close_wait_count;
+            let too_many = count > t.close_wait_crit;
             if !(too_old || too_many) {
                 continue;
             }
@@ -421,7 +234,7 @@ impl Detector {
             let retrans_rate = w.synack_retransmits as f64 / secs;
             let overflow = Some(*key) == busiest && inputs.syn_counters.queue_overflowed();
             let mut reasons = Vec::new();
-            if pct.is_some_and(|p| p >= t.syn_backlog_pct) {
+            if pct.is_some_and(|p| p >= t.syn_backlog_warn_pct) {
                 reasons.push("half-open queue filling");
             }
             if retrans_rate >= t.synack_retransmit_rate {
@@ -445,7 +258,7 @@ impl Detector {
             } else {
                 ""
             };
-            let severity = if overflow || pct.is_some_and(|p| p >= 90.0) {
+            let severity = if overflow || pct.is_some_and(|p| p >= t.syn_backlog_crit_pct) {
                 Severity::Critical
             } else {
                 Severity::Warning
@@ -522,13 +335,13 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::tally::HalfOpen;
+    use crate::{live::syn::SynTracker, model::HalfOpen};
 
     const SEC: u64 = 1_000_000_000;
 
     fn view() -> TallyView {
         TallyView {
-            states: HashMap::new(),
+            states: Default::default(),
             time_wait: 0,
             listeners: vec![],
             established_by_port: vec![],
@@ -556,116 +369,10 @@ mod tests {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     }
 
-    fn window(syns: u64, completed: u64, retransmits: u64) -> HashMap<(IpAddr, u16), SynWindow> {
-        let mut m = HashMap::new();
-        m.insert(
-            (localhost(), 80),
-            SynWindow {
-                syns,
-                completed,
-                synack_retransmits: retransmits,
-                sources: 1,
-            },
-        );
-        m
-    }
-
-    #[test]
-    fn syn_trouble_is_hinted_by_any_sign_of_it() {
-        let none = SynCounters::default();
-        let with = |f: fn(&mut SynCounters)| {
-            let mut c = SynCounters::default();
-            f(&mut c);
-            c
-        };
-        // ((syns, completed, retransmits), counters, last half-open) -> hinted?
-        let cases = [
-            ((60_000, 59_990, 0), none, 0, false, "busy but healthy"),
-            ((0, 60_000, 0), none, 0, false, "SYN counter idle, healthy"),
-            ((0, 0, 0), none, 3, false, "a few requests in flight"),
-            ((60_000, 50_000, 0), none, 0, true, "SYNs not completing"),
-            ((10, 10, 1), none, 0, true, "SYN-ACK retransmitted"),
-            ((0, 0, 0), none, 65, true, "half-open requests piling up"),
-            (
-                (0, 0, 0),
-                with(|c| c.syncookies_sent = 1),
-                0,
-                true,
-                "cookies sent",
-            ),
-            (
-                (0, 0, 0),
-                with(|c| c.listen_drops = 1),
-                0,
-                true,
-                "listen drops",
-            ),
-            (
-                (0, 0, 0),
-                with(|c| c.embryonic_resets = 1),
-                0,
-                true,
-                "requests reset by their peers",
-            ),
-        ];
-        for ((syns, completed, retransmits), counters, last, hinted, why) in cases {
-            assert_eq!(
-                syn_trouble_hinted(&window(syns, completed, retransmits), &counters, last),
-                hinted,
-                "{why}"
-            );
-        }
-    }
-
-    #[test]
-    fn half_open_dump_only_when_something_hints_at_it() {
-        let second = 1_000_000_000;
-        // (hinted, SYN counter loaded, last half-open, since the last dump) -> dump?
-        let cases = [
-            (false, true, 0, second, false, "nothing hints"),
-            (true, true, 0, second, true, "a hint"),
-            (false, true, 3, second, true, "half-open seen last time"),
-            (false, false, 0, second, true, "no SYN counter"),
-            (
-                false,
-                true,
-                0,
-                10 * second,
-                true,
-                "10 s since the last dump",
-            ),
-        ];
-        for (hinted, loaded, last, since, dump, why) in cases {
-            assert_eq!(
-                half_open_worth_dumping(hinted, loaded, last, since),
-                dump,
-                "{why}"
-            );
-        }
-    }
-
-    #[test]
-    fn syn_counter_attaches_on_a_hint_and_detaches_after_a_quiet_minute() {
-        let mut switch = SynCounterSwitch::default();
-        assert!(!switch.wanted(false, 0), "idle at start");
-        assert!(switch.wanted(true, SEC), "attached on the first hint");
-        assert!(switch.wanted(false, 30 * SEC), "held while quiet");
-        assert!(switch.wanted(true, 50 * SEC), "a new hint");
-        assert!(
-            switch.wanted(false, 109 * SEC),
-            "held 60 s from the last hint"
-        );
-        assert!(
-            !switch.wanted(false, 110 * SEC),
-            "detached after 60 quiet seconds"
-        );
-        assert!(switch.wanted(true, 111 * SEC), "and attached again");
-    }
-
     #[test]
     fn an_uncounted_syn_rate_is_said_not_measured() {
         let flood = |coverage| {
-            let mut d = Detector::new(LiveThresholds::default());
+            let mut d = Detector::new(Thresholds::default());
             let mut i = inputs(SEC);
             i.syn_coverage = coverage;
             // What an idle counter leaves: completions, retransmits, no SYNs.
@@ -696,7 +403,7 @@ mod tests {
 
     #[test]
     fn syn_flood_raises_then_clears() {
-        let mut d = Detector::new(LiveThresholds::default());
+        let mut d = Detector::new(Thresholds::default());
         let mut v = view();
         v.half_open = vec![(
             localhost(),
@@ -757,7 +464,7 @@ mod tests {
 
     #[test]
     fn busy_but_healthy_listeners_are_not_floods() {
-        let mut d = Detector::new(LiveThresholds::default());
+        let mut d = Detector::new(Thresholds::default());
         let mut i = inputs(SEC);
         i.syn.insert(
             (localhost(), 80),
@@ -773,7 +480,7 @@ mod tests {
 
     #[test]
     fn close_wait_alerts_by_age_or_count_with_owner() {
-        let mut d = Detector::new(LiveThresholds {
+        let mut d = Detector::new(Thresholds {
             close_wait_age_secs: 2.0,
             ..Default::default()
         });
@@ -811,7 +518,7 @@ mod tests {
 
     #[test]
     fn time_wait_and_port_exhaustion() {
-        let mut d = Detector::new(LiveThresholds::default());
+        let mut d = Detector::new(Thresholds::default());
         let mut v = view();
         v.time_wait = 5001;
         v.time_wait_by_dest = vec![(localhost(), 5432, 15_000)];
@@ -854,7 +561,7 @@ mod tests {
         );
         assert_eq!(tracker.entries(), 0);
         // The alert says the count saturated.
-        let mut d = Detector::new(LiveThresholds::default());
+        let mut d = Detector::new(Thresholds::default());
         let mut i = inputs(SEC);
         i.syn = window;
         let alert = &d.evaluate(&view(), &i)[0];
@@ -867,7 +574,7 @@ mod tests {
 
     #[test]
     fn per_ip_and_new_listener() {
-        let mut d = Detector::new(LiveThresholds::default());
+        let mut d = Detector::new(Thresholds::default());
         let mut v = view();
         v.per_ip_top = vec![
             (localhost(), 201),

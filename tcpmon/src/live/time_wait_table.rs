@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use rustc_hash::FxHashMap;
 
-use crate::tally::Tuple;
+use crate::model::Tuple;
 
 /// A TIME_WAIT socket as the tally holds it (keyed by its tuple).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

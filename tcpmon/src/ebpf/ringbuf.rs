@@ -28,17 +28,19 @@ pub struct Walk {
     pub corrupt: bool,
 }
 
-/// Walks the records between `consumer` and `producer` in `data` (the data area mapped
-/// twice: `2 * (mask + 1)` bytes), handing each committed, non-discarded record to
-/// `each`; stops at the first record still being written. `header` reads the 4-byte
-/// header at an offset of `data` (atomically, in the real ring).
+/// Walks the records between `consumer` and `producer` in a data area of `data_len`
+/// bytes (the ring mapped twice: `2 * (mask + 1)`), handing the payload of each
+/// committed, non-discarded record to `each` as (offset, length) inside the data area;
+/// stops at the first record still being written. `header` reads the 4-byte header at an
+/// offset (atomically, in the real ring). Offsets and lengths are checked against
+/// `data_len` before `each` sees them: a header claiming more marks the ring corrupt.
 pub fn walk(
-    data: &[u8],
+    data_len: usize,
     mask: u64,
     consumer: u64,
     producer: u64,
     header: impl Fn(usize) -> u32,
-    mut each: impl FnMut(&[u8]),
+    mut each: impl FnMut(usize, usize),
 ) -> Walk {
     let mut walk = Walk {
         position: consumer,
@@ -46,17 +48,22 @@ pub fn walk(
     };
     while walk.position < producer {
         let offset = (walk.position & mask) as usize;
+        if offset + HEADER_BYTES > data_len {
+            walk.corrupt = true;
+            break;
+        }
         let head = header(offset);
         if head & BUSY_BIT != 0 {
             break;
         }
         let len = (head & !(BUSY_BIT | DISCARD_BIT)) as usize;
-        let Some(record) = data.get(offset + HEADER_BYTES..offset + HEADER_BYTES + len) else {
+        let start = offset + HEADER_BYTES;
+        if start + len > data_len {
             walk.corrupt = true;
             break;
-        };
+        }
         if head & DISCARD_BIT == 0 {
-            each(record);
+            each(start, len);
             walk.records += 1;
         }
         walk.position += (HEADER_BYTES + len).next_multiple_of(8) as u64;
@@ -138,26 +145,28 @@ impl RingReader {
     }
 
     /// Hands every committed record to `each`, then tells the kernel they are consumed.
-    pub fn read(&mut self, each: impl FnMut(&[u8])) -> Walk {
-        // SAFETY: the producer page starts with the kernel's producer position, a u64;
-        // the data pages follow it, `2 * size` bytes mapped for as long as self lives.
-        let (producer, data) = unsafe {
-            let base = self.producer.as_ptr();
-            (
-                (*base.cast::<AtomicU64>()).load(Ordering::Acquire),
-                std::slice::from_raw_parts(base.add(self.page), 2 * self.size),
-            )
-        };
-        let headers = data.as_ptr();
+    pub fn read(&mut self, mut each: impl FnMut(&[u8])) -> Walk {
+        let base = self.producer.as_ptr();
+        // SAFETY: the producer page starts with the kernel's producer position, a u64.
+        let producer = unsafe { (*base.cast::<AtomicU64>()).load(Ordering::Acquire) };
+        // The data area is written by the kernel while we read it, so no slice spans it:
+        // only a record whose header said "committed" (an Acquire load) becomes a slice,
+        // and the kernel leaves that record alone until the consumer position passes it.
+        // SAFETY: the data pages follow the producer page, `2 * size` bytes mapped for as
+        // long as self lives.
+        let data = unsafe { base.add(self.page) };
         let walk = walk(
-            data,
+            2 * self.size,
             self.size as u64 - 1,
             self.position,
             producer,
-            // SAFETY: record headers are 8-aligned u32s inside the data area, committed
-            // by the kernel with a release store of the header.
-            |offset| unsafe { (*headers.add(offset).cast::<AtomicU32>()).load(Ordering::Acquire) },
-            each,
+            // SAFETY: `walk` checked the offset is inside the data area; record headers
+            // are 8-aligned u32s, committed by the kernel with a release store.
+            |offset| unsafe { (*data.add(offset).cast::<AtomicU32>()).load(Ordering::Acquire) },
+            // SAFETY: `walk` checked the payload lies inside the data area, and its
+            // header (loaded with Acquire) said it is committed and not to be rewritten
+            // before we publish a consumer position past it.
+            |start, len| each(unsafe { std::slice::from_raw_parts(data.add(start), len) }),
         );
         if walk.position != self.position {
             self.position = walk.position;
@@ -220,12 +229,12 @@ mod tests {
             let mut seen = Vec::new();
             let data = &self.data;
             let walk = walk(
-                data,
+                data.len(),
                 self.size as u64 - 1,
                 from,
                 self.producer,
                 |at| u32::from_le_bytes(data[at..at + 4].try_into().unwrap()),
-                |r| seen.push(r.to_vec()),
+                |start, len| seen.push(data[start..start + len].to_vec()),
             );
             (walk, seen)
         }

@@ -13,7 +13,7 @@ use tcpmon_common::{
     SLOT_HEAD_BYTES, SLOT_SIZE, SOCK_EVENT_SIZE,
 };
 
-use crate::ringbuf::mmap_shared;
+use super::ringbuf::mmap_shared;
 
 /// How many slot rings there are and how big.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,12 +52,20 @@ impl SlotLayout {
 }
 
 /// A ring holding what no writer following the protocol produces (positions further
-/// apart than the ring, an unknown tag): it is no longer read.
+/// apart than the ring, an unknown tag), or a ring that does not exist: it is not read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Corrupt {
     /// Where reading stopped.
     pub at: u64,
     pub produced: u64,
+}
+
+impl Corrupt {
+    /// What reading a CPU number beyond the layout returns (nothing was read).
+    const NO_SUCH_RING: Self = Self {
+        at: 0,
+        produced: u64::MAX,
+    };
 }
 
 /// `record` in slots as the kernel writes it: one when it has a short form, else two
@@ -209,8 +217,9 @@ impl SlotRings {
         self.layout
     }
 
+    /// The cursor field at `offset` of CPU `cpu`'s cursor; callers check `cpu < cpus`.
     fn cursor_field(&self, cpu: usize, offset: usize) -> &AtomicU64 {
-        debug_assert!(cpu < self.layout.cpus as usize);
+        assert!(cpu < self.layout.cpus as usize && offset + 8 <= SLOT_CURSOR_SIZE);
         // SAFETY: inside the cursor mapping (cpu < cpus), 8-aligned (page-aligned base,
         // 128-byte cursors, fields at 0 and 64); shared with the kernel, hence atomic.
         unsafe {
@@ -228,7 +237,8 @@ impl SlotRings {
     }
 
     /// Hands the records CPU `cpu` has written since the last read to `each`, about
-    /// `limit` slots of them at most, then tells the kernel their slots are free.
+    /// `limit` slots of them at most, then tells the kernel their slots are free. A CPU
+    /// beyond the layout has no ring: an error, nothing read.
     #[inline]
     pub fn read(
         &mut self,
@@ -236,6 +246,9 @@ impl SlotRings {
         limit: u64,
         each: impl FnMut(SockEvent),
     ) -> Result<SlotRead, Corrupt> {
+        if cpu >= self.layout.cpus as usize {
+            return Err(Corrupt::NO_SUCH_RING);
+        }
         let produced = self.position(cpu, std::mem::offset_of!(SlotCursor, produced));
         let consumed = self.consumed[cpu];
         let base = self.slots.ptr.as_ptr();

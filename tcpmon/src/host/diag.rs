@@ -17,10 +17,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-use crate::{
-    model::canonical_ip,
-    tally::{HalfOpen, MAX_SOURCES},
-};
+use crate::model::{canonical_ip, HalfOpen, MAX_SOURCES};
 
 /// A listener's queues as sock_diag reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +160,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         // std listens with a backlog of 128 (capped by somaxconn).
         let port = listener.local_addr().unwrap().port();
-        let snapshot = crate::Snapshot::read(std::path::Path::new("/proc")).unwrap();
+        let snapshot = crate::snapshot::Snapshot::read(&crate::host::ProcRoot::host()).unwrap();
         let inode = snapshot
             .rows()
             .filter_map(|r| r.socket.ok())

@@ -1,0 +1,911 @@
+//! The live engine: a source of transitions (the kernel's rings, or snapshots diffed when
+//! polling) feeds the tally and the detectors; typed records go to a [`Sink`].
+//!
+//! The engine is a synchronous state machine ([`Engine::drain`], [`Engine::tick`],
+//! [`Engine::write_tally`], [`Engine::reconcile`], [`Engine::finish`]) over a [`Host`]
+//! and an [`EventSource`]; [`Engine::run`] drives it on tokio timers until a stop future
+//! completes. Tests drive the state machine with fakes, without root.
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    io,
+    net::IpAddr,
+    time::Duration,
+};
+
+use tcpmon_common::SockEvent;
+
+use super::{
+    host::Host,
+    loss::{self, LossTracker, Received},
+    poll,
+    record::{
+        ActiveAlert, AlertRecord, CloseWaitPort, HalfOpenListener, IpCountRecord, ListenerRecord,
+        ModeRecord, PerIpTally, PortCountRecord, ReconcileSummary, SummaryRecord, SynCounterState,
+        TallyRecord, TimeWaitTally, Timestamp, TransitionEvent, SCHEMA_VERSION,
+    },
+    rules::{Alert, Detector, Inputs},
+    source::EventSource,
+    syn::{half_open_worth_dumping, syn_trouble_hinted, SynCounterSwitch, SynCoverage, SynTracker},
+    tally::{ReconcileReport, Tally, TallyConfig},
+};
+use crate::{
+    ebpf::{
+        decode::{decode_event, Record},
+        KernelCounters,
+    },
+    host::{clock::Clock, kstats::SynCounters, proc_net::Socket},
+    model::{canonical_ip, endpoint, Endpoints, Origin, PortRange, Process, TcpState, Transition},
+    snapshot::SnapshotError,
+};
+
+/// Where typed records go. Called on the engine's thread; a slow sink slows the engine
+/// (and an error ends it), so sinks that write somewhere slow buffer or drop, and say so.
+pub trait Sink {
+    fn mode(&mut self, record: &ModeRecord) -> io::Result<()>;
+    /// The hot path: up to hundreds of thousands a second.
+    fn transition(&mut self, event: &TransitionEvent<'_>) -> io::Result<()>;
+    fn alert(&mut self, record: &AlertRecord<'_>) -> io::Result<()>;
+    fn tally(&mut self, record: &TallyRecord) -> io::Result<()>;
+    fn summary(&mut self, record: &SummaryRecord) -> io::Result<()>;
+    /// End of a batch: write out what is buffered.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Transition records dropped because the output could not keep up.
+    fn dropped(&self) -> u64 {
+        0
+    }
+}
+
+/// Which transitions become records (the tallies always see all of them).
+#[derive(Clone, Debug, Default)]
+pub struct TransitionFilter {
+    /// Local or remote port.
+    pub port: Option<u16>,
+    /// Local or remote address inside this network.
+    pub net: Option<ipnet::IpNet>,
+    /// Into or out of one of these states (empty: any).
+    pub states: Vec<TcpState>,
+}
+
+impl TransitionFilter {
+    pub fn matches(&self, t: &Transition) -> bool {
+        let at = &t.at;
+        self.port
+            .is_none_or(|p| at.local_port == p || at.remote_port == p)
+            && self.net.is_none_or(|net| {
+                [at.local_ip, at.remote_ip]
+                    .into_iter()
+                    .any(|ip| net.contains(&ip) || net.contains(&canonical_ip(ip)))
+            })
+            && (self.states.is_empty()
+                || self.states.contains(&t.old)
+                || self.states.contains(&t.new))
+    }
+}
+
+/// How the engine runs; built from flags by the binary, or by any library caller.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Evaluate alerts and poll the cheap counters (and, polling, the socket table).
+    pub interval: Duration,
+    /// Emit a tally record this often.
+    pub tally_interval: Duration,
+    /// Rebuild the tallies from a snapshot this often (and after loss).
+    pub reconcile_interval: Duration,
+    pub thresholds: crate::model::Thresholds,
+    /// Remote IPs tallied individually (the rest aggregated, and said to be).
+    pub max_ips: usize,
+    /// Transitions that become records; `None`: none do (the engine then also skips
+    /// tracking each socket's time in its state).
+    pub transitions: Option<TransitionFilter>,
+    /// The network namespace whose sockets are tallied (`None`: unknown, every event
+    /// counts); other namespaces' transitions are still shown when the source sends them.
+    pub own_netns: Option<u32>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            tally_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(30),
+            thresholds: crate::model::Thresholds::DEFAULT,
+            max_ips: 65_536,
+            transitions: Some(TransitionFilter::default()),
+            own_netns: None,
+        }
+    }
+}
+
+/// Why a config was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} of {value:?} is outside {min:?}..={max:?}")]
+    Interval {
+        name: &'static str,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    },
+    #[error("--max-ips must be at least 1")]
+    MaxIps,
+    #[error(transparent)]
+    Thresholds(#[from] crate::model::InvalidThresholds),
+}
+
+impl EngineConfig {
+    /// The shortest interval accepted: below it the timers would spin.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+    /// The longest: ten years.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("--interval", self.interval),
+            ("--tally-interval", self.tally_interval),
+            ("--reconcile-interval", self.reconcile_interval),
+        ] {
+            if !(Self::MIN_INTERVAL..=Self::MAX_INTERVAL).contains(&value) {
+                return Err(ConfigError::Interval {
+                    name,
+                    value,
+                    min: Self::MIN_INTERVAL,
+                    max: Self::MAX_INTERVAL,
+                });
+            }
+        }
+        if self.max_ips == 0 {
+            return Err(ConfigError::MaxIps);
+        }
+        Ok(self.thresholds.validate()?)
+    }
+}
+
+/// Why the engine stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("reading the socket table")]
+    Snapshot(#[from] SnapshotError),
+    #[error("writing output")]
+    Output(#[from] io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Why the tallies were rebuilt from a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Baseline,
+    /// Poll mode: every interval's snapshot.
+    Poll,
+    Periodic,
+    /// Events were lost.
+    Loss,
+    /// A CLOSE_WAIT alert needed its owner's name.
+    Owners,
+}
+
+impl Reason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Poll => "poll",
+            Self::Periodic => "periodic",
+            Self::Loss => "loss",
+            Self::Owners => "owners",
+        }
+    }
+}
+
+/// At most one snapshot read a second to name the owners of CLOSE_WAIT sockets.
+const OWNER_LOOKUP_GAP_NS: u64 = 1_000_000_000;
+
+/// The longest a record waits in a ring once traffic stops (no doorbell comes then).
+const DRAIN_AFTER: Duration = Duration::from_millis(25);
+
+/// Top entries of each list in a tally record.
+const TALLY_TOP: usize = 5;
+/// ... and in the view the detectors evaluate.
+const DETECTOR_TOP: usize = 20;
+
+/// The SYN side's state between evaluations.
+#[derive(Debug, Default)]
+struct SynState {
+    tracker: SynTracker,
+    /// TcpExt counters at the previous evaluation.
+    counters: Option<SynCounters>,
+    switch: SynCounterSwitch,
+    /// When the SYN counter was last attached, while it is.
+    attached_since: Option<u64>,
+    attach_failed: bool,
+    last_half_open_dump_ns: u64,
+}
+
+/// Owners of CLOSE_WAIT sockets, kept between reconciliations.
+#[derive(Debug, Default)]
+struct Owners {
+    by_port: HashMap<u16, Vec<Process>>,
+    /// The CLOSE_WAIT inodes the last lookup was for, and what it found.
+    inodes: HashSet<u64>,
+    by_inode: HashMap<u64, Process>,
+    last_lookup_ns: u64,
+}
+
+/// The live engine over host `H` and event source `S` (`None` of it when polling).
+pub struct Engine<H: Host, S: EventSource> {
+    cfg: EngineConfig,
+    host: H,
+    source: Option<S>,
+    mode: ModeRecord,
+    clock: Clock,
+    started_ns: u64,
+    tally: Tally,
+    detector: Detector,
+    /// While the socket table is being read, transitions are held here (see
+    /// Tally::reconcile_window).
+    window: Option<Vec<Transition>>,
+    received: Received,
+    kernel: KernelCounters,
+    loss: LossTracker,
+    syn: SynState,
+    last_eval_ns: u64,
+    time_wait_check: Option<(u64, i64)>,
+    last_reconcile: Option<(ReconcileReport, Reason)>,
+    reconciliations: u64,
+    owners: Owners,
+    backlogs: HashMap<(IpAddr, u16), u32>,
+    somaxconn: Option<u32>,
+    port_range: PortRange,
+    /// When the last tally was written, and the transitions received by then.
+    last_tally: (u64, u64),
+    /// Polling: the previous snapshot, indexed.
+    previous: poll::Index,
+    problems: Vec<crate::ebpf::decode::DecodeError>,
+}
+
+impl<H: Host, S: EventSource> Engine<H, S> {
+    /// Reads the baseline (the source, when there is one, is already attached, so nothing
+    /// falls between the two), then emits the mode record: the tallies are valid from
+    /// here on.
+    pub fn start(
+        cfg: EngineConfig,
+        mut host: H,
+        source: Option<S>,
+        mode: ModeRecord,
+        sink: &mut impl Sink,
+    ) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        let port_range = host.port_range();
+        let tally_defaults = TallyConfig::default();
+        let tally = Tally::new(TallyConfig {
+            max_ips: cfg.max_ips,
+            port_range,
+            max_time_wait: host.max_time_wait().unwrap_or(tally_defaults.max_time_wait),
+            // Without transition records nothing shows the time in a state.
+            max_tracked_sockets: if cfg.transitions.is_some() {
+                tally_defaults.max_tracked_sockets
+            } else {
+                0
+            },
+        });
+        let now = host.now_ns();
+        let clock = Clock::fixed(host.wall_now(), now);
+        let mut engine = Self {
+            detector: Detector::new(cfg.thresholds.clone()),
+            cfg,
+            host,
+            source,
+            mode,
+            clock,
+            started_ns: now,
+            tally,
+            window: None,
+            received: Received::default(),
+            kernel: KernelCounters::default(),
+            loss: LossTracker::default(),
+            syn: SynState::default(),
+            last_eval_ns: now,
+            time_wait_check: None,
+            last_reconcile: None,
+            reconciliations: 0,
+            owners: Owners::default(),
+            backlogs: HashMap::new(),
+            somaxconn: None,
+            port_range,
+            last_tally: (now, 0),
+            previous: poll::Index::default(),
+            problems: Vec::new(),
+        };
+        engine.host.release_memory();
+        if engine.source.is_some() {
+            let opens = engine.host.snmp_opens();
+            engine.loss.set_base(opens);
+        }
+        let sockets = engine.reconcile(Reason::Baseline, sink)?;
+        if engine.source.is_none() {
+            engine.previous = poll::Index::new(&sockets);
+        }
+        engine.refresh_listener_info();
+        sink.mode(&engine.mode)?;
+        sink.flush()?;
+        Ok(engine)
+    }
+
+    pub fn mode(&self) -> &ModeRecord {
+        &self.mode
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn received(&self) -> &Received {
+        &self.received
+    }
+
+    /// The kernel's loss and filter counters, as last read.
+    pub fn kernel(&self) -> &KernelCounters {
+        &self.kernel
+    }
+
+    /// Events lost, every cause.
+    pub fn lost(&self) -> u64 {
+        loss::lost(&self.kernel, &self.received)
+    }
+
+    pub fn reconciliations(&self) -> u64 {
+        self.reconciliations
+    }
+
+    /// The alerts active now: (rule, subject, severity).
+    pub fn active_alerts(&self) -> impl Iterator<Item = (&str, &str, crate::model::Severity)> {
+        self.detector.active()
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// The host, to change what it answers (tests).
+    pub fn host_mut(&mut self) -> &mut H {
+        &mut self.host
+    }
+
+    /// The source, `None` when polling (tests feed it through this).
+    pub fn source_mut(&mut self) -> Option<&mut S> {
+        self.source.as_mut()
+    }
+
+    /// Applies what the source holds, in time order.
+    pub fn drain(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
+        self.drain_source(false, sink)?;
+        if let Some(source) = self.source.as_mut() {
+            source.flush_log();
+        }
+        Ok(())
+    }
+
+    /// Reads the source and applies, in time order, what is safe to apply: everything
+    /// when `everything` (at the end, records held for ordering included).
+    fn drain_source(&mut self, everything: bool, sink: &mut impl Sink) -> io::Result<()> {
+        let Some(mut source) = self.source.take() else {
+            return Ok(());
+        };
+        let mut problems = std::mem::take(&mut self.problems);
+        // A failed write ends the engine: the records after it are left alone.
+        let mut failed = None;
+        source.read(
+            everything,
+            |raw| {
+                if failed.is_none() {
+                    failed = self.record(raw, sink).err();
+                }
+            },
+            &mut problems,
+        );
+        self.source = Some(source);
+        for problem in problems.drain(..) {
+            self.received.decode_errors += 1;
+            log::warn!("undecodable ring-buffer record: {problem}");
+        }
+        self.problems = problems;
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn record(&mut self, raw: &SockEvent, sink: &mut impl Sink) -> io::Result<()> {
+        match decode_event(raw) {
+            Ok(Record::Transition(t)) => self.transition(&t, Origin::Ebpf, sink)?,
+            Ok(Record::SynAckRetransmit(at)) => {
+                self.received.synack_retransmits += 1;
+                self.syn.tracker.synack_retransmit(listener_of(&at));
+            }
+            Ok(Record::SynRequest(at)) => {
+                self.received.syn_requests += 1;
+                self.syn
+                    .tracker
+                    .syn(listener_of(&at), canonical_ip(at.remote_ip));
+            }
+            Err(e) => {
+                self.received.decode_errors += 1;
+                log::warn!("undecodable ring-buffer record: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn transition(
+        &mut self,
+        t: &Transition,
+        origin: Origin,
+        sink: &mut impl Sink,
+    ) -> io::Result<()> {
+        let ours = origin == Origin::Inferred
+            || t.at.netns == 0
+            || self.cfg.own_netns.is_none_or(|own| own == t.at.netns);
+        let applied = if !ours {
+            self.received.foreign += 1;
+            None
+        } else {
+            self.received.transitions += 1;
+            if origin == Origin::Ebpf {
+                match (t.old, t.new) {
+                    (TcpState::Listen, TcpState::SynRecv) => {
+                        self.received.passive_opens += 1;
+                        self.syn.tracker.completed(listener_of(&t.at));
+                    }
+                    (TcpState::Close, TcpState::SynSent) => self.received.active_opens += 1,
+                    _ => {}
+                }
+            }
+            Some(match (origin, self.window.as_mut()) {
+                // Inferred from the snapshot the tally was just rebuilt from: applying it
+                // again would count it twice.
+                (Origin::Inferred, _) => self.tally.observe(t),
+                (Origin::Ebpf, Some(window)) => {
+                    window.push(*t);
+                    self.tally.observe(t)
+                }
+                (Origin::Ebpf, None) => self.tally.apply(t),
+            })
+        };
+        if self.cfg.transitions.as_ref().is_some_and(|f| f.matches(t)) {
+            sink.transition(&TransitionEvent {
+                transition: t,
+                micros_in_old: applied.and_then(|a| a.micros_in_old),
+                origin,
+                clock: &self.clock,
+            })?;
+        }
+        // Polling reports new listeners itself (with no process: it cannot know).
+        if origin == Origin::Ebpf && applied.is_some_and(|a| a.new_listener) {
+            let by = t.task.map(|task| Process {
+                pid: task.pid,
+                comm: task.comm(),
+            });
+            let alert = self.detector.new_listener(
+                canonical_ip(t.at.local_ip),
+                t.at.local_port,
+                by.as_ref(),
+            );
+            self.emit_alert(&alert, sink)?;
+        }
+        Ok(())
+    }
+
+    fn emit_alert(&mut self, alert: &Alert, sink: &mut impl Sink) -> io::Result<()> {
+        let time = Timestamp(self.clock.wall(self.host.now_ns()));
+        sink.alert(&AlertRecord { time, alert })
+    }
+
+    /// Polling: diffs a new snapshot against the previous one into inferred transitions.
+    fn poll_once(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
+        let sockets = self.reconcile(Reason::Poll, sink)?;
+        let now = poll::Index::new(&sockets);
+        let ts = self.host.now_ns();
+        let had_sockets = !self.previous.is_empty();
+        for t in poll::diff(&self.previous, &now, ts) {
+            let listener_born = t.old == TcpState::Close && t.new == TcpState::Listen;
+            self.transition(&t, Origin::Inferred, sink)?;
+            if listener_born && had_sockets {
+                let alert =
+                    self.detector
+                        .new_listener(canonical_ip(t.at.local_ip), t.at.local_port, None);
+                self.emit_alert(&alert, sink)?;
+            }
+        }
+        self.previous = now;
+        Ok(())
+    }
+
+    /// One evaluation (every `interval`): polls when polling, checks the cheap counters,
+    /// watches for loss and SYN trouble, and runs the detectors.
+    pub fn tick(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
+        if self.source.is_none() {
+            self.poll_once(sink)?;
+        }
+        self.evaluate(sink)?;
+        sink.flush()?;
+        Ok(())
+    }
+
+    fn evaluate(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
+        let now = self.host.now_ns();
+        self.tally.expire(now);
+        // TIME_WAIT: reconcile the inferred count with sockstat, every evaluation.
+        if let Some(tw) = self.host.sockstat_time_wait() {
+            let error = self.tally.reconcile_time_wait(tw);
+            self.time_wait_check = Some((now, error));
+        }
+        let counters = self.host.syn_counters().unwrap_or_default();
+        let syn_counters = self
+            .syn
+            .counters
+            .map(|prev| counters.since(&prev))
+            .unwrap_or_default();
+        self.syn.counters = Some(counters);
+        let window_start = self.last_eval_ns;
+        let window_secs = now.saturating_sub(window_start) as f64 / 1e9;
+        self.last_eval_ns = now;
+        let syn = self.syn.tracker.take();
+        let syn_coverage = match self.syn.attached_since {
+            Some(at) if at <= window_start => SynCoverage::Whole,
+            Some(_) => SynCoverage::Partial,
+            None => SynCoverage::None,
+        };
+        if let Some(source) = self.source.as_mut() {
+            // Half-open requests never fire the state tracepoint: poll them (netlink),
+            // when anything hints at them (see half_open_worth_dumping).
+            if half_open_worth_dumping(
+                syn_trouble_hinted(&syn, &syn_counters, self.tally.half_open_total()),
+                source.syn_counter_loaded(),
+                self.tally.half_open_total(),
+                now.saturating_sub(self.syn.last_half_open_dump_ns),
+            ) {
+                self.syn.last_half_open_dump_ns = now;
+                if let Some(half_open) = self.host.half_open() {
+                    self.tally.set_half_open(half_open);
+                }
+            }
+            // After the dump, which can be the first sign of trouble.
+            let hinted = syn_trouble_hinted(&syn, &syn_counters, self.tally.half_open_total());
+            let wanted = self.syn.switch.wanted(hinted, now);
+            if source.syn_counter_loaded() && wanted != source.syn_counter_attached() {
+                match source.set_syn_counter(wanted) {
+                    Ok(()) => {
+                        self.syn.attached_since = wanted.then_some(now);
+                        self.received.syn_counter_attaches += u64::from(wanted);
+                    }
+                    // Once: it would fail the same way every second.
+                    Err(e) if !self.syn.attach_failed => {
+                        self.syn.attach_failed = true;
+                        log::warn!("SYN counter (cgroup sock_ops): {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+            match source.counters() {
+                Ok(kernel) => self.kernel = kernel,
+                Err(e) => log::warn!("reading kernel counters: {e}"),
+            }
+        }
+        self.refresh_listener_info();
+        // Silent loss: openings the kernel counted a second ago that never arrived.
+        if self.source.is_some() {
+            self.drain_source(false, sink)?;
+            let opens = self.host.snmp_opens();
+            let reported = self.kernel.lost() + self.received.decode_errors;
+            self.loss.check_opens(opens, &mut self.received, reported);
+        }
+        // Loss makes the live counts drift: rebuild them from a snapshot.
+        if self.loss.reconcile_due(self.lost(), now) {
+            self.reconcile(Reason::Loss, sink)?;
+        }
+        // A CLOSE_WAIT port about to be alerted whose owner is not known yet: look it up
+        // now rather than at the next periodic reconciliation, so the alert names the
+        // process. Only for ports that cross a threshold: under churn, CLOSE_WAIT comes
+        // and goes all the time and each lookup re-reads the socket table.
+        let mut view = self.tally.view(DETECTOR_TOP);
+        let t = &self.detector.thresholds;
+        let alerting = view
+            .close_wait_by_port
+            .iter()
+            .any(|(port, count, since, _)| {
+                let age = now.saturating_sub(*since) as f64 / 1e9;
+                (age >= t.close_wait_age_secs || *count > t.close_wait_crit)
+                    && !self.owners.by_port.contains_key(port)
+            });
+        if self.source.is_some()
+            && alerting
+            && now.saturating_sub(self.owners.last_lookup_ns) >= OWNER_LOOKUP_GAP_NS
+        {
+            self.owners.last_lookup_ns = now;
+            self.reconcile(Reason::Owners, sink)?;
+            view = self.tally.view(DETECTOR_TOP);
+        }
+        // The maps are lent to the detector for this evaluation, not copied.
+        let inputs = Inputs {
+            now_ns: now,
+            window_secs,
+            syn,
+            syn_counters,
+            syn_coverage,
+            backlogs: std::mem::take(&mut self.backlogs),
+            somaxconn: self.somaxconn,
+            port_range: self.port_range,
+            close_wait_owners: std::mem::take(&mut self.owners.by_port),
+        };
+        let alerts = self.detector.evaluate(&view, &inputs);
+        (self.backlogs, self.owners.by_port) = (inputs.backlogs, inputs.close_wait_owners);
+        for alert in alerts {
+            self.emit_alert(&alert, sink)?;
+        }
+        Ok(())
+    }
+
+    fn refresh_listener_info(&mut self) {
+        if let Some(backlogs) = self.host.listener_backlogs() {
+            self.backlogs = backlogs;
+        }
+        self.somaxconn = self.host.somaxconn();
+    }
+
+    /// Reads the socket table, rebuilds the tallies from it and records how far off they
+    /// were. Records queued before the read are applied first; those that arrive during
+    /// it are resolved against the snapshot so none counts twice.
+    pub fn reconcile(
+        &mut self,
+        reason: Reason,
+        sink: &mut impl Sink,
+    ) -> Result<Vec<Socket>, EngineError> {
+        self.drain_source(false, sink)?;
+        let at = self.host.now_ns();
+        let sockets = self.host.sockets()?;
+        self.window = Some(Vec::new());
+        let drained = self.drain_source(false, sink);
+        let window = self.window.take().unwrap_or_default();
+        drained?;
+        let report = self.tally.reconcile_window(&sockets, at, &window);
+        self.reconciliations += 1;
+        self.refresh_owners(&sockets);
+        if !matches!(reason, Reason::Baseline | Reason::Poll) && report.total_abs_error > 0 {
+            log::info!(
+                "reconciliation ({}) corrected {} sockets",
+                reason.name(),
+                report.total_abs_error
+            );
+        }
+        self.last_reconcile = Some((report, reason));
+        self.host.release_memory();
+        Ok(sockets)
+    }
+
+    /// Owners of CLOSE_WAIT sockets, by local port, for the alerts that name them.
+    fn refresh_owners(&mut self, sockets: &[Socket]) {
+        let wanted: HashSet<u64> = sockets
+            .iter()
+            .filter(|s| s.state == TcpState::CloseWait && s.inode != 0)
+            .map(|s| s.inode)
+            .collect();
+        // The walk of every process's fds is the costly part; the same CLOSE_WAIT
+        // sockets as last time (the usual case when polling) have the same owners.
+        if wanted != self.owners.inodes {
+            self.owners.by_inode = self.host.owners(&wanted);
+            self.owners.inodes = wanted;
+        }
+        self.owners.by_port.clear();
+        for s in sockets.iter().filter(|s| s.state == TcpState::CloseWait) {
+            if let Some(p) = self.owners.by_inode.get(&s.inode) {
+                let list = self.owners.by_port.entry(s.local_port).or_default();
+                if !list.contains(p) {
+                    list.push(p.clone());
+                }
+            }
+        }
+    }
+
+    fn syn_counter_state(&self) -> SynCounterState {
+        match &self.source {
+            Some(_) if self.syn.attached_since.is_some() => SynCounterState::Attached,
+            Some(s) if s.syn_counter_loaded() => {
+                if self.syn.attach_failed && self.syn.switch.holding() {
+                    SynCounterState::AttachFailed
+                } else {
+                    SynCounterState::Idle
+                }
+            }
+            _ => SynCounterState::Unavailable,
+        }
+    }
+
+    /// The tallies now, as a record (also what an exporter publishes).
+    pub fn tally_record(&mut self, dropped: u64) -> TallyRecord {
+        let view = self.tally.view(TALLY_TOP);
+        let now = self.host.now_ns();
+        let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
+        let rate = (self.received.transitions - self.last_tally.1) as f64 / elapsed.max(1e-3);
+        self.last_tally = (now, self.received.transitions);
+        let wall = |ns: u64| Timestamp(self.clock.wall(ns));
+        TallyRecord {
+            schema_version: SCHEMA_VERSION,
+            time: wall(now),
+            mode: self.mode.mode,
+            states: view.states,
+            time_wait: TimeWaitTally {
+                count: view.time_wait,
+                sockstat_error: self.time_wait_check.map(|c| c.1),
+                sockstat_time: self.time_wait_check.map(|c| wall(c.0)),
+                not_held: self.tally.time_wait_unheld,
+            },
+            reconcile: self
+                .last_reconcile
+                .as_ref()
+                .map(|(r, why)| ReconcileSummary {
+                    reason: why.name().to_owned(),
+                    time: wall(r.at_ns),
+                    error: r
+                        .error
+                        .iter()
+                        .map(|(state, n)| ((*state).to_owned(), *n))
+                        .collect(),
+                    total_abs_error: r.total_abs_error,
+                }),
+            reconciliations: self.reconciliations,
+            per_ip: PerIpTally {
+                top: view
+                    .per_ip_top
+                    .iter()
+                    .map(|&(ip, count)| IpCountRecord { ip, count })
+                    .collect(),
+                tracked: view.per_ip_tracked,
+                aggregated: view.per_ip_aggregated,
+            },
+            close_wait: view
+                .close_wait_by_port
+                .iter()
+                .map(|&(port, count, since, age_known)| CloseWaitPort {
+                    port,
+                    count,
+                    oldest_secs: now.saturating_sub(since) as f64 / 1e9,
+                    age_known,
+                    owners: self.owners.by_port.get(&port).cloned(),
+                })
+                .collect(),
+            half_open: view
+                .half_open
+                .iter()
+                .map(|(ip, port, h)| HalfOpenListener {
+                    listener: endpoint(*ip, *port),
+                    count: h.count,
+                    sources: h.sources,
+                })
+                .collect(),
+            established_by_port: view
+                .established_by_port
+                .iter()
+                .map(|&(port, count)| PortCountRecord { port, count })
+                .collect(),
+            listeners: view
+                .listeners
+                .iter()
+                .map(|&(ip, port, sockets)| ListenerRecord {
+                    listener: endpoint(ip, port),
+                    sockets,
+                })
+                .collect(),
+            alerts_active: self
+                .detector
+                .active()
+                .map(|(rule, subject, severity)| ActiveAlert {
+                    rule: rule.to_owned(),
+                    subject: subject.to_owned(),
+                    severity,
+                })
+                .collect(),
+            received: self.received,
+            syn_counter: self.syn_counter_state(),
+            kernel: self.kernel,
+            lost: self.lost(),
+            inconsistencies: view.inconsistencies,
+            transitions_per_sec: rate,
+            output_dropped: dropped,
+            poll_interval: self.source.is_none().then_some(self.cfg.interval),
+        }
+    }
+
+    /// Emits a tally record.
+    pub fn write_tally(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
+        let record = self.tally_record(sink.dropped());
+        sink.tally(&record)?;
+        sink.flush()?;
+        Ok(())
+    }
+
+    /// Stops the source (its kernel programs detached), applies what it still holds,
+    /// emits the final tally and the summary, and returns the summary.
+    pub fn finish(&mut self, sink: &mut impl Sink) -> Result<SummaryRecord, EngineError> {
+        if let Some(source) = self.source.as_mut() {
+            source.detach();
+        }
+        // Detached, the rings only hold what is already there: this read ends.
+        self.drain_source(true, sink)?;
+        if let Some(kernel) = self.source.as_ref().and_then(|s| s.counters().ok()) {
+            self.kernel = kernel;
+        }
+        self.write_tally(sink)?;
+        let now = self.host.now_ns();
+        let summary = SummaryRecord {
+            schema_version: SCHEMA_VERSION,
+            time: Timestamp(self.clock.wall(now)),
+            mode: self.mode.mode,
+            seconds: now.saturating_sub(self.started_ns) as f64 / 1e9,
+            transitions: self.received.transitions,
+            lost: self.lost(),
+            received: self.received,
+            kernel: self.kernel,
+            reconciliations: self.reconciliations,
+            output_dropped: sink.dropped(),
+        };
+        sink.summary(&summary)?;
+        sink.flush()?;
+        Ok(summary)
+    }
+
+    /// Runs the engine on tokio timers until `stop` completes (or an error): records as
+    /// the source wakes it, an evaluation every `interval`, a tally every
+    /// `tally_interval`, a reconciliation every `reconcile_interval`. Call
+    /// [`Engine::finish`] afterwards.
+    pub async fn run(
+        &mut self,
+        sink: &mut impl Sink,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), EngineError> {
+        let wakeup = self.source.as_ref().and_then(EventSource::wakeup);
+        let polling = self.source.is_none();
+        let mut tick = tokio::time::interval(self.cfg.interval);
+        let mut tally_tick = tokio::time::interval(self.cfg.tally_interval);
+        let mut reconcile_tick = tokio::time::interval(self.cfg.reconcile_interval);
+        // The kernel batches wakeups (see tcpmon-ebpf): pick up what a batch left behind,
+        // DRAIN_AFTER after the last read (under load the doorbells come first, and a
+        // periodic timer would only add wakeups).
+        let drain_timer = tokio::time::sleep(DRAIN_AFTER);
+        tokio::pin!(drain_timer);
+        for t in [&mut tick, &mut tally_tick, &mut reconcile_tick] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t.tick().await;
+        }
+        tokio::pin!(stop);
+        loop {
+            let ring_ready = async {
+                match &wakeup {
+                    Some(notify) => notify.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = ring_ready => {
+                    self.drain(sink)?;
+                    sink.flush()?;
+                    drain_timer.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER);
+                }
+                _ = tick.tick() => self.tick(sink)?,
+                () = &mut drain_timer, if !polling => {
+                    self.drain(sink)?;
+                    sink.flush()?;
+                    drain_timer.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER);
+                }
+                _ = tally_tick.tick() => self.write_tally(sink)?,
+                _ = reconcile_tick.tick(), if !polling => {
+                    self.reconcile(Reason::Periodic, sink)?;
+                }
+                () = &mut stop => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The listener a request or handshake belongs to: its local address and port.
+fn listener_of(at: &Endpoints) -> (IpAddr, u16) {
+    (canonical_ip(at.local_ip), at.local_port)
+}

@@ -1,0 +1,182 @@
+//! Stand-ins for the machine and the kernel, for tests and benchmarks of the engine:
+//! a [`FakeHost`] whose clock, socket table and counters the caller sets, and a
+//! [`FakeSource`] that hands out the records pushed into it.
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::IpAddr,
+    sync::Arc,
+    time::SystemTime,
+};
+
+use tcpmon_common::SockEvent;
+use tokio::sync::Notify;
+
+use super::{host::Host, source::EventSource};
+use crate::{
+    ebpf::{decode::DecodeError, KernelCounters, LoadError, SynCounterError},
+    host::{
+        kstats::{Opens, SynCounters},
+        proc_net::Socket,
+    },
+    model::{HalfOpen, PortRange, Process},
+    snapshot::SnapshotError,
+};
+
+/// A machine whose every answer is a public field.
+#[derive(Clone, Debug)]
+pub struct FakeHost {
+    pub now_ns: u64,
+    pub wall_at_start: SystemTime,
+    /// What a read of the socket table returns.
+    pub sockets: Vec<Socket>,
+    /// Socket table reads so far.
+    pub socket_reads: usize,
+    pub sockstat_time_wait: Option<u64>,
+    pub syn_counters: Option<SynCounters>,
+    pub opens: Option<Opens>,
+    pub backlogs: HashMap<(IpAddr, u16), u32>,
+    pub somaxconn: Option<u32>,
+    pub half_open: HashMap<(IpAddr, u16), HalfOpen>,
+    /// Owners by socket inode.
+    pub owners: HashMap<u64, Process>,
+    pub port_range: PortRange,
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        Self {
+            now_ns: 1_000_000_000,
+            wall_at_start: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+            sockets: Vec::new(),
+            socket_reads: 0,
+            sockstat_time_wait: None,
+            syn_counters: None,
+            opens: None,
+            backlogs: HashMap::new(),
+            somaxconn: Some(4096),
+            half_open: HashMap::new(),
+            owners: HashMap::new(),
+            port_range: PortRange::LINUX_DEFAULT,
+        }
+    }
+}
+
+impl Host for FakeHost {
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    fn wall_now(&self) -> SystemTime {
+        self.wall_at_start
+    }
+
+    fn sockets(&mut self) -> Result<Vec<Socket>, SnapshotError> {
+        self.socket_reads += 1;
+        Ok(self.sockets.clone())
+    }
+
+    fn sockstat_time_wait(&mut self) -> Option<u64> {
+        self.sockstat_time_wait
+    }
+
+    fn syn_counters(&mut self) -> Option<SynCounters> {
+        self.syn_counters
+    }
+
+    fn snmp_opens(&mut self) -> Option<Opens> {
+        self.opens
+    }
+
+    fn listener_backlogs(&mut self) -> Option<HashMap<(IpAddr, u16), u32>> {
+        Some(self.backlogs.clone())
+    }
+
+    fn somaxconn(&mut self) -> Option<u32> {
+        self.somaxconn
+    }
+
+    fn half_open(&mut self) -> Option<HashMap<(IpAddr, u16), HalfOpen>> {
+        Some(self.half_open.clone())
+    }
+
+    fn owners(&mut self, inodes: &HashSet<u64>) -> HashMap<u64, Process> {
+        self.owners
+            .iter()
+            .filter(|(inode, _)| inodes.contains(inode))
+            .map(|(inode, p)| (*inode, p.clone()))
+            .collect()
+    }
+
+    fn port_range(&mut self) -> PortRange {
+        self.port_range
+    }
+
+    fn max_time_wait(&mut self) -> Option<usize> {
+        None
+    }
+}
+
+/// Records handed out in the order they were pushed.
+#[derive(Debug, Default)]
+pub struct FakeSource {
+    pub pending: Vec<SockEvent>,
+    /// Handed to the reader as undecodable.
+    pub problems: Vec<DecodeError>,
+    pub counters: KernelCounters,
+    pub syn_counter_loaded: bool,
+    pub syn_counter_attached: bool,
+    /// Attaching the SYN counter fails.
+    pub syn_counter_fails: bool,
+    pub detached: bool,
+}
+
+impl FakeSource {
+    pub fn push(&mut self, record: SockEvent) {
+        self.pending.push(record);
+    }
+}
+
+impl EventSource for FakeSource {
+    fn read<F: FnMut(&SockEvent)>(
+        &mut self,
+        _everything: bool,
+        mut each: F,
+        problems: &mut Vec<DecodeError>,
+    ) {
+        for record in self.pending.drain(..) {
+            each(&record);
+        }
+        problems.append(&mut self.problems);
+    }
+
+    fn counters(&self) -> io::Result<KernelCounters> {
+        Ok(self.counters)
+    }
+
+    fn wakeup(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    fn syn_counter_loaded(&self) -> bool {
+        self.syn_counter_loaded
+    }
+
+    fn syn_counter_attached(&self) -> bool {
+        self.syn_counter_attached
+    }
+
+    fn set_syn_counter(&mut self, attached: bool) -> Result<(), SynCounterError> {
+        if attached && self.syn_counter_fails {
+            return Err(SynCounterError::Kernel(LoadError::Permission(
+                "attaching: Operation not permitted".into(),
+            )));
+        }
+        self.syn_counter_attached = attached;
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.detached = true;
+    }
+}

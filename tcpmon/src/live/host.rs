@@ -1,0 +1,115 @@
+//! What the live engine asks of the machine, behind one narrow interface: the socket
+//! table, the kernel's cheap counters, listener queues, owners and the clock. The real
+//! [`SystemHost`] reads them under a /proc root and through netlink; tests fake them.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::SystemTime,
+};
+
+use crate::{
+    host::{
+        clock::monotonic_ns,
+        diag,
+        kstats::{Opens, SynCounters},
+        proc_net::Socket,
+        process, ProcRoot,
+    },
+    model::{HalfOpen, PortRange, Process},
+    snapshot::{Snapshot, SnapshotError},
+};
+
+/// The machine as the engine sees it.
+pub trait Host {
+    /// CLOCK_MONOTONIC nanoseconds: the clock the kernel stamps events with.
+    fn now_ns(&self) -> u64;
+    /// Wall-clock time now (to date the monotonic stamps).
+    fn wall_now(&self) -> SystemTime;
+    /// Every socket of the watched namespace, read in one go.
+    fn sockets(&mut self) -> Result<Vec<Socket>, SnapshotError>;
+    /// `tw` of /proc/net/sockstat.
+    fn sockstat_time_wait(&mut self) -> Option<u64>;
+    /// The TcpExt counters that tell SYN trouble (absolute values).
+    fn syn_counters(&mut self) -> Option<SynCounters>;
+    /// ActiveOpens / PassiveOpens.
+    fn snmp_opens(&mut self) -> Option<Opens>;
+    /// Listener backlogs by canonical (address, port).
+    fn listener_backlogs(&mut self) -> Option<HashMap<(IpAddr, u16), u32>>;
+    fn somaxconn(&mut self) -> Option<u32>;
+    /// Half-open request sockets per listener.
+    fn half_open(&mut self) -> Option<HashMap<(IpAddr, u16), HalfOpen>>;
+    /// The processes holding these socket inodes (those found).
+    fn owners(&mut self, inodes: &HashSet<u64>) -> HashMap<u64, Process>;
+    fn port_range(&mut self) -> PortRange;
+    /// net.ipv4.tcp_max_tw_buckets.
+    fn max_time_wait(&mut self) -> Option<usize>;
+    /// Hands freed heap back to the system after a large read (a no-op for fakes).
+    fn release_memory(&mut self) {}
+}
+
+/// The real machine: files under a /proc root, sock_diag in tcpmon's own namespace.
+#[derive(Clone, Debug, Default)]
+pub struct SystemHost {
+    pub proc: ProcRoot,
+}
+
+impl SystemHost {
+    pub fn new(proc: ProcRoot) -> Self {
+        Self { proc }
+    }
+}
+
+impl Host for SystemHost {
+    fn now_ns(&self) -> u64 {
+        monotonic_ns()
+    }
+
+    fn wall_now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn sockets(&mut self) -> Result<Vec<Socket>, SnapshotError> {
+        Ok(Snapshot::read(&self.proc)?.sockets().collect())
+    }
+
+    fn sockstat_time_wait(&mut self) -> Option<u64> {
+        self.proc.sockstat_time_wait()
+    }
+
+    fn syn_counters(&mut self) -> Option<SynCounters> {
+        self.proc.syn_counters()
+    }
+
+    fn snmp_opens(&mut self) -> Option<Opens> {
+        self.proc.snmp_opens()
+    }
+
+    fn listener_backlogs(&mut self) -> Option<HashMap<(IpAddr, u16), u32>> {
+        diag::listener_backlogs_by_address().ok()
+    }
+
+    fn somaxconn(&mut self) -> Option<u32> {
+        self.proc.somaxconn()
+    }
+
+    fn half_open(&mut self) -> Option<HashMap<(IpAddr, u16), HalfOpen>> {
+        diag::half_open().ok()
+    }
+
+    fn owners(&mut self, inodes: &HashSet<u64>) -> HashMap<u64, Process> {
+        process::find_owners(&self.proc, inodes).by_inode
+    }
+
+    fn port_range(&mut self) -> PortRange {
+        self.proc.port_range()
+    }
+
+    fn max_time_wait(&mut self) -> Option<usize> {
+        self.proc.max_time_wait()
+    }
+
+    fn release_memory(&mut self) {
+        // SAFETY: glibc's malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+    }
+}

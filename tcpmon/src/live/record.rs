@@ -1,0 +1,252 @@
+//! What the live engine emits, as typed records: sinks (terminal text, NDJSON, the
+//! Prometheus exporter, tests) receive these and nothing else. The serde names are the
+//! NDJSON interface (docs/schema), versioned by [`SCHEMA_VERSION`].
+use std::{collections::BTreeMap, net::IpAddr, time::Duration, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{loss::Received, rules::Alert};
+use crate::{
+    ebpf::KernelCounters,
+    host::clock::Clock,
+    model::{Origin, Process, Severity, StateCounts, Transition},
+};
+
+/// The version of the NDJSON record schemas; it changes when a field changes meaning or
+/// goes away (new fields do not change it).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Which engine feeds the tallies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Kernel programs report every transition.
+    Ebpf,
+    /// Snapshots are diffed every interval; transitions between two are not seen.
+    Poll,
+}
+
+impl Mode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::Poll => "poll",
+        }
+    }
+}
+
+/// A wall-clock instant, written as RFC 3339 with milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_rfc3339(&text)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Said once, when the tallies are valid: which engine runs and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeRecord {
+    pub schema_version: u32,
+    pub mode: Mode,
+    /// One line: what is watched and how (or why it polls).
+    pub reason: String,
+    /// Things worth saying once (a hook that did not load, a privilege missing).
+    pub notes: Vec<String>,
+    /// eBPF was wanted (auto) but could not load, so it polls.
+    pub fell_back: bool,
+    /// How often it polls, in poll mode.
+    #[serde(with = "opt_secs", default)]
+    pub poll_interval: Option<Duration>,
+}
+
+/// One transition, borrowed for the sink's call (the hot path: nothing is copied).
+#[derive(Clone, Copy, Debug)]
+pub struct TransitionEvent<'a> {
+    pub transition: &'a Transition,
+    /// Microseconds in the old state, when the engine saw the socket enter it.
+    pub micros_in_old: Option<u64>,
+    pub origin: Origin,
+    /// Maps the transition's monotonic stamp to wall-clock time.
+    pub clock: &'a Clock,
+}
+
+/// An alert raised, changed or cleared (or a one-off event).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertRecord<'a> {
+    pub time: Timestamp,
+    #[serde(flatten)]
+    pub alert: &'a Alert,
+}
+
+/// How far the live tallies were from a fresh snapshot when it replaced them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileSummary {
+    /// baseline, poll, periodic, loss or owners.
+    pub reason: String,
+    pub time: Timestamp,
+    /// Live minus snapshot, per state that differed.
+    pub error: BTreeMap<String, i64>,
+    pub total_abs_error: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimeWaitTally {
+    pub count: u64,
+    /// Live minus /proc/net/sockstat `tw` at its last check, before correcting to it.
+    pub sockstat_error: Option<i64>,
+    pub sockstat_time: Option<Timestamp>,
+    /// Inferred entries not held past the kernel's tcp_max_tw_buckets.
+    pub not_held: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IpCountRecord {
+    pub ip: IpAddr,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PerIpTally {
+    /// The remote IPs with the most connections, largest first.
+    pub top: Vec<IpCountRecord>,
+    /// Remote IPs counted individually.
+    pub tracked: usize,
+    /// Sockets whose remote IP is not counted individually (the table is full).
+    pub aggregated: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloseWaitPort {
+    pub port: u16,
+    pub count: u64,
+    pub oldest_secs: f64,
+    /// False when the oldest was already in CLOSE_WAIT when first seen: it is at least
+    /// this old.
+    pub age_known: bool,
+    /// Processes holding them, when known.
+    pub owners: Option<Vec<Process>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HalfOpenListener {
+    pub listener: String,
+    pub count: u64,
+    pub sources: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PortCountRecord {
+    pub port: u16,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListenerRecord {
+    pub listener: String,
+    /// Sockets listening there (SO_REUSEPORT).
+    pub sockets: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActiveAlert {
+    pub rule: String,
+    pub subject: String,
+    pub severity: Severity,
+}
+
+/// The SYN counter's state (a cgroup sock_ops program attached only while SYN trouble is
+/// suspected).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SynCounterState {
+    #[serde(rename = "attached")]
+    Attached,
+    /// Wanted, but attaching failed (a warning said why); retried.
+    #[serde(rename = "attach failed")]
+    AttachFailed,
+    #[serde(rename = "idle")]
+    Idle,
+    /// It did not load, or the engine polls.
+    #[serde(rename = "unavailable")]
+    Unavailable,
+}
+
+/// The periodic summary of the live tallies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TallyRecord {
+    pub schema_version: u32,
+    pub time: Timestamp,
+    pub mode: Mode,
+    pub states: StateCounts,
+    pub time_wait: TimeWaitTally,
+    pub reconcile: Option<ReconcileSummary>,
+    pub reconciliations: u64,
+    pub per_ip: PerIpTally,
+    pub close_wait: Vec<CloseWaitPort>,
+    pub half_open: Vec<HalfOpenListener>,
+    pub established_by_port: Vec<PortCountRecord>,
+    pub listeners: Vec<ListenerRecord>,
+    pub alerts_active: Vec<ActiveAlert>,
+    pub received: Received,
+    pub syn_counter: SynCounterState,
+    pub kernel: KernelCounters,
+    /// Events lost, every cause (see `received` and `kernel` for which).
+    pub lost: u64,
+    /// Transitions that contradicted the tally since the last reconciliation (a sign of
+    /// loss, repaired by the next one).
+    pub inconsistencies: u64,
+    pub transitions_per_sec: f64,
+    /// Transition records not written because the reader of the output fell behind.
+    #[serde(default)]
+    pub output_dropped: u64,
+    /// How often it polls, in poll mode (the text line says it).
+    #[serde(skip)]
+    pub poll_interval: Option<Duration>,
+}
+
+/// Said once, at the end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRecord {
+    pub schema_version: u32,
+    pub time: Timestamp,
+    pub mode: Mode,
+    /// How long the engine ran.
+    pub seconds: f64,
+    pub transitions: u64,
+    pub lost: u64,
+    pub received: Received,
+    pub kernel: KernelCounters,
+    pub reconciliations: u64,
+    #[serde(default)]
+    pub output_dropped: u64,
+}
+
+/// Optional durations as seconds (f64) in JSON.
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => ser.serialize_some(&d.as_secs_f64()),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<f64>::deserialize(de)?
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64))
+    }
+}

@@ -1,0 +1,146 @@
+//! The live records as lines a person reads on a terminal. Everything that came from
+//! someone else (process names) is escaped (see model::printable).
+use std::io::{self, Write};
+
+use super::table::Style;
+use crate::{
+    ebpf::KernelCounters,
+    live::{
+        loss::Received,
+        record::{AlertRecord, Mode, TallyRecord, TransitionEvent},
+        rules::Status,
+    },
+    model::{endpoint, printable_bytes, Origin},
+};
+
+/// `HH:MM:SS.mmm` of an RFC 3339 stamp, or all of it if it is not one.
+fn time_of_day(rfc3339: &str, digits: usize) -> &str {
+    rfc3339.get(11..20 + digits).unwrap_or(rfc3339)
+}
+
+/// `21:40:12.123456  10.0.0.1:22  10.0.0.9:50112  ESTABLISHED -> CLOSE_WAIT  1532.4ms  sshd[812]`
+pub fn transition_line(w: &mut dyn Write, event: &TransitionEvent<'_>) -> io::Result<()> {
+    let t = event.transition;
+    let time = humantime::format_rfc3339_micros(event.clock.wall(t.at.ts_ns)).to_string();
+    let elapsed = event
+        .micros_in_old
+        .map_or_else(|| "-".to_owned(), |us| format_ms(us as f64 / 1000.0));
+    let who = t.task.map_or_else(String::new, |task| {
+        let end = task.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        format!("{}[{}]", printable_bytes(&task.comm[..end]), task.pid)
+    });
+    let marker = if event.origin == Origin::Inferred {
+        " (inferred)"
+    } else {
+        ""
+    };
+    writeln!(
+        w,
+        "{}  {:<22} {:<22} {:>11} -> {:<11} {:>9}  {who}{marker}",
+        time_of_day(&time, 6),
+        endpoint(t.at.local_ip, t.at.local_port),
+        endpoint(t.at.remote_ip, t.at.remote_port),
+        t.old.name(),
+        t.new.name(),
+        elapsed,
+    )
+}
+
+pub fn format_ms(ms: f64) -> String {
+    if ms >= 10_000.0 {
+        format!("{:.1}s", ms / 1000.0)
+    } else {
+        format!("{ms:.1}ms")
+    }
+}
+
+/// `21:40:12.123 ALERT WARNING [close_wait] 3 CLOSE_WAIT sockets on local port 8080 ...`
+pub fn alert_line(w: &mut dyn Write, record: &AlertRecord<'_>, style: Style) -> io::Result<()> {
+    let alert = record.alert;
+    let label = match alert.status {
+        Status::Cleared => "CLEARED".to_owned(),
+        _ => style.severity(alert.severity),
+    };
+    let time = humantime::format_rfc3339_millis(record.time.0).to_string();
+    writeln!(
+        w,
+        "{} ALERT {label} [{}] {}",
+        time_of_day(&time, 3),
+        alert.rule,
+        alert.message
+    )
+}
+
+/// "(ring buffer full N, ...)": every way an event can go missing, each counted.
+pub fn loss_breakdown(kernel: &KernelCounters, received: &Received) -> String {
+    let unreadable = if kernel.sock_unreadable > 0 {
+        format!(", socket unreadable {}", kernel.sock_unreadable)
+    } else {
+        String::new()
+    };
+    format!(
+        "(ring buffer full {}, kernel skipped {} (any netns){unreadable}, undecodable {}, unaccounted vs SNMP {})",
+        kernel.ringbuf_full, kernel.recursion_misses, received.decode_errors, received.unaccounted
+    )
+}
+
+/// The one-line tally.
+pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
+    use crate::model::TcpState::*;
+    let s = |state| r.states.get(state);
+    let tw_check = r
+        .time_wait
+        .sockstat_error
+        .map_or_else(String::new, |e| format!(" (sockstat {e:+})"));
+    let top = r
+        .per_ip
+        .top
+        .first()
+        .map_or_else(String::new, |t| format!(" | top IP {} {}", t.ip, t.count));
+    let aggregated = if r.per_ip.aggregated > 0 {
+        format!(
+            " ({} sockets from untracked IPs aggregated)",
+            r.per_ip.aggregated
+        )
+    } else {
+        String::new()
+    };
+    let recon = r.reconcile.as_ref().map_or_else(String::new, |c| {
+        format!(
+            " | last reconcile ({}) off by {}",
+            c.reason, c.total_abs_error
+        )
+    });
+    let loss = match (r.mode, r.poll_interval) {
+        (Mode::Poll, Some(interval)) => {
+            format!("polled every {interval:?}: transitions between polls are not seen")
+        }
+        _ => format!("lost {} {}", r.lost, loss_breakdown(&r.kernel, &r.received)),
+    };
+    let dropped = if r.output_dropped > 0 {
+        format!(
+            " | {} transition lines not written (output too slow)",
+            r.output_dropped
+        )
+    } else {
+        String::new()
+    };
+    let time = humantime::format_rfc3339_millis(r.time.0).to_string();
+    writeln!(
+        w,
+        "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {:.0} transitions/s | {loss}{recon}{top}{aggregated}{dropped}",
+        time_of_day(&time, 3),
+        r.mode.name(),
+        s(Established),
+        s(SynSent),
+        s(SynRecv),
+        s(FinWait1),
+        s(FinWait2),
+        r.time_wait.count,
+        s(CloseWait),
+        s(LastAck),
+        s(Closing),
+        s(Listen),
+        r.transitions_per_sec,
+    )
+}

@@ -1,0 +1,328 @@
+//! Where the binary's output goes: snapshot commands write through a buffer that treats
+//! a closed pipe as the end of the output (not an error, and not a reason to change the
+//! exit status); `watch` writes through a queue that a separate thread empties, so a
+//! reader that stops reading never blocks the engine past a stop signal.
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+    mem::ManuallyDrop,
+    os::fd::FromRawFd,
+    sync::{
+        mpsc::{self, SyncSender, TrySendError},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::signals::Stop;
+
+/// An error and its causes on one line, each cause said once (a cause whose text an
+/// outer error already quoted is not repeated).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// Standard output as a plain file (no lock, no buffer of std's own), never closed.
+struct RawStdout(ManuallyDrop<File>);
+
+fn raw_stdout() -> RawStdout {
+    // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
+    RawStdout(ManuallyDrop::new(unsafe { File::from_raw_fd(1) }))
+}
+
+impl Write for RawStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Ignores writes once the reader has gone (EPIPE): `tcpmon audit | head -1` still
+/// exits with audit's status.
+struct PipeTolerant {
+    file: RawStdout,
+    closed: bool,
+}
+
+impl Write for PipeTolerant {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.file.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The snapshot commands' stdout.
+pub struct SnapshotOut(BufWriter<PipeTolerant>);
+
+impl SnapshotOut {
+    pub fn stdout() -> Self {
+        Self(BufWriter::with_capacity(
+            64 << 10,
+            PipeTolerant {
+                file: raw_stdout(),
+                closed: false,
+            },
+        ))
+    }
+}
+
+impl Write for SnapshotOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Chunks of output handed to the writer thread; beyond this many the engine waits.
+const QUEUE_CHUNKS: usize = 64;
+/// A chunk is handed over when it reaches this size (or at a flush).
+const CHUNK_BYTES: usize = 64 << 10;
+/// After a stop signal, the longest output may still wait for the reader.
+pub const STOP_GRACE: Duration = Duration::from_millis(1000);
+
+/// `watch`'s stdout: writes collect into chunks that a writer thread writes out. When
+/// the reader is slower than the engine the queue fills and the engine waits (the rings
+/// then fill, which is counted as loss and reconciled), but never past a stop signal's
+/// grace period: then a write fails, and the engine finishes.
+pub struct QueuedStdout {
+    chunk: Vec<u8>,
+    queue: Option<SyncSender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    /// The writer thread's error (EPIPE: the reader went away).
+    failed: Arc<Mutex<Option<io::ErrorKind>>>,
+    stop: Stop,
+}
+
+impl QueuedStdout {
+    pub fn new(stop: Stop) -> io::Result<Self> {
+        Self::to(raw_stdout(), stop)
+    }
+
+    fn to(mut file: impl Write + Send + 'static, stop: Stop) -> io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_CHUNKS);
+        let failed = Arc::new(Mutex::new(None));
+        let failed_w = Arc::clone(&failed);
+        let writer = std::thread::Builder::new()
+            .name("tcpmon-stdout".into())
+            .spawn(move || {
+                for chunk in rx {
+                    if let Err(e) = file.write_all(&chunk) {
+                        *failed_w.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.kind());
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            chunk: Vec::with_capacity(CHUNK_BYTES),
+            queue: Some(tx),
+            writer: Some(writer),
+            failed,
+            stop,
+        })
+    }
+
+    fn check_failed(&self) -> io::Result<()> {
+        match *self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(kind) => Err(io::Error::new(kind, "writing to standard output")),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the current chunk to the writer, waiting while the queue is full (but not
+    /// past the grace period of a stop).
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        self.check_failed()?;
+        let Some(queue) = &self.queue else {
+            return Err(io::Error::other("output closed"));
+        };
+        let mut chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+        loop {
+            match queue.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => {
+                    self.check_failed()?;
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "output closed"));
+                }
+                Err(TrySendError::Full(back)) => {
+                    if self.stop.expired(STOP_GRACE) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "standard output is not being read",
+                        ));
+                    }
+                    chunk = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Waits for what is queued to be written: without limit while no stop was asked
+    /// for, then for the grace period. Whether everything was written.
+    pub fn finish(mut self) -> bool {
+        let handed = self.hand_over().is_ok();
+        drop(self.queue.take());
+        let Some(writer) = self.writer.take() else {
+            return handed;
+        };
+        loop {
+            if writer.is_finished() {
+                return handed && writer.join().is_ok() && self.check_failed().is_ok();
+            }
+            if self.stop.expired(STOP_GRACE) {
+                // The reader is stuck; the thread stays blocked and ends with the process.
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Write for QueuedStdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.chunk.len() >= CHUNK_BYTES {
+            self.hand_over()?;
+        }
+        self.chunk.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write(buf).map(|_| ())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.hand_over()
+    }
+}
+
+/// Writes `text` to stderr only if it can without waiting long: the last words of a
+/// stop must not hang on a stderr nobody reads.
+pub fn stderr_line(text: &str) {
+    let mut pollfd = libc::pollfd {
+        fd: 2,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a 200 ms timeout.
+    let ready = unsafe { libc::poll(&mut pollfd, 1, 200) } == 1;
+    if ready && pollfd.revents & libc::POLLOUT != 0 {
+        let line = format!("{text}\n");
+        // A short line fits a pipe's atomic write; an error has nowhere left to go.
+        // SAFETY: fd 2, a valid buffer and its length.
+        let _ = unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A writer that blocks until told to go on.
+    struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>, Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (lock, cvar) = &*self.0;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cvar.wait(open).unwrap();
+            }
+            self.1.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_cannot_hold_a_stop() {
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let stop = Stop::new();
+        let mut out =
+            QueuedStdout::to(Gate(Arc::clone(&gate), Arc::clone(&written)), stop.clone()).unwrap();
+        // Fill the queue: the writer is blocked in its first write.
+        let chunk = vec![b'x'; CHUNK_BYTES];
+        for _ in 0..QUEUE_CHUNKS + 1 {
+            out.write_all(&chunk).unwrap();
+            out.flush().unwrap();
+        }
+        stop.request();
+        let started = Instant::now();
+        out.write_all(&chunk).unwrap();
+        let err = out.flush().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let waited = started.elapsed();
+        assert!(
+            waited >= STOP_GRACE && waited < STOP_GRACE * 3,
+            "{waited:?}"
+        );
+        assert!(!out.finish(), "the queue could not be written");
+    }
+
+    #[test]
+    fn everything_queued_is_written_when_the_reader_keeps_up() {
+        let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut out = QueuedStdout::to(Gate(gate, Arc::clone(&written)), Stop::new()).unwrap();
+        for i in 0..10_000u32 {
+            writeln!(out, "line {i}").unwrap();
+        }
+        assert!(out.finish());
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 10_000);
+        assert!(text.ends_with("line 9999\n"));
+    }
+
+    #[test]
+    fn error_causes_are_said_once() {
+        let io = io::Error::new(
+            io::ErrorKind::NotFound,
+            "No such file or directory (os error 2)",
+        );
+        let e = anyhow::Error::new(io)
+            .context("cannot read /x/net/tcp: No such file or directory (os error 2)")
+            .context("reading the socket tables");
+        assert_eq!(
+            error_chain(&e),
+            "reading the socket tables: cannot read /x/net/tcp: No such file or directory (os error 2)"
+        );
+    }
+}
