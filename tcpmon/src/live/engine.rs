@@ -909,3 +909,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
 fn listener_of(at: &Endpoints) -> (IpAddr, u16) {
     (canonical_ip(at.local_ip), at.local_port)
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -180,3 +180,69 @@ impl EventSource for FakeSource {
         self.detached = true;
     }
 }
+
+/// Keeps every record the engine emits, owned.
+#[derive(Debug, Default)]
+pub struct RecordingSink {
+    pub modes: Vec<super::record::ModeRecord>,
+    /// Each transition with its time in the old state and origin.
+    pub transitions: Vec<(crate::model::Transition, Option<u64>, crate::model::Origin)>,
+    pub alerts: Vec<super::rules::Alert>,
+    pub tallies: Vec<super::record::TallyRecord>,
+    pub summaries: Vec<super::record::SummaryRecord>,
+    pub flushes: usize,
+    /// Fail every write from now on with this error kind.
+    pub fail_with: Option<io::ErrorKind>,
+}
+
+impl RecordingSink {
+    fn check(&self) -> io::Result<()> {
+        match self.fail_with {
+            Some(kind) => Err(io::Error::new(kind, "sink failure")),
+            None => Ok(()),
+        }
+    }
+
+    /// The last tally record.
+    pub fn last_tally(&self) -> &super::record::TallyRecord {
+        self.tallies.last().expect("a tally was written")
+    }
+}
+
+impl super::Sink for RecordingSink {
+    fn mode(&mut self, record: &super::record::ModeRecord) -> io::Result<()> {
+        self.check()?;
+        self.modes.push(record.clone());
+        Ok(())
+    }
+
+    fn transition(&mut self, event: &super::record::TransitionEvent<'_>) -> io::Result<()> {
+        self.check()?;
+        self.transitions
+            .push((*event.transition, event.micros_in_old, event.origin));
+        Ok(())
+    }
+
+    fn alert(&mut self, record: &super::record::AlertRecord<'_>) -> io::Result<()> {
+        self.check()?;
+        self.alerts.push(record.alert.clone());
+        Ok(())
+    }
+
+    fn tally(&mut self, record: &super::record::TallyRecord) -> io::Result<()> {
+        self.check()?;
+        self.tallies.push(record.clone());
+        Ok(())
+    }
+
+    fn summary(&mut self, record: &super::record::SummaryRecord) -> io::Result<()> {
+        self.check()?;
+        self.summaries.push(record.clone());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flushes += 1;
+        self.check()
+    }
+}

@@ -144,3 +144,87 @@ pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
         r.transitions_per_sec,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::live::{
+        fake::{FakeHost, FakeSource, RecordingSink},
+        record::{ModeRecord, Timestamp, SCHEMA_VERSION},
+        rules::Alert,
+        Engine, EngineConfig,
+    };
+
+    #[test]
+    fn the_tally_line_says_states_loss_and_the_last_reconciliation() {
+        let mut sink = RecordingSink::default();
+        let mut engine = Engine::start(
+            EngineConfig::default(),
+            FakeHost {
+                sockstat_time_wait: Some(3),
+                ..FakeHost::default()
+            },
+            Some(FakeSource::default()),
+            ModeRecord {
+                schema_version: SCHEMA_VERSION,
+                mode: Mode::Ebpf,
+                reason: String::new(),
+                notes: Vec::new(),
+                fell_back: false,
+                poll_interval: None,
+            },
+            &mut sink,
+        )
+        .unwrap();
+        fn text(engine: &mut Engine<FakeHost, FakeSource>, sink: &mut RecordingSink) -> String {
+            engine.write_tally(sink).unwrap();
+            let mut line = Vec::new();
+            tally_line(&mut line, sink.last_tally()).unwrap();
+            String::from_utf8(line).unwrap()
+        }
+        let first = text(&mut engine, &mut sink);
+        assert!(first.contains("tally [ebpf] ESTAB 0"), "{first}");
+        assert!(first.contains("lost 0 (ring buffer full 0,"), "{first}");
+        assert!(
+            first.contains("last reconcile (baseline) off by 0"),
+            "{first}"
+        );
+        // sockstat knows of 3 TIME_WAIT the tally never saw enter: corrected.
+        engine.tick(&mut sink).unwrap();
+        let corrected = text(&mut engine, &mut sink);
+        assert!(
+            corrected.contains("TIME_WAIT 3 (sockstat -3)"),
+            "{corrected}"
+        );
+        // Ring drops: counted, and a reconciliation against the table (which shows no
+        // TIME_WAIT) follows.
+        engine.source_mut().unwrap().counters.ringbuf_full = 4;
+        engine.tick(&mut sink).unwrap();
+        let text = text(&mut engine, &mut sink);
+        assert!(text.contains("lost 4 (ring buffer full 4,"), "{text}");
+        assert!(text.contains("last reconcile (loss) off by 3"), "{text}");
+    }
+
+    #[test]
+    fn alert_lines_label_cleared_alerts() {
+        let alert = Alert {
+            status: Status::Cleared,
+            severity: crate::model::Severity::Critical,
+            rule: "time_wait",
+            subject: "total".into(),
+            message: "cleared: 6000 sockets in TIME_WAIT".into(),
+        };
+        let record = AlertRecord {
+            time: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_123)),
+            alert: &alert,
+        };
+        let mut line = Vec::new();
+        alert_line(&mut line, &record, Style::default()).unwrap();
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "08:00:00.123 ALERT CLEARED [time_wait] cleared: 6000 sockets in TIME_WAIT\n"
+        );
+    }
+}

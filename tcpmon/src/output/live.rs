@@ -138,3 +138,109 @@ impl<W: Write> Sink for NdjsonSink<W> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        host::clock::Clock,
+        live::{
+            fake::{FakeHost, FakeSource},
+            record::{Mode, SCHEMA_VERSION},
+            Engine, EngineConfig,
+        },
+        model::{Endpoints, Family, Origin, Task, TcpState, Transition},
+    };
+
+    fn hostile_transition() -> Transition {
+        let mut comm = [0u8; 16];
+        comm[..10].copy_from_slice(b"\x1b[1A\x1b[2Kok");
+        Transition {
+            at: Endpoints {
+                ts_ns: 5_000_000_000,
+                skaddr: 0xffff_8881_0000_1000,
+                netns: 4026531840,
+                family: Family::Ipv6,
+                local_ip: "::1".parse().unwrap(),
+                local_port: 41000,
+                remote_ip: "::1".parse().unwrap(),
+                remote_port: 80,
+            },
+            old: TcpState::Established,
+            new: TcpState::FinWait1,
+            task: Some(Task { pid: 4242, comm }),
+        }
+    }
+
+    #[test]
+    fn text_lines_escape_hostile_process_names_and_json_keeps_them() {
+        let clock = Clock::fixed(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            5_000_000_000,
+        );
+        let t = hostile_transition();
+        let event = TransitionEvent {
+            transition: &t,
+            micros_in_old: Some(1500),
+            origin: Origin::Ebpf,
+            clock: &clock,
+        };
+        let mut text = TextSink::new(Vec::new(), Style::default());
+        text.transition(&event).unwrap();
+        let line = String::from_utf8(text.into_inner()).unwrap();
+        assert!(!line.contains('\x1b'), "{line:?}");
+        assert!(line.contains("\\e[1A\\e[2Kok[4242]"), "{line}");
+        assert!(line.starts_with("08:00:00.000000  [::1]:41000"), "{line}");
+        assert!(
+            line.contains("ESTABLISHED -> FIN_WAIT1") && line.contains("1.5ms"),
+            "{line}"
+        );
+
+        let mut json = NdjsonSink::new(Vec::new());
+        json.transition(&event).unwrap();
+        let bytes = json.into_inner().unwrap();
+        let record: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(record["comm"], "\x1b[1A\x1b[2Kok");
+        assert_eq!(record["type"], "transition");
+    }
+
+    #[test]
+    fn every_record_type_is_one_ndjson_line_in_order() {
+        let mut sink = NdjsonSink::new(Vec::new());
+        let mut engine = Engine::start(
+            EngineConfig::default(),
+            FakeHost::default(),
+            Some(FakeSource::default()),
+            crate::live::record::ModeRecord {
+                schema_version: SCHEMA_VERSION,
+                mode: Mode::Ebpf,
+                reason: "testing".into(),
+                notes: vec!["a note".into()],
+                fell_back: false,
+                poll_interval: None,
+            },
+            &mut sink,
+        )
+        .unwrap();
+        engine
+            .source_mut()
+            .unwrap()
+            .push(crate::ebpf::decode::encode_transition(&hostile_transition()));
+        engine.drain(&mut sink).unwrap();
+        engine.finish(&mut sink).unwrap();
+        let bytes = sink.into_inner().unwrap();
+        let kinds: Vec<String> = bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_slice(l).unwrap();
+                v["type"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(kinds, ["mode", "transition", "tally", "summary"]);
+    }
+}

@@ -1,0 +1,640 @@
+//! The engine driven through fakes: baseline, transitions, reconciliation, alerts, loss,
+//! polling and the end, without root or a kernel.
+use std::{net::IpAddr, time::Duration};
+
+use tcpmon_common::{kind, SockEvent};
+
+use crate::live::{
+    fake::{FakeHost, FakeSource, RecordingSink},
+    record::{Mode, ModeRecord, SynCounterState, SCHEMA_VERSION},
+    rules::Status,
+    Engine, EngineConfig, EngineError, Reason, TransitionFilter,
+};
+use crate::{
+    ebpf::decode::{encode_endpoints, encode_transition},
+    host::proc_net::Socket,
+    model::{
+        Endpoints, Family, Origin, Process, Severity, TcpState, TcpState::*, Thresholds, Transition,
+    },
+};
+
+const SEC: u64 = 1_000_000_000;
+const NETNS: u32 = 4_026_531_840;
+
+fn lo() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+fn socket(state: TcpState, local: u16, remote: u16, inode: u64) -> Socket {
+    let remote_ip = if state == Listen {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        lo()
+    };
+    let mut s = Socket::new(state, (lo(), local), (remote_ip, remote), inode);
+    if state == TimeWait {
+        s.timer_jiffies = 6000;
+    }
+    s
+}
+
+fn transition(
+    sk: u64,
+    ts: u64,
+    local: u16,
+    remote: u16,
+    old: TcpState,
+    new: TcpState,
+) -> Transition {
+    let remote_ip = if new == Listen || (old == Listen && new == Close) {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        lo()
+    };
+    Transition {
+        at: Endpoints {
+            ts_ns: ts,
+            skaddr: sk,
+            netns: NETNS,
+            family: Family::Ipv4,
+            local_ip: lo(),
+            local_port: local,
+            remote_ip,
+            remote_port: remote,
+        },
+        old,
+        new,
+        task: None,
+    }
+}
+
+fn mode(mode: Mode) -> ModeRecord {
+    ModeRecord {
+        schema_version: SCHEMA_VERSION,
+        mode,
+        reason: "test".into(),
+        notes: Vec::new(),
+        fell_back: false,
+        poll_interval: (mode == Mode::Poll).then_some(Duration::from_secs(1)),
+    }
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        own_netns: Some(NETNS),
+        ..EngineConfig::default()
+    }
+}
+
+type TestEngine = Engine<FakeHost, FakeSource>;
+
+fn ebpf_engine(host: FakeHost, sink: &mut RecordingSink) -> TestEngine {
+    Engine::start(
+        config(),
+        host,
+        Some(FakeSource {
+            syn_counter_loaded: true,
+            ..FakeSource::default()
+        }),
+        mode(Mode::Ebpf),
+        sink,
+    )
+    .unwrap()
+}
+
+fn push(engine: &mut TestEngine, transitions: &[Transition]) {
+    let source = engine.source_mut().unwrap();
+    for t in transitions {
+        source.push(encode_transition(t));
+    }
+}
+
+/// Both ends of one graceful connection from client port `port` to the listener on 80.
+fn connection(sk: u64, start: u64, port: u16) -> Vec<Transition> {
+    let (client, server) = (sk, sk + 1);
+    let mut ts = start;
+    let mut next = |sk, local, remote, old, new| {
+        ts += 1000;
+        transition(sk, ts, local, remote, old, new)
+    };
+    vec![
+        next(client, 0, 80, Close, SynSent),
+        next(client, port, 80, SynSent, Established),
+        next(server, 80, port, Listen, SynRecv),
+        next(server, 80, port, SynRecv, Established),
+        next(client, port, 80, Established, FinWait1),
+        next(server, 80, port, Established, CloseWait),
+        next(server, 80, port, CloseWait, LastAck),
+        next(client, port, 80, FinWait1, FinWait2),
+        next(client, port, 80, FinWait2, Close),
+        next(server, 80, port, LastAck, Close),
+    ]
+}
+
+#[test]
+fn the_mode_record_follows_the_baseline() {
+    let host = FakeHost {
+        sockets: vec![
+            socket(Listen, 80, 0, 1),
+            socket(Established, 80, 40000, 2),
+            socket(Established, 40000, 80, 3),
+        ],
+        ..FakeHost::default()
+    };
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(host, &mut sink);
+    assert_eq!(sink.modes.len(), 1);
+    assert_eq!(engine.host().socket_reads, 1, "one baseline read");
+    engine.write_tally(&mut sink).unwrap();
+    let tally = sink.last_tally();
+    assert_eq!(tally.states.get(Established), 2);
+    assert_eq!(tally.states.get(Listen), 1);
+    assert_eq!(tally.reconcile.as_ref().unwrap().reason, "baseline");
+    assert_eq!(tally.mode, Mode::Ebpf);
+    assert_eq!(tally.schema_version, SCHEMA_VERSION);
+}
+
+#[test]
+fn transitions_move_the_tallies_and_become_records_in_order() {
+    let host = FakeHost {
+        sockets: vec![socket(Listen, 80, 0, 1)],
+        ..FakeHost::default()
+    };
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(host, &mut sink);
+    let life = connection(100, SEC, 40000);
+    push(&mut engine, &life);
+    engine.drain(&mut sink).unwrap();
+    // (Decoding gives syscall-made transitions a task: none was recorded here.)
+    let seen: Vec<_> = sink
+        .transitions
+        .iter()
+        .map(|(t, _, _)| (t.at, t.old, t.new))
+        .collect();
+    let sent: Vec<_> = life.iter().map(|t| (t.at, t.old, t.new)).collect();
+    assert_eq!(seen, sent);
+    assert!(sink.transitions.iter().all(|(_, _, o)| *o == Origin::Ebpf));
+    // Time in the old state: ESTABLISHED -> FIN_WAIT1 came 3 µs after SYN_SENT -> ESTABLISHED.
+    assert_eq!(sink.transitions[4].1, Some(3));
+    engine.write_tally(&mut sink).unwrap();
+    let tally = sink.last_tally();
+    assert_eq!(tally.states.get(Established), 0);
+    assert_eq!(tally.time_wait.count, 1, "the client's TIME_WAIT, inferred");
+    assert_eq!(tally.states.get(Listen), 1);
+    assert_eq!(tally.received.transitions, 10);
+    assert_eq!(
+        (tally.received.active_opens, tally.received.passive_opens),
+        (1, 1)
+    );
+    assert_eq!(tally.lost, 0);
+}
+
+#[test]
+fn a_filter_shows_some_transitions_and_tallies_all() {
+    let mut sink = RecordingSink::default();
+    let mut engine = Engine::start(
+        EngineConfig {
+            transitions: Some(TransitionFilter {
+                states: vec![CloseWait],
+                ..TransitionFilter::default()
+            }),
+            ..config()
+        },
+        FakeHost {
+            sockets: vec![socket(Listen, 80, 0, 1)],
+            ..FakeHost::default()
+        },
+        Some(FakeSource::default()),
+        mode(Mode::Ebpf),
+        &mut sink,
+    )
+    .unwrap();
+    push(&mut engine, &connection(100, SEC, 40000));
+    engine.drain(&mut sink).unwrap();
+    let shown: Vec<(TcpState, TcpState)> = sink
+        .transitions
+        .iter()
+        .map(|(t, _, _)| (t.old, t.new))
+        .collect();
+    assert_eq!(shown, [(Established, CloseWait), (CloseWait, LastAck)]);
+    assert_eq!(engine.received().transitions, 10);
+}
+
+#[test]
+fn other_namespaces_are_shown_but_not_tallied() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(FakeHost::default(), &mut sink);
+    let mut foreign = transition(7, SEC, 8080, 0, Close, Listen);
+    foreign.at.netns = NETNS + 1;
+    push(&mut engine, &[foreign]);
+    engine.drain(&mut sink).unwrap();
+    assert_eq!(sink.transitions.len(), 1);
+    assert_eq!(engine.received().foreign, 1);
+    assert!(
+        sink.alerts.is_empty(),
+        "no new-listener alert for another namespace"
+    );
+    engine.write_tally(&mut sink).unwrap();
+    assert_eq!(sink.last_tally().states.get(Listen), 0);
+}
+
+#[test]
+fn a_new_listener_is_an_event_naming_its_process() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(FakeHost::default(), &mut sink);
+    let mut listen = transition(7, SEC, 8080, 0, Close, Listen);
+    listen.at.local_ip = IpAddr::from([0, 0, 0, 0]);
+    let mut comm = [0u8; 16];
+    comm[..2].copy_from_slice(b"nc");
+    listen.task = Some(crate::model::Task { pid: 42, comm });
+    push(&mut engine, &[listen]);
+    engine.drain(&mut sink).unwrap();
+    let alert = &sink.alerts[0];
+    assert_eq!(
+        (alert.rule, alert.status, alert.severity),
+        ("new_listener", Status::Event, Severity::Warning)
+    );
+    assert!(alert.message.contains("by nc[42]"), "{}", alert.message);
+}
+
+#[test]
+fn a_reconciliation_corrects_drift_and_says_by_how_much() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(
+        FakeHost {
+            sockets: vec![socket(Listen, 80, 0, 1)],
+            ..FakeHost::default()
+        },
+        &mut sink,
+    );
+    // Events for two connections were lost: the table has them, the tally does not.
+    engine.host_mut().sockets.extend([
+        socket(Established, 80, 40000, 2),
+        socket(Established, 40000, 80, 3),
+        socket(CloseWait, 80, 40001, 4),
+    ]);
+    engine.reconcile(Reason::Periodic, &mut sink).unwrap();
+    engine.write_tally(&mut sink).unwrap();
+    let tally = sink.last_tally();
+    let reconcile = tally.reconcile.as_ref().unwrap();
+    assert_eq!(reconcile.reason, "periodic");
+    assert_eq!(reconcile.total_abs_error, 3);
+    assert_eq!(reconcile.error.get("ESTABLISHED"), Some(&-2));
+    assert_eq!(reconcile.error.get("CLOSE_WAIT"), Some(&-1));
+    assert_eq!(tally.states.get(Established), 2);
+    assert_eq!(tally.states.get(CloseWait), 1);
+    assert_eq!(tally.reconciliations, 2);
+}
+
+#[test]
+fn a_close_wait_alert_is_raised_changed_and_cleared() {
+    let leaky = Process {
+        pid: 4411,
+        comm: "java".into(),
+    };
+    let mut sink = RecordingSink::default();
+    let mut engine = Engine::start(
+        EngineConfig {
+            thresholds: Thresholds {
+                close_wait_age_secs: 2.0,
+                close_wait_crit: 3,
+                ..Thresholds::DEFAULT
+            },
+            ..config()
+        },
+        FakeHost {
+            sockets: vec![socket(Listen, 8080, 0, 1)],
+            owners: [(10, leaky.clone())].into(),
+            ..FakeHost::default()
+        },
+        Some(FakeSource::default()),
+        mode(Mode::Ebpf),
+        &mut sink,
+    )
+    .unwrap();
+    let start = engine.host().now_ns;
+    push(
+        &mut engine,
+        &[transition(10, start, 8080, 50000, Established, CloseWait)],
+    );
+    engine.drain(&mut sink).unwrap();
+    engine
+        .host_mut()
+        .sockets
+        .push(socket(CloseWait, 8080, 50000, 10));
+    engine.tick(&mut sink).unwrap();
+    assert!(sink.alerts.is_empty(), "younger than 2 s");
+    engine.host_mut().now_ns = start + 3 * SEC;
+    engine.tick(&mut sink).unwrap();
+    let raised = sink.alerts.last().unwrap();
+    assert_eq!(
+        (raised.rule, raised.status, raised.severity),
+        ("close_wait", Status::Raised, Severity::Warning)
+    );
+    assert!(
+        raised
+            .message
+            .contains("1 CLOSE_WAIT socket on local port 8080 held by java[4411], oldest 3s"),
+        "{}",
+        raised.message
+    );
+    // More than three on the port: critical.
+    let more: Vec<Transition> = (0..3)
+        .map(|i| {
+            transition(
+                20 + i,
+                start + 3 * SEC,
+                8080,
+                50001 + i as u16,
+                Established,
+                CloseWait,
+            )
+        })
+        .collect();
+    push(&mut engine, &more);
+    engine.host_mut().now_ns = start + 4 * SEC;
+    engine.tick(&mut sink).unwrap();
+    let changed = sink.alerts.last().unwrap();
+    assert_eq!(
+        (changed.status, changed.severity),
+        (Status::Changed, Severity::Critical)
+    );
+    // The application closes them all.
+    let closed: Vec<Transition> = [10u64, 20, 21, 22]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &sk)| {
+            let port = if sk == 10 {
+                50000
+            } else {
+                50001 + (sk - 20) as u16
+            };
+            let at = start + 5 * SEC + i as u64;
+            [
+                transition(sk, at, 8080, port, CloseWait, LastAck),
+                transition(sk, at + 1, 8080, port, LastAck, Close),
+            ]
+        })
+        .collect();
+    push(&mut engine, &closed);
+    engine.host_mut().sockets.retain(|s| s.state != CloseWait);
+    engine.host_mut().now_ns = start + 6 * SEC;
+    engine.tick(&mut sink).unwrap();
+    let cleared = sink.alerts.last().unwrap();
+    assert_eq!(
+        (cleared.status, cleared.rule),
+        (Status::Cleared, "close_wait")
+    );
+    assert_eq!(engine.active_alerts().count(), 0);
+}
+
+#[test]
+fn loss_is_counted_and_answered_by_one_reconciliation() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(FakeHost::default(), &mut sink);
+    assert_eq!(engine.host().socket_reads, 1);
+    engine.source_mut().unwrap().counters.ringbuf_full = 5;
+    engine
+        .source_mut()
+        .unwrap()
+        .problems
+        .push(crate::ebpf::decode::DecodeError::Length(3));
+    engine.tick(&mut sink).unwrap();
+    assert_eq!(engine.lost(), 6, "5 ring drops and an undecodable record");
+    assert_eq!(
+        engine.host().socket_reads,
+        2,
+        "the loss triggered a reconciliation"
+    );
+    engine.write_tally(&mut sink).unwrap();
+    let tally = sink.last_tally();
+    assert_eq!((tally.lost, tally.kernel.ringbuf_full), (6, 5));
+    assert_eq!(tally.received.decode_errors, 1);
+    assert_eq!(tally.reconcile.as_ref().unwrap().reason, "loss");
+    // More loss within 10 s waits; after, it is answered again.
+    engine.source_mut().unwrap().counters.ringbuf_full = 9;
+    engine.host_mut().now_ns += SEC;
+    engine.tick(&mut sink).unwrap();
+    assert_eq!(engine.host().socket_reads, 2);
+    engine.host_mut().now_ns += 10 * SEC;
+    engine.tick(&mut sink).unwrap();
+    assert_eq!(engine.host().socket_reads, 3);
+}
+
+#[test]
+fn openings_the_kernel_counted_but_never_sent_are_silent_loss() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(
+        FakeHost {
+            opens: Some(crate::host::kstats::Opens {
+                active: 100,
+                passive: 100,
+            }),
+            ..FakeHost::default()
+        },
+        &mut sink,
+    );
+    // The kernel counts two connections; only one's events arrive.
+    engine.host_mut().opens = Some(crate::host::kstats::Opens {
+        active: 102,
+        passive: 102,
+    });
+    push(&mut engine, &connection(100, SEC, 40000));
+    engine.tick(&mut sink).unwrap();
+    engine.tick(&mut sink).unwrap();
+    assert_eq!(engine.received().unaccounted, 2);
+    assert_eq!(engine.lost(), 2);
+}
+
+#[test]
+fn syn_trouble_attaches_the_syn_counter_and_a_failure_is_said() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(FakeHost::default(), &mut sink);
+    engine.write_tally(&mut sink).unwrap();
+    assert_eq!(sink.last_tally().syn_counter, SynCounterState::Idle);
+    let at = Endpoints {
+        ts_ns: SEC,
+        skaddr: 1,
+        netns: NETNS,
+        family: Family::Ipv4,
+        local_ip: lo(),
+        local_port: 80,
+        remote_ip: lo(),
+        remote_port: 5000,
+    };
+    engine
+        .source_mut()
+        .unwrap()
+        .push(encode_endpoints(&at, kind::SYNACK_RETRANSMIT));
+    engine.drain(&mut sink).unwrap();
+    engine.tick(&mut sink).unwrap();
+    assert!(engine.source_mut().unwrap().syn_counter_attached);
+    engine.write_tally(&mut sink).unwrap();
+    assert_eq!(sink.last_tally().syn_counter, SynCounterState::Attached);
+    assert_eq!(sink.last_tally().received.syn_counter_attaches, 1);
+
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(FakeHost::default(), &mut sink);
+    engine.source_mut().unwrap().syn_counter_fails = true;
+    engine
+        .source_mut()
+        .unwrap()
+        .push(encode_endpoints(&at, kind::SYNACK_RETRANSMIT));
+    engine.drain(&mut sink).unwrap();
+    engine.tick(&mut sink).unwrap();
+    engine.write_tally(&mut sink).unwrap();
+    assert_eq!(sink.last_tally().syn_counter, SynCounterState::AttachFailed);
+}
+
+#[test]
+fn polling_infers_transitions_and_tallies_equal_the_table() {
+    let mut sink = RecordingSink::default();
+    let mut engine: TestEngine = Engine::start(
+        config(),
+        FakeHost {
+            sockets: vec![socket(Listen, 80, 0, 1), socket(Established, 80, 40000, 2)],
+            ..FakeHost::default()
+        },
+        None,
+        mode(Mode::Poll),
+        &mut sink,
+    )
+    .unwrap();
+    engine.host_mut().sockets = vec![
+        socket(Listen, 80, 0, 1),
+        socket(CloseWait, 80, 40000, 2),
+        socket(Established, 80, 40001, 3),
+        socket(Listen, 8080, 0, 4),
+    ];
+    engine.tick(&mut sink).unwrap();
+    let inferred: Vec<(u16, u16, TcpState, TcpState)> = sink
+        .transitions
+        .iter()
+        .map(|(t, _, origin)| {
+            assert_eq!(*origin, Origin::Inferred);
+            (t.at.local_port, t.at.remote_port, t.old, t.new)
+        })
+        .collect();
+    assert_eq!(
+        inferred,
+        [
+            (80, 40000, Established, CloseWait),
+            (80, 40001, Close, Established),
+            (8080, 0, Close, Listen),
+        ]
+    );
+    // Applied once (from the table), not again from the inferred transitions.
+    engine.write_tally(&mut sink).unwrap();
+    let tally = sink.last_tally();
+    assert_eq!(tally.states.get(Listen), 2);
+    assert_eq!(tally.states.get(Established), 1);
+    assert_eq!(tally.states.get(CloseWait), 1);
+    assert_eq!(tally.syn_counter, SynCounterState::Unavailable);
+    assert_eq!(tally.poll_interval, Some(Duration::from_secs(1)));
+    let listener = sink
+        .alerts
+        .iter()
+        .find(|a| a.rule == "new_listener")
+        .unwrap();
+    assert_eq!(listener.subject, "127.0.0.1:8080");
+}
+
+#[test]
+fn the_end_detaches_drains_and_summarises() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(
+        FakeHost {
+            sockets: vec![socket(Listen, 80, 0, 1)],
+            ..FakeHost::default()
+        },
+        &mut sink,
+    );
+    push(&mut engine, &connection(100, SEC, 40000));
+    engine.host_mut().now_ns += 7 * SEC;
+    let summary = engine.finish(&mut sink).unwrap();
+    assert!(engine.source_mut().unwrap().detached);
+    assert_eq!(sink.transitions.len(), 10, "queued records still applied");
+    assert_eq!(summary.transitions, 10);
+    assert_eq!(summary.seconds, 7.0);
+    assert_eq!(sink.summaries, [summary]);
+    assert_eq!(sink.last_tally().time_wait.count, 1);
+}
+
+#[test]
+fn an_output_failure_ends_the_engine() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(FakeHost::default(), &mut sink);
+    sink.fail_with = Some(std::io::ErrorKind::BrokenPipe);
+    push(&mut engine, &connection(100, SEC, 40000));
+    match engine.drain(&mut sink) {
+        Err(EngineError::Output(e)) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn configs_that_would_spin_or_overflow_are_refused() {
+    let bad = EngineConfig {
+        interval: Duration::from_nanos(1),
+        ..config()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("--interval"), "{err}");
+    let nan = EngineConfig {
+        thresholds: Thresholds {
+            syn_rate: f64::NAN,
+            ..Thresholds::DEFAULT
+        },
+        ..config()
+    };
+    assert!(nan.validate().is_err());
+    assert!(matches!(
+        Engine::<FakeHost, FakeSource>::start(
+            nan,
+            FakeHost::default(),
+            None,
+            mode(Mode::Poll),
+            &mut RecordingSink::default()
+        ),
+        Err(EngineError::Config(_))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_ticks_on_its_timers_until_stopped() {
+    let mut sink = RecordingSink::default();
+    let mut engine = Engine::start(
+        EngineConfig {
+            interval: Duration::from_secs(1),
+            tally_interval: Duration::from_secs(2),
+            ..config()
+        },
+        FakeHost::default(),
+        Some(FakeSource::default()),
+        mode(Mode::Ebpf),
+        &mut sink,
+    )
+    .unwrap();
+    engine
+        .run(&mut sink, tokio::time::sleep(Duration::from_millis(6500)))
+        .await
+        .unwrap();
+    assert_eq!(sink.tallies.len(), 3, "at 2, 4 and 6 s");
+    assert_eq!(
+        engine.host().socket_reads,
+        1,
+        "no periodic reconciliation within 30 s"
+    );
+}
+
+/// Keeps [`SockEvent`] in use for encode round trips (what the source hands out).
+#[test]
+fn encoded_records_are_what_the_source_hands_out() {
+    let t = transition(1, SEC, 80, 40000, Established, CloseWait);
+    let raw: SockEvent = encode_transition(&t);
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(FakeHost::default(), &mut sink);
+    engine.source_mut().unwrap().push(raw);
+    engine.drain(&mut sink).unwrap();
+    assert_eq!(sink.transitions[0].0, t);
+}
