@@ -6,7 +6,7 @@ use serde::Serialize;
 use tcpmon::{
     model::{Severity, Thresholds},
     output::table::Style,
-    snapshot::audit::{audit, fails, Finding},
+    snapshot::audit::{audit, cut, fails, FindingList},
 };
 
 use super::{load, write_header, write_json};
@@ -16,11 +16,13 @@ pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status
     let loaded = load(&args.snapshot, &[], true)?;
     let thresholds = args.thresholds.thresholds();
     let findings = audit(&loaded.summary, &thresholds);
+    // The status covers every finding; the output shows --limit of each rule.
     let failed = fails(&findings, args.fail_on);
+    let shown = cut(&findings, args.snapshot.limit());
     if args.snapshot.json {
         #[derive(Serialize)]
         struct Body<'a> {
-            findings: &'a [Finding],
+            findings: &'a FindingList,
             thresholds: &'a Thresholds,
             fail_on: Severity,
             failed: bool,
@@ -29,7 +31,7 @@ pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status
             out,
             &loaded,
             Body {
-                findings: &findings,
+                findings: &shown,
                 thresholds: &thresholds,
                 fail_on: args.fail_on,
                 failed,
@@ -41,7 +43,7 @@ pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status
         if findings.is_empty() {
             writeln!(out, "  clean: no finding")?;
         } else {
-            super::findings_table(&findings, style).write(out, "  ")?;
+            super::write_findings(out, &shown, style)?;
         }
         let worst = findings.iter().map(|f| f.severity).max();
         writeln!(

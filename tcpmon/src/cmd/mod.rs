@@ -275,7 +275,24 @@ pub fn connections_table(rows: &[Connection], timer_title: &'static str) -> Tabl
     table
 }
 
-pub fn findings_table(findings: &[tcpmon::snapshot::audit::Finding], style: Style) -> Table {
+/// The findings section's body: the table, then a line per rule that was cut.
+pub fn write_findings(
+    out: &mut dyn Write,
+    list: &tcpmon::snapshot::audit::FindingList,
+    style: Style,
+) -> Result<()> {
+    findings_table(&list.items, style).write(out, "  ")?;
+    for (rule, omitted) in &list.omitted_by_rule {
+        writeln!(
+            out,
+            "  ... {omitted} more {rule} finding{} not shown (--limit N or --all to see more)",
+            if *omitted == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(())
+}
+
+fn findings_table(findings: &[tcpmon::snapshot::audit::Finding], style: Style) -> Table {
     let mut table = Table::new(&[
         ("SEVERITY", Align::Left),
         ("RULE", Align::Left),

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
     output::table::{Listed, Style},
-    snapshot::audit::audit,
+    snapshot::audit::{audit, cut},
 };
 
 use super::{load, section, write_header, write_json};
@@ -15,7 +15,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
     let loaded = load(&args.snapshot, &[], true)?;
     let s = &loaded.summary;
     let limit = args.snapshot.limit();
-    let findings = audit(s, &args.thresholds.thresholds());
+    let findings = cut(&audit(s, &args.thresholds.thresholds()), limit);
     let listeners = Listed::cut(&s.listeners, limit);
     let per_ip = Listed::cut(&s.per_ip, limit);
     let per_port = Listed::cut(&s.per_port, limit);
@@ -86,11 +86,11 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
             "groups",
         )?;
     }
-    section(out, style, &format!("FINDINGS ({})", findings.len()))?;
-    if findings.is_empty() {
+    section(out, style, &format!("FINDINGS ({})", findings.total))?;
+    if findings.items.is_empty() {
         writeln!(out, "  none: no threshold crossed")?;
     } else {
-        super::findings_table(&findings, style).write(out, "  ")?;
+        super::write_findings(out, &findings, style)?;
     }
     Ok(Status::Clean)
 }

@@ -48,13 +48,13 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
         );
     }
 
-    let cw_total: u64 = summary.close_wait.iter().map(|g| g.count).sum();
-    let cw_sev = if cw_total > t.close_wait_crit {
-        Severity::Critical
-    } else {
-        Severity::Warning
-    };
+    // Each local port and process is judged on its own count: a leak is per application.
     for group in &summary.close_wait {
+        let cw_sev = if group.count > t.close_wait_crit {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
         let owner = group.process.as_ref().map_or_else(
             || {
                 "an unknown process (not visible: run as root, in the socket's PID namespace)"
@@ -203,6 +203,39 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
     findings
 }
 
+/// Findings as shown: at most `limit` per rule (most severe first), and how many of each
+/// rule were left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FindingList {
+    pub total: usize,
+    pub omitted: usize,
+    pub items: Vec<Finding>,
+    /// Rules some of whose findings were left out, with how many.
+    pub omitted_by_rule: std::collections::BTreeMap<String, usize>,
+}
+
+/// Cuts `findings` (as `audit` returns them, most severe first) to `limit` per rule.
+pub fn cut(findings: &[Finding], limit: Option<usize>) -> FindingList {
+    let mut shown: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut list = FindingList {
+        total: findings.len(),
+        omitted: 0,
+        items: Vec::new(),
+        omitted_by_rule: Default::default(),
+    };
+    for f in findings {
+        let n = shown.entry(f.rule.as_str()).or_default();
+        if limit.is_none_or(|l| *n < l) {
+            *n += 1;
+            list.items.push(f.clone());
+        } else {
+            list.omitted += 1;
+            *list.omitted_by_rule.entry(f.rule.clone()).or_default() += 1;
+        }
+    }
+    list
+}
+
 /// `audit`'s exit status: 1 when any finding reaches `fail_on`.
 pub fn fails(findings: &[Finding], fail_on: Severity) -> bool {
     findings.iter().any(|f| f.severity >= fail_on)
@@ -284,6 +317,41 @@ mod tests {
         assert!(fails(&many, Severity::Critical));
         assert!(!fails(&one, Severity::Critical));
         assert!(fails(&one, Severity::Warning));
+    }
+
+    #[test]
+    fn close_wait_severity_is_per_port_not_host_wide() {
+        let sockets = (0..60)
+            .map(|i| sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000 + i))
+            .chain((0..60).map(|i| sock(TcpState::CloseWait, 9090, [192, 0, 2, 1], 5000 + i)));
+        let findings = run(sockets, PortRange::LINUX_DEFAULT);
+        assert_eq!(
+            rules(&findings),
+            vec![
+                ("close_wait", Severity::Warning),
+                ("close_wait", Severity::Warning)
+            ],
+            "120 in all, but 60 per port"
+        );
+    }
+
+    #[test]
+    fn findings_are_cut_per_rule_and_say_how_many_were_left_out() {
+        let mut sockets = Vec::new();
+        for host in 1..=30u8 {
+            sockets.extend(
+                (0..201).map(|i| sock(TcpState::Established, 443, [198, 51, 100, host], 1000 + i)),
+            );
+        }
+        sockets.push(sock(TcpState::CloseWait, 8080, [192, 0, 2, 1], 5000));
+        let findings = run(sockets, PortRange::LINUX_DEFAULT);
+        let list = cut(&findings, Some(5));
+        assert_eq!(list.total, findings.len());
+        assert_eq!(list.items.iter().filter(|f| f.rule == "per_ip").count(), 5);
+        assert_eq!(list.omitted_by_rule.get("per_ip"), Some(&25));
+        assert!(list.items.iter().any(|f| f.rule == "close_wait"));
+        assert_eq!(list.omitted, 25);
+        assert_eq!(cut(&findings, None).items.len(), findings.len());
     }
 
     #[test]
