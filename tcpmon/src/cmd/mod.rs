@@ -63,6 +63,8 @@ pub fn load(args: &SnapshotArgs, collect_states: &[TcpState], owners: bool) -> R
 /// The fields every JSON document starts with.
 #[derive(Serialize)]
 pub struct Source<'a> {
+    /// The version of the document schemas (docs/schema/snapshot.schema.json).
+    pub schema_version: u32,
     pub proc_root: &'a std::path::Path,
     pub bytes_read: usize,
     /// Files that do not exist (tcp6 when IPv6 is disabled): their sockets are not counted.
@@ -78,6 +80,7 @@ pub struct Source<'a> {
 impl<'a> Source<'a> {
     pub fn of(loaded: &'a Loaded) -> Self {
         Self {
+            schema_version: tcpmon::snapshot::SCHEMA_VERSION,
             proc_root: loaded.snapshot.proc_root.path(),
             bytes_read: loaded.snapshot.bytes_read(),
             missing: loaded

@@ -52,10 +52,6 @@ pub trait Sink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-    /// Transition records dropped because the output could not keep up.
-    fn dropped(&self) -> u64 {
-        0
-    }
 }
 
 /// Which transitions become records (the tallies always see all of them).
@@ -666,7 +662,12 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let drained = self.drain_source(false, sink);
         let window = self.window.take().unwrap_or_default();
         drained?;
-        let report = self.tally.reconcile_window(&sockets, at, &window);
+        let mut report = self.tally.reconcile_window(&sockets, at, &window);
+        if reason == Reason::Baseline {
+            // Nothing was counted before the baseline: there is no drift to report.
+            report.error.clear();
+            report.total_abs_error = 0;
+        }
         self.reconciliations += 1;
         self.refresh_owners(&sockets);
         if !matches!(reason, Reason::Baseline | Reason::Poll) && report.total_abs_error > 0 {
@@ -720,7 +721,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
     }
 
     /// The tallies now, as a record (also what an exporter publishes).
-    pub fn tally_record(&mut self, dropped: u64) -> TallyRecord {
+    pub fn tally_record(&mut self) -> TallyRecord {
         let view = self.tally.view(TALLY_TOP);
         let now = self.host.now_ns();
         let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
@@ -809,14 +810,13 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             lost: self.lost(),
             inconsistencies: view.inconsistencies,
             transitions_per_sec: rate,
-            output_dropped: dropped,
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
         }
     }
 
     /// Emits a tally record.
     pub fn write_tally(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
-        let record = self.tally_record(sink.dropped());
+        let record = self.tally_record();
         sink.tally(&record)?;
         sink.flush()?;
         Ok(())
@@ -845,7 +845,6 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             received: self.received,
             kernel: self.kernel,
             reconciliations: self.reconciliations,
-            output_dropped: sink.dropped(),
         };
         sink.summary(&summary)?;
         sink.flush()?;

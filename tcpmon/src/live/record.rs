@@ -206,9 +206,6 @@ pub struct TallyRecord {
     /// loss, repaired by the next one).
     pub inconsistencies: u64,
     pub transitions_per_sec: f64,
-    /// Transition records not written because the reader of the output fell behind.
-    #[serde(default)]
-    pub output_dropped: u64,
     /// How often it polls, in poll mode (the text line says it).
     #[serde(skip)]
     pub poll_interval: Option<Duration>,
@@ -227,8 +224,6 @@ pub struct SummaryRecord {
     pub received: Received,
     pub kernel: KernelCounters,
     pub reconciliations: u64,
-    #[serde(default)]
-    pub output_dropped: u64,
 }
 
 /// Optional durations as seconds (f64) in JSON.

@@ -117,18 +117,10 @@ pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
         }
         _ => format!("lost {} {}", r.lost, loss_breakdown(&r.kernel, &r.received)),
     };
-    let dropped = if r.output_dropped > 0 {
-        format!(
-            " | {} transition lines not written (output too slow)",
-            r.output_dropped
-        )
-    } else {
-        String::new()
-    };
     let time = humantime::format_rfc3339_millis(r.time.0).to_string();
     writeln!(
         w,
-        "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {:.0} transitions/s | {loss}{recon}{top}{aggregated}{dropped}",
+        "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {:.0} transitions/s | {loss}{recon}{top}{aggregated}",
         time_of_day(&time, 3),
         r.mode.name(),
         s(Established),

@@ -278,3 +278,18 @@ pub fn records<'a>(lines: &'a [String], kind: &'a str) -> impl Iterator<Item = V
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(move |v| v["type"] == kind)
 }
+
+/// Checks every NDJSON line against docs/schema/watch.schema.json.
+pub fn check_schema(lines: &[String]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/schema/watch.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for line in lines {
+        let record: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let errors: Vec<String> = validator
+            .iter_errors(&record)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{line}");
+    }
+}

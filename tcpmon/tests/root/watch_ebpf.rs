@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{records, require_root, Netns, Watcher};
+use crate::harness::{check_schema, records, require_root, Netns, Watcher};
 
 fn start_watch(ns: &Netns, extra: &[&str]) -> Watcher {
     let mut args = vec![
@@ -100,6 +100,8 @@ fn check_sequences(family: &str, listen: SocketAddr) {
         });
         let (lines, status) = watcher.stop();
         assert!(status.success(), "tcpmon exited with {status}");
+        // Every record of the real stream, each hook and transport, is as documented.
+        check_schema(&lines);
         let mode = records(&lines, "mode").next().expect("a mode record");
         let reason = mode["reason"].as_str().unwrap();
         assert!(reason.contains(described), "--state-hook {hook}: {mode}");
