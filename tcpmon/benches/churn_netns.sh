@@ -2,7 +2,8 @@
 # a work directory, and a cleanup on exit that stops the watcher and removes both.
 #   churn_netns PREFIX      sets ns, work and watcher
 #   start_watch OPTIONS...  starts `tcpmon watch --json --mode ebpf OPTIONS >/dev/null` in
-#                           the namespace (stderr in $work/watch.err), its pid in watcher
+#                           the namespace (stderr in $work/watch.err), its pid in watcher;
+#                           $TCPMON_BIN, when set, names another tcpmon build to run
 #   stop_watch              SIGTERM, and waits for it to detach
 churn_netns() {
     ns="$1-$$"
@@ -21,7 +22,7 @@ in_ns() { ip netns exec "$ns" "$@"; }
 rate_of() { sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
 start_watch() {
     # Not through in_ns: a backgrounded function is a subshell, and $! must be tcpmon.
-    ip netns exec "$ns" "$tcpmon" watch --json --mode ebpf "$@" >/dev/null 2>"$work/watch.err" &
+    ip netns exec "$ns" "${TCPMON_BIN:-$tcpmon}" watch --json --mode ebpf "$@" >/dev/null 2>"$work/watch.err" &
     watcher=$!
     sleep 1.5
 }

@@ -5,6 +5,8 @@
 # Prints each run, then per option set the median and range of the rate lost. Needs root.
 #   tcpmon/benches/watch_paired.sh [--rounds 12] [--seconds 8] [--threads 32] -- "OPTS" "OPTS"...
 # e.g. watch_paired.sh -- "--nice 0" "--nice -10" ""   ("" = the defaults)
+# An option set starting with @PATH runs the tcpmon at PATH (another build) with the rest:
+#     watch_paired.sh -- "@/tmp/old/tcpmon" ""
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -32,9 +34,14 @@ for ((r = 0; r < rounds; r++)); do
     for ((i = 0; i < count; i++)); do
         v=$(((i + r) % count))
         read -r -a opts <<<"${variants[$v]}"
+        bin="$tcpmon"
+        if [[ "${opts[0]:-}" == @* ]]; then
+            bin="${opts[0]#@}"
+            opts=("${opts[@]:1}")
+        fi
         base=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
         sleep 1
-        start_watch "${opts[@]}"
+        TCPMON_BIN="$bin" start_watch "${opts[@]}"
         with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
         stop_watch
         lost=$(awk -v a="$base" -v b="$with" 'BEGIN { printf "%.2f", 100 * (1 - b / a) }')

@@ -6,7 +6,7 @@ use tcpmon::{
     ebpf::{LoadOptions, StateHook},
     host::ProcRoot,
     live::{EngineConfig, ModeChoice, SourceOptions, TransitionFilter},
-    model::{Family, Severity, TcpState, Thresholds},
+    model::{duration::parse_duration, Family, Severity, TcpState, Thresholds},
     snapshot::analysis::{parse_net, Filter},
 };
 
@@ -336,33 +336,6 @@ impl WatchArgs {
             proc_root: ProcRoot::host(),
         }
     }
-}
-
-/// `500ms`, `2s`, `1m` or a plain number of seconds, from 1 ms to ten years (shorter
-/// would make the timers spin; longer overflows the clock).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(s) = text.strip_suffix('s') {
-        (s, 1.0)
-    } else if let Some(m) = text.strip_suffix('m') {
-        (m, 60.0)
-    } else if let Some(h) = text.strip_suffix('h') {
-        (h, 3600.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (e.g. 500ms, 2s, 1m)"))?;
-    let seconds = value * scale;
-    let (min, max) = (EngineConfig::MIN_INTERVAL, EngineConfig::MAX_INTERVAL);
-    if !(seconds.is_finite() && seconds >= min.as_secs_f64() && seconds <= max.as_secs_f64()) {
-        return Err(format!(
-            "'{text}' is outside 1ms..10 years (e.g. 500ms, 2s, 1m)"
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]

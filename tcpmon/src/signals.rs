@@ -22,6 +22,8 @@ const DEADLINE: Duration = Duration::from_millis(1900);
 struct Inner {
     requested: AtomicBool,
     at: Mutex<Option<Instant>>,
+    /// The run is over: what remains is the final drain and tally.
+    finishing: AtomicBool,
     notify: Notify,
 }
 
@@ -43,6 +45,15 @@ impl Stop {
 
     pub fn requested(&self) -> bool {
         self.0.requested.load(Ordering::Acquire)
+    }
+
+    /// From now on the engine is finishing (detached, writing its last records).
+    pub fn enter_finish(&self) {
+        self.0.finishing.store(true, Ordering::Release);
+    }
+
+    pub fn finishing(&self) -> bool {
+        self.0.finishing.load(Ordering::Acquire)
     }
 
     /// Whether a stop was requested more than `grace` ago.

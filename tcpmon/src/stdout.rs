@@ -104,7 +104,7 @@ impl Write for SnapshotOut {
 }
 
 /// Chunks of output handed to the writer thread; beyond this many the engine waits.
-const QUEUE_CHUNKS: usize = 64;
+const QUEUE_CHUNKS: usize = 16;
 /// A chunk is handed over when it reaches this size (or at a flush).
 const CHUNK_BYTES: usize = 64 << 10;
 /// After a stop signal, the longest output may still wait for the reader.
@@ -112,8 +112,9 @@ pub const STOP_GRACE: Duration = Duration::from_millis(1000);
 
 /// `watch`'s stdout: writes collect into chunks that a writer thread writes out. When
 /// the reader is slower than the engine the queue fills and the engine waits (the rings
-/// then fill, which is counted as loss and reconciled), but never past a stop signal's
-/// grace period: then a write fails, and the engine finishes.
+/// then fill, which is counted as loss and reconciled). A stop signal ends that wait at
+/// once while the engine runs (so it detaches without delay), and bounds it to a grace
+/// period while the engine finishes.
 pub struct QueuedStdout {
     chunk: Vec<u8>,
     queue: Option<SyncSender<Vec<u8>>>,
@@ -177,6 +178,12 @@ impl QueuedStdout {
                     return Err(io::Error::new(io::ErrorKind::BrokenPipe, "output closed"));
                 }
                 Err(TrySendError::Full(back)) => {
+                    if self.stop.requested() && !self.stop.finishing() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::Interrupted,
+                            "stopping while standard output is not being read",
+                        ));
+                    }
                     if self.stop.expired(STOP_GRACE) {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -285,15 +292,20 @@ mod tests {
             out.flush().unwrap();
         }
         stop.request();
+        // While the engine runs, a stop ends the wait at once ...
+        let started = Instant::now();
+        out.write_all(&chunk).unwrap();
+        let err = out.flush().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // ... and while it finishes, after the grace period from the signal.
+        stop.enter_finish();
         let started = Instant::now();
         out.write_all(&chunk).unwrap();
         let err = out.flush().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         let waited = started.elapsed();
-        assert!(
-            waited >= STOP_GRACE && waited < STOP_GRACE * 3,
-            "{waited:?}"
-        );
+        assert!(waited < STOP_GRACE * 2, "{waited:?}");
         assert!(!out.finish(), "the queue could not be written");
     }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the developer entry points. Everything a fresh machine needs is
 //! installed here, idempotently, so `cargo xtask run` and `cargo xtask test` are the only
 //! two commands a newcomer has to know.
+mod fuzz;
 mod setup;
 
 use std::{
@@ -43,6 +44,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Fuzz the parsers, the decoder and the ring walkers (cargo-fuzz, nightly), each
+    /// target for --seconds, from its committed corpus; reports executions and crashes.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +84,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
         }
         Task::Lint => lint()?,
+        Task::Fuzz { seconds, targets } => fuzz::run(&root, seconds, &targets)?,
         Task::Test => test(&root)?,
         Task::Bench { args } => {
             setup::ensure_all(false)?;

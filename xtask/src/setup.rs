@@ -20,6 +20,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("hyperfine", "hyperfine"),
     ("netstat", "net-tools"),
     ("bc", "bc"),
+    ("bpftool", "bpftool"),
 ];
 
 pub fn ensure_all(verbose: bool) -> Result<()> {
@@ -70,6 +71,14 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz`.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
 fn ensure_test_tools(verbose: bool) -> Result<()> {

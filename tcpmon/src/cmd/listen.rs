@@ -36,7 +36,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     if !args.json && loaded.summary.owners_unknown > 0 {
         writeln!(
             out,
-            "  note: {} owner(s) not visible; run as root to see every process",
+            "  note: {} owner(s) not visible; run as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to see every process",
             loaded.summary.owners_unknown
         )?;
     }

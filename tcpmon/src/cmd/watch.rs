@@ -73,6 +73,7 @@ async fn watch<K: live::Sink>(
     };
     let ran = engine.run(&mut sink, stopped).await;
     // Whatever ended the run, the programs are detached and the final tally attempted.
+    stop.enter_finish();
     let finished = engine.finish(&mut sink);
     let complete = into_output(sink).is_some_and(QueuedStdout::finish);
     let received = engine.received();
@@ -105,7 +106,9 @@ async fn watch<K: live::Sink>(
         Err(EngineError::Output(e))
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::TimedOut
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
             ) =>
         {
             Ok(Status::Clean)

@@ -374,6 +374,9 @@ impl Probe {
         let (sk_protocol, inet_saddr) = sock_layout
             .as_ref()
             .map_or((0, 0), |r| (r.sk_protocol, r.inet_saddr));
+        // The parsed types are tens of MiB; aya parses BTF again to load the BTF program,
+        // so they go now rather than double the start-up peak.
+        drop(types);
         let cookie = match options.netns {
             NetnsFilter::All => 0,
             NetnsFilter::Only(_) => netns::own_cookie().unwrap_or_else(|e| {

@@ -2,6 +2,7 @@
 //! process tables, scheduling priority and the clock. The rest of the library gets what
 //! it needs from here (or, in the live engine, through the `live::Host` interface that
 //! tests fake).
+pub mod caps;
 pub mod clock;
 pub mod diag;
 pub mod kstats;

@@ -133,9 +133,9 @@ pub enum ConfigError {
 
 impl EngineConfig {
     /// The shortest interval accepted: below it the timers would spin.
-    pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+    pub const MIN_INTERVAL: Duration = crate::model::duration::MIN;
     /// The longest: ten years.
-    pub const MAX_INTERVAL: Duration = Duration::from_secs(10 * 365 * 86_400);
+    pub const MAX_INTERVAL: Duration = crate::model::duration::MAX;
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [

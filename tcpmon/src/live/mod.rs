@@ -44,7 +44,10 @@ use source::EbpfSource;
 
 use crate::{
     ebpf::{LoadError, LoadOptions, NetnsFilter},
-    host::{netns, ProcRoot},
+    host::{
+        caps::{self, Capability},
+        netns, ProcRoot,
+    },
 };
 
 /// Which engine to run.
@@ -90,7 +93,14 @@ pub fn start(
         (false, Some(inode)) => NetnsFilter::Only(inode),
         _ => NetnsFilter::All,
     };
-    let (source, mode) = open_source(options.mode, &load, options.nice, config.interval)?;
+    let (source, mut mode) = open_source(options.mode, &load, options.nice, config.interval)?;
+    // Naming another user's process takes both: listing its fd directory is a DAC
+    // check, reading the links a ptrace one.
+    if !(caps::has(Capability::SysPtrace) && caps::has(Capability::DacReadSearch)) {
+        mode.notes.push(
+            "cannot see other users' processes (needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH): alerts do not name the owners of their sockets".into(),
+        );
+    }
     let host = SystemHost::new(options.proc_root.clone());
     Ok(Engine::start(config, host, source, mode, sink)?)
 }

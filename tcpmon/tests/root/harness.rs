@@ -208,6 +208,17 @@ impl Watcher {
         }
     }
 
+    /// How many NDJSON records of `kind` were printed so far.
+    pub fn count(&self, kind: &str) -> usize {
+        let tag = format!("\"type\":\"{kind}\"");
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(&tag))
+            .count()
+    }
+
     /// tcpmon's pid (`ip netns exec` execs it in place).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -292,4 +303,14 @@ pub fn check_schema(lines: &[String]) {
             .collect();
         assert!(errors.is_empty(), "{errors:#?}\n{line}");
     }
+}
+
+/// Peak resident memory of `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
 }

@@ -1,6 +1,7 @@
 //! Root-only tests against the real kernel: eBPF attach, namespaces, real sockets.
 //! Run with `cargo xtask test` (one at a time: they share kernel state). Each test
 //! isolates itself in a private network namespace and filters by it.
+mod agent;
 mod harness;
 mod snapshot_vs_ss;
 mod watch_ebpf;

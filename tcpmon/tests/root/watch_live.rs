@@ -381,6 +381,10 @@ fn syn_flood_is_alerted_within_two_seconds_and_clears() {
         l.contains("\"rule\":\"syn_flood\"") && l.contains("\"status\":\"cleared\"")
     });
     assert!(cleared.contains("127.0.0.1:8080"));
+    // Memory stayed bounded through the flood (distinct sources saturate per listener).
+    let peak = crate::harness::peak_rss_kib(watcher.pid());
+    assert!(peak < 128 * 1024, "peak RSS {peak} KiB");
+    eprintln!("SYN flood: watch peak RSS {} MiB", peak / 1024);
     // The flood's first sign attached the SYN counter, which stays a minute after the
     // last one. The flood itself filled the SYN queue at once (cookies: no request
     // sockets to count), so count 20 SYNs that do get a request socket now.
@@ -479,4 +483,9 @@ fn without_privileges_it_falls_back_to_polling() {
         err.starts_with("tcpmon: eBPF unavailable: not permitted"),
         "{err}"
     );
+    // Each cause said once.
+    let parts: Vec<&str> = err.trim().split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(part), "'{part}' said twice: {err}");
+    }
 }
