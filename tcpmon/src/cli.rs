@@ -240,41 +240,24 @@ pub enum Mode {
     Poll,
 }
 
+/// The live engine's flags, shared by `watch` and `serve`.
 #[derive(Args, Debug, Clone)]
-pub struct WatchArgs {
-    /// NDJSON: one record per line, "type" mode, transition, alert, tally or summary.
-    #[arg(long)]
-    pub json: bool,
+pub struct LiveArgs {
     /// auto: eBPF, else poll /proc (saying why); ebpf: fail if eBPF cannot load; poll: never load eBPF.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
     /// How often to evaluate alerts and poll the cheap counters (and /proc in poll mode).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Print a tally line this often.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub tally_interval: Duration,
     /// Rebuild the tallies from a /proc snapshot this often (and after any loss).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
     /// Stop after this long (default: until Ctrl-C / SIGTERM / SIGHUP).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Alerts and tallies only, no transition lines.
-    #[arg(long)]
-    pub quiet_transitions: bool,
     /// Show transitions from every network namespace (tallies stay this namespace's).
     #[arg(long)]
     pub all_netns: bool,
-    /// Only transitions whose local or remote port is PORT.
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
-    /// Only transitions whose local or remote address is in ADDR|CIDR.
-    #[arg(long, value_name = "ADDR|CIDR", value_parser = parse_net)]
-    pub ip: Option<ipnet::IpNet>,
-    /// Only transitions into or out of these states.
-    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
-    pub state: Vec<TcpState>,
     /// Ring memory in all: seven eighths for the per-CPU slot rings of state transitions
     /// (48-byte slots), an eighth for the ring buffers (SYN records), each ring rounded
     /// down to a power of two; all of it for the ring buffers with --ring-buffers-only.
@@ -301,20 +284,23 @@ pub struct WatchArgs {
     pub thresholds: LiveThresholdArgs,
 }
 
-impl WatchArgs {
-    pub fn engine_config(&self) -> EngineConfig {
+impl LiveArgs {
+    /// The engine's config, with the lists of a tally `top` long and `transitions` shown.
+    pub fn engine_config(
+        &self,
+        tally_interval: Duration,
+        top: usize,
+        transitions: Option<TransitionFilter>,
+    ) -> EngineConfig {
         EngineConfig {
             interval: self.interval,
-            tally_interval: self.tally_interval,
+            tally_interval,
             reconcile_interval: self.reconcile_interval,
             thresholds: self.thresholds.thresholds(),
             max_ips: self.max_ips as usize,
-            transitions: (!self.quiet_transitions).then(|| TransitionFilter {
-                port: self.port,
-                net: self.ip,
-                states: self.state.clone(),
-            }),
+            transitions,
             own_netns: None,
+            top,
         }
     }
 
@@ -335,6 +321,48 @@ impl WatchArgs {
             nice: self.nice,
             proc_root: ProcRoot::host(),
         }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// NDJSON: one record per line, "type" mode, transition, alert, tally or summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Print a tally line this often.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub tally_interval: Duration,
+    /// Alerts and tallies only, no transition lines.
+    #[arg(long)]
+    pub quiet_transitions: bool,
+    /// Only transitions whose local or remote port is PORT.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Only transitions whose local or remote address is in ADDR|CIDR.
+    #[arg(long, value_name = "ADDR|CIDR", value_parser = parse_net)]
+    pub ip: Option<ipnet::IpNet>,
+    /// Only transitions into or out of these states.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
+    pub state: Vec<TcpState>,
+    /// Entries of each list in a tally (remote IPs, ports, destinations).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top: u32,
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+impl WatchArgs {
+    pub fn engine_config(&self) -> EngineConfig {
+        self.live.engine_config(
+            self.tally_interval,
+            self.top as usize,
+            (!self.quiet_transitions).then(|| TransitionFilter {
+                port: self.port,
+                net: self.ip,
+                states: self.state.clone(),
+            }),
+        )
     }
 }
 
@@ -382,7 +410,7 @@ mod tests {
         let Command::Watch(args) = cli.command else {
             unreachable!()
         };
-        assert_eq!(args.thresholds.thresholds(), Thresholds::DEFAULT);
+        assert_eq!(args.live.thresholds.thresholds(), Thresholds::DEFAULT);
         let cli = Cli::parse_from(["tcpmon", "audit"]);
         let Command::Audit(args) = cli.command else {
             unreachable!()
@@ -403,7 +431,7 @@ mod tests {
         let Command::Watch(args) = cli.command else {
             unreachable!()
         };
-        let t = args.thresholds.thresholds();
+        let t = args.live.thresholds.thresholds();
         assert_eq!((t.close_wait_crit, t.syn_backlog_warn_pct), (7, 40.0));
     }
 }

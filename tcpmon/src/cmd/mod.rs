@@ -30,7 +30,7 @@ pub fn check(command: &Command) -> Result<(), String> {
     let thresholds = match command {
         Command::Report(a) => a.thresholds.thresholds(),
         Command::Audit(a) => a.thresholds.thresholds(),
-        Command::Watch(a) => a.thresholds.thresholds(),
+        Command::Watch(a) => a.live.thresholds.thresholds(),
         _ => return Ok(()),
     };
     thresholds.validate().map_err(|e| e.to_string())

@@ -43,7 +43,8 @@ async fn watch<K: live::Sink>(
     stop: Stop,
     into_output: impl FnOnce(K) -> Option<QueuedStdout>,
 ) -> Result<Status> {
-    let mut engine = match live::start(args.engine_config(), &args.source_options(), &mut sink) {
+    let mut engine = match live::start(args.engine_config(), &args.live.source_options(), &mut sink)
+    {
         Ok(engine) => engine,
         Err(StartError::Ebpf(e)) => {
             eprintln!("tcpmon: eBPF unavailable: {e}");
@@ -55,10 +56,10 @@ async fn watch<K: live::Sink>(
     for note in &mode.notes {
         eprintln!("tcpmon: note: {note}");
     }
-    if mode.fell_back && args.mode == ModeArg::Auto {
+    if mode.fell_back && args.live.mode == ModeArg::Auto {
         eprintln!("tcpmon: {}", mode.reason);
     }
-    let deadline = args.duration;
+    let deadline = args.live.duration;
     let stopped = {
         let stop = stop.clone();
         async move {

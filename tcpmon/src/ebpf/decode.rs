@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tcpmon_common::{kind, SockEvent, AF_INET, AF_INET6, SHORT_EVENT_SIZE, SOCK_EVENT_SIZE};
 
-use crate::model::{made_by_syscall, Endpoints, Family, Task, TcpState, Transition};
+use crate::model::{Endpoints, Family, Task, TcpState, Transition};
 
 /// What a ring-buffer record can be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub fn decode_event(raw: &SockEvent) -> Result<Record, DecodeError> {
                 at,
                 old,
                 new,
-                task: (made_by_syscall(old, new) && !task.is_softirq_thread()).then_some(task),
+                task: task.attributable(old, new).then_some(task),
             }))
         }
         kind::SYNACK_RETRANSMIT => Ok(Record::SynAckRetransmit(at)),
@@ -167,8 +167,7 @@ mod tests {
         fn transitions_round_trip(at in arb_endpoints(), old in 1u8..=12, new in 1u8..=12,
                                   pid in any::<u32>(), comm in any::<[u8; 16]>()) {
             let (old, new) = (TcpState::try_from(old).unwrap(), TcpState::try_from(new).unwrap());
-            let task = Some(Task { pid, comm })
-                .filter(|t| made_by_syscall(old, new) && !t.is_softirq_thread());
+            let task = Some(Task { pid, comm }).filter(|t| t.attributable(old, new));
             let t = Transition { at, old, new, task };
             let raw = encode_transition(&t);
             prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Transition(t)));
@@ -228,6 +227,11 @@ mod tests {
         (raw.oldstate, raw.newstate) = (TcpState::CloseWait as u8, TcpState::LastAck as u8);
         assert_eq!(task_of(&raw), Some((4242, "java".to_owned())));
         raw.comm = *b"ksoftirqd/1\0\0\0\0\0";
+        assert_eq!(task_of(&raw), None);
+        // No task recorded (pid 0 is the idle task, never a socket's owner): none, so
+        // that a record decodes and re-encodes to the same thing (found by fuzzing).
+        raw.comm = [0; 16];
+        raw.tgid = 0;
         assert_eq!(task_of(&raw), None);
     }
 }

@@ -43,18 +43,22 @@ pub fn listener_queues() -> io::Result<HashMap<u64, ListenerQueues>> {
     Ok(queues)
 }
 
-/// Listeners by (canonical address, port) with their backlog: for live detectors, which
-/// know listeners by address rather than inode.
-pub fn listener_backlogs_by_address() -> io::Result<HashMap<(IpAddr, u16), u32>> {
-    let mut out = HashMap::new();
+/// Listeners by (canonical address, port) with their queues: for the live engine, which
+/// knows listeners by address rather than inode. SO_REUSEPORT listeners on one address
+/// add up.
+pub fn listener_queues_by_address() -> io::Result<HashMap<(IpAddr, u16), ListenerQueues>> {
+    let mut out: HashMap<(IpAddr, u16), ListenerQueues> = HashMap::new();
     dump_states(StateFlags::LISTEN, |h| {
-        out.insert(
-            (
-                canonical_ip(h.socket_id.source_address),
-                h.socket_id.source_port,
-            ),
-            h.send_queue,
+        let key = (
+            canonical_ip(h.socket_id.source_address),
+            h.socket_id.source_port,
         );
+        let q = out.entry(key).or_insert(ListenerQueues {
+            backlog: 0,
+            accept_queue: 0,
+        });
+        q.backlog += h.send_queue;
+        q.accept_queue += h.recv_queue;
     })?;
     Ok(out)
 }

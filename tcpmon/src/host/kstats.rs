@@ -68,7 +68,7 @@ pub fn unexplained_opens(base: Opens, now: Opens, seen: Opens, reported_lost: u6
 }
 
 /// The TcpExt counters that tell a SYN flood or a full accept queue, as deltas.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SynCounters {
     pub syncookies_sent: u64,
     pub reqq_full_do_cookies: u64,

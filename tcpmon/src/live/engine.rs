@@ -20,9 +20,10 @@ use super::{
     loss::{self, LossTracker, Received},
     poll,
     record::{
-        ActiveAlert, AlertRecord, CloseWaitPort, HalfOpenListener, IpCountRecord, ListenerRecord,
-        ModeRecord, PerIpTally, PortCountRecord, ReconcileSummary, SummaryRecord, SynCounterState,
-        TallyRecord, TimeWaitTally, Timestamp, TransitionEvent, SCHEMA_VERSION,
+        ActiveAlert, AlertRecord, CloseWaitPort, DestinationRecord, FamilyStates, HalfOpenListener,
+        IpCountRecord, ListenerRecord, ModeRecord, PerIpTally, PortCountRecord, ReconcileSummary,
+        SummaryRecord, SynCounterState, SynTotals, TallyRecord, TimeWaitTally, Timestamp,
+        TransitionEvent, SCHEMA_VERSION,
     },
     rules::{Alert, Detector, Inputs},
     source::EventSource,
@@ -34,7 +35,7 @@ use crate::{
         decode::{decode_event, Record},
         KernelCounters,
     },
-    host::{clock::Clock, kstats::SynCounters, proc_net::Socket},
+    host::{clock::Clock, diag::ListenerQueues, kstats::SynCounters, proc_net::Socket},
     model::{canonical_ip, endpoint, Endpoints, Origin, PortRange, Process, TcpState, Transition},
     snapshot::SnapshotError,
 };
@@ -99,6 +100,8 @@ pub struct EngineConfig {
     /// The network namespace whose sockets are tallied (`None`: unknown, every event
     /// counts); other namespaces' transitions are still shown when the source sends them.
     pub own_netns: Option<u32>,
+    /// Entries of each list in a tally record (remote IPs, ports, destinations).
+    pub top: usize,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +114,7 @@ impl Default for EngineConfig {
             max_ips: 65_536,
             transitions: Some(TransitionFilter::default()),
             own_netns: None,
+            top: 5,
         }
     }
 }
@@ -127,6 +131,8 @@ pub enum ConfigError {
     },
     #[error("--max-ips must be at least 1")]
     MaxIps,
+    #[error("--top must be from 1 to {max}", max = EngineConfig::MAX_TOP)]
+    Top,
     #[error(transparent)]
     Thresholds(#[from] crate::model::InvalidThresholds),
 }
@@ -136,6 +142,9 @@ impl EngineConfig {
     pub const MIN_INTERVAL: Duration = crate::model::duration::MIN;
     /// The longest: ten years.
     pub const MAX_INTERVAL: Duration = crate::model::duration::MAX;
+    /// The most entries a list of a tally record may have: it bounds every label set the
+    /// exporter derives from them.
+    pub const MAX_TOP: usize = 1000;
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [
@@ -154,6 +163,9 @@ impl EngineConfig {
         }
         if self.max_ips == 0 {
             return Err(ConfigError::MaxIps);
+        }
+        if !(1..=Self::MAX_TOP).contains(&self.top) {
+            return Err(ConfigError::Top);
         }
         Ok(self.thresholds.validate()?)
     }
@@ -201,10 +213,11 @@ const OWNER_LOOKUP_GAP_NS: u64 = 1_000_000_000;
 /// The longest a record waits in a ring once traffic stops (no doorbell comes then).
 const DRAIN_AFTER: Duration = Duration::from_millis(25);
 
-/// Top entries of each list in a tally record.
-const TALLY_TOP: usize = 5;
-/// ... and in the view the detectors evaluate.
+/// Top entries of each list in the view the detectors evaluate.
 const DETECTOR_TOP: usize = 20;
+
+/// Listeners whose SYN totals are kept apart; beyond, they add up under one entry.
+const MAX_SYN_LISTENERS: usize = 4096;
 
 /// The SYN side's state between evaluations.
 #[derive(Debug, Default)]
@@ -217,6 +230,10 @@ struct SynState {
     attached_since: Option<u64>,
     attach_failed: bool,
     last_half_open_dump_ns: u64,
+    /// SYNs and SYN-ACK retransmits per local address since the start (bounded by
+    /// MAX_SYN_LISTENERS; the rest under `syn_totals_other`).
+    totals: HashMap<(IpAddr, u16), (u64, u64)>,
+    totals_other: (u64, u64),
 }
 
 /// Owners of CLOSE_WAIT sockets, kept between reconciliations.
@@ -251,6 +268,8 @@ pub struct Engine<H: Host, S: EventSource> {
     last_reconcile: Option<(ReconcileReport, Reason)>,
     reconciliations: u64,
     owners: Owners,
+    /// Listener queues by address, from the last sock_diag dump.
+    queues: HashMap<(IpAddr, u16), ListenerQueues>,
     backlogs: HashMap<(IpAddr, u16), u32>,
     somaxconn: Option<u32>,
     port_range: PortRange,
@@ -307,6 +326,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             last_reconcile: None,
             reconciliations: 0,
             owners: Owners::default(),
+            queues: HashMap::new(),
             backlogs: HashMap::new(),
             somaxconn: None,
             port_range,
@@ -545,6 +565,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let window_secs = now.saturating_sub(window_start) as f64 / 1e9;
         self.last_eval_ns = now;
         let syn = self.syn.tracker.take();
+        self.syn.add_totals(&syn);
         let syn_coverage = match self.syn.attached_since {
             Some(at) if at <= window_start => SynCoverage::Whole,
             Some(_) => SynCoverage::Partial,
@@ -641,8 +662,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
     }
 
     fn refresh_listener_info(&mut self) {
-        if let Some(backlogs) = self.host.listener_backlogs() {
-            self.backlogs = backlogs;
+        if let Some(queues) = self.host.listener_queues() {
+            self.backlogs = queues.iter().map(|(k, q)| (*k, q.backlog)).collect();
+            self.queues = queues;
         }
         self.somaxconn = self.host.somaxconn();
     }
@@ -722,23 +744,48 @@ impl<H: Host, S: EventSource> Engine<H, S> {
 
     /// The tallies now, as a record (also what an exporter publishes).
     pub fn tally_record(&mut self) -> TallyRecord {
-        let view = self.tally.view(TALLY_TOP);
+        let top = self.cfg.top;
+        let view = self.tally.view(top);
         let now = self.host.now_ns();
         let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
         let rate = (self.received.transitions - self.last_tally.1) as f64 / elapsed.max(1e-3);
         self.last_tally = (now, self.received.transitions);
         let wall = |ns: u64| Timestamp(self.clock.wall(ns));
+        let [ipv4, ipv6, unknown] = self.tally.family_counts();
+        let half_open: HashMap<(IpAddr, u16), u64> = view
+            .half_open
+            .iter()
+            .map(|(ip, port, h)| ((*ip, *port), h.count))
+            .collect();
+        let listed: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
+        let (syn_by_listener, syn_elsewhere) = self.syn.totals_by_listener(&listed);
+        let range = self.port_range.size() as f64;
+        let shown_per_ip: u64 = view.per_ip_top.iter().map(|(_, n)| n).sum();
         TallyRecord {
             schema_version: SCHEMA_VERSION,
             time: wall(now),
             mode: self.mode.mode,
             states: view.states,
+            states_by_family: FamilyStates {
+                ipv4,
+                ipv6,
+                unknown,
+            },
             time_wait: TimeWaitTally {
                 count: view.time_wait,
                 sockstat_error: self.time_wait_check.map(|c| c.1),
                 sockstat_time: self.time_wait_check.map(|c| wall(c.0)),
                 not_held: self.tally.time_wait_unheld,
             },
+            time_wait_by_destination: view
+                .time_wait_by_dest
+                .iter()
+                .map(|&(ip, port, n)| DestinationRecord {
+                    destination: endpoint(ip, port),
+                    time_wait: n,
+                    ratio: n as f64 / range,
+                })
+                .collect(),
             reconcile: self
                 .last_reconcile
                 .as_ref()
@@ -759,12 +806,14 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                     .iter()
                     .map(|&(ip, count)| IpCountRecord { ip, count })
                     .collect(),
+                other: view.per_ip_total.saturating_sub(shown_per_ip),
                 tracked: view.per_ip_tracked,
                 aggregated: view.per_ip_aggregated,
             },
             close_wait: view
                 .close_wait_by_port
                 .iter()
+                .take(top)
                 .map(|&(port, count, since, age_known)| CloseWaitPort {
                     port,
                     count,
@@ -790,11 +839,21 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             listeners: view
                 .listeners
                 .iter()
-                .map(|&(ip, port, sockets)| ListenerRecord {
-                    listener: endpoint(ip, port),
-                    sockets,
+                .zip(syn_by_listener)
+                .map(|(&(ip, port, sockets), syn)| {
+                    let queues = self.queues.get(&(ip, port));
+                    ListenerRecord {
+                        listener: endpoint(ip, port),
+                        sockets,
+                        backlog: queues.map(|q| q.backlog),
+                        accept_queue: queues.map(|q| q.accept_queue),
+                        half_open: half_open_of(&half_open, ip, port),
+                        syn,
+                    }
                 })
                 .collect(),
+            syn_elsewhere,
+            tcp_ext: self.syn.counters.unwrap_or_default(),
             alerts_active: self
                 .detector
                 .active()
@@ -907,6 +966,61 @@ impl<H: Host, S: EventSource> Engine<H, S> {
 /// The listener a request or handshake belongs to: its local address and port.
 fn listener_of(at: &Endpoints) -> (IpAddr, u16) {
     (canonical_ip(at.local_ip), at.local_port)
+}
+
+/// Whether a listener bound to `listener` takes connections to `local`: the same address,
+/// or a wildcard of any family on the same port (a `[::]` socket is dual-stack).
+fn covers(listener: (IpAddr, u16), local: (IpAddr, u16)) -> bool {
+    listener.1 == local.1 && (listener.0 == local.0 || listener.0.is_unspecified())
+}
+
+/// The half-open requests a listener has: those to its own address, and for a wildcard
+/// those to any address on its port that no specific listener has.
+fn half_open_of(by_address: &HashMap<(IpAddr, u16), u64>, ip: IpAddr, port: u16) -> u64 {
+    by_address
+        .iter()
+        .filter(|(k, _)| covers((ip, port), **k))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+impl SynState {
+    /// Adds a window's SYN activity to the totals since the start.
+    fn add_totals(&mut self, window: &HashMap<(IpAddr, u16), super::syn::SynWindow>) {
+        for (key, w) in window {
+            let room = self.totals.len() < MAX_SYN_LISTENERS;
+            let slot = match self.totals.get_mut(key) {
+                Some(slot) => slot,
+                None if room => self.totals.entry(*key).or_default(),
+                None => &mut self.totals_other,
+            };
+            slot.0 += w.syns;
+            slot.1 += w.synack_retransmits;
+        }
+    }
+
+    /// The totals of each of `listeners` (an exact address first, then a wildcard
+    /// covering it), and of the addresses none covers.
+    fn totals_by_listener(&self, listeners: &[(IpAddr, u16)]) -> (Vec<SynTotals>, SynTotals) {
+        let mut out = vec![SynTotals::default(); listeners.len()];
+        let mut elsewhere = SynTotals {
+            syns: self.totals_other.0,
+            synack_retransmits: self.totals_other.1,
+        };
+        for (key, (syns, retransmits)) in &self.totals {
+            let at = listeners
+                .iter()
+                .position(|l| l == key)
+                .or_else(|| listeners.iter().position(|l| covers(*l, *key)));
+            let slot = match at {
+                Some(i) => &mut out[i],
+                None => &mut elsewhere,
+            };
+            slot.syns += syns;
+            slot.synack_retransmits += retransmits;
+        }
+        (out, elsewhere)
+    }
 }
 
 #[cfg(test)]

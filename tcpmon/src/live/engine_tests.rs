@@ -638,3 +638,53 @@ fn encoded_records_are_what_the_source_hands_out() {
     engine.drain(&mut sink).unwrap();
     assert_eq!(sink.transitions[0].0, t);
 }
+
+#[test]
+fn listeners_carry_their_queues_and_syn_totals() {
+    let wildcard = IpAddr::from([0, 0, 0, 0]);
+    let mut sink = RecordingSink::default();
+    let mut listener = socket(Listen, 80, 0, 1);
+    listener.local_ip = wildcard;
+    let mut engine = ebpf_engine(
+        FakeHost {
+            sockets: vec![listener],
+            queues: [(
+                (wildcard, 80),
+                crate::host::diag::ListenerQueues {
+                    backlog: 511,
+                    accept_queue: 3,
+                },
+            )]
+            .into(),
+            ..FakeHost::default()
+        },
+        &mut sink,
+    );
+    // SYN-ACK retransmits to 127.0.0.1:80 (the wildcard listener's) and to a port with
+    // no listener.
+    for port in [80, 81, 80] {
+        let at = Endpoints {
+            ts_ns: SEC,
+            skaddr: 1,
+            netns: NETNS,
+            family: Family::Ipv4,
+            local_ip: lo(),
+            local_port: port,
+            remote_ip: lo(),
+            remote_port: 5000,
+        };
+        engine
+            .source_mut()
+            .unwrap()
+            .push(encode_endpoints(&at, kind::SYNACK_RETRANSMIT));
+    }
+    engine.drain(&mut sink).unwrap();
+    engine.tick(&mut sink).unwrap();
+    engine.write_tally(&mut sink).unwrap();
+    let tally = sink.last_tally();
+    let l = &tally.listeners[0];
+    assert_eq!(l.listener, "0.0.0.0:80");
+    assert_eq!((l.backlog, l.accept_queue), (Some(511), Some(3)));
+    assert_eq!(l.syn.synack_retransmits, 2);
+    assert_eq!(tally.syn_elsewhere.synack_retransmits, 1);
+}

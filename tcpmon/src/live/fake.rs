@@ -16,6 +16,7 @@ use super::{host::Host, source::EventSource};
 use crate::{
     ebpf::{decode::DecodeError, KernelCounters, LoadError, SynCounterError},
     host::{
+        diag::ListenerQueues,
         kstats::{Opens, SynCounters},
         proc_net::Socket,
     },
@@ -35,7 +36,8 @@ pub struct FakeHost {
     pub sockstat_time_wait: Option<u64>,
     pub syn_counters: Option<SynCounters>,
     pub opens: Option<Opens>,
-    pub backlogs: HashMap<(IpAddr, u16), u32>,
+    /// Listener queues by address.
+    pub queues: HashMap<(IpAddr, u16), ListenerQueues>,
     pub somaxconn: Option<u32>,
     pub half_open: HashMap<(IpAddr, u16), HalfOpen>,
     /// Owners by socket inode.
@@ -53,7 +55,7 @@ impl Default for FakeHost {
             sockstat_time_wait: None,
             syn_counters: None,
             opens: None,
-            backlogs: HashMap::new(),
+            queues: HashMap::new(),
             somaxconn: Some(4096),
             half_open: HashMap::new(),
             owners: HashMap::new(),
@@ -88,8 +90,8 @@ impl Host for FakeHost {
         self.opens
     }
 
-    fn listener_backlogs(&mut self) -> Option<HashMap<(IpAddr, u16), u32>> {
-        Some(self.backlogs.clone())
+    fn listener_queues(&mut self) -> Option<HashMap<(IpAddr, u16), ListenerQueues>> {
+        Some(self.queues.clone())
     }
 
     fn somaxconn(&mut self) -> Option<u32> {

@@ -10,7 +10,7 @@ use std::{
 use crate::{
     host::{
         clock::monotonic_ns,
-        diag,
+        diag::{self, ListenerQueues},
         kstats::{Opens, SynCounters},
         proc_net::Socket,
         process, ProcRoot,
@@ -33,8 +33,8 @@ pub trait Host {
     fn syn_counters(&mut self) -> Option<SynCounters>;
     /// ActiveOpens / PassiveOpens.
     fn snmp_opens(&mut self) -> Option<Opens>;
-    /// Listener backlogs by canonical (address, port).
-    fn listener_backlogs(&mut self) -> Option<HashMap<(IpAddr, u16), u32>>;
+    /// Listener backlogs and accept queues by canonical (address, port).
+    fn listener_queues(&mut self) -> Option<HashMap<(IpAddr, u16), ListenerQueues>>;
     fn somaxconn(&mut self) -> Option<u32>;
     /// Half-open request sockets per listener.
     fn half_open(&mut self) -> Option<HashMap<(IpAddr, u16), HalfOpen>>;
@@ -84,8 +84,8 @@ impl Host for SystemHost {
         self.proc.snmp_opens()
     }
 
-    fn listener_backlogs(&mut self) -> Option<HashMap<(IpAddr, u16), u32>> {
-        diag::listener_backlogs_by_address().ok()
+    fn listener_queues(&mut self) -> Option<HashMap<(IpAddr, u16), ListenerQueues>> {
+        diag::listener_queues_by_address().ok()
     }
 
     fn somaxconn(&mut self) -> Option<u32> {

@@ -120,10 +120,41 @@ pub struct IpCountRecord {
 pub struct PerIpTally {
     /// The remote IPs with the most connections, largest first.
     pub top: Vec<IpCountRecord>,
+    /// Connections of every other remote IP (those counted individually and the
+    /// aggregate).
+    pub other: u64,
     /// Remote IPs counted individually.
     pub tracked: usize,
     /// Sockets whose remote IP is not counted individually (the table is full).
     pub aggregated: u64,
+}
+
+/// Sockets per state, by address family (IPv4 includes v4-mapped IPv6 sockets, as per-IP
+/// grouping does). `unknown` holds what sockstat's TIME_WAIT correction adds: it has no
+/// family.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FamilyStates {
+    pub ipv4: StateCounts,
+    pub ipv6: StateCounts,
+    pub unknown: StateCounts,
+}
+
+/// Client-side TIME_WAIT toward one destination, and the share of the ephemeral port
+/// range it ties up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DestinationRecord {
+    pub destination: String,
+    pub time_wait: u64,
+    /// time_wait / the size of net.ipv4.ip_local_port_range.
+    pub ratio: f64,
+}
+
+/// SYN activity counted since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynTotals {
+    /// SYNs that created a request socket, while the SYN counter was attached.
+    pub syns: u64,
+    pub synack_retransmits: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,6 +187,19 @@ pub struct ListenerRecord {
     pub listener: String,
     /// Sockets listening there (SO_REUSEPORT).
     pub sockets: u64,
+    /// listen()'s backlog and the connections waiting for accept() (sock_diag; null when
+    /// it could not be asked).
+    #[serde(default)]
+    pub backlog: Option<u32>,
+    #[serde(default)]
+    pub accept_queue: Option<u32>,
+    /// Half-open requests at the last count.
+    #[serde(default)]
+    pub half_open: u64,
+    /// SYN activity since the start, on this listener's address or any address its
+    /// wildcard covers.
+    #[serde(default)]
+    pub syn: SynTotals,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,7 +232,10 @@ pub struct TallyRecord {
     pub time: Timestamp,
     pub mode: Mode,
     pub states: StateCounts,
+    pub states_by_family: FamilyStates,
     pub time_wait: TimeWaitTally,
+    /// The destinations with the most client-side TIME_WAIT, largest first.
+    pub time_wait_by_destination: Vec<DestinationRecord>,
     pub reconcile: Option<ReconcileSummary>,
     pub reconciliations: u64,
     pub per_ip: PerIpTally,
@@ -196,6 +243,10 @@ pub struct TallyRecord {
     pub half_open: Vec<HalfOpenListener>,
     pub established_by_port: Vec<PortCountRecord>,
     pub listeners: Vec<ListenerRecord>,
+    /// SYN activity on addresses no listener covers (a listener that went away).
+    pub syn_elsewhere: SynTotals,
+    /// The kernel's SYN-side TcpExt counters (namespace-wide, since boot).
+    pub tcp_ext: crate::host::kstats::SynCounters,
     pub alerts_active: Vec<ActiveAlert>,
     pub received: Received,
     pub syn_counter: SynCounterState,

@@ -348,6 +348,7 @@ mod tests {
             per_ip_top: vec![],
             per_ip_tracked: 0,
             per_ip_aggregated: 0,
+            per_ip_total: 0,
             close_wait_by_port: vec![],
             time_wait_by_dest: vec![],
             half_open: vec![],

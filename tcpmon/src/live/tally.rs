@@ -160,6 +160,8 @@ pub struct TallyView {
     pub per_ip_tracked: usize,
     /// Sockets whose remote IP is not tracked individually (table full).
     pub per_ip_aggregated: u64,
+    /// Sockets counted per remote IP in all (tracked and aggregated).
+    pub per_ip_total: u64,
     /// CLOSE_WAIT sockets per local port: (port, count, oldest since_ns, oldest known).
     pub close_wait_by_port: Vec<(u16, u64, u64, bool)>,
     /// Client-side TIME_WAIT toward one remote ip:port, largest first.
@@ -173,8 +175,9 @@ pub struct TallyView {
 #[derive(Clone, Debug)]
 pub struct Tally {
     cfg: TallyConfig,
-    /// Event-driven counts; SYN_RECV and TIME_WAIT are kept apart (see module docs).
-    counts: [i64; 12],
+    /// Event-driven counts per address family (see [`family_of`]); SYN_RECV and
+    /// TIME_WAIT are kept apart (see module docs).
+    counts: [[i64; 12]; 2],
     /// By tuple: a new connection on a held tuple ends its TIME_WAIT. Expiry sweeps the
     /// table once per `expire` call (every second) instead of keeping it in time order:
     /// a linked order cost three more cache misses per connection under churn.
@@ -185,8 +188,8 @@ pub struct Tally {
     pub time_wait_unheld: u64,
     /// sockstat minus what the list holds: TIME_WAIT tcpmon did not see enter.
     time_wait_adjust: i64,
-    /// Entries of `time_wait` that are FIN_WAIT2 mini-sockets.
-    fin_wait2_minis: u64,
+    /// Entries of `time_wait` that are FIN_WAIT2 mini-sockets, per address family.
+    fin_wait2_minis: [u64; 2],
     time_wait_by_dest: FxHashMap<(IpAddr, u16), u64>,
     per_ip: IpTable,
     established_by_port: FxHashMap<u16, u64>,
@@ -201,6 +204,12 @@ pub struct Tally {
     pub duplicates: u64,
 }
 
+/// 0 for IPv4 (v4-mapped IPv6 included, as everywhere tcpmon groups by address), 1 for
+/// IPv6: the index of per-family counts.
+fn family_of(ip: IpAddr) -> usize {
+    usize::from(!canonical_ip(ip).is_ipv4())
+}
+
 fn live(state: TcpState) -> bool {
     !matches!(state, TcpState::Close)
 }
@@ -211,12 +220,12 @@ impl Tally {
         let cap = cfg.max_ips;
         Self {
             cfg,
-            counts: [0; 12],
+            counts: [[0; 12]; 2],
             time_wait: TimeWaitTable::default(),
             time_wait_next_expiry: u64::MAX,
             time_wait_unheld: 0,
             time_wait_adjust: 0,
-            fin_wait2_minis: 0,
+            fin_wait2_minis: [0; 2],
             time_wait_by_dest: FxHashMap::default(),
             per_ip: IpTable {
                 cap,
@@ -242,7 +251,7 @@ impl Tally {
         at_ns: u64,
     ) -> ReconcileReport {
         let before = self.state_counts();
-        let mut counts = [0i64; 12];
+        let mut counts = [[0i64; 12]; 2];
         let mut time_wait = Vec::new();
         let mut per_ip: HashMap<IpAddr, u64> = HashMap::new();
         let mut established_by_port: FxHashMap<u16, u64> = FxHashMap::default();
@@ -291,7 +300,7 @@ impl Tally {
                         entry.1.insert(tuple.remote_ip);
                     }
                 }
-                state => counts[state.index()] += 1,
+                state => counts[family_of(tuple.local_ip)][state.index()] += 1,
             }
             match s.state {
                 TcpState::Listen => {
@@ -318,7 +327,7 @@ impl Tally {
         }
         self.counts = counts;
         self.time_wait_by_dest.clear();
-        self.fin_wait2_minis = 0;
+        self.fin_wait2_minis = [0; 2];
         self.time_wait.clear();
         self.time_wait_next_expiry = u64::MAX;
         for (tuple, entry) in time_wait {
@@ -442,8 +451,8 @@ impl Tally {
         report
     }
 
-    fn add(&mut self, state: TcpState, n: i64) {
-        let slot = &mut self.counts[state.index()];
+    fn add(&mut self, family: usize, state: TcpState, n: i64) {
+        let slot = &mut self.counts[family][state.index()];
         *slot += n;
         if *slot < 0 {
             *slot = 0;
@@ -492,11 +501,12 @@ impl Tally {
         }
 
         // Per-state counts (SYN_RECV full sockets are brief but counted like the rest).
+        let family = family_of(tuple.local_ip);
         if !born && live(t.old) {
-            self.add(t.old, -1);
+            self.add(family, t.old, -1);
         }
         if live(t.new) {
-            self.add(t.new, 1);
+            self.add(family, t.new, 1);
         }
 
         // Per remote IP: full sockets from birth to death (or to the end of TIME_WAIT);
@@ -605,7 +615,8 @@ impl Tally {
     /// and per-destination counts.
     fn count_time_wait(&mut self, tuple: Tuple, entry: TimeWaitEntry, sign: i64) {
         if entry.fin_wait2 {
-            self.fin_wait2_minis = self.fin_wait2_minis.saturating_add_signed(sign);
+            let minis = &mut self.fin_wait2_minis[family_of(tuple.local_ip)];
+            *minis = minis.saturating_add_signed(sign);
         }
         if entry.client_side {
             let dest = (tuple.remote_ip, tuple.remote_port);
@@ -659,8 +670,8 @@ impl Tally {
 
     /// The TIME_WAIT count tcpmon believes in.
     pub fn time_wait(&self) -> u64 {
-        (self.time_wait.len() as i64 - self.fin_wait2_minis as i64 + self.time_wait_adjust).max(0)
-            as u64
+        let minis: u64 = self.fin_wait2_minis.iter().sum();
+        (self.time_wait.len() as i64 - minis as i64 + self.time_wait_adjust).max(0) as u64
     }
 
     /// Corrects the TIME_WAIT total from /proc/net/sockstat's `tw` (which also counts
@@ -685,12 +696,48 @@ impl Tally {
     /// own sources.
     pub fn state_counts(&self) -> [u64; 12] {
         let mut out = [0u64; 12];
-        for state in TcpState::ALL {
-            out[state.index()] = self.counts[state.index()].max(0) as u64;
+        for family in self.family_counts() {
+            for (state, n) in family.iter() {
+                out[state.index()] += n;
+            }
         }
-        out[TcpState::TimeWait.index()] = self.time_wait();
-        out[TcpState::FinWait2.index()] += self.fin_wait2_minis;
-        out[TcpState::SynRecv.index()] += self.half_open_total();
+        out
+    }
+
+    /// Counts per state for IPv4, IPv6 and, for what sockstat's TIME_WAIT correction
+    /// adds (it has no family), unknown. A correction that takes away is taken from the
+    /// families, largest first.
+    pub fn family_counts(&self) -> [StateCounts; 3] {
+        let mut out = [StateCounts::default(); 3];
+        let table = self.time_wait.len_by_family();
+        for family in 0..2 {
+            let counts = &mut out[family];
+            for state in TcpState::ALL {
+                counts.0[state.index()] = self.counts[family][state.index()].max(0) as u64;
+            }
+            counts.0[TcpState::TimeWait.index()] =
+                (table[family] as u64).saturating_sub(self.fin_wait2_minis[family]);
+            counts.0[TcpState::FinWait2.index()] += self.fin_wait2_minis[family];
+        }
+        for ((ip, _), h) in &self.half_open {
+            out[family_of(*ip)].0[TcpState::SynRecv.index()] += h.count;
+        }
+        let tw = TcpState::TimeWait.index();
+        if self.time_wait_adjust >= 0 {
+            out[2].0[tw] = self.time_wait_adjust as u64;
+        } else {
+            let mut excess = self.time_wait_adjust.unsigned_abs();
+            let order = if out[0].0[tw] >= out[1].0[tw] {
+                [0, 1]
+            } else {
+                [1, 0]
+            };
+            for family in order {
+                let cut = excess.min(out[family].0[tw]);
+                out[family].0[tw] -= cut;
+                excess -= cut;
+            }
+        }
         out
     }
 
@@ -756,6 +803,7 @@ impl Tally {
             per_ip_top,
             per_ip_tracked: self.per_ip.exact.len(),
             per_ip_aggregated: self.per_ip.aggregated,
+            per_ip_total: self.per_ip.exact.values().sum::<u64>() + self.per_ip.aggregated,
             close_wait_by_port,
             time_wait_by_dest,
             half_open,
@@ -1083,6 +1131,39 @@ mod tests {
             }]
         );
         assert_eq!(t.view(5).close_wait_by_port, vec![(80, 2, 10 * SEC, true)]);
+    }
+
+    #[test]
+    fn counts_split_by_family_and_the_correction_is_said_apart() {
+        let mut t = Tally::new(TallyConfig::default());
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let mut sockets = vec![
+            socket(Established, (2, 80), (1, 5000), 7),
+            Socket::new(Established, (v6, 80), (v6, 5001), 8),
+            Socket::new(Established, (mapped, 80), (mapped, 5002), 9),
+            Socket::new(TimeWait, (v6, 40000), (v6, 443), 0),
+        ];
+        sockets[3].timer_jiffies = 6000;
+        t.reconcile(&sockets, 0);
+        let [v4, six, unknown] = t.family_counts();
+        assert_eq!(v4.get(Established), 2, "v4-mapped counts as IPv4");
+        assert_eq!(six.get(Established), 1);
+        assert_eq!(six.get(TimeWait), 1);
+        assert_eq!(unknown.total(), 0);
+        // sockstat knows of 3 more TIME_WAIT sockets: family unknown.
+        t.reconcile_time_wait(4);
+        assert_eq!(t.family_counts()[2].get(TimeWait), 3);
+        // ... and of none: the family's entry is taken away.
+        t.reconcile_time_wait(0);
+        let [v4, six, unknown] = t.family_counts();
+        assert_eq!(
+            (v4.get(TimeWait), six.get(TimeWait), unknown.get(TimeWait)),
+            (0, 0, 0)
+        );
+        let total: [u64; 12] = t.state_counts();
+        assert_eq!(total[Established.index()], 3);
+        assert_eq!(total[TimeWait.index()], 0);
     }
 
     #[test]

@@ -98,6 +98,11 @@ impl TimeWaitTable {
         self.v4.len() + self.other.len()
     }
 
+    /// Entries of IPv4 tuples, and of IPv6 ones.
+    pub fn len_by_family(&self) -> [usize; 2] {
+        [self.v4.len(), self.other.len()]
+    }
+
     pub fn clear(&mut self) {
         self.v4.clear();
         self.other.clear();

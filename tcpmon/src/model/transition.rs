@@ -55,6 +55,13 @@ impl Task {
         self.comm.starts_with(b"ksoftirqd/")
     }
 
+    /// Whether this task really made the transition `old -> new`: only a system call
+    /// does (see [`made_by_syscall`]), and never the idle task (pid 0, which is what a
+    /// record without a task carries) or a softirq thread.
+    pub fn attributable(&self, old: TcpState, new: TcpState) -> bool {
+        made_by_syscall(old, new) && self.pid != 0 && !self.is_softirq_thread()
+    }
+
     /// The name up to its first NUL, invalid UTF-8 replaced.
     pub fn comm(&self) -> String {
         let end = self
