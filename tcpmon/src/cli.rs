@@ -43,6 +43,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Live transitions, tallies and alerts (eBPF; falls back to polling).
     Watch(WatchArgs),
+    /// The live engine as a node agent: Prometheus metrics, health and active alerts
+    /// over HTTP (loopback unless told otherwise).
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -363,6 +366,35 @@ impl WatchArgs {
                 states: self.state.clone(),
             }),
         )
+    }
+}
+
+/// tcpmon's default metrics port: outside 9100-9999, the range Prometheus allocates to
+/// exporters, and below Linux's ephemeral ports.
+pub const DEFAULT_SERVE_PORT: u16 = 29827;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to serve HTTP on. The default is loopback only: give a routable address to
+    /// let a Prometheus elsewhere scrape it.
+    #[arg(long, value_name = "ADDR:PORT",
+          default_value_t = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_SERVE_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// Series per bounded list: remote IPs, CLOSE_WAIT ports, destinations (the rest as
+    /// "other").
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top: u32,
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+impl ServeArgs {
+    /// The engine publishes every `--interval`, and shows no transition (it only counts
+    /// them).
+    pub fn engine_config(&self) -> EngineConfig {
+        self.live
+            .engine_config(self.live.interval, self.top as usize, None)
     }
 }
 

@@ -2,6 +2,7 @@
 mod cli;
 mod cmd;
 mod exit;
+mod http;
 mod signals;
 mod stdout;
 
@@ -26,8 +27,10 @@ fn main() -> ExitCode {
             .exit();
     }
     let style = Style::detect();
-    if let Command::Watch(args) = &cli.command {
-        return exit(cmd::watch::run(args, style));
+    match &cli.command {
+        Command::Watch(args) => return exit(cmd::watch::run(args, style)),
+        Command::Serve(args) => return exit(cmd::serve::run(args)),
+        _ => {}
     }
     let mut out = stdout::SnapshotOut::stdout();
     let result = match &cli.command {
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
         Command::PerPort(a) => cmd::per_port::run(a, &mut out, style),
         Command::Timewait(a) => cmd::timewait::run(a, &mut out, style),
         Command::Audit(a) => cmd::audit::run(a, &mut out, style),
-        Command::Watch(_) => unreachable!("handled above"),
+        Command::Watch(_) | Command::Serve(_) => unreachable!("handled above"),
     };
     let flushed = out.flush().map_err(anyhow::Error::from);
     exit(result.and_then(|status| flushed.map(|()| status)))

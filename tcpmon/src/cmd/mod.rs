@@ -5,6 +5,7 @@ pub mod listen;
 pub mod per_ip;
 pub mod per_port;
 pub mod report;
+pub mod serve;
 pub mod states;
 pub mod timewait;
 pub mod watch;
@@ -31,6 +32,7 @@ pub fn check(command: &Command) -> Result<(), String> {
         Command::Report(a) => a.thresholds.thresholds(),
         Command::Audit(a) => a.thresholds.thresholds(),
         Command::Watch(a) => a.live.thresholds.thresholds(),
+        Command::Serve(a) => a.live.thresholds.thresholds(),
         _ => return Ok(()),
     };
     thresholds.validate().map_err(|e| e.to_string())

@@ -132,6 +132,59 @@ fn scan_process(proc_root: &ProcRoot, pid: u32, shared: &Shared<'_>) -> std::io:
     Ok(())
 }
 
+/// A process's own usage, as Prometheus clients report it (process_* metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessUsage {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub start_time_seconds: f64,
+}
+
+/// This process's CPU time, resident memory and start time, from /proc/self/stat and
+/// /proc/self/statm (what Prometheus clients report as process_* metrics).
+pub fn self_usage(proc_root: &ProcRoot) -> Option<ProcessUsage> {
+    let stat = read::small_text(&proc_root.path().join("self/stat")).ok()?;
+    let statm = read::small_text(&proc_root.path().join("self/statm")).ok()?;
+    let boot = read::small_text(&proc_root.path().join("stat")).ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    parse_usage(&stat, &statm, &boot, ticks as f64, page as u64)
+}
+
+/// The pure part of [`self_usage`]: `stat`'s fields after the command name (which may
+/// hold spaces and parentheses), `statm`'s resident pages, `/proc/stat`'s btime.
+fn parse_usage(
+    stat: &str,
+    statm: &str,
+    proc_stat: &str,
+    ticks_per_sec: f64,
+    page_bytes: u64,
+) -> Option<ProcessUsage> {
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14, 15 (utime, stime) and 22 (starttime) of proc(5), counted from 3 here.
+    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    let cpu = (field(14)? + field(15)?) / ticks_per_sec;
+    let start_ticks = field(22)?;
+    let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let btime: f64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ProcessUsage {
+        cpu_seconds: cpu,
+        resident_bytes: resident * page_bytes,
+        start_time_seconds: btime + start_ticks / ticks_per_sec,
+    })
+}
+
 /// Parses `socket:[12345]`.
 fn socket_inode(link: &[u8]) -> Option<u64> {
     let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
@@ -141,6 +194,19 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_its_own_usage() {
+        let usage = self_usage(&ProcRoot::host()).expect("our own /proc");
+        assert!(usage.resident_bytes > 1 << 20);
+        assert!(usage.start_time_seconds > 1.0e9);
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1000 100 5";
+        let u = parse_usage(stat, "100 25 3", "cpu 1\nbtime 1700000000\n", 100.0, 4096).unwrap();
+        assert_eq!(u.cpu_seconds, 3.0);
+        assert_eq!(u.resident_bytes, 25 * 4096);
+        assert_eq!(u.start_time_seconds, 1_700_000_010.0);
+        assert!(parse_usage("garbage", "", "", 100.0, 4096).is_none());
+    }
 
     #[test]
     fn parses_socket_links_only() {

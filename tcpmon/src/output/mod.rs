@@ -3,5 +3,6 @@
 //! the sinks that write them to a stream ([`live`]).
 pub mod human;
 pub mod live;
+pub mod metrics;
 pub mod ndjson;
 pub mod table;
