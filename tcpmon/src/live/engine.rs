@@ -21,9 +21,9 @@ use super::{
     poll,
     record::{
         ActiveAlert, AlertRecord, CloseWaitPort, DestinationRecord, FamilyStates, HalfOpenListener,
-        IpCountRecord, ListenerRecord, ModeRecord, PerIpTally, PortCountRecord, ReconcileSummary,
-        SummaryRecord, SynCounterState, SynTotals, TallyRecord, TimeWaitTally, Timestamp,
-        TransitionEvent, SCHEMA_VERSION,
+        IpCountRecord, ListenerRecord, ModeRecord, PairCount, PerIpTally, PortCountRecord,
+        ReconcileSummary, SummaryRecord, SynCounterState, SynTotals, TallyRecord, TimeWaitTally,
+        Timestamp, TransitionEvent, SCHEMA_VERSION,
     },
     rules::{Alert, Detector, Inputs},
     source::EventSource,
@@ -260,6 +260,8 @@ pub struct Engine<H: Host, S: EventSource> {
     /// Tally::reconcile_window).
     window: Option<Vec<Transition>>,
     received: Received,
+    /// Tallied transitions per (old, new).
+    pairs: Box<[[u64; 12]; 12]>,
     kernel: KernelCounters,
     loss: LossTracker,
     syn: SynState,
@@ -318,6 +320,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             tally,
             window: None,
             received: Received::default(),
+            pairs: Box::new([[0; 12]; 12]),
             kernel: KernelCounters::default(),
             loss: LossTracker::default(),
             syn: SynState::default(),
@@ -465,6 +468,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             None
         } else {
             self.received.transitions += 1;
+            self.pairs[t.old.index()][t.new.index()] += 1;
             if origin == Origin::Ebpf {
                 match (t.old, t.new) {
                     (TcpState::Listen, TcpState::SynRecv) => {
@@ -861,6 +865,14 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                     rule: rule.to_owned(),
                     subject: subject.to_owned(),
                     severity,
+                })
+                .collect(),
+            transitions_by_pair: TcpState::ALL
+                .iter()
+                .flat_map(|&old| TcpState::ALL.iter().map(move |&new| (old, new)))
+                .filter_map(|(old, new)| {
+                    let count = self.pairs[old.index()][new.index()];
+                    (count > 0).then_some(PairCount { old, new, count })
                 })
                 .collect(),
             received: self.received,

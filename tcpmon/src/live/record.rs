@@ -9,7 +9,7 @@ use super::{loss::Received, rules::Alert};
 use crate::{
     ebpf::KernelCounters,
     host::clock::Clock,
-    model::{Origin, Process, Severity, StateCounts, Transition},
+    model::{Origin, Process, Severity, StateCounts, TcpState, Transition},
 };
 
 /// The version of the NDJSON record schemas; it changes when a field changes meaning or
@@ -209,6 +209,14 @@ pub struct ActiveAlert {
     pub severity: Severity,
 }
 
+/// How many transitions went from `old` to `new`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairCount {
+    pub old: TcpState,
+    pub new: TcpState,
+    pub count: u64,
+}
+
 /// The SYN counter's state (a cgroup sock_ops program attached only while SYN trouble is
 /// suspected).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +256,8 @@ pub struct TallyRecord {
     /// The kernel's SYN-side TcpExt counters (namespace-wide, since boot).
     pub tcp_ext: crate::host::kstats::SynCounters,
     pub alerts_active: Vec<ActiveAlert>,
+    /// Transitions tallied since the start, per (old, new) pair seen.
+    pub transitions_by_pair: Vec<PairCount>,
     pub received: Received,
     pub syn_counter: SynCounterState,
     pub kernel: KernelCounters,

@@ -55,8 +55,6 @@ pub struct ActiveAlert {
 pub struct MetricsSnapshot {
     pub mode: Option<ModeRecord>,
     pub tally: Option<TallyRecord>,
-    /// Transitions seen since the start, per (from, to).
-    pub transitions: Vec<(TcpState, TcpState, u64)>,
     /// Alerts raised or escalated since the start, per (rule, severity).
     pub alerts_total: Vec<(&'static str, Severity, u64)>,
     pub active: Vec<ActiveAlert>,
@@ -91,7 +89,6 @@ impl Published {
 #[derive(Debug)]
 pub struct MetricsSink {
     published: Arc<Published>,
-    pairs: Box<[[u64; 12]; 12]>,
     mode: Option<ModeRecord>,
     alerts_total: BTreeMap<(&'static str, Severity), u64>,
     active: BTreeMap<(&'static str, String), ActiveAlert>,
@@ -103,7 +100,6 @@ impl MetricsSink {
     pub fn new(published: Arc<Published>) -> Self {
         Self {
             published,
-            pairs: Box::new([[0; 12]; 12]),
             mode: None,
             alerts_total: BTreeMap::new(),
             active: BTreeMap::new(),
@@ -113,19 +109,9 @@ impl MetricsSink {
     }
 
     fn publish(&self) {
-        let mut transitions = Vec::new();
-        for from in TcpState::ALL {
-            for to in TcpState::ALL {
-                let n = self.pairs[from.index()][to.index()];
-                if n > 0 {
-                    transitions.push((from, to, n));
-                }
-            }
-        }
         self.published.publish(MetricsSnapshot {
             mode: self.mode.clone(),
             tally: self.tally.clone(),
-            transitions,
             alerts_total: self
                 .alerts_total
                 .iter()
@@ -150,10 +136,8 @@ impl Sink for MetricsSink {
         Ok(())
     }
 
-    #[inline]
-    fn transition(&mut self, event: &TransitionEvent<'_>) -> io::Result<()> {
-        let t = event.transition;
-        self.pairs[t.old.index()][t.new.index()] += 1;
+    /// Transitions are counted by the engine (the tally's `transitions_by_pair`).
+    fn transition(&mut self, _: &TransitionEvent<'_>) -> io::Result<()> {
         Ok(())
     }
 
@@ -432,19 +416,6 @@ pub fn registry(snapshot: &MetricsSnapshot, usage: ProcessUsage) -> Registry {
         "When tcpmon started, in seconds since the Unix epoch",
         usage.start_time_seconds,
     );
-    let transitions = counter_family::<PairLabels>(
-        &mut r,
-        "tcpmon_state_transitions",
-        "TCP state transitions seen since tcpmon started (inferred ones when polling)",
-    );
-    for (from, to, n) in &snapshot.transitions {
-        transitions
-            .get_or_create(&PairLabels {
-                from: state_label(*from),
-                to: state_label(*to),
-            })
-            .inc_by(*n);
-    }
     let alerts_total = counter_family::<RuleLabels>(
         &mut r,
         "tcpmon_alerts",
@@ -486,6 +457,19 @@ pub fn registry(snapshot: &MetricsSnapshot, usage: ProcessUsage) -> Registry {
 
 /// The metrics a tally record carries.
 fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
+    let transitions = counter_family::<PairLabels>(
+        r,
+        "tcpmon_state_transitions",
+        "TCP state transitions tallied since tcpmon started (inferred ones when polling)",
+    );
+    for pair in &t.transitions_by_pair {
+        transitions
+            .get_or_create(&PairLabels {
+                from: state_label(pair.old),
+                to: state_label(pair.new),
+            })
+            .inc_by(pair.count);
+    }
     let connections = gauge_family::<StateLabels>(
         r,
         "tcpmon_connections",
@@ -799,5 +783,276 @@ impl<'a> AlertsDocument<'a> {
             alerts: &snapshot.active,
             omitted: snapshot.active_omitted,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, net::IpAddr};
+
+    use super::*;
+    use crate::{
+        ebpf::decode::encode_transition,
+        host::proc_net::Socket,
+        live::{
+            fake::{FakeHost, FakeSource},
+            record::{ListenerRecord, Mode, SynTotals, SCHEMA_VERSION},
+            rules::Alert,
+            Engine, EngineConfig,
+        },
+        model::{Endpoints, Family, Thresholds, Transition},
+    };
+
+    /// `name{labels} value` lines of an exposition, by series.
+    fn series(text: &str) -> HashMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').unwrap();
+                (name.to_owned(), value.parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn mode() -> ModeRecord {
+        ModeRecord {
+            schema_version: SCHEMA_VERSION,
+            mode: Mode::Ebpf,
+            reason: "test".into(),
+            notes: Vec::new(),
+            fell_back: false,
+            poll_interval: None,
+        }
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(
+            Format::negotiate(Some("text/plain;version=0.0.4;q=0.5")),
+            Format::Prometheus
+        );
+        // What Prometheus sends.
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0, text/plain")),
+            Format::Prometheus
+        );
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP a_seconds A.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\na_seconds_total 3\n# HELP g G.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP a_seconds_total A.\n# TYPE a_seconds_total counter\na_seconds_total 3\n# HELP g G.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    fn lo() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    #[test]
+    fn the_engine_s_records_become_series() {
+        let published = Arc::new(Published::default());
+        let mut sink = MetricsSink::new(Arc::clone(&published));
+        let mut sockets: Vec<Socket> = (0..3)
+            .map(|i| {
+                Socket::new(
+                    TcpState::Established,
+                    (lo(), 80),
+                    (lo(), 5000 + i),
+                    10 + u64::from(i),
+                )
+            })
+            .collect();
+        sockets.push(Socket::new(
+            TcpState::CloseWait,
+            (lo(), 8080),
+            (lo(), 6000),
+            20,
+        ));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        sockets.push(Socket::new(
+            TcpState::Established,
+            (v6, 443),
+            (v6, 7000),
+            30,
+        ));
+        let mut engine = Engine::start(
+            EngineConfig {
+                top: 2,
+                thresholds: Thresholds {
+                    close_wait_age_secs: 1.0,
+                    ..Thresholds::DEFAULT
+                },
+                transitions: None,
+                ..EngineConfig::default()
+            },
+            FakeHost {
+                sockets,
+                owners: [(
+                    20,
+                    crate::model::Process {
+                        pid: 7,
+                        comm: "leaky".into(),
+                    },
+                )]
+                .into(),
+                ..FakeHost::default()
+            },
+            Some(FakeSource::default()),
+            mode(),
+            &mut sink,
+        )
+        .unwrap();
+        let t = Transition {
+            at: Endpoints {
+                ts_ns: 2_000_000_000,
+                skaddr: 99,
+                netns: 0,
+                family: Family::Ipv4,
+                local_ip: lo(),
+                local_port: 80,
+                remote_ip: lo(),
+                remote_port: 5000,
+            },
+            old: TcpState::Established,
+            new: TcpState::CloseWait,
+            task: None,
+        };
+        engine.source_mut().unwrap().push(encode_transition(&t));
+        engine.drain(&mut sink).unwrap();
+        // What the table shows now (the alert's owner lookup re-reads it).
+        engine.host_mut().sockets[0].state = TcpState::CloseWait;
+        engine.host_mut().now_ns += 5_000_000_000;
+        engine.tick(&mut sink).unwrap();
+        engine.write_tally(&mut sink).unwrap();
+        let (_, snapshot) = published.latest();
+        let text = encode(&snapshot, ProcessUsage::default(), Format::Prometheus);
+        let s = series(&text);
+        let get = |k: &str| {
+            s.get(k)
+                .copied()
+                .unwrap_or_else(|| panic!("no {k} in\n{text}"))
+        };
+        assert_eq!(
+            get(r#"tcpmon_connections{state="established",family="ipv4"}"#),
+            2.0
+        );
+        assert_eq!(
+            get(r#"tcpmon_connections{state="established",family="ipv6"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"tcpmon_connections{state="close_wait",family="ipv4"}"#),
+            2.0
+        );
+        assert_eq!(
+            get(r#"tcpmon_state_transitions_total{from="established",to="close_wait"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"tcpmon_close_wait_sockets{port="8080",process="leaky[7]"}"#),
+            1.0
+        );
+        assert_eq!(get(r#"tcpmon_close_wait_sockets{port="80",process="unknown"}"#), 1.0);
+        assert_eq!(get(r#"tcpmon_close_wait_sockets{port="other",process="other"}"#), 0.0);
+        let close_wait_total: f64 = s
+            .iter()
+            .filter(|(k, _)| k.starts_with("tcpmon_close_wait_sockets"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(close_wait_total, 2.0);
+        let ips: Vec<&String> = s
+            .keys()
+            .filter(|k| k.starts_with("tcpmon_remote_ip_connections"))
+            .collect();
+        assert_eq!(ips.len(), 3, "the top two and other: {ips:?}");
+        assert_eq!(
+            get(r#"tcpmon_alert_active{rule="close_wait",severity="warning",subject="8080"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"tcpmon_alerts_total{rule="close_wait",severity="warning"}"#),
+            2.0,
+            "ports 80 and 8080"
+        );
+        assert_eq!(get(r#"tcpmon_mode_info{mode="ebpf"}"#), 1.0);
+        assert_eq!(get("tcpmon_up"), 1.0);
+        assert_eq!(
+            get(r#"tcpmon_events_received_total{kind="transition"}"#),
+            1.0
+        );
+        // OpenMetrics carries the same series and the EOF marker.
+        let om = encode(&snapshot, ProcessUsage::default(), Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"));
+        assert_eq!(series(&om.replace("# EOF\n", "")).len(), s.len());
+    }
+
+    #[test]
+    fn label_sets_stay_bounded() {
+        let mut sink = MetricsSink::new(Arc::new(Published::default()));
+        let alert = |i: usize| Alert {
+            status: Status::Raised,
+            severity: Severity::Warning,
+            rule: "per_ip",
+            subject: format!("10.0.{}.{}", i / 256, i % 256),
+            message: String::new(),
+        };
+        for i in 0..1000 {
+            let a = alert(i);
+            sink.alert(&AlertRecord {
+                time: Timestamp(SystemTime::UNIX_EPOCH),
+                alert: &a,
+            })
+            .unwrap();
+        }
+        sink.publish();
+        let (_, mut snapshot) = sink.published.latest();
+        assert_eq!(snapshot.active.len(), MAX_ACTIVE_ALERTS);
+        assert_eq!(snapshot.active_omitted, 1000 - MAX_ACTIVE_ALERTS as u64);
+        // Thousands of listeners: at most MAX_LISTENERS series each, and "other".
+        let mut tally = Arc::make_mut(&mut snapshot).clone();
+        tally.tally = Some(crate::live::record::TallyRecord {
+            listeners: (0..3000u16)
+                .map(|p| ListenerRecord {
+                    listener: format!("0.0.0.0:{p}"),
+                    sockets: 1,
+                    backlog: Some(128),
+                    accept_queue: Some(0),
+                    half_open: 1,
+                    syn: SynTotals::default(),
+                })
+                .collect(),
+            ..sample_tally()
+        });
+        let text = encode(&tally, ProcessUsage::default(), Format::Prometheus);
+        let half_open = text
+            .lines()
+            .filter(|l| l.starts_with("tcpmon_listener_half_open{"))
+            .count();
+        assert_eq!(half_open, MAX_LISTENERS + 1);
+        assert!(text.contains(r#"tcpmon_listener_half_open{listener="other"} 2000"#));
+    }
+
+    fn sample_tally() -> crate::live::record::TallyRecord {
+        let mut sink = crate::live::fake::RecordingSink::default();
+        let mut engine = Engine::start(
+            EngineConfig::default(),
+            FakeHost::default(),
+            Some(FakeSource::default()),
+            mode(),
+            &mut sink,
+        )
+        .unwrap();
+        engine.tally_record()
     }
 }
