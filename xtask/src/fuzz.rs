@@ -66,13 +66,14 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
         if !out.status.success() || executions.is_none() {
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-            bail!("fuzz target {target} failed (a crash is saved under tcpmon/fuzz/artifacts/{target})");
+            if log.contains("Test unit written to") {
+                bail!("fuzz target {target} found a crash (saved under tcpmon/fuzz/artifacts/{target})");
+            }
+            bail!("fuzz target {target} did not run (see the output above)");
         }
-        results.push((
-            *target,
-            executions.unwrap_or(0),
-            started.elapsed().as_secs(),
-        ));
+        let executions = executions.unwrap_or(0);
+        eprintln!("xtask: {target}: {executions} executions, no crash");
+        results.push((*target, executions, started.elapsed().as_secs()));
     }
     println!(
         "{:<14} {:>14} {:>8} {:>8}",

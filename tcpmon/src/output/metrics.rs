@@ -963,8 +963,14 @@ mod tests {
             get(r#"tcpmon_close_wait_sockets{port="8080",process="leaky[7]"}"#),
             1.0
         );
-        assert_eq!(get(r#"tcpmon_close_wait_sockets{port="80",process="unknown"}"#), 1.0);
-        assert_eq!(get(r#"tcpmon_close_wait_sockets{port="other",process="other"}"#), 0.0);
+        assert_eq!(
+            get(r#"tcpmon_close_wait_sockets{port="80",process="unknown"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"tcpmon_close_wait_sockets{port="other",process="other"}"#),
+            0.0
+        );
         let close_wait_total: f64 = s
             .iter()
             .filter(|(k, _)| k.starts_with("tcpmon_close_wait_sockets"))
