@@ -46,6 +46,16 @@ pub enum Command {
     /// The live engine as a node agent: Prometheus metrics, health and active alerts
     /// over HTTP (loopback unless told otherwise).
     Serve(ServeArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// Directory to write man/ and completions/ into.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Watch(args) => return exit(cmd::watch::run(args, style)),
         Command::Serve(args) => return exit(cmd::serve::run(args)),
+        Command::Generate(args) => return exit(cmd::generate::run(args)),
         _ => {}
     }
     let mut out = stdout::SnapshotOut::stdout();
@@ -42,7 +43,9 @@ fn main() -> ExitCode {
         Command::PerPort(a) => cmd::per_port::run(a, &mut out, style),
         Command::Timewait(a) => cmd::timewait::run(a, &mut out, style),
         Command::Audit(a) => cmd::audit::run(a, &mut out, style),
-        Command::Watch(_) | Command::Serve(_) => unreachable!("handled above"),
+        Command::Watch(_) | Command::Serve(_) | Command::Generate(_) => {
+            unreachable!("handled above")
+        }
     };
     let flushed = out.flush().map_err(anyhow::Error::from);
     exit(result.and_then(|status| flushed.map(|()| status)))

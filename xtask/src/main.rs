@@ -2,6 +2,7 @@
 //! installed here, idempotently, so `cargo xtask run` and `cargo xtask test` are the only
 //! two commands a newcomer has to know.
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -44,6 +45,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build the Debian package (target/debian/): binary, man pages, completions, the
+    /// systemd unit, the Prometheus rules.
+    Package,
     /// Fuzz the parsers, the decoder and the ring walkers (cargo-fuzz, nightly), each
     /// target for --seconds, from its committed corpus; reports executions and crashes.
     Fuzz {
@@ -85,6 +89,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Task::Lint => lint()?,
         Task::Fuzz { seconds, targets } => fuzz::run(&root, seconds, &targets)?,
+        Task::Package => {
+            package::build(&root)?;
+        }
         Task::Test => test(&root)?,
         Task::Bench { args } => {
             setup::ensure_all(false)?;
@@ -205,6 +212,16 @@ fn test(root: &Path) -> Result<()> {
         "--ignored",
         "--test-threads=1",
     ])?;
+    // The package, installed and checked (as root only: it installs into the system).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let deb = package::build(root)?;
+        package::install_and_check(root, &deb)?;
+    } else if ci {
+        bail!("the package checks need root (CI=true)");
+    } else {
+        eprintln!("SKIPPED package install checks: they need root");
+    }
     eprintln!(
         "xtask: all tests passed in {:.0}s ({})",
         started.elapsed().as_secs_f64(),

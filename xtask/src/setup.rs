@@ -21,6 +21,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("netstat", "net-tools"),
     ("bc", "bc"),
     ("bpftool", "bpftool"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
+    ("man", "man-db"),
+    ("curl", "curl"),
 ];
 
 pub fn ensure_all(verbose: bool) -> Result<()> {
@@ -71,6 +76,14 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+/// cargo-deb, for `cargo xtask package`.
+pub fn ensure_cargo_deb() -> Result<()> {
+    if succeeds(Command::new("cargo").args(["deb", "--version"])) {
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))
 }
 
 /// cargo-fuzz, for `cargo xtask fuzz`.

@@ -1,6 +1,7 @@
 //! One module per subcommand; they share the snapshot plumbing below.
 pub mod audit;
 pub mod established;
+pub mod generate;
 pub mod listen;
 pub mod per_ip;
 pub mod per_port;
