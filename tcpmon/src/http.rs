@@ -26,8 +26,9 @@ use tokio::sync::{watch, Semaphore};
 
 /// The longest a client may take to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest one connection is served.
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// The longest one connection is served (a scraper's keep-alive connection is then
+/// re-opened; a client that reads its answer a byte at a time holds a slot no longer).
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(120);
 /// Connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 64;
 /// After a stop, the longest in-flight requests are given to finish.

@@ -109,6 +109,28 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Links this namespace to `other` with a veth pair: `addr` here, `peer_addr` there
+    /// (CIDR), both up. The pair goes when either namespace does.
+    pub fn link(&self, other: &Netns, addr: &str, peer_addr: &str) {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let (here, there) = (
+            format!("tmv{}a{seq}", std::process::id() % 10_000),
+            format!("tmv{}b{seq}", std::process::id() % 10_000),
+        );
+        run(
+            "ip",
+            &["link", "add", &here, "type", "veth", "peer", "name", &there],
+        );
+        run("ip", &["link", "set", &here, "netns", &self.name]);
+        run("ip", &["link", "set", &there, "netns", &other.name]);
+        self.exec_ok(&["ip", "addr", "add", addr, "dev", &here]);
+        self.exec_ok(&["ip", "link", "set", &here, "up"]);
+        other.exec_ok(&["ip", "addr", "add", peer_addr, "dev", &there]);
+        other.exec_ok(&["ip", "link", "set", &there, "up"]);
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -1,0 +1,379 @@
+//! `tcpmon serve` scraped by a real Prometheus server (Debian's), both in a private
+//! namespace with a known population: the connection gauges equal `ss -tan`, the shipped
+//! CLOSE_WAIT rule fires, and promtool finds nothing to say about a scrape. Also: serve
+//! with exactly the capabilities of the shipped systemd unit.
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::harness::{require_root, tcpmon_bin, Netns};
+
+/// A child killed (and reaped) on drop, also when the test panics.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// GET `path` from `addr` inside `ns` (through a thread that entered it).
+fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    ns.run(move || {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            return (0, String::new());
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_owned())
+    })
+}
+
+/// URL-encodes a PromQL query (the few characters queries here use).
+fn encode_query(q: &str) -> String {
+    q.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '.' | '-' => c.to_string(),
+            other => format!("%{:02X}", other as u32),
+        })
+        .collect()
+}
+
+fn query(ns: &Netns, prometheus: SocketAddr, q: &str) -> Value {
+    let (status, body) = http_get(
+        ns,
+        prometheus,
+        &format!("/api/v1/query?query={}", encode_query(q)),
+    );
+    assert_eq!(status, 200, "{q}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["data"]["result"].clone()
+}
+
+/// `ss -tan` per state, in node_exporter's spelling.
+fn ss_states(ns: &Netns) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in ns.exec_ok(&["ss", "-tan"]).lines().skip(1) {
+        let state = match line.split_whitespace().next().unwrap() {
+            "ESTAB" => "established".to_owned(),
+            "SYN-RECV" => "syn_recv".to_owned(),
+            other => other
+                .to_ascii_lowercase()
+                .replace('-', "_")
+                .replace("fin_wait_", "fin_wait"),
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    counts
+}
+
+/// A population: listeners, ESTABLISHED pairs, client TIME_WAIT, and a CLOSE_WAIT leak
+/// of 120 sockets on port 8080 (over the critical threshold).
+fn population(ns: &Netns) -> (Vec<TcpStream>, Vec<TcpListener>) {
+    ns.run(|| {
+        let mut keep = Vec::new();
+        let web = TcpListener::bind((Ipv4Addr::LOCALHOST, 8080)).unwrap();
+        let api = TcpListener::bind((Ipv4Addr::LOCALHOST, 9000)).unwrap();
+        for _ in 0..120 {
+            let client = TcpStream::connect((Ipv4Addr::LOCALHOST, 8080)).unwrap();
+            let (server, _) = web.accept().unwrap();
+            drop(client);
+            keep.push(server);
+        }
+        for i in 0..40 {
+            let client = TcpStream::connect((Ipv4Addr::LOCALHOST, 9000)).unwrap();
+            let (mut server, _) = api.accept().unwrap();
+            if i % 2 == 0 {
+                keep.push(client);
+                keep.push(server);
+            } else {
+                drop(client);
+                let mut b = [0u8; 1];
+                let _ = server.read(&mut b);
+            }
+        }
+        (keep, vec![web, api])
+    })
+}
+
+/// tracefs mounted where systemd mounts it, for as long as this lives (and unmounted
+/// after, when this mounted it).
+struct SystemdLikeTracefs(bool);
+
+impl SystemdLikeTracefs {
+    fn ensure() -> Self {
+        if std::path::Path::new("/sys/kernel/tracing/events").exists() {
+            return Self(false);
+        }
+        crate::harness::run(
+            "mount",
+            &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
+        );
+        Self(true)
+    }
+}
+
+impl Drop for SystemdLikeTracefs {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn prometheus_scrapes_serve_and_the_close_wait_rule_fires() {
+    if !require_root("prometheus_scrapes_serve_and_the_close_wait_rule_fires") {
+        return;
+    }
+    // The population and serve in one namespace; Prometheus, and every query this test
+    // makes, in another, so that monitoring adds nothing but the scrape connection to
+    // what is counted.
+    let ns = Netns::new("prom");
+    let monitor = Netns::new("promsrv");
+    ns.link(&monitor, "10.200.0.1/24", "10.200.0.2/24");
+    let _sockets = population(&ns);
+    let serve_addr: SocketAddr = "10.200.0.1:29827".parse().unwrap();
+    let prom_addr: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+    let _serve = Killed(
+        ns.command(tcpmon_bin().to_str().unwrap())
+            .args([
+                "serve",
+                "--interval",
+                "500ms",
+                "--listen",
+                "10.200.0.1:29827",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rules = workspace().join("deploy/prometheus/tcpmon.rules.yml");
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: tcpmon\n    static_configs:\n      - targets: ['{serve_addr}']\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let _prometheus = Killed(
+        monitor
+            .command("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Debian's prometheus package (cargo xtask setup installs it)"),
+    );
+    // The scrape itself passes promtool.
+    let started = Instant::now();
+    let exposition = loop {
+        let (status, body) = http_get(&monitor, serve_addr, "/metrics");
+        if status == 200 && body.contains("tcpmon_connections") {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve never answered"
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {checked:?}"
+    );
+
+    // tcpmon_connections per state, as Prometheus stored it, equals ss (read again each
+    // time: the scrape connection itself comes and goes).
+    let started = Instant::now();
+    loop {
+        let expected = ss_states(&ns);
+        let result = query(&monitor, prom_addr, "sum by (state) (tcpmon_connections)");
+        let got: BTreeMap<String, u64> = result
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["metric"]["state"].as_str().unwrap().to_owned(),
+                    s["value"][1].as_str().unwrap().parse::<f64>().unwrap() as u64,
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if got == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "Prometheus has {got:?}, ss says {expected:?}"
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+
+    // The shipped rule: over 100 CLOSE_WAIT on port 8080 for a minute.
+    let started = Instant::now();
+    loop {
+        let (status, body) = http_get(&monitor, prom_addr, "/api/v1/alerts");
+        assert_eq!(status, 200);
+        let alerts: Value = serde_json::from_str(&body).unwrap();
+        let firing = alerts["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| {
+                a["labels"]["alertname"] == "TcpmonCloseWaitLeakCritical"
+                    && a["labels"]["port"] == "8080"
+                    && a["state"] == "firing"
+            });
+        if firing {
+            eprintln!(
+                "TcpmonCloseWaitLeakCritical firing {:?} after start",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the rule did not fire: {body}"
+        );
+        thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn serve_works_with_exactly_the_units_capabilities() {
+    if !require_root("serve_works_with_exactly_the_units_capabilities") {
+        return;
+    }
+    let unit = std::fs::read_to_string(workspace().join("deploy/systemd/tcpmon.service")).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
+        .collect();
+    let list = format!("-all,{}", caps.join(","));
+    let ns = Netns::new("unit");
+    let _sockets = population(&ns);
+    // The unit has no CAP_SYS_ADMIN: it relies on systemd having mounted tracefs.
+    let _tracefs = SystemdLikeTracefs::ensure();
+    // In this process's mount namespace (tracefs and cgroup2 mounted, as systemd does),
+    // as nobody, with the unit's capability set only.
+    let child = ns.run(move || {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                &format!("--inh-caps={list}"),
+                &format!("--ambient-caps={list}"),
+                &format!("--bounding-set={list}"),
+            ])
+            .arg(tcpmon_bin())
+            .args([
+                "serve",
+                "--interval",
+                "500ms",
+                "--close-wait-age",
+                "1s",
+                "--listen",
+                "127.0.0.1:29830",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    let mut serve = Killed(child);
+    let addr: SocketAddr = "127.0.0.1:29830".parse().unwrap();
+    let started = Instant::now();
+    let body = loop {
+        let (status, body) = http_get(&ns, addr, "/metrics");
+        if status == 200 && body.contains("tcpmon_close_wait_sockets{port=\"8080\"") {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no metrics: {body}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        body.contains(r#"tcpmon_mode_info{mode="ebpf"} 1"#),
+        "{body}"
+    );
+    // The owner of the leak (this test process) is named.
+    let owner = format!("[{}]", std::process::id());
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("tcpmon_close_wait_sockets{port=\"8080\"") && l.contains(&owner)),
+        "{body}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    let status = serve.0.wait().unwrap();
+    let mut err = String::new();
+    serve
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    // Every feature on: no note at all.
+    let notes: Vec<&str> = err.lines().filter(|l| l.contains("note:")).collect();
+    assert!(notes.is_empty(), "{notes:?}");
+}
