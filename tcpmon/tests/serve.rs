@@ -200,7 +200,7 @@ fn clients_that_never_finish_are_dropped_and_others_still_served() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = [0u8; 512];
         // A 408 or a plain close: either way the connection ends.
-        if matches!(s.read(&mut buf), Ok(_)) {
+        if s.read(&mut buf).is_ok() {
             closed += 1;
         }
     }
