@@ -3,7 +3,8 @@
 #   churn_netns PREFIX      sets ns, work and watcher
 #   start_watch OPTIONS...  starts `tcpmon watch --json --mode ebpf OPTIONS >/dev/null` in
 #                           the namespace (stderr in $work/watch.err), its pid in watcher;
-#                           $TCPMON_BIN, when set, names another tcpmon build to run
+#                           $TCPMON_BIN, when set, names another tcpmon build to run, and
+#                           $TCPMON_CMD another command than `watch --json`
 #   stop_watch              SIGTERM, and waits for it to detach
 churn_netns() {
     ns="$1-$$"
@@ -22,7 +23,9 @@ in_ns() { ip netns exec "$ns" "$@"; }
 rate_of() { sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
 start_watch() {
     # Not through in_ns: a backgrounded function is a subshell, and $! must be tcpmon.
-    ip netns exec "$ns" "${TCPMON_BIN:-$tcpmon}" watch --json --mode ebpf "$@" >/dev/null 2>"$work/watch.err" &
+    local cmd
+    read -r -a cmd <<<"${TCPMON_CMD:-watch --json}"
+    ip netns exec "$ns" "${TCPMON_BIN:-$tcpmon}" "${cmd[@]}" --mode ebpf "$@" >/dev/null 2>"$work/watch.err" &
     watcher=$!
     sleep 1.5
 }

@@ -7,6 +7,10 @@
 # e.g. watch_paired.sh -- "--nice 0" "--nice -10" ""   ("" = the defaults)
 # An option set starting with @PATH runs the tcpmon at PATH (another build) with the rest:
 #     watch_paired.sh -- "@/tmp/old/tcpmon" ""
+# One starting with "serve" runs `tcpmon serve` (on a free loopback port) instead of
+# watch; "bpftrace-count" runs bpftrace counting transitions in a kernel map (a floor
+# for any tool that hooks every state change):
+#     watch_paired.sh -- "serve" "bpftrace-count"
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -34,16 +38,30 @@ for ((r = 0; r < rounds; r++)); do
     for ((i = 0; i < count; i++)); do
         v=$(((i + r) % count))
         read -r -a opts <<<"${variants[$v]}"
-        bin="$tcpmon"
+        bin="$tcpmon" cmd="watch --json"
         if [[ "${opts[0]:-}" == @* ]]; then
             bin="${opts[0]#@}"
             opts=("${opts[@]:1}")
         fi
+        if [[ "${opts[0]:-}" == serve ]]; then
+            cmd="serve --listen 127.0.0.1:0"
+            opts=("${opts[@]:1}")
+        fi
         base=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
         sleep 1
-        TCPMON_BIN="$bin" start_watch "${opts[@]}"
-        with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
-        stop_watch
+        if [[ "${opts[0]:-}" == bpftrace-count ]]; then
+            [[ -d /sys/kernel/tracing/events ]] || mount -t tracefs tracefs /sys/kernel/tracing
+            bpftrace -e 'tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }' >/dev/null 2>&1 &
+            watcher=$!
+            sleep 3
+            echo "bpftrace" > "$work/watch.err"
+            with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+            kill -INT "$watcher"; wait "$watcher" || true; watcher=""
+        else
+            TCPMON_BIN="$bin" TCPMON_CMD="$cmd" start_watch "${opts[@]}"
+            with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+            stop_watch
+        fi
         lost=$(awk -v a="$base" -v b="$with" 'BEGIN { printf "%.2f", 100 * (1 - b / a) }')
         echo "$v $lost" >> "$work/losses"
         printf '%-24s %10s %10s %7s%%  %s\n' "$(label "$v")" "$base" "$with" "$lost" \

@@ -22,6 +22,7 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
     signals::install(&stop).context("installing signal handlers")?;
     let listener =
         http::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let bound = listener.local_addr().unwrap_or(args.listen);
     if !args.listen.ip().is_loopback() {
         eprintln!(
             "tcpmon: note: serving metrics on {}, reachable from the network",
@@ -47,7 +48,7 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
             })
         })
         .context("starting the HTTP thread")?;
-    eprintln!("tcpmon: serving http://{}/metrics", args.listen);
+    eprintln!("tcpmon: serving http://{bound}/metrics");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
