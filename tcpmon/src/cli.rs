@@ -4,10 +4,13 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcpmon::{
     ebpf::{LoadOptions, StateHook},
-    host::ProcRoot,
+    host::{netns::resolve_spec, ProcRoot},
     live::{EngineConfig, ModeChoice, SourceOptions, TransitionFilter},
     model::{duration::parse_duration, Family, Severity, TcpState, Thresholds},
-    snapshot::analysis::{parse_net, Filter},
+    snapshot::{
+        analysis::{parse_net, Filter},
+        namespaces::Selection,
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -87,6 +90,52 @@ pub struct SnapshotArgs {
     /// Read another /proc (e.g. a host's /proc mounted into a container).
     #[arg(long, value_name = "PATH", default_value = "/proc")]
     pub proc_root: PathBuf,
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+}
+
+/// Which network namespaces to read (default: tcpmon's own).
+#[derive(Args, Debug, Clone, Default)]
+pub struct NetnsArgs {
+    /// Every network namespace on the host (containers, pods, `ip netns`), each named
+    /// by its owner.
+    #[arg(long, conflicts_with = "netns")]
+    pub all_netns: bool,
+    /// This network namespace (repeatable): a pid, /proc/PID/ns/net, /run/netns/NAME or
+    /// an `ip netns` name.
+    #[arg(long, value_name = "SPEC")]
+    pub netns: Vec<String>,
+}
+
+impl NetnsArgs {
+    /// `None` for tcpmon's own namespace alone (the default).
+    pub fn selection(&self, root: &ProcRoot) -> Result<Option<Selection>, String> {
+        if self.all_netns {
+            return Ok(Some(Selection::All));
+        }
+        if self.netns.is_empty() {
+            return Ok(None);
+        }
+        let run = run_netns(root);
+        let mut wanted: Vec<(u64, PathBuf)> = Vec::new();
+        for spec in &self.netns {
+            let (inode, path) = resolve_spec(spec, root, &run)?;
+            if !wanted.iter().any(|(i, _)| *i == inode) {
+                wanted.push((inode, path));
+            }
+        }
+        Ok(Some(Selection::Only(wanted)))
+    }
+}
+
+/// Where `ip netns` keeps its bind mounts: this machine's /run/netns; none for another
+/// /proc, whose machine's /run is not ours to see.
+pub fn run_netns(root: &ProcRoot) -> PathBuf {
+    if root.is_own() {
+        PathBuf::from("/run/netns")
+    } else {
+        root.path().join("../run/netns")
+    }
 }
 
 impl SnapshotArgs {

@@ -100,12 +100,16 @@ fn every_snapshot_document_matches_the_schema() {
 fn this_machines_sockets_match_the_schema_too() {
     let schema = validator("snapshot.schema.json");
     for (command, _) in COMMANDS {
-        let out = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
-            .args([command, "--json", "--all"])
-            .output()
-            .unwrap();
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        check(&schema, &doc, command);
+        for netns in [None, Some("--all-netns")] {
+            let out = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
+                .args([command, "--json", "--all"])
+                .args(netns)
+                .output()
+                .unwrap();
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(doc.get("namespaces").is_some(), netns.is_some());
+            check(&schema, &doc, command);
+        }
     }
 }
 

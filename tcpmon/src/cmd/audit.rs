@@ -6,7 +6,7 @@ use serde::Serialize;
 use tcpmon::{
     model::{Severity, Thresholds},
     output::table::Style,
-    snapshot::audit::{audit, cut, fails, FindingList},
+    snapshot::audit::{cut, fails, FindingList},
 };
 
 use super::{load, write_header, write_json};
@@ -15,7 +15,7 @@ use crate::{cli::AuditArgs, exit::Status};
 pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let loaded = load(&args.snapshot, &[], true)?;
     let thresholds = args.thresholds.thresholds();
-    let findings = audit(&loaded.summary, &thresholds);
+    let findings = super::audit(&loaded, &thresholds);
     // The status covers every finding; the output shows --limit of each rule.
     let failed = fails(&findings, args.fail_on);
     let shown = cut(&findings, args.snapshot.limit());

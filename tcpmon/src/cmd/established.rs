@@ -11,7 +11,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     let loaded = load(args, &[TcpState::Established], false)?;
     let connections = &loaded.connections;
     let title = format!("ESTABLISHED ({})", connections.total);
-    let table = connections_table(&connections.items, "TIMER");
+    let table = connections_table(&connections.items, "TIMER", loaded.namespaces.as_ref());
     one_list(
         out,
         &loaded,

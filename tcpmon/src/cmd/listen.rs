@@ -19,7 +19,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     let loaded = load(&args, &[], true)?;
     let listeners = Listed::cut(&loaded.summary.listeners, args.limit());
     let title = format!("LISTENERS ({})", listeners.total);
-    let table = listeners_table(&listeners.items);
+    let table = listeners_table(&listeners.items, loaded.namespaces.as_ref());
     one_list(
         out,
         &loaded,

@@ -11,7 +11,7 @@ pub mod states;
 pub mod timewait;
 pub mod watch;
 
-use std::io::Write;
+use std::{collections::HashMap, io::Write};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -20,7 +20,8 @@ use tcpmon::{
     output::table::{thousands, Align, Listed, Style, Table},
     snapshot::{
         analysis::{Collect, Connection, Summary},
-        Snapshot,
+        audit::{audit_namespaces, Finding, NamespaceAudit},
+        namespaces, Snapshot,
     },
 };
 
@@ -41,26 +42,183 @@ pub fn check(command: &Command) -> Result<(), String> {
 
 /// What every snapshot command starts from.
 pub struct Loaded {
-    pub snapshot: Snapshot,
+    pub proc_root: std::path::PathBuf,
+    pub bytes_read: usize,
+    /// Files that do not exist (tcp6 when IPv6 is disabled).
+    pub missing: Vec<std::path::PathBuf>,
+    /// Every namespace read, as one.
     pub summary: Summary,
     pub connections: Listed<Connection>,
+    /// Present when namespaces were selected (`--all-netns`, `--netns`).
+    pub namespaces: Option<Namespaces>,
 }
 
-/// Reads both files once and aggregates them; `collect` keeps connection rows for the
-/// listing commands and `owners` walks /proc/PID/fd for listener/CLOSE_WAIT owners.
+/// The namespaces a snapshot read, each on its own.
+pub struct Namespaces {
+    pub loaded: namespaces::Loaded,
+    /// How each namespace is named in a table cell, by inode.
+    pub short: HashMap<u64, String>,
+}
+
+impl Namespaces {
+    fn new(loaded: namespaces::Loaded) -> Self {
+        let short = loaded
+            .parts
+            .iter()
+            .map(|p| (p.namespace.inode, namespaces::short_label(&p.namespace)))
+            .collect();
+        Self { loaded, short }
+    }
+
+    /// The table cell for a row of namespace `tag`.
+    pub fn cell(&self, tag: Option<u64>) -> String {
+        tag.and_then(|inode| self.short.get(&inode).cloned())
+            .unwrap_or_else(|| "-".into())
+    }
+}
+
+/// Reads the selected namespaces (tcpmon's own by default) and aggregates them;
+/// `collect_states` keeps connection rows for the listing commands and `owners` walks
+/// /proc/PID/fd for listener/CLOSE_WAIT owners.
 pub fn load(args: &SnapshotArgs, collect_states: &[TcpState], owners: bool) -> Result<Loaded> {
-    let snapshot = Snapshot::read(&args.proc_root()).context("reading the socket tables")?;
+    let root = args.proc_root();
     let collect = Collect {
         connections_of: collect_states.to_vec(),
         connection_limit: args.limit(),
     };
-    let (summary, connections, matched) =
-        tcpmon::snapshot::summarize_with(&snapshot, args.filter(), collect, owners);
+    let selection = args
+        .netns
+        .selection(&root)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let Some(selection) = selection else {
+        let snapshot = Snapshot::read(&root).context("reading the socket tables")?;
+        let (summary, connections, matched) =
+            tcpmon::snapshot::summarize_with(&snapshot, args.filter(), collect, owners);
+        return Ok(Loaded {
+            proc_root: root.path().to_path_buf(),
+            bytes_read: snapshot.bytes_read(),
+            missing: snapshot.missing().map(|f| f.path.clone()).collect(),
+            summary,
+            connections: Listed::from_parts(connections, matched as usize),
+            namespaces: None,
+        });
+    };
+    let loaded = namespaces::load(
+        &root,
+        &selection,
+        &crate::cli::run_netns(&root),
+        &args.filter(),
+        &collect,
+        owners,
+    );
+    if loaded.parts.is_empty() {
+        let why: Vec<String> = loaded
+            .skipped
+            .iter()
+            .map(|s| format!("{} ({}): {}", s.inode, s.owner, s.reason))
+            .collect();
+        anyhow::bail!(
+            "no network namespace could be read{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            }
+        );
+    }
+    let summary = namespaces::merge(&loaded.parts);
+    let matched: u64 = loaded.parts.iter().map(|p| p.matched).sum();
+    let mut connections: Vec<Connection> = loaded
+        .parts
+        .iter()
+        .flat_map(|p| p.connections.iter().cloned())
+        .collect();
+    if let Some(limit) = args.limit() {
+        connections.truncate(limit);
+    }
     Ok(Loaded {
-        snapshot,
+        proc_root: root.path().to_path_buf(),
+        bytes_read: loaded.parts.iter().map(|p| p.bytes_read).sum(),
+        missing: loaded
+            .parts
+            .iter()
+            .flat_map(|p| p.missing.iter().cloned())
+            .collect(),
         summary,
         connections: Listed::from_parts(connections, matched as usize),
+        namespaces: Some(Namespaces::new(loaded)),
     })
+}
+
+/// The audit of what was loaded: of each namespace on its own when several were read.
+pub fn audit(loaded: &Loaded, thresholds: &tcpmon::model::Thresholds) -> Vec<Finding> {
+    let Some(ns) = &loaded.namespaces else {
+        return tcpmon::snapshot::audit::audit(&loaded.summary, thresholds);
+    };
+    let parts: Vec<NamespaceAudit<'_>> = ns
+        .loaded
+        .parts
+        .iter()
+        .map(|p| NamespaceAudit {
+            inode: p.namespace.inode,
+            label: namespaces::label(&p.namespace),
+            summary: &p.summary,
+        })
+        .collect();
+    let unread: Vec<(u64, String, String)> = ns
+        .loaded
+        .skipped
+        .iter()
+        .filter(|s| !s.gone)
+        .map(|s| (s.inode, s.owner.clone(), s.reason.clone()))
+        .collect();
+    audit_namespaces(&parts, &unread, thresholds)
+}
+
+/// The NAMESPACES table: one row per namespace, largest first.
+pub fn namespaces_table(ns: &Namespaces, rows: &[namespaces::NamespaceSummary]) -> Table {
+    use TcpState::*;
+    let mut table = Table::new(&[
+        ("NETNS", Align::Left),
+        ("INODE", Align::Right),
+        ("OWNER", Align::Left),
+        ("TOTAL", Align::Right),
+        ("ESTAB", Align::Right),
+        ("LISTEN", Align::Right),
+        ("TIME_WAIT", Align::Right),
+        ("CLOSE_WAIT", Align::Right),
+        ("SYN_RECV", Align::Right),
+        ("OTHER", Align::Right),
+    ]);
+    for p in rows {
+        let states = &p.summary.states;
+        let shown = [Established, Listen, TimeWait, CloseWait, SynRecv];
+        let other = p.summary.total - shown.iter().map(|s| states.get(*s)).sum::<u64>();
+        let mut cells = vec![
+            ns.cell(Some(p.namespace.inode)),
+            p.namespace.inode.to_string(),
+            p.namespace.owner.to_string(),
+            thousands(p.summary.total),
+        ];
+        cells.extend(shown.iter().map(|s| thousands(states.get(*s))));
+        cells.push(thousands(other));
+        table.row(cells);
+    }
+    table
+}
+
+/// One namespace as the JSON `namespaces` array lists it.
+#[derive(Serialize)]
+pub struct NamespaceEntry<'a> {
+    pub inode: u64,
+    pub name: Option<&'a str>,
+    pub owner: &'a tcpmon::model::owner::Owner,
+    /// The owner as text ("pod web-7d9 (container 3f2a9c1b7e44)").
+    pub label: String,
+    pub total: u64,
+    pub ipv4: u64,
+    pub ipv6: u64,
+    pub states: &'a tcpmon::model::StateCounts,
 }
 
 /// The fields every JSON document starts with.
@@ -71,31 +229,54 @@ pub struct Source<'a> {
     pub proc_root: &'a std::path::Path,
     pub bytes_read: usize,
     /// Files that do not exist (tcp6 when IPv6 is disabled): their sockets are not counted.
-    pub missing: Vec<&'a std::path::Path>,
+    pub missing: &'a [std::path::PathBuf],
     pub total: u64,
     pub ipv4: u64,
     pub ipv6: u64,
     pub skipped: &'a tcpmon::snapshot::analysis::Skipped,
     /// Rows listed twice by a table that changed while it was read (counted once).
     pub duplicates: u64,
+    /// Each namespace read (with `--all-netns` or `--netns`), largest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<NamespaceEntry<'a>>>,
+    /// Namespaces that could not be read, and why; their sockets are not counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespaces_skipped: Option<&'a [namespaces::Skipped]>,
+    /// Processes whose namespace could not be looked at (another user's, without root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes_unreadable: Option<usize>,
 }
 
 impl<'a> Source<'a> {
     pub fn of(loaded: &'a Loaded) -> Self {
+        let ns = loaded.namespaces.as_ref().map(|n| &n.loaded);
         Self {
             schema_version: tcpmon::snapshot::SCHEMA_VERSION,
-            proc_root: loaded.snapshot.proc_root.path(),
-            bytes_read: loaded.snapshot.bytes_read(),
-            missing: loaded
-                .snapshot
-                .missing()
-                .map(|f| f.path.as_path())
-                .collect(),
+            proc_root: &loaded.proc_root,
+            bytes_read: loaded.bytes_read,
+            missing: &loaded.missing,
             total: loaded.summary.total,
             ipv4: loaded.summary.ipv4,
             ipv6: loaded.summary.ipv6,
             skipped: &loaded.summary.skipped,
             duplicates: loaded.summary.duplicates,
+            namespaces: ns.map(|n| {
+                n.parts
+                    .iter()
+                    .map(|p| NamespaceEntry {
+                        inode: p.namespace.inode,
+                        name: p.namespace.name.as_deref(),
+                        owner: &p.namespace.owner,
+                        label: p.namespace.owner.to_string(),
+                        total: p.summary.total,
+                        ipv4: p.summary.ipv4,
+                        ipv6: p.summary.ipv6,
+                        states: &p.summary.states,
+                    })
+                    .collect()
+            }),
+            namespaces_skipped: ns.map(|n| n.skipped.as_slice()),
+            processes_unreadable: ns.map(|n| n.unreadable_processes),
         }
     }
 }
@@ -123,14 +304,22 @@ pub fn write_json(out: &mut dyn Write, loaded: &Loaded, body: impl Serialize) ->
 /// The first line of human output, plus what could not be read or decoded.
 pub fn write_header(out: &mut dyn Write, loaded: &Loaded, style: Style) -> Result<()> {
     let s = &loaded.summary;
+    let across = match &loaded.namespaces {
+        Some(ns) => format!(
+            " in {} network namespace{}",
+            ns.loaded.parts.len(),
+            if ns.loaded.parts.len() == 1 { "" } else { "s" }
+        ),
+        None => String::new(),
+    };
     writeln!(
         out,
-        "{} {} (IPv4 {}, IPv6 {}) from {}",
+        "{} {} (IPv4 {}, IPv6 {}){across} from {}",
         style.heading("TCP sockets:"),
         thousands(s.total),
         thousands(s.ipv4),
         thousands(s.ipv6),
-        loaded.snapshot.proc_root.path().display()
+        loaded.proc_root.display()
     )?;
     if s.duplicates > 0 {
         writeln!(
@@ -139,11 +328,11 @@ pub fn write_header(out: &mut dyn Write, loaded: &Loaded, style: Style) -> Resul
             s.duplicates
         )?;
     }
-    for missing in loaded.snapshot.missing() {
+    for missing in &loaded.missing {
         writeln!(
             out,
             "note: {} does not exist (IPv6 disabled?): not counted",
-            missing.path.display()
+            missing.display()
         )?;
     }
     if s.skipped.count > 0 {
@@ -162,12 +351,68 @@ pub fn write_header(out: &mut dyn Write, loaded: &Loaded, style: Style) -> Resul
             s.skipped.examples[0].line
         )?;
     }
+    if let Some(ns) = &loaded.namespaces {
+        write_namespace_notes(out, &ns.loaded)?;
+    }
+    Ok(())
+}
+
+/// What a multi-namespace read could not see, one line per namespace skipped.
+fn write_namespace_notes(out: &mut dyn Write, ns: &namespaces::Loaded) -> Result<()> {
+    for s in &ns.skipped {
+        let (level, what) = if s.gone {
+            ("note", "gone")
+        } else {
+            ("warning", "not read, its sockets not counted")
+        };
+        writeln!(
+            out,
+            "{level}: network namespace {} ({}) {what}: {}",
+            s.inode,
+            tcpmon::model::printable(&s.owner),
+            s.reason
+        )?;
+    }
+    if ns.unreadable_processes > 0 {
+        writeln!(
+            out,
+            "warning: the namespace of {} process(es) could not be looked at (run as root to \
+             see every namespace)",
+            ns.unreadable_processes
+        )?;
+    }
+    let unknown_ranges = ns.parts.iter().filter(|p| !p.port_range_known).count();
+    if unknown_ranges > 0 {
+        writeln!(
+            out,
+            "note: the ephemeral port range of {unknown_ranges} namespace(s) could not be read \
+             (entering a namespace needs CAP_SYS_ADMIN): the kernel default is assumed there"
+        )?;
+    }
     Ok(())
 }
 
 pub fn section(out: &mut dyn Write, style: Style, title: &str) -> Result<()> {
     writeln!(out, "\n{}", style.heading(title))?;
     Ok(())
+}
+
+/// A table whose rows may come from several namespaces: a NETNS column first when so.
+pub fn table(ns: Option<&Namespaces>, columns: &[(&'static str, Align)]) -> Table {
+    let mut all = Vec::with_capacity(columns.len() + 1);
+    if ns.is_some() {
+        all.push(("NETNS", Align::Left));
+    }
+    all.extend_from_slice(columns);
+    Table::new(&all)
+}
+
+/// A row of such a table: the namespace cell first when there is that column.
+pub fn row(ns: Option<&Namespaces>, tag: Option<u64>, cells: Vec<String>) -> Vec<String> {
+    match ns {
+        Some(ns) => std::iter::once(ns.cell(tag)).chain(cells).collect(),
+        None => cells,
+    }
 }
 
 pub fn states_table(summary: &Summary, include_zero: bool) -> Table {
@@ -182,101 +427,152 @@ pub fn states_table(summary: &Summary, include_zero: bool) -> Table {
     table
 }
 
-pub fn listeners_table(listeners: &[tcpmon::snapshot::analysis::Listener]) -> Table {
-    let mut table = Table::new(&[
-        ("LOCAL", Align::Left),
-        ("BACKLOG", Align::Right),
-        ("ACCEPT-Q", Align::Right),
-        ("HALF-OPEN", Align::Right),
-        ("UID", Align::Right),
-        ("PROCESS", Align::Left),
-    ]);
+pub fn listeners_table(
+    listeners: &[tcpmon::snapshot::analysis::Listener],
+    ns: Option<&Namespaces>,
+) -> Table {
+    let mut table = table(
+        ns,
+        &[
+            ("LOCAL", Align::Left),
+            ("BACKLOG", Align::Right),
+            ("ACCEPT-Q", Align::Right),
+            ("HALF-OPEN", Align::Right),
+            ("UID", Align::Right),
+            ("PROCESS", Align::Left),
+        ],
+    );
     for l in listeners {
-        table.row(vec![
-            endpoint(l.ip, l.port),
-            l.backlog.map_or_else(|| "?".into(), |b| b.to_string()),
-            l.accept_queue.to_string(),
-            l.half_open.to_string(),
-            l.uid.to_string(),
-            l.process
-                .as_ref()
-                .map_or_else(|| "-".into(), ToString::to_string),
-        ]);
+        table.row(row(
+            ns,
+            l.netns,
+            vec![
+                endpoint(l.ip, l.port),
+                l.backlog.map_or_else(|| "?".into(), |b| b.to_string()),
+                l.accept_queue.to_string(),
+                l.half_open.to_string(),
+                l.uid.to_string(),
+                l.process
+                    .as_ref()
+                    .map_or_else(|| "-".into(), ToString::to_string),
+            ],
+        ));
     }
     table
 }
 
-pub fn per_ip_table(rows: &[tcpmon::snapshot::analysis::IpCount]) -> Table {
-    let mut table = Table::new(&[
-        ("REMOTE", Align::Left),
-        ("TOTAL", Align::Right),
-        ("ESTAB", Align::Right),
-        ("TIME_WAIT", Align::Right),
-        ("CLOSE_WAIT", Align::Right),
-        ("SYN_RECV", Align::Right),
-        ("OTHER", Align::Right),
-    ]);
+pub fn per_ip_table(
+    rows: &[tcpmon::snapshot::analysis::IpCount],
+    ns: Option<&Namespaces>,
+) -> Table {
+    let mut table = table(
+        ns,
+        &[
+            ("REMOTE", Align::Left),
+            ("TOTAL", Align::Right),
+            ("ESTAB", Align::Right),
+            ("TIME_WAIT", Align::Right),
+            ("CLOSE_WAIT", Align::Right),
+            ("SYN_RECV", Align::Right),
+            ("OTHER", Align::Right),
+        ],
+    );
     for r in rows {
-        table.row(vec![
-            r.ip.to_string(),
-            thousands(r.total),
-            thousands(r.established),
-            thousands(r.time_wait),
-            thousands(r.close_wait),
-            thousands(r.syn_recv),
-            thousands(r.other),
-        ]);
+        table.row(row(
+            ns,
+            r.netns,
+            vec![
+                r.ip.to_string(),
+                thousands(r.total),
+                thousands(r.established),
+                thousands(r.time_wait),
+                thousands(r.close_wait),
+                thousands(r.syn_recv),
+                thousands(r.other),
+            ],
+        ));
     }
     table
 }
 
-pub fn per_port_table(rows: &[tcpmon::snapshot::analysis::PortCount]) -> Table {
-    let mut table = Table::new(&[("LOCAL PORT", Align::Right), ("ESTABLISHED", Align::Right)]);
+pub fn per_port_table(
+    rows: &[tcpmon::snapshot::analysis::PortCount],
+    ns: Option<&Namespaces>,
+) -> Table {
+    let mut table = table(
+        ns,
+        &[("LOCAL PORT", Align::Right), ("ESTABLISHED", Align::Right)],
+    );
     for r in rows {
-        table.row(vec![r.port.to_string(), thousands(r.established)]);
+        table.row(row(
+            ns,
+            r.netns,
+            vec![r.port.to_string(), thousands(r.established)],
+        ));
     }
     table
 }
 
-pub fn close_wait_table(rows: &[tcpmon::snapshot::analysis::CloseWaitGroup]) -> Table {
-    let mut table = Table::new(&[
-        ("LOCAL PORT", Align::Right),
-        ("COUNT", Align::Right),
-        ("UNREAD BYTES", Align::Right),
-        ("PROCESS", Align::Left),
-    ]);
+pub fn close_wait_table(
+    rows: &[tcpmon::snapshot::analysis::CloseWaitGroup],
+    ns: Option<&Namespaces>,
+) -> Table {
+    let mut table = table(
+        ns,
+        &[
+            ("LOCAL PORT", Align::Right),
+            ("COUNT", Align::Right),
+            ("UNREAD BYTES", Align::Right),
+            ("PROCESS", Align::Left),
+        ],
+    );
     for r in rows {
-        table.row(vec![
-            r.local_port.to_string(),
-            thousands(r.count),
-            thousands(r.unread_bytes),
-            r.process
-                .as_ref()
-                .map_or_else(|| "-".into(), ToString::to_string),
-        ]);
+        table.row(row(
+            ns,
+            r.netns,
+            vec![
+                r.local_port.to_string(),
+                thousands(r.count),
+                thousands(r.unread_bytes),
+                r.process
+                    .as_ref()
+                    .map_or_else(|| "-".into(), ToString::to_string),
+            ],
+        ));
     }
     table
 }
 
-pub fn connections_table(rows: &[Connection], timer_title: &'static str) -> Table {
-    let mut table = Table::new(&[
-        ("LOCAL", Align::Left),
-        ("REMOTE", Align::Left),
-        ("SEND-Q", Align::Right),
-        ("RECV-Q", Align::Right),
-        ("UID", Align::Right),
-        (timer_title, Align::Right),
-    ]);
+pub fn connections_table(
+    rows: &[Connection],
+    timer_title: &'static str,
+    ns: Option<&Namespaces>,
+) -> Table {
+    let mut table = table(
+        ns,
+        &[
+            ("LOCAL", Align::Left),
+            ("REMOTE", Align::Left),
+            ("SEND-Q", Align::Right),
+            ("RECV-Q", Align::Right),
+            ("UID", Align::Right),
+            (timer_title, Align::Right),
+        ],
+    );
     for c in rows {
-        table.row(vec![
-            endpoint(c.local_ip, c.local_port),
-            endpoint(c.remote_ip, c.remote_port),
-            c.send_queue.to_string(),
-            c.recv_queue.to_string(),
-            c.uid.to_string(),
-            c.timer_secs
-                .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
-        ]);
+        table.row(row(
+            ns,
+            c.netns,
+            vec![
+                endpoint(c.local_ip, c.local_port),
+                endpoint(c.remote_ip, c.remote_port),
+                c.send_queue.to_string(),
+                c.recv_queue.to_string(),
+                c.uid.to_string(),
+                c.timer_secs
+                    .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
+            ],
+        ));
     }
     table
 }

@@ -23,7 +23,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
             field: "per_ip",
             listed: &per_ip,
             title,
-            table: per_ip_table(&per_ip.items),
+            table: per_ip_table(&per_ip.items, loaded.namespaces.as_ref()),
             what: "remote IPs",
         },
     )?;

@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
     output::table::{Listed, Style},
-    snapshot::audit::{audit, cut},
+    snapshot::audit::cut,
 };
 
 use super::{load, section, write_header, write_json};
@@ -15,7 +15,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
     let loaded = load(&args.snapshot, &[], true)?;
     let s = &loaded.summary;
     let limit = args.snapshot.limit();
-    let findings = cut(&audit(s, &args.thresholds.thresholds()), limit);
+    let findings = cut(&super::audit(&loaded, &args.thresholds.thresholds()), limit);
     let listeners = Listed::cut(&s.listeners, limit);
     let per_ip = Listed::cut(&s.per_ip, limit);
     let per_port = Listed::cut(&s.per_port, limit);
@@ -45,6 +45,21 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         return Ok(Status::Clean);
     }
     write_header(out, &loaded, style)?;
+    let ns = loaded.namespaces.as_ref();
+    if let Some(ns) = ns {
+        let all = &ns.loaded.parts;
+        let shown = &all[..limit.map_or(all.len(), |l| l.min(all.len()))];
+        let listed =
+            Listed::from_parts(shown.iter().map(|p| p.namespace.inode).collect(), all.len());
+        super::listed_section(
+            out,
+            style,
+            &format!("NAMESPACES ({})", all.len()),
+            super::namespaces_table(ns, shown),
+            &listed,
+            "namespaces",
+        )?;
+    }
     section(out, style, "STATES")?;
     let states = super::states_table(s, false);
     if states.is_empty() {
@@ -56,7 +71,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         out,
         style,
         &format!("LISTENERS ({})", s.listeners.len()),
-        super::listeners_table(&listeners.items),
+        super::listeners_table(&listeners.items, ns),
         &listeners,
         "listeners",
     )?;
@@ -64,7 +79,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         out,
         style,
         "TOP REMOTE IPS (listeners excluded)",
-        super::per_ip_table(&per_ip.items),
+        super::per_ip_table(&per_ip.items, ns),
         &per_ip,
         "remote IPs",
     )?;
@@ -72,7 +87,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         out,
         style,
         "TOP LOCAL PORTS (ESTABLISHED)",
-        super::per_port_table(&per_port.items),
+        super::per_port_table(&per_port.items, ns),
         &per_port,
         "ports",
     )?;
@@ -81,7 +96,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
             out,
             style,
             "CLOSE_WAIT BY PORT AND PROCESS",
-            super::close_wait_table(&close_wait.items),
+            super::close_wait_table(&close_wait.items, ns),
             &close_wait,
             "groups",
         )?;

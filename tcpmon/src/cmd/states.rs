@@ -3,7 +3,11 @@ use std::io::Write;
 
 use anyhow::Result;
 use serde::Serialize;
-use tcpmon::output::table::Style;
+use tcpmon::{
+    model::TcpState,
+    output::table::{thousands, Align, Style, Table},
+    snapshot::analysis::Summary,
+};
 
 use super::{load, write_header, write_json};
 use crate::{cli::SnapshotArgs, exit::Status};
@@ -26,6 +30,36 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     }
     write_header(out, &loaded, style)?;
     writeln!(out)?;
-    super::states_table(&loaded.summary, true).write(out, "  ")?;
+    match &loaded.namespaces {
+        Some(ns) => per_namespace_table(ns, &loaded.summary).write(out, "  ")?,
+        None => super::states_table(&loaded.summary, true).write(out, "  ")?,
+    }
     Ok(Status::Clean)
+}
+
+/// A row per namespace, a column per state that any namespace has, and the total.
+fn per_namespace_table(ns: &super::Namespaces, total: &Summary) -> Table {
+    let states: Vec<TcpState> = TcpState::ALL
+        .iter()
+        .copied()
+        .filter(|s| total.states.get(*s) > 0)
+        .collect();
+    let mut columns = vec![
+        ("NETNS", Align::Left),
+        ("INODE", Align::Right),
+        ("TOTAL", Align::Right),
+    ];
+    columns.extend(states.iter().map(|s| (s.name(), Align::Right)));
+    let mut table = Table::new(&columns);
+    let mut add = |name: String, inode: String, summary: &Summary| {
+        let mut cells = vec![name, inode, thousands(summary.total)];
+        cells.extend(states.iter().map(|s| thousands(summary.states.get(*s))));
+        table.row(cells);
+    };
+    for part in &ns.loaded.parts {
+        let inode = part.namespace.inode;
+        add(ns.cell(Some(inode)), inode.to_string(), &part.summary);
+    }
+    add("TOTAL".into(), String::new(), total);
+    table
 }

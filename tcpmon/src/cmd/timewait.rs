@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
     model::{endpoint, PortRange, TcpState},
-    output::table::{thousands, Align, Listed, Style, Table},
+    output::table::{thousands, Align, Listed, Style},
     snapshot::analysis::{Connection, Destination},
 };
 
@@ -55,33 +55,62 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     super::section(
         out,
         style,
-        &format!(
-            "CLIENT-SIDE TIME_WAIT BY DESTINATION (ephemeral range {}-{}, {} ports)",
-            range.low,
-            range.high,
-            range.size()
-        ),
+        &if loaded.namespaces.is_some() {
+            "CLIENT-SIDE TIME_WAIT BY DESTINATION (% of each namespace's ephemeral range)".into()
+        } else {
+            format!(
+                "CLIENT-SIDE TIME_WAIT BY DESTINATION (ephemeral range {}-{}, {} ports)",
+                range.low,
+                range.high,
+                range.size()
+            )
+        },
     )?;
-    let mut table = Table::new(&[
-        ("DESTINATION", Align::Left),
-        ("TIME_WAIT", Align::Right),
-        ("ALL STATES", Align::Right),
-        ("% OF RANGE", Align::Right),
-    ]);
+    let ns = loaded.namespaces.as_ref();
+    // Each namespace has its own ephemeral range.
+    let range_of = |tag: Option<u64>| {
+        ns.and_then(|ns| {
+            ns.loaded
+                .parts
+                .iter()
+                .find(|p| Some(p.namespace.inode) == tag)
+        })
+        .map_or(range, |p| p.summary.port_range)
+    };
+    let mut table = super::table(
+        ns,
+        &[
+            ("DESTINATION", Align::Left),
+            ("TIME_WAIT", Align::Right),
+            ("ALL STATES", Align::Right),
+            ("% OF RANGE", Align::Right),
+        ],
+    );
     for d in &destinations.items {
-        table.row(vec![
-            endpoint(d.ip, d.port),
-            thousands(d.time_wait),
-            thousands(d.total),
-            format!("{:.1}", d.total as f64 * 100.0 / range.size() as f64),
-        ]);
+        table.row(super::row(
+            ns,
+            d.netns,
+            vec![
+                endpoint(d.ip, d.port),
+                thousands(d.time_wait),
+                thousands(d.total),
+                format!(
+                    "{:.1}",
+                    d.total as f64 * 100.0 / range_of(d.netns).size() as f64
+                ),
+            ],
+        ));
     }
     write_listed(out, table, &destinations, "destinations")?;
     super::listed_section(
         out,
         style,
         "TIME_WAIT SOCKETS",
-        super::connections_table(&loaded.connections.items, "EXPIRES IN"),
+        super::connections_table(
+            &loaded.connections.items,
+            "EXPIRES IN",
+            loaded.namespaces.as_ref(),
+        ),
         &loaded.connections,
         "sockets",
     )?;

@@ -88,10 +88,14 @@ impl ProcRoot {
 
     /// net.ipv4.ip_local_port_range, or the kernel's default when it cannot be read.
     pub fn port_range(&self) -> PortRange {
+        self.port_range_opt().unwrap_or(PortRange::LINUX_DEFAULT)
+    }
+
+    /// net.ipv4.ip_local_port_range, when it can be read.
+    pub fn port_range_opt(&self) -> Option<PortRange> {
         read::small_text(&self.sysctl("net.ipv4.ip_local_port_range"))
             .ok()
             .and_then(|text| PortRange::parse(&text))
-            .unwrap_or(PortRange::LINUX_DEFAULT)
     }
 
     /// net.core.somaxconn: the most any listener's backlog can be.

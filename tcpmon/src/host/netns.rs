@@ -1,6 +1,15 @@
-//! tcpmon's own network namespace: its inode (what the kernel program filters on) and
-//! its cookie (what cgroup programs can read).
-use std::{fs, io, os::fd::AsRawFd};
+//! Network namespaces: tcpmon's own (its inode, what the kernel program filters on, and
+//! its cookie, what cgroup programs can read), and every other one on the machine, found
+//! through processes and `ip netns` bind mounts, each attributed to its owner.
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use super::{read, ProcRoot};
+use crate::model::owner::{owner_of_cgroup, Owner};
 
 /// The network namespace inode of this process.
 pub fn own_inode() -> io::Result<u32> {
@@ -30,4 +39,254 @@ pub fn own_cookie() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// A network namespace found on the machine, and who it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Namespace {
+    /// The nsfs inode (what `ip netns identify`, `lsns` and /proc/PID/ns/net show).
+    pub inode: u64,
+    /// Its `ip netns` name (a bind mount under /run/netns), when it has one.
+    pub name: Option<String>,
+    pub owner: Owner,
+    /// How to read its sockets.
+    #[serde(skip)]
+    pub access: Access,
+}
+
+/// How a namespace's sockets can be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Through processes in it (/proc/PID/net/...), lowest pid first.
+    Pids(Vec<u32>),
+    /// Only by entering it (a bind mount with no process in it); needs CAP_SYS_ADMIN.
+    Enter(PathBuf),
+}
+
+/// What discovery found, and what it could not look at.
+#[derive(Clone, Debug, Default)]
+pub struct Discovery {
+    pub namespaces: Vec<Namespace>,
+    /// Processes whose namespace could not be read (no privilege, or gone).
+    pub unreadable_processes: usize,
+}
+
+/// How many pids of a namespace are kept to read it through (one may exit meanwhile).
+const PIDS_KEPT: usize = 3;
+
+/// "net:[4026531840]" -> 4026531840.
+pub fn parse_ns_link(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Every network namespace under `proc_root` (from its processes) and under
+/// `run_netns` (`ip netns` bind mounts, which may hold no process), with its owner.
+pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
+    let mut by_inode: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    let mut unreadable = 0;
+    let mut pids: Vec<u32> = fs::read_dir(proc_root.path())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    for pid in pids {
+        match fs::read_link(proc_root.pid_dir(pid).join("ns/net")) {
+            Ok(link) => {
+                if let Some(inode) = link.to_str().and_then(parse_ns_link) {
+                    let list = by_inode.entry(inode).or_default();
+                    if list.len() < PIDS_KEPT {
+                        list.push(pid);
+                    }
+                }
+            }
+            Err(_) => unreadable += 1,
+        }
+    }
+    let init = fs::read_link(proc_root.pid_dir(1).join("ns/net"))
+        .ok()
+        .and_then(|l| l.to_str().and_then(parse_ns_link));
+    let names = named_namespaces(run_netns);
+    let mut namespaces: Vec<Namespace> = by_inode
+        .into_iter()
+        .map(|(inode, pids)| {
+            let owner = if Some(inode) == init {
+                Owner::Host
+            } else {
+                owner_of_pid(proc_root, pids[0])
+            };
+            Namespace {
+                inode,
+                name: names.get(&inode).cloned(),
+                owner,
+                access: Access::Pids(pids),
+            }
+        })
+        .collect();
+    for (inode, name) in &names {
+        if !namespaces.iter().any(|n| n.inode == *inode) {
+            namespaces.push(Namespace {
+                inode: *inode,
+                name: Some(name.clone()),
+                owner: Owner::Unknown {
+                    cgroup: "(no process: an ip netns bind mount)".into(),
+                },
+                access: Access::Enter(run_netns.join(name)),
+            });
+        }
+    }
+    namespaces.sort_by_key(|n| n.inode);
+    Discovery {
+        namespaces,
+        unreadable_processes: unreadable,
+    }
+}
+
+/// `ip netns` names by namespace inode (the first name, when several bind the same).
+fn named_namespaces(run_netns: &Path) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(run_netns) else {
+        return out;
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let Some(name) = entry.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        if let Some(inode) = nsfs_inode(&entry.path()) {
+            out.entry(inode).or_insert(name);
+        }
+    }
+    out
+}
+
+/// The namespace inode of an nsfs file (a bind mount of one, or /proc/PID/ns/net); None
+/// for anything else.
+pub fn nsfs_inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statfs fills the struct for a NUL-terminated path.
+    let mut fs_info: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut fs_info) } != 0 {
+        return None;
+    }
+    if fs_info.f_type as i64 != NSFS_MAGIC {
+        return None;
+    }
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Who the namespace of `pid` belongs to: its cgroup, named by its hostname.
+fn owner_of_pid(proc_root: &ProcRoot, pid: u32) -> Owner {
+    let dir = proc_root.pid_dir(pid);
+    let owner = read::small_text(&dir.join("cgroup"))
+        .map(|c| owner_of_cgroup(&c))
+        .unwrap_or(Owner::Unknown {
+            cgroup: "(unreadable)".into(),
+        });
+    if !matches!(owner, Owner::Pod { .. } | Owner::Container { .. }) {
+        return owner;
+    }
+    // The container's own /etc/hostname (a pod's is its name), resolved inside its root:
+    // the container controls that file and may make it a link to anything.
+    let hostname = read::small_text_in_root(&dir.join("root"), "etc/hostname", 256)
+        .ok()
+        .and_then(|h| h.lines().next().map(|l| l.trim().to_owned()))
+        .filter(|h| !h.is_empty() && h.len() <= 253)
+        // Docker's default hostname is the short id, which the owner already shows.
+        .filter(|h| match &owner {
+            Owner::Container { container, .. } => !container.id.starts_with(h.as_str()),
+            _ => true,
+        });
+    owner.named(hostname)
+}
+
+/// What `--netns` names: a pid, a path to an nsfs file (/proc/PID/ns/net,
+/// /run/netns/NAME) or an `ip netns` name; its inode and the path that names it.
+pub fn resolve_spec(
+    spec: &str,
+    proc_root: &ProcRoot,
+    run_netns: &Path,
+) -> Result<(u64, PathBuf), String> {
+    let path = if let Ok(pid) = spec.parse::<u32>() {
+        proc_root.pid_dir(pid).join("ns/net")
+    } else if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        run_netns.join(spec)
+    };
+    if let Ok(link) = fs::read_link(&path) {
+        if let Some(inode) = link.to_str().and_then(parse_ns_link) {
+            return Ok((inode, path));
+        }
+    }
+    match nsfs_inode(&path) {
+        Some(inode) => Ok((inode, path)),
+        None => Err(format!(
+            "--netns {spec}: {} is not a network namespace (give a pid, /proc/PID/ns/net, \
+             /run/netns/NAME or an ip netns name)",
+            path.display()
+        )),
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path` (setns affects
+/// only the calling thread).
+pub fn in_namespace<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let file = fs::File::open(path)?;
+    std::thread::spawn(move || {
+        // SAFETY: a valid nsfs fd; only this thread changes namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace reader panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_links_parse() {
+        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4_026_531_840));
+        assert_eq!(parse_ns_link("mnt:[4026531840]"), None);
+        assert_eq!(parse_ns_link("net:[x]"), None);
+    }
+
+    #[test]
+    fn finds_its_own_namespace_and_calls_it_the_host_when_it_is() {
+        let own = u64::from(own_inode().unwrap());
+        let found = discover(&ProcRoot::host(), Path::new("/run/netns"));
+        let ours = found
+            .namespaces
+            .iter()
+            .find(|n| n.inode == own)
+            .expect("our namespace");
+        let init = fs::read_link("/proc/1/ns/net")
+            .ok()
+            .and_then(|l| l.to_str().and_then(parse_ns_link));
+        if init == Some(own) {
+            assert_eq!(ours.owner, Owner::Host);
+        }
+        assert!(matches!(&ours.access, Access::Pids(p) if !p.is_empty()));
+        let run = Path::new("/run/netns");
+        let by_pid = resolve_spec(&std::process::id().to_string(), &ProcRoot::host(), run);
+        assert_eq!(by_pid.map(|(inode, _)| inode), Ok(own));
+        let by_path = resolve_spec("/proc/self/ns/net", &ProcRoot::host(), run);
+        assert_eq!(by_path.map(|(inode, _)| inode), Ok(own));
+        let err = resolve_spec("no-such-name", &ProcRoot::host(), run).unwrap_err();
+        assert!(err.contains("/run/netns/no-such-name"), "{err}");
+        assert_eq!(nsfs_inode(Path::new("/etc/hostname")), None);
+    }
 }

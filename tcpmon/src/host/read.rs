@@ -31,7 +31,38 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just opened and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
+    regular(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens `relative` as if `root` were `/`: symlinks inside are resolved within `root`
+/// (openat2 RESOLVE_IN_ROOT), so a file under another process's /proc/PID/root cannot
+/// point tcpmon at one of this machine's files. Non-blocking, regular files only.
+pub fn open_regular_in_root(root: &Path, relative: &str) -> io::Result<File> {
+    let dir = open_dir(root)?;
+    let c_relative = CString::new(relative)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: open_how is plain integers; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a directory fd, a NUL-terminated path and an open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c_relative.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    regular(unsafe { File::from_raw_fd(fd as libc::c_int) })
+}
+
+fn regular(file: File) -> io::Result<File> {
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         let what = if kind.is_fifo() {
@@ -72,8 +103,18 @@ pub fn open_dir(path: &Path) -> io::Result<File> {
 /// much as each read asks for, so fewer, bigger reads mean fewer trips through the
 /// kernel's socket walk). More than `max` bytes is an error, not a silent cut.
 pub fn whole(path: &Path, max: usize) -> io::Result<Bytes> {
+    whole_of(open_regular(path)?, max)
+}
+
+/// A small text file read with `relative` resolved inside `root` (see
+/// [`open_regular_in_root`]), lossily decoded.
+pub fn small_text_in_root(root: &Path, relative: &str, max: usize) -> io::Result<String> {
+    let bytes = whole_of(open_regular_in_root(root, relative)?, max)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn whole_of(file: File, max: usize) -> io::Result<Bytes> {
     const CHUNK: usize = 1 << 20;
-    let file = open_regular(path)?;
     let mut buf = BytesMut::with_capacity(CHUNK.min(max + 1));
     loop {
         if buf.capacity() - buf.len() < CHUNK / 2 {
@@ -155,5 +196,33 @@ mod tests {
         assert!(err.to_string().contains("a device"), "{err}");
         assert!(open_dir(&fifo).is_err());
         assert!(open_dir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn files_in_another_root_cannot_point_outside_it() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/real"), "inside\n").unwrap();
+        std::os::unix::fs::symlink("/etc/real", root.path().join("etc/absolute")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/os-release", root.path().join("etc/escape"))
+            .unwrap();
+        // An absolute link resolves inside the root, not on this machine.
+        assert_eq!(
+            small_text_in_root(root.path(), "etc/absolute", 100).unwrap(),
+            "inside\n"
+        );
+        // `..` stops at the root: this names <root>/etc/os-release, which does not exist.
+        assert_eq!(
+            small_text_in_root(root.path(), "etc/escape", 100)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        let fifo = root.path().join("etc/fifo");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(small_text_in_root(root.path(), "etc/fifo", 100).is_err());
+        assert!(small_text_in_root(root.path(), "etc/real", 3).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! ranges, severities, processes, thresholds and the transitions the live engine applies.
 //! No I/O here: every other module may depend on this one, and it depends on none.
 pub mod duration;
+pub mod owner;
 mod printable;
 mod thresholds;
 mod transition;

@@ -92,6 +92,9 @@ pub struct Listener {
     pub uid: u32,
     pub inode: u64,
     pub process: Option<Process>,
+    /// The network namespace (inode) it is in, when several were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -103,11 +106,15 @@ pub struct IpCount {
     pub close_wait: u64,
     pub syn_recv: u64,
     pub other: u64,
+    /// The network namespace (inode) it is in, when several were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 impl IpCount {
     pub fn new(ip: IpAddr) -> Self {
         Self {
+            netns: None,
             ip,
             total: 0,
             established: 0,
@@ -123,6 +130,9 @@ impl IpCount {
 pub struct PortCount {
     pub port: u16,
     pub established: u64,
+    /// The network namespace (inode) it is in, when several were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 /// CLOSE_WAIT sockets grouped by local port and owning process.
@@ -133,6 +143,9 @@ pub struct CloseWaitGroup {
     pub count: u64,
     /// Bytes the application has not read, summed over the group's sockets.
     pub unread_bytes: u64,
+    /// The network namespace (inode) it is in, when several were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 /// Client-side sockets (local port in the ephemeral range) toward one remote ip:port.
@@ -142,6 +155,9 @@ pub struct Destination {
     pub port: u16,
     pub time_wait: u64,
     pub total: u64,
+    /// The network namespace (inode) it is in, when several were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 /// A connection as listed by `established` and `timewait`.
@@ -159,10 +175,13 @@ pub struct Connection {
     pub inode: u64,
     /// Seconds until the socket's timer fires (TIME_WAIT: until it disappears).
     pub timer_secs: Option<f64>,
+    /// The network namespace (inode) it is in, when several were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 /// Everything one snapshot says, after filtering.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Summary {
     pub total: u64,
     pub ipv4: u64,
@@ -327,6 +346,7 @@ impl Aggregator {
                 .is_none_or(|limit| self.connections.len() < limit)
             {
                 self.connections.push(Connection {
+                    netns: None,
                     family: s.family,
                     state: s.state,
                     local_ip: s.local_ip,
@@ -373,6 +393,7 @@ impl Aggregator {
             .listeners
             .iter()
             .map(|s| Listener {
+                netns: None,
                 family: s.family,
                 ip: s.local_ip,
                 port: s.local_port,
@@ -408,7 +429,11 @@ impl Aggregator {
         let mut per_port: Vec<PortCount> = self
             .per_port
             .into_iter()
-            .map(|(port, established)| PortCount { port, established })
+            .map(|(port, established)| PortCount {
+                port,
+                established,
+                netns: None,
+            })
             .collect();
         per_port
             .sort_unstable_by(|a, b| b.established.cmp(&a.established).then(a.port.cmp(&b.port)));
@@ -423,6 +448,7 @@ impl Aggregator {
             .into_iter()
             .map(
                 |((local_port, process), (count, unread_bytes))| CloseWaitGroup {
+                    netns: None,
                     local_port,
                     process,
                     count,
@@ -436,6 +462,7 @@ impl Aggregator {
             .destinations
             .into_iter()
             .map(|((ip, port), (time_wait, total))| Destination {
+                netns: None,
                 ip,
                 port,
                 time_wait,
@@ -531,6 +558,7 @@ mod tests {
         assert_eq!(
             s.per_port,
             vec![PortCount {
+                netns: None,
                 port: 80,
                 established: 3
             }]
@@ -652,6 +680,7 @@ mod tests {
         assert_eq!(
             s.destinations[0],
             Destination {
+                netns: None,
                 ip: "192.0.2.7".parse().unwrap(),
                 port: 80,
                 time_wait: 2,

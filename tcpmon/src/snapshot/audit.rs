@@ -9,9 +9,12 @@ use crate::model::{endpoint, Severity, Thresholds};
 pub struct Finding {
     pub severity: Severity,
     /// Stable identifier of the rule: time_wait, close_wait, syn_backlog, per_ip,
-    /// port_exhaustion, wildcard_listener, unparsed_lines, owners_hidden.
+    /// port_exhaustion, wildcard_listener, unparsed_lines, owners_hidden, netns_unread.
     pub rule: String,
     pub message: String,
+    /// The network namespace (inode) it is in, when several were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
@@ -26,12 +29,22 @@ fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
 
 /// Runs every rule; findings come back most severe first.
 pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
+    audit_in(summary, t, None)
+}
+
+/// The rules over one namespace's summary; `place` names it in every message.
+fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut push = |severity, rule: &str, message: String| {
         findings.push(Finding {
+            netns: place.map(|(inode, _)| inode),
             severity,
             rule: rule.into(),
-            message,
+            message: match place {
+                // A CLOSE_WAIT finding names its place after the process that holds it.
+                Some((_, label)) if rule != "close_wait" => format!("In {label}: {message}"),
+                _ => message,
+            },
         })
     };
 
@@ -62,6 +75,10 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
             },
             |p| p.to_string(),
         );
+        let owner = match place {
+            Some((_, label)) => format!("{owner} in {label}"),
+            None => owner,
+        };
         push(
             cw_sev,
             "close_wait",
@@ -199,6 +216,40 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
             ),
         );
     }
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    findings
+}
+
+/// One namespace to audit: its inode, how findings name it, and its summary.
+pub struct NamespaceAudit<'a> {
+    pub inode: u64,
+    pub label: String,
+    pub summary: &'a Summary,
+}
+
+/// Audits each namespace on its own (thresholds such as TIME_WAIT and the ephemeral port
+/// range are per namespace in the kernel too); every finding names its namespace. A
+/// namespace that could not be read (`unread`: inode, owner, reason) is a warning: what
+/// it holds was not judged.
+pub fn audit_namespaces(
+    parts: &[NamespaceAudit<'_>],
+    unread: &[(u64, String, String)],
+    t: &Thresholds,
+) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = parts
+        .iter()
+        .flat_map(|part| audit_in(part.summary, t, Some((part.inode, &part.label))))
+        .collect();
+    findings.extend(unread.iter().map(|(inode, owner, reason)| Finding {
+        severity: Severity::Warning,
+        rule: "netns_unread".into(),
+        message: format!(
+            "network namespace {inode} ({}) was not read and its sockets were not judged: {reason}",
+            crate::model::printable(owner)
+        ),
+        netns: Some(*inode),
+    }));
+    // Stable: within a severity, the largest namespace's findings come first.
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
@@ -443,6 +494,90 @@ mod tests {
             "{}",
             syn.message
         );
+    }
+
+    #[test]
+    fn namespaces_are_judged_each_on_its_own_and_named() {
+        let summary_of = |sockets: Vec<Socket>| {
+            let mut agg = Aggregator::new(
+                Filter::default(),
+                Collect::default(),
+                PortRange::LINUX_DEFAULT,
+            );
+            sockets.iter().for_each(|s| agg.add(s));
+            agg.finish(&HashMap::new(), &HashMap::new())
+        };
+        // 3,000 TIME_WAIT in each of two namespaces: 6,000 together would be critical,
+        // but no namespace's own table is above the 5,000 threshold.
+        let tw = || {
+            (0..3000u32)
+                .map(|i| {
+                    sock(
+                        TcpState::TimeWait,
+                        80,
+                        [192, 0, 2, (i % 250) as u8],
+                        1024 + i as u16,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let leak = summary_of(vec![sock(TcpState::CloseWait, 8080, [192, 0, 2, 9], 40000)]);
+        let (a, b) = (summary_of(tw()), summary_of(tw()));
+        let parts = [
+            NamespaceAudit {
+                inode: 1,
+                label: "pod web, netns 1".into(),
+                summary: &a,
+            },
+            NamespaceAudit {
+                inode: 2,
+                label: "netns 2".into(),
+                summary: &b,
+            },
+            NamespaceAudit {
+                inode: 3,
+                label: "docker container 3f2a, netns 3".into(),
+                summary: &leak,
+            },
+        ];
+        let unread = [(
+            4,
+            "docker container 9e".to_owned(),
+            "cannot enter it".to_owned(),
+        )];
+        let findings = audit_namespaces(&parts, &unread, &Thresholds::default());
+        let tw: Vec<_> = findings.iter().filter(|f| f.rule == "time_wait").collect();
+        assert_eq!(tw.len(), 2, "{findings:?}");
+        assert!(tw.iter().all(|f| f.severity == Severity::Warning));
+        assert!(
+            tw[0]
+                .message
+                .starts_with("In pod web, netns 1: 3000 sockets"),
+            "{}",
+            tw[0].message
+        );
+        let cw = findings.iter().find(|f| f.rule == "close_wait").unwrap();
+        assert_eq!(cw.netns, Some(3));
+        assert!(
+            cw.message.contains(
+                "held by an unknown process (not visible: run as root, in the socket's PID \
+                 namespace) in docker container 3f2a, netns 3: the peer closed"
+            ),
+            "{}",
+            cw.message
+        );
+        let unread = findings.iter().find(|f| f.rule == "netns_unread").unwrap();
+        assert_eq!(
+            (unread.severity, unread.netns),
+            (Severity::Warning, Some(4))
+        );
+        assert!(
+            unread.message.contains("cannot enter it"),
+            "{}",
+            unread.message
+        );
+        // Most severe first across namespaces.
+        assert!(findings.windows(2).all(|w| w[0].severity >= w[1].severity));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ([`audit`]).
 pub mod analysis;
 pub mod audit;
+pub mod namespaces;
 
 use std::{
     collections::HashMap,
@@ -138,7 +139,7 @@ impl Snapshot {
 
 /// Listener backlogs by inode, from sock_diag when the snapshot is this namespace's own
 /// /proc.
-fn listener_backlogs(proc_root: &ProcRoot) -> HashMap<u64, u32> {
+pub(crate) fn listener_backlogs(proc_root: &ProcRoot) -> HashMap<u64, u32> {
     if !proc_root.is_own() {
         return HashMap::new();
     }

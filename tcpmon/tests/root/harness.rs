@@ -96,16 +96,76 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace (setns affects only the
     /// calling thread), so the test's own sockets live there.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let file = File::open(&path).expect("open netns");
-            // SAFETY: a valid netns fd; only this thread changes namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        run_in(format!("/run/netns/{}", self.name), f)
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace of the nsfs file at
+/// `path` (/run/netns/NAME, /proc/PID/ns/net).
+pub fn run_in<T: Send + 'static>(path: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        // SAFETY: a valid netns fd; only this thread changes namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// A process that only sleeps, killed on drop: it keeps a namespace alive and gives it a
+/// pid (a namespace of `unshare -n`, with no name, lives only as long as it does).
+pub struct Holder {
+    child: Child,
+}
+
+impl Holder {
+    /// `argv` must end by exec'ing something that sleeps (e.g. `unshare -n sleep 600`).
+    pub fn spawn(mut cmd: Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn namespace holder");
+        let holder = Self { child };
+        // Wait until it has left our namespace (unshare/ip netns exec run before sleep).
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(holder.ns_path()).ok().as_ref() == Some(&own)
+            || std::fs::read_link(holder.ns_path()).is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the holder never left our namespace"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        holder
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ns_path(&self) -> String {
+        format!("/proc/{}/ns/net", self.child.id())
+    }
+
+    pub fn inode(&self) -> u64 {
+        let link = std::fs::read_link(self.ns_path()).unwrap();
+        let text = link.to_str().unwrap();
+        text.trim_start_matches("net:[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

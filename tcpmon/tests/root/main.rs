@@ -3,6 +3,7 @@
 //! isolates itself in a private network namespace and filters by it.
 mod agent;
 mod harness;
+mod netns;
 mod prometheus;
 mod snapshot_vs_ss;
 mod watch_ebpf;

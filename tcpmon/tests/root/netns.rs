@@ -1,0 +1,398 @@
+//! Snapshots of several network namespaces: three private namespaces with different
+//! populations (one held only by an `ip netns` bind mount, one named with a process in
+//! it, one unnamed that lives only through its process), each counted as `ss -tan` counts
+//! it from inside, each attributed, and the audit naming the namespace of a leak.
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::harness::{require_root, run_in, tcpmon_bin, Holder, Netns};
+
+/// Sockets kept open while the namespaces are looked at.
+struct Population {
+    _sockets: Vec<TcpStream>,
+    _listeners: Vec<TcpListener>,
+}
+
+/// `n` TIME_WAIT sockets (the client closes first) and the listener they went to.
+fn time_wait(port: u16, n: usize) -> Population {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+    for _ in 0..n {
+        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        drop(client);
+        let mut b = [0u8; 1];
+        assert_eq!(server.read(&mut b).unwrap(), 0);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Population {
+        _sockets: Vec::new(),
+        _listeners: vec![listener],
+    }
+}
+
+/// `n` CLOSE_WAIT sockets on `port` that this process never closes (a leak).
+fn close_wait_leak(port: u16, n: usize) -> Population {
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..n {
+        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(client);
+        sockets.push(server);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Population {
+        _sockets: sockets,
+        _listeners: vec![listener],
+    }
+}
+
+/// `v4` IPv4 and `v6` IPv6 ESTABLISHED pairs.
+fn established(v4: usize, v6: usize) -> Population {
+    let l4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 7001)).unwrap();
+    let l6 = TcpListener::bind((Ipv6Addr::LOCALHOST, 7002)).unwrap();
+    let mut sockets = Vec::new();
+    for (listener, n) in [(&l4, v4), (&l6, v6)] {
+        for _ in 0..n {
+            sockets.push(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+            sockets.push(listener.accept().unwrap().0);
+        }
+    }
+    Population {
+        _sockets: sockets,
+        _listeners: vec![l4, l6],
+    }
+}
+
+/// Per-state counts of `ss -tan` run inside the namespace at `ns_path`.
+fn ss_states(ns_path: &str) -> BTreeMap<String, u64> {
+    let out = Command::new("nsenter")
+        .args([&format!("--net={ns_path}"), "ss", "-tan"])
+        .output()
+        .expect("nsenter ss");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        let state = match line.split_whitespace().next().unwrap() {
+            "ESTAB" => "ESTABLISHED".to_owned(),
+            "UNCONN" | "CLOSED" => "CLOSE".to_owned(),
+            other => other.replace('-', "_").replace("FIN_WAIT_", "FIN_WAIT"),
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    counts
+}
+
+fn tcpmon(args: &[&str]) -> std::process::Output {
+    Command::new(tcpmon_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn tcpmon_json(args: &[&str]) -> Value {
+    let mut argv = args.to_vec();
+    argv.push("--json");
+    let out = tcpmon(&argv);
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn entry(doc: &Value, inode: u64) -> Value {
+    doc["namespaces"]
+        .as_array()
+        .expect("a namespaces array")
+        .iter()
+        .find(|n| n["inode"] == inode)
+        .unwrap_or_else(|| panic!("namespace {inode} missing: {}", doc["namespaces"]))
+        .clone()
+}
+
+fn nonzero_states(entry: &Value) -> BTreeMap<String, u64> {
+    entry["states"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn every_namespace_is_counted_as_ss_counts_it_and_named() {
+    if !require_root("every_namespace_is_counted_as_ss_counts_it_and_named") {
+        return;
+    }
+    // Held only by its bind mount: no process is in it.
+    let mounted = Netns::new("nsmount");
+    let _tw = mounted.run(|| time_wait(8101, 12));
+    // Named, with a process in it.
+    let named = Netns::new("nsnamed");
+    let named_holder = Holder::spawn({
+        let mut c = named.command("sleep");
+        c.arg("600");
+        c
+    });
+    let _leak = named.run(|| close_wait_leak(8080, 9));
+    // No name: it lives through its process alone.
+    let unnamed = Holder::spawn({
+        let mut c = Command::new("unshare");
+        c.args(["-n", "sleep", "600"]);
+        c
+    });
+    let unnamed_path = unnamed.ns_path();
+    let _est = run_in(unnamed_path.clone(), || {
+        // `unshare -n` leaves loopback down.
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(up.unwrap().success());
+        established(6, 4)
+    });
+
+    let doc = tcpmon_json(&["report", "--all-netns", "--all"]);
+    let cases = [
+        (
+            mounted.inode(),
+            format!("/run/netns/{}", mounted.name),
+            Some(&mounted.name),
+        ),
+        (named.inode(), named_holder.ns_path(), Some(&named.name)),
+        (unnamed.inode(), unnamed_path.clone(), None),
+    ];
+    for (inode, path, name) in &cases {
+        let e = entry(&doc, *inode);
+        let ss = ss_states(path);
+        assert_eq!(
+            nonzero_states(&e),
+            ss,
+            "namespace {inode} ({name:?}) differs from ss -tan"
+        );
+        assert_eq!(e["total"].as_u64().unwrap(), ss.values().sum::<u64>());
+        assert_eq!(e["name"].as_str(), name.map(String::as_str), "{e}");
+    }
+    // The populations built, so a bug shared with ss cannot pass unnoticed.
+    assert_eq!(
+        nonzero_states(&entry(&doc, mounted.inode()))["TIME_WAIT"],
+        12
+    );
+    assert_eq!(nonzero_states(&entry(&doc, named.inode()))["CLOSE_WAIT"], 9);
+    let est = entry(&doc, unnamed.inode());
+    assert_eq!(nonzero_states(&est)["ESTABLISHED"], 20);
+    assert_eq!(
+        (est["ipv4"].as_u64(), est["ipv6"].as_u64()),
+        (Some(13), Some(9))
+    );
+    // A bind mount with no process has no cgroup to tell its owner.
+    assert_eq!(entry(&doc, mounted.inode())["owner"]["kind"], "unknown");
+    assert!(doc["namespaces_skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| cases.iter().all(|(inode, ..)| s["inode"] != *inode)));
+
+    // The totals are the sum of the namespaces'.
+    let sum: u64 = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["total"].as_u64().unwrap())
+        .sum();
+    assert_eq!(doc["total"].as_u64().unwrap(), sum);
+
+    // Rows carry their namespace; the leak's finding names it.
+    let cw = doc["close_wait"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["netns"] == named.inode())
+        .expect("the leak's CLOSE_WAIT group");
+    assert_eq!(
+        (cw["local_port"].as_u64(), cw["count"].as_u64()),
+        (Some(8080), Some(9))
+    );
+    assert_eq!(
+        cw["process"]["pid"].as_u64(),
+        Some(u64::from(std::process::id()))
+    );
+    let finding = doc["findings"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "close_wait" && f["netns"] == named.inode())
+        .expect("a close_wait finding in the named namespace");
+    let message = finding["message"].as_str().unwrap();
+    assert!(
+        message.contains("local port 8080") && message.contains(&named.name),
+        "{message}"
+    );
+
+    // Human output: the namespace table first, a NETNS column in the sections.
+    let out = tcpmon(&["report", "--all-netns", "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let table = text
+        .split("NAMESPACES (")
+        .nth(1)
+        .expect("a NAMESPACES section");
+    let table = table.split("\n\n").next().unwrap();
+    for name in [&mounted.name, &named.name] {
+        assert!(table.contains(name.as_str()), "{name} not in:\n{table}");
+    }
+    assert!(table.contains(&unnamed.inode().to_string()), "{table}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["NETNS", "LOCAL"])),
+        "{text}"
+    );
+    // Listener backlogs come from sock_diag inside each namespace.
+    let named_listener = text
+        .lines()
+        .find(|l| l.contains(named.name.as_str()) && l.contains("0.0.0.0:8080"))
+        .expect("the named namespace's listener");
+    assert!(!named_listener.contains(" ? "), "{named_listener}");
+
+    // --netns, by each spelling, reads just those namespaces.
+    let mounted_path = format!("/run/netns/{}", mounted.name);
+    let pid = unnamed.pid().to_string();
+    let doc = tcpmon_json(&[
+        "states",
+        "--netns",
+        &named.name,
+        "--netns",
+        &pid,
+        "--netns",
+        &mounted_path,
+    ]);
+    let mut inodes: Vec<u64> = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["inode"].as_u64().unwrap())
+        .collect();
+    inodes.sort_unstable();
+    let mut want = vec![mounted.inode(), named.inode(), unnamed.inode()];
+    want.sort_unstable();
+    assert_eq!(inodes, want);
+    assert_eq!(
+        doc["total"].as_u64().unwrap(),
+        cases
+            .iter()
+            .map(|(_, path, _)| ss_states(path).values().sum::<u64>())
+            .sum::<u64>()
+    );
+    let bad = tcpmon(&["states", "--netns", "tcpmon-no-such-namespace"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a network namespace"));
+
+    // States: a row per namespace and the total.
+    let out = tcpmon(&["states", "--netns", &named.name, "--netns", &pid]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with(named.name.as_str())),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("TOTAL")),
+        "{text}"
+    );
+
+    // The audit fails on the leak and says where it is.
+    let audit = tcpmon(&["audit", "--netns", &named.name, "--fail-on", "warning"]);
+    assert_eq!(audit.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(text.contains(&format!("netns {}", named.name)), "{text}");
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn without_privilege_what_is_skipped_is_named_and_the_rest_reported() {
+    if !require_root("without_privilege_what_is_skipped_is_named_and_the_rest_reported") {
+        return;
+    }
+    let mounted = Netns::new("nspriv");
+    let _tw = mounted.run(|| time_wait(8102, 3));
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(tcpmon_bin())
+        .args(["states", "--all-netns", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Its own namespace is still read.
+    let own = crate::harness::run("readlink", &["/proc/self/ns/net"]);
+    let own: u64 = own
+        .trim()
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .parse()
+        .unwrap();
+    assert!(doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["inode"] == own));
+    // The bind-mounted one is named as skipped, with the reason.
+    let skipped = doc["namespaces_skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["inode"] == mounted.inode())
+        .unwrap_or_else(|| panic!("{} not skipped: {doc}", mounted.inode()))
+        .clone();
+    assert!(
+        skipped["reason"]
+            .as_str()
+            .unwrap()
+            .contains("CAP_SYS_ADMIN"),
+        "{skipped}"
+    );
+    // Other users' processes could not be looked at, and that is said.
+    assert!(doc["processes_unreadable"].as_u64().unwrap() > 0);
+
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(tcpmon_bin())
+        .args(["report", "--all-netns"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("warning: network namespace {}", mounted.inode())),
+        "{text}"
+    );
+    assert!(text.contains("netns_unread"), "{text}");
+}
