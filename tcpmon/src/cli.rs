@@ -317,9 +317,15 @@ pub struct LiveArgs {
     /// Stop after this long (default: until Ctrl-C / SIGTERM / SIGHUP).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Show transitions from every network namespace (tallies stay this namespace's).
+    /// Watch every network namespace: each (up to --max-netns) gets its own baseline,
+    /// tally, reconciliation and alerts, named by its owner.
     #[arg(long)]
     pub all_netns: bool,
+    /// Namespaces tallied at most with --all-netns; the rest are named and their
+    /// transitions counted together.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_netns: u32,
     /// Ring memory in all: seven eighths for the per-CPU slot rings of state transitions
     /// (48-byte slots), an eighth for the ring buffers (SYN records), each ring rounded
     /// down to a power of two; all of it for the ring buffers with --ring-buffers-only.
@@ -363,6 +369,7 @@ impl LiveArgs {
             transitions,
             own_netns: None,
             top,
+            max_netns: self.all_netns.then_some(self.max_netns as usize),
         }
     }
 

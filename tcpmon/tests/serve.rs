@@ -105,7 +105,12 @@ fn endpoints_answer_and_negotiate_the_format() {
     assert_eq!(status, 200);
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     assert!(body.contains("tcpmon_connections{"), "{body}");
-    assert!(body.contains("# TYPE tcpmon_state_transitions_total counter"));
+    // A counter, named by its sample in the Prometheus format (transitions may not have
+    // happened yet, so a family that always has a sample).
+    assert!(
+        body.contains("# TYPE tcpmon_reconciliations_total counter"),
+        "{body}"
+    );
     assert!(!body.contains("# EOF"));
     let (status, head, body) = request(
         server.addr,

@@ -18,6 +18,7 @@ use tcpmon_common::SockEvent;
 use super::{
     host::Host,
     loss::{self, LossTracker, Received},
+    namespaces::Namespaces,
     poll,
     record::{
         ActiveAlert, AlertRecord, CloseWaitPort, DestinationRecord, FamilyStates, HalfOpenListener,
@@ -102,6 +103,8 @@ pub struct EngineConfig {
     pub own_netns: Option<u32>,
     /// Entries of each list in a tally record (remote IPs, ports, destinations).
     pub top: usize,
+    /// Tally other network namespaces too, at most this many (`--all-netns`).
+    pub max_netns: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -115,6 +118,7 @@ impl Default for EngineConfig {
             transitions: Some(TransitionFilter::default()),
             own_netns: None,
             top: 5,
+            max_netns: None,
         }
     }
 }
@@ -133,6 +137,8 @@ pub enum ConfigError {
     MaxIps,
     #[error("--top must be from 1 to {max}", max = EngineConfig::MAX_TOP)]
     Top,
+    #[error("--max-netns must be at least 1")]
+    MaxNetns,
     #[error(transparent)]
     Thresholds(#[from] crate::model::InvalidThresholds),
 }
@@ -166,6 +172,9 @@ impl EngineConfig {
         }
         if !(1..=Self::MAX_TOP).contains(&self.top) {
             return Err(ConfigError::Top);
+        }
+        if self.max_netns == Some(0) {
+            return Err(ConfigError::MaxNetns);
         }
         Ok(self.thresholds.validate()?)
     }
@@ -280,6 +289,10 @@ pub struct Engine<H: Host, S: EventSource> {
     /// Polling: the previous snapshot, indexed.
     previous: poll::Index,
     problems: Vec<crate::ebpf::decode::DecodeError>,
+    /// Other namespaces' tallies (`--all-netns`).
+    others: Option<Namespaces>,
+    last_discovery_ns: u64,
+    last_other_owners_ns: Option<u64>,
 }
 
 impl<H: Host, S: EventSource> Engine<H, S> {
@@ -296,7 +309,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         cfg.validate()?;
         let port_range = host.port_range();
         let tally_defaults = TallyConfig::default();
-        let tally = Tally::new(TallyConfig {
+        let tally_config = TallyConfig {
             max_ips: cfg.max_ips,
             port_range,
             max_time_wait: host.max_time_wait().unwrap_or(tally_defaults.max_time_wait),
@@ -306,6 +319,14 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             } else {
                 0
             },
+        };
+        let tally = Tally::new(tally_config.clone());
+        let others = cfg.max_netns.map(|max| {
+            let own = cfg
+                .own_netns
+                .map(u64::from)
+                .or_else(|| host.own_namespace());
+            Namespaces::new(max, own, tally_config, cfg.thresholds.clone())
         });
         let now = host.now_ns();
         let clock = Clock::fixed(host.wall_now(), now);
@@ -336,6 +357,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             last_tally: (now, 0),
             previous: poll::Index::default(),
             problems: Vec::new(),
+            others,
+            last_discovery_ns: now,
+            last_other_owners_ns: None,
         };
         engine.host.release_memory();
         if engine.source.is_some() {
@@ -347,9 +371,73 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             engine.previous = poll::Index::new(&sockets);
         }
         engine.refresh_listener_info();
+        let events = engine.discover_namespaces(sink)?;
         sink.mode(&engine.mode)?;
+        for event in &events {
+            engine.emit_alert(event, sink)?;
+        }
         sink.flush()?;
         Ok(engine)
+    }
+
+    /// Looks for namespaces that appeared or went, and baselines the new ones. Returns
+    /// the events to report.
+    fn discover_namespaces(&mut self, sink: &mut impl Sink) -> Result<Vec<Alert>, EngineError> {
+        let Some(others) = self.others.as_mut() else {
+            return Ok(Vec::new());
+        };
+        self.last_discovery_ns = self.host.now_ns();
+        let found = self.host.namespaces();
+        let host = &mut self.host;
+        let mut events = others.update(found, |ns| host.namespace_port_range(ns));
+        events.extend(self.reconcile_others(true, false, sink)?);
+        Ok(events)
+    }
+
+    /// Reads other namespaces (those without a baseline when `pending_only`) and rebuilds
+    /// their tallies; transitions that arrive meanwhile are resolved against the reads.
+    fn reconcile_others(
+        &mut self,
+        pending_only: bool,
+        baseline: bool,
+        sink: &mut impl Sink,
+    ) -> Result<Vec<Alert>, EngineError> {
+        let targets = match &self.others {
+            Some(others) if pending_only => others.pending(),
+            Some(others) => others.all(),
+            None => return Ok(Vec::new()),
+        };
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.drain_source(false, sink)?;
+        if let Some(others) = self.others.as_mut() {
+            others.open_window();
+        }
+        let mut reads = Vec::with_capacity(targets.len());
+        for ns in &targets {
+            let at = self.host.now_ns();
+            reads.push((ns.inode, at, self.host.namespace_sockets(ns)));
+        }
+        let drained = self.drain_source(false, sink);
+        let Some(others) = self.others.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let events = others.reconcile(&reads, baseline || pending_only);
+        drained?;
+        // The walk of every process is the costly part: at most once a reconcile interval.
+        let now = self.host.now_ns();
+        let due = self.last_other_owners_ns.is_none_or(|at| {
+            now.saturating_sub(at) >= self.cfg.reconcile_interval.as_nanos() as u64
+        });
+        if due {
+            self.last_other_owners_ns = Some(now);
+            let host = &mut self.host;
+            others.refresh_owners(&reads, |wanted| host.owners(wanted));
+        }
+        drop(reads);
+        self.host.release_memory();
+        Ok(events)
     }
 
     pub fn mode(&self) -> &ModeRecord {
@@ -378,9 +466,12 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         self.reconciliations
     }
 
-    /// The alerts active now: (rule, subject, severity).
-    pub fn active_alerts(&self) -> impl Iterator<Item = (&str, &str, crate::model::Severity)> {
-        self.detector.active()
+    /// The alerts active now, every namespace's: (rule, subject, severity).
+    pub fn active_alerts(&self) -> impl Iterator<Item = (&str, String, crate::model::Severity)> {
+        self.detector
+            .active()
+            .map(|(rule, subject, severity)| (rule, subject.to_owned(), severity))
+            .chain(self.others.iter().flat_map(Namespaces::active_alerts))
     }
 
     pub fn host(&self) -> &H {
@@ -463,9 +554,17 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let ours = origin == Origin::Inferred
             || t.at.netns == 0
             || self.cfg.own_netns.is_none_or(|own| own == t.at.netns);
+        let mut other_listener = None;
         let applied = if !ours {
             self.received.foreign += 1;
-            None
+            match self.others.as_mut() {
+                Some(others) => {
+                    let (applied, listener) = others.transition(t);
+                    other_listener = listener;
+                    applied
+                }
+                None => None,
+            }
         } else {
             self.received.transitions += 1;
             self.pairs[t.old.index()][t.new.index()] += 1;
@@ -498,8 +597,11 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 clock: &self.clock,
             })?;
         }
+        if let Some(alert) = other_listener {
+            self.emit_alert(&alert, sink)?;
+        }
         // Polling reports new listeners itself (with no process: it cannot know).
-        if origin == Origin::Ebpf && applied.is_some_and(|a| a.new_listener) {
+        if ours && origin == Origin::Ebpf && applied.is_some_and(|a| a.new_listener) {
             let by = t.task.map(|task| Process {
                 pid: task.pid,
                 comm: task.comm(),
@@ -657,8 +759,21 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             port_range: self.port_range,
             close_wait_owners: std::mem::take(&mut self.owners.by_port),
         };
-        let alerts = self.detector.evaluate(&view, &inputs);
+        let mut alerts = self.detector.evaluate(&view, &inputs);
         (self.backlogs, self.owners.by_port) = (inputs.backlogs, inputs.close_wait_owners);
+        if let Some(others) = self.others.as_mut() {
+            let host = &mut self.host;
+            alerts.extend(others.evaluate(now, window_secs, |ns| host.namespace_time_wait(ns)));
+        }
+        // A namespace that sent transitions but is not known: look again (at most once a
+        // second).
+        let rediscover = self
+            .others
+            .as_ref()
+            .is_some_and(Namespaces::rediscover_wanted);
+        if rediscover && now.saturating_sub(self.last_discovery_ns) >= OWNER_LOOKUP_GAP_NS {
+            alerts.extend(self.discover_namespaces(sink)?);
+        }
         for alert in alerts {
             self.emit_alert(&alert, sink)?;
         }
@@ -705,6 +820,19 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         }
         self.last_reconcile = Some((report, reason));
         self.host.release_memory();
+        if matches!(reason, Reason::Periodic | Reason::Loss | Reason::Poll) && self.others.is_some()
+        {
+            // Periodically, namespaces that appeared or went are looked for too.
+            let mut events = if reason == Reason::Periodic {
+                self.discover_namespaces(sink)?
+            } else {
+                Vec::new()
+            };
+            events.extend(self.reconcile_others(false, false, sink)?);
+            for event in &events {
+                self.emit_alert(event, sink)?;
+            }
+        }
         Ok(sockets)
     }
 
@@ -859,11 +987,10 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             syn_elsewhere,
             tcp_ext: self.syn.counters.unwrap_or_default(),
             alerts_active: self
-                .detector
-                .active()
+                .active_alerts()
                 .map(|(rule, subject, severity)| ActiveAlert {
                     rule: rule.to_owned(),
-                    subject: subject.to_owned(),
+                    subject,
                     severity,
                 })
                 .collect(),
@@ -881,6 +1008,8 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             lost: self.lost(),
             inconsistencies: view.inconsistencies,
             transitions_per_sec: rate,
+            namespaces: self.others.as_ref().map(Namespaces::tallies),
+            namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
         }
     }

@@ -688,3 +688,326 @@ fn listeners_carry_their_queues_and_syn_totals() {
     assert_eq!(l.syn.synack_retransmits, 2);
     assert_eq!(tally.syn_elsewhere.synack_retransmits, 1);
 }
+
+mod other_namespaces {
+    use super::*;
+    use crate::{
+        host::netns::{Access, Namespace},
+        model::owner::{Container, Owner, Runtime},
+    };
+
+    const POD: u32 = 4_026_532_700;
+    const DOCKER: u32 = 4_026_532_800;
+
+    fn namespace(inode: u32, owner: Owner) -> Namespace {
+        Namespace {
+            inode: u64::from(inode),
+            name: None,
+            owner,
+            access: Access::Pids(vec![inode % 1000]),
+        }
+    }
+
+    fn pod() -> Namespace {
+        namespace(
+            POD,
+            Owner::Pod {
+                uid: "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b".into(),
+                container: None,
+                name: Some("web-7d9".into()),
+            },
+        )
+    }
+
+    fn docker() -> Namespace {
+        namespace(
+            DOCKER,
+            Owner::Container {
+                container: Container {
+                    runtime: Runtime::Docker,
+                    id: "3f2a9c1b7e44d8a1b2c3d4e5f6071829".into(),
+                },
+                name: None,
+            },
+        )
+    }
+
+    fn in_ns(netns: u32, mut t: Transition) -> Transition {
+        t.at.netns = netns;
+        t
+    }
+
+    fn host() -> FakeHost {
+        let mut host = FakeHost {
+            own_netns: Some(u64::from(NETNS)),
+            sockets: vec![socket(Listen, 22, 0, 1)],
+            namespaces: vec![pod(), docker()],
+            ..FakeHost::default()
+        };
+        host.other_sockets.insert(
+            u64::from(POD),
+            vec![
+                socket(Listen, 80, 0, 10),
+                socket(Established, 80, 40000, 11),
+                socket(Established, 40000, 80, 12),
+            ],
+        );
+        host.other_sockets.insert(
+            u64::from(DOCKER),
+            (0..3)
+                .map(|i| socket(CloseWait, 8080, 50000 + i, 20 + u64::from(i)))
+                .collect(),
+        );
+        host
+    }
+
+    fn engine(host: FakeHost, max: usize, sink: &mut RecordingSink) -> TestEngine {
+        Engine::start(
+            EngineConfig {
+                max_netns: Some(max),
+                ..config()
+            },
+            host,
+            Some(FakeSource::default()),
+            mode(Mode::Ebpf),
+            sink,
+        )
+        .unwrap()
+    }
+
+    fn tallied(sink: &RecordingSink, inode: u32) -> Option<crate::live::record::NamespaceTally> {
+        sink.last_tally()
+            .namespaces
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|n| n.inode == u64::from(inode))
+            .cloned()
+    }
+
+    #[test]
+    fn each_namespace_has_its_own_baseline_and_tally() {
+        let mut sink = RecordingSink::default();
+        let mut engine = engine(host(), 10, &mut sink);
+        // The mode record comes first; each namespace found is announced after it.
+        assert_eq!(sink.modes.len(), 1);
+        let added: Vec<_> = sink
+            .alerts
+            .iter()
+            .filter(|a| a.rule == "netns_added")
+            .collect();
+        assert_eq!(added.len(), 2);
+        assert!(added.iter().any(|a| a.message.contains("pod web-7d9")));
+        engine.write_tally(&mut sink).unwrap();
+        let pod = tallied(&sink, POD).unwrap();
+        assert_eq!(
+            (pod.states.get(Established), pod.states.get(Listen)),
+            (2, 1)
+        );
+        assert_eq!(pod.owner, "pod web-7d9");
+        let docker = tallied(&sink, DOCKER).unwrap();
+        assert_eq!(docker.states.get(CloseWait), 3);
+        // tcpmon's own namespace stays in the top-level fields, alone.
+        assert_eq!(sink.last_tally().states.get(Listen), 1);
+        assert_eq!(sink.last_tally().states.get(Established), 0);
+
+        // A connection inside the pod is tallied there, and only there.
+        let t: Vec<Transition> = connection(100, 2 * SEC, 41000)[..4]
+            .iter()
+            .map(|t| in_ns(POD, *t))
+            .collect();
+        push(&mut engine, &t);
+        engine.drain(&mut sink).unwrap();
+        engine.write_tally(&mut sink).unwrap();
+        assert_eq!(tallied(&sink, POD).unwrap().states.get(Established), 4);
+        assert_eq!(tallied(&sink, POD).unwrap().transitions, 4);
+        assert_eq!(sink.last_tally().states.get(Established), 0);
+        assert_eq!(sink.last_tally().received.foreign, 4);
+    }
+
+    #[test]
+    fn alerts_in_another_namespace_name_it_and_its_owner() {
+        let mut sink = RecordingSink::default();
+        let mut h = host();
+        h.other_sockets.insert(
+            u64::from(DOCKER),
+            (0..150)
+                .map(|i| socket(CloseWait, 8080, 50000 + i, 20 + u64::from(i)))
+                .collect(),
+        );
+        let mut engine = engine(h, 10, &mut sink);
+        engine.host_mut().now_ns += SEC;
+        engine.tick(&mut sink).unwrap();
+        let alert = sink
+            .alerts
+            .iter()
+            .find(|a| a.rule == "close_wait")
+            .expect("a CLOSE_WAIT alert");
+        assert_eq!(alert.netns, Some(u64::from(DOCKER)));
+        assert_eq!(
+            alert.owner.as_deref(),
+            Some("docker container 3f2a9c1b7e44")
+        );
+        assert_eq!(alert.subject, format!("8080 in netns {DOCKER}"));
+        assert!(
+            alert.message.contains("docker container 3f2a9c1b7e44"),
+            "{}",
+            alert.message
+        );
+        // The same port in tcpmon's own namespace would be another alert.
+        assert!(engine
+            .active_alerts()
+            .any(|(rule, subject, _)| rule == "close_wait"
+                && subject == format!("8080 in netns {DOCKER}")));
+    }
+
+    #[test]
+    fn time_wait_is_checked_against_each_namespace_sockstat() {
+        let mut sink = RecordingSink::default();
+        let mut h = host();
+        h.other_sockets.insert(
+            u64::from(POD),
+            (0..4).map(|i| socket(TimeWait, 40000 + i, 80, 0)).collect(),
+        );
+        h.other_time_wait.insert(u64::from(POD), 6);
+        let mut engine = engine(h, 10, &mut sink);
+        engine.host_mut().now_ns += SEC;
+        engine.tick(&mut sink).unwrap();
+        engine.write_tally(&mut sink).unwrap();
+        let pod = tallied(&sink, POD).unwrap();
+        assert_eq!(pod.time_wait_sockstat_error, Some(-2));
+        assert_eq!(
+            tallied(&sink, DOCKER).unwrap().time_wait_sockstat_error,
+            None
+        );
+    }
+
+    #[test]
+    fn namespaces_that_appear_and_go_are_followed() {
+        let mut sink = RecordingSink::default();
+        let mut h = host();
+        h.namespaces = vec![pod()];
+        let mut engine = engine(h, 10, &mut sink);
+        assert!(tallied_after_tally(&mut engine, &mut sink, DOCKER).is_none());
+        // The Docker namespace appears: its first transition makes tcpmon look again.
+        engine.host_mut().namespaces.push(docker());
+        push(
+            &mut engine,
+            &[in_ns(
+                DOCKER,
+                transition(500, 2 * SEC, 8080, 50010, Established, CloseWait),
+            )],
+        );
+        engine.drain(&mut sink).unwrap();
+        engine.host_mut().now_ns += 2 * SEC;
+        engine.tick(&mut sink).unwrap();
+        assert!(sink
+            .alerts
+            .iter()
+            .any(|a| a.rule == "netns_added" && a.netns == Some(u64::from(DOCKER))));
+        let docker = tallied_after_tally(&mut engine, &mut sink, DOCKER).unwrap();
+        assert_eq!(docker.states.get(CloseWait), 3);
+        assert_eq!(
+            sink.last_tally()
+                .namespaces_untracked
+                .as_ref()
+                .unwrap()
+                .transitions,
+            1
+        );
+
+        // The pod is deleted: the next read of it fails as gone.
+        engine
+            .host_mut()
+            .namespaces
+            .retain(|n| n.inode != u64::from(POD));
+        engine.host_mut().other_sockets.remove(&u64::from(POD));
+        engine.host_mut().now_ns += 30 * SEC;
+        engine.reconcile(Reason::Periodic, &mut sink).unwrap();
+        let gone = sink
+            .alerts
+            .iter()
+            .find(|a| a.rule == "netns_gone")
+            .expect("a netns_gone event");
+        assert_eq!(gone.netns, Some(u64::from(POD)));
+        assert_eq!(gone.status, Status::Event);
+        assert!(tallied_after_tally(&mut engine, &mut sink, POD).is_none());
+        assert!(tallied_after_tally(&mut engine, &mut sink, DOCKER).is_some());
+    }
+
+    fn tallied_after_tally(
+        engine: &mut TestEngine,
+        sink: &mut RecordingSink,
+        inode: u32,
+    ) -> Option<crate::live::record::NamespaceTally> {
+        engine.write_tally(sink).unwrap();
+        tallied(sink, inode)
+    }
+
+    #[test]
+    fn namespaces_beyond_the_bound_are_named_and_counted_together() {
+        let mut sink = RecordingSink::default();
+        let mut engine = engine(host(), 1, &mut sink);
+        let untracked: Vec<_> = sink
+            .alerts
+            .iter()
+            .filter(|a| a.rule == "netns_untracked")
+            .collect();
+        assert_eq!(untracked.len(), 1);
+        assert_eq!(untracked[0].severity, Severity::Warning);
+        let left_out = untracked[0].netns.unwrap() as u32;
+        push(
+            &mut engine,
+            &[
+                in_ns(left_out, transition(600, 2 * SEC, 9000, 1, Close, SynSent)),
+                in_ns(
+                    left_out,
+                    transition(602, 2 * SEC + 1, 9001, 1, Close, SynSent),
+                ),
+            ],
+        );
+        engine.drain(&mut sink).unwrap();
+        engine.host_mut().now_ns += 2 * SEC;
+        engine.tick(&mut sink).unwrap();
+        engine.write_tally(&mut sink).unwrap();
+        let record = sink.last_tally();
+        assert_eq!(record.namespaces.as_ref().unwrap().len(), 1);
+        let untracked = record.namespaces_untracked.as_ref().unwrap();
+        assert_eq!((untracked.namespaces, untracked.transitions), (1, 2));
+        // Said once, not at every look.
+        assert_eq!(
+            sink.alerts
+                .iter()
+                .filter(|a| a.rule == "netns_untracked")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_periodic_reconciliation_repairs_each_namespace_on_its_own() {
+        let mut sink = RecordingSink::default();
+        let mut engine = engine(host(), 10, &mut sink);
+        // A connection completes inside the pod, but the server side's events were lost:
+        // the pod's reconciliation finds one socket more than its tally.
+        let t: Vec<Transition> = connection(700, 3 * SEC, 42000)[..2]
+            .iter()
+            .map(|t| in_ns(POD, *t))
+            .collect();
+        push(&mut engine, &t);
+        let pod_sockets = engine
+            .host_mut()
+            .other_sockets
+            .get_mut(&u64::from(POD))
+            .unwrap();
+        pod_sockets.push(socket(Established, 42000, 80, 30));
+        pod_sockets.push(socket(Established, 80, 42000, 31));
+        engine.host_mut().now_ns += 30 * SEC;
+        engine.reconcile(Reason::Periodic, &mut sink).unwrap();
+        engine.write_tally(&mut sink).unwrap();
+        let pod = tallied(&sink, POD).unwrap();
+        assert_eq!(pod.states.get(Established), 4);
+        assert_eq!(pod.reconcile_error, Some(1));
+        assert_eq!(tallied(&sink, DOCKER).unwrap().reconcile_error, Some(0));
+    }
+}

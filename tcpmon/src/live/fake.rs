@@ -18,10 +18,11 @@ use crate::{
     host::{
         diag::ListenerQueues,
         kstats::{Opens, SynCounters},
+        netns::Namespace,
         proc_net::Socket,
     },
     model::{HalfOpen, PortRange, Process},
-    snapshot::SnapshotError,
+    snapshot::{namespaces::Failure, SnapshotError},
 };
 
 /// A machine whose every answer is a public field.
@@ -43,6 +44,13 @@ pub struct FakeHost {
     /// Owners by socket inode.
     pub owners: HashMap<u64, Process>,
     pub port_range: PortRange,
+    /// The engine's own namespace.
+    pub own_netns: Option<u64>,
+    /// Other namespaces: what discovery finds, and what each holds (a namespace
+    /// missing from `other_sockets` reads as gone).
+    pub namespaces: Vec<Namespace>,
+    pub other_sockets: HashMap<u64, Vec<Socket>>,
+    pub other_time_wait: HashMap<u64, u64>,
 }
 
 impl Default for FakeHost {
@@ -60,6 +68,10 @@ impl Default for FakeHost {
             half_open: HashMap::new(),
             owners: HashMap::new(),
             port_range: PortRange::LINUX_DEFAULT,
+            own_netns: None,
+            namespaces: Vec::new(),
+            other_sockets: HashMap::new(),
+            other_time_wait: HashMap::new(),
         }
     }
 }
@@ -115,6 +127,29 @@ impl Host for FakeHost {
     }
 
     fn max_time_wait(&mut self) -> Option<usize> {
+        None
+    }
+
+    fn own_namespace(&mut self) -> Option<u64> {
+        self.own_netns
+    }
+
+    fn namespaces(&mut self) -> Vec<Namespace> {
+        self.namespaces.clone()
+    }
+
+    fn namespace_sockets(&mut self, ns: &Namespace) -> Result<Vec<Socket>, Failure> {
+        self.other_sockets.get(&ns.inode).cloned().ok_or(Failure {
+            reason: "gone".into(),
+            gone: true,
+        })
+    }
+
+    fn namespace_time_wait(&mut self, ns: &Namespace) -> Option<u64> {
+        self.other_time_wait.get(&ns.inode).copied()
+    }
+
+    fn namespace_port_range(&mut self, _: &Namespace) -> Option<PortRange> {
         None
     }
 }

@@ -12,11 +12,15 @@ use crate::{
         clock::monotonic_ns,
         diag::{self, ListenerQueues},
         kstats::{Opens, SynCounters},
+        netns::{self, Namespace},
         proc_net::Socket,
         process, ProcRoot,
     },
     model::{HalfOpen, PortRange, Process},
-    snapshot::{Snapshot, SnapshotError},
+    snapshot::{
+        namespaces::{self, Failure},
+        Snapshot, SnapshotError,
+    },
 };
 
 /// The machine as the engine sees it.
@@ -45,6 +49,16 @@ pub trait Host {
     fn max_time_wait(&mut self) -> Option<usize>;
     /// Hands freed heap back to the system after a large read (a no-op for fakes).
     fn release_memory(&mut self) {}
+    /// The network namespace the engine's own tables are of (its inode).
+    fn own_namespace(&mut self) -> Option<u64>;
+    /// Every network namespace on the machine (`--all-netns`), with its owner.
+    fn namespaces(&mut self) -> Vec<Namespace>;
+    /// Every socket of another namespace.
+    fn namespace_sockets(&mut self, ns: &Namespace) -> Result<Vec<Socket>, Failure>;
+    /// `tw` of another namespace's sockstat.
+    fn namespace_time_wait(&mut self, ns: &Namespace) -> Option<u64>;
+    /// Another namespace's ephemeral port range, when it can be read (from inside).
+    fn namespace_port_range(&mut self, ns: &Namespace) -> Option<PortRange>;
 }
 
 /// The real machine: files under a /proc root, sock_diag in tcpmon's own namespace.
@@ -111,5 +125,35 @@ impl Host for SystemHost {
     fn release_memory(&mut self) {
         // SAFETY: glibc's malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
+    }
+
+    fn own_namespace(&mut self) -> Option<u64> {
+        netns::own_inode().ok().map(u64::from)
+    }
+
+    fn namespaces(&mut self) -> Vec<Namespace> {
+        let run = if self.proc.is_own() {
+            std::path::PathBuf::from("/run/netns")
+        } else {
+            self.proc.path().join("../run/netns")
+        };
+        netns::discover(&self.proc, &run).namespaces
+    }
+
+    fn namespace_sockets(&mut self, ns: &Namespace) -> Result<Vec<Socket>, Failure> {
+        let own = self.own_namespace();
+        Ok(namespaces::read_one(&self.proc, ns, own)?
+            .sockets()
+            .collect())
+    }
+
+    fn namespace_time_wait(&mut self, ns: &Namespace) -> Option<u64> {
+        let own = self.own_namespace();
+        namespaces::sockstat_time_wait(&self.proc, ns, own)
+    }
+
+    fn namespace_port_range(&mut self, ns: &Namespace) -> Option<PortRange> {
+        let own = self.own_namespace();
+        namespaces::from_inside(&self.proc, ns, own).port_range
     }
 }

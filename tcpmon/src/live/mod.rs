@@ -27,6 +27,7 @@ mod engine;
 pub mod fake;
 pub mod host;
 pub mod loss;
+pub mod namespaces;
 pub mod poll;
 pub mod record;
 pub mod rules;
@@ -68,7 +69,8 @@ pub struct SourceOptions {
     pub mode: ModeChoice,
     /// Ring sizes, the state hook, slot rings (its `netns` is set from `all_netns`).
     pub load: LoadOptions,
-    /// Show transitions of every network namespace (tallies stay tcpmon's own).
+    /// Events from every network namespace (each tallied on its own when the engine's
+    /// `max_netns` is set).
     pub all_netns: bool,
     /// The reader's nice value (`None`: raised to the default, see host::priority).
     pub nice: Option<i32>,
@@ -100,6 +102,16 @@ pub fn start(
         mode.notes.push(
             "cannot see other users' processes (needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH): alerts do not name the owners of their sockets".into(),
         );
+    }
+    if options.all_netns {
+        mode.notes.push(
+            "every network namespace is tallied on its own (up to --max-netns); SYN floods are judged in tcpmon's own namespace only".into(),
+        );
+        if !caps::has(Capability::SysAdmin) {
+            mode.notes.push(
+                "namespaces held only by a bind mount cannot be entered (needs CAP_SYS_ADMIN): they are not tallied".into(),
+            );
+        }
     }
     let host = SystemHost::new(options.proc_root.clone());
     Ok(Engine::start(config, host, source, mode, sink)?)

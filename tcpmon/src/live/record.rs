@@ -267,9 +267,41 @@ pub struct TallyRecord {
     /// loss, repaired by the next one).
     pub inconsistencies: u64,
     pub transitions_per_sec: f64,
+    /// With --all-netns: every other namespace, each tallied on its own, largest first
+    /// (the fields above are tcpmon's own namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<NamespaceTally>>,
+    /// With --all-netns: namespaces beyond --max-netns, not tallied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces_untracked: Option<Untracked>,
     /// How often it polls, in poll mode (the text line says it).
     #[serde(skip)]
     pub poll_interval: Option<Duration>,
+}
+
+/// One namespace in a tally record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceTally {
+    pub inode: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its owner, as text.
+    pub owner: String,
+    pub total: u64,
+    pub states: StateCounts,
+    /// Its transitions tallied since it was first seen.
+    pub transitions: u64,
+    /// Inferred TIME_WAIT minus its sockstat (`None` when that could not be read).
+    pub time_wait_sockstat_error: Option<i64>,
+    /// Sockets its last reconciliation corrected.
+    pub reconcile_error: Option<u64>,
+}
+
+/// Namespaces beyond `--max-netns`: named by count, their transitions counted together.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Untracked {
+    pub namespaces: usize,
+    pub transitions: u64,
 }
 
 /// Said once, at the end.

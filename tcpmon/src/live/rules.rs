@@ -51,8 +51,26 @@ pub struct Alert {
     /// syn_flood, close_wait, time_wait, port_exhaustion, per_ip, new_listener.
     pub rule: &'static str,
     /// What the alert is about (listener, port, destination, IP); stable while it lasts.
+    /// In another network namespace it ends with " in netns INODE".
     pub subject: String,
     pub message: String,
+    /// The network namespace it is about, when not tcpmon's own (`--all-netns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+    /// That namespace's owner ("pod web-7d9 (container 3f2a9c1b7e44)").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl Alert {
+    /// The alert as it is about another namespace: tagged, its subject made unique.
+    pub fn in_namespace(mut self, inode: u64, owner: &str) -> Self {
+        self.subject = format!("{} in netns {inode}", self.subject);
+        self.message = format!("{} (in {owner}, netns {inode})", self.message);
+        self.netns = Some(inode);
+        self.owner = Some(owner.to_owned());
+        self
+    }
 }
 
 /// Remembers which alerts are active so each start and end is reported once.
@@ -116,6 +134,8 @@ impl Detector {
                     ""
                 }
             ),
+            netns: None,
+            owner: None,
         }
     }
 
@@ -294,6 +314,8 @@ impl Detector {
                     rule: key.0,
                     subject: key.1.clone(),
                     message: message.clone(),
+                    netns: None,
+                    owner: None,
                 }),
                 Some((prev, _)) if prev != severity => out.push(Alert {
                     status: Status::Changed,
@@ -301,6 +323,8 @@ impl Detector {
                     rule: key.0,
                     subject: key.1.clone(),
                     message: message.clone(),
+                    netns: None,
+                    owner: None,
                 }),
                 Some(_) => {}
             }
@@ -313,6 +337,8 @@ impl Detector {
                     rule: key.0,
                     subject: key.1.clone(),
                     message: format!("cleared: {message}"),
+                    netns: None,
+                    owner: None,
                 });
             }
         }

@@ -137,6 +137,42 @@ pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
     )
 }
 
+/// With --all-netns: the other namespaces of a tally, the largest five in a line.
+pub fn namespaces_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
+    use crate::model::TcpState::*;
+    const SHOWN: usize = 5;
+    let Some(namespaces) = &r.namespaces else {
+        return Ok(());
+    };
+    let time = humantime::format_rfc3339_millis(r.time.0).to_string();
+    let mut line = format!(
+        "{} netns: {} tallied",
+        time_of_day(&time, 3),
+        namespaces.len()
+    );
+    if let Some(u) = r.namespaces_untracked.as_ref().filter(|u| u.namespaces > 0) {
+        line += &format!(
+            ", {} not (--max-netns; {} transitions)",
+            u.namespaces, u.transitions
+        );
+    }
+    for n in namespaces.iter().take(SHOWN) {
+        line += &format!(
+            " | {} ({}) {} [ESTAB {} TIME_WAIT {} CLOSE_WAIT {}]",
+            crate::model::printable(&n.owner),
+            n.inode,
+            n.total,
+            n.states.get(Established),
+            n.states.get(TimeWait),
+            n.states.get(CloseWait)
+        );
+    }
+    if namespaces.len() > SHOWN {
+        line += &format!(" | {} more", namespaces.len() - SHOWN);
+    }
+    writeln!(w, "{line}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
@@ -207,6 +243,8 @@ mod tests {
             rule: "time_wait",
             subject: "total".into(),
             message: "cleared: 6000 sockets in TIME_WAIT".into(),
+            netns: None,
+            owner: None,
         };
         let record = AlertRecord {
             time: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_123)),

@@ -40,7 +40,8 @@ impl<W: Write> Sink for TextSink<W> {
     }
 
     fn tally(&mut self, record: &TallyRecord) -> io::Result<()> {
-        human::tally_line(&mut self.out, record)
+        human::tally_line(&mut self.out, record)?;
+        human::namespaces_line(&mut self.out, record)
     }
 
     fn summary(&mut self, _: &SummaryRecord) -> io::Result<()> {

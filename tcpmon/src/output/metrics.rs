@@ -238,6 +238,13 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetnsLabels {
+    netns: String,
+    owner: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairLabels {
     from: String,
     to: String,
@@ -456,6 +463,48 @@ pub fn registry(snapshot: &MetricsSnapshot, usage: ProcessUsage) -> Registry {
 }
 
 /// The metrics a tally record carries.
+/// With --all-netns: every other namespace's sockets per state (at most --max-netns
+/// namespaces), and what was left untracked.
+fn namespace_metrics(r: &mut Registry, t: &TallyRecord) {
+    let Some(namespaces) = &t.namespaces else {
+        return;
+    };
+    let sockets = gauge_family::<NetnsLabels>(
+        r,
+        "tcpmon_netns_connections",
+        "TCP sockets per state in each other network namespace tallied (--all-netns, at most --max-netns), labelled with its inode and owner",
+    );
+    for n in namespaces {
+        for state in STATES {
+            let mut count = n.states.get(state);
+            if state == TcpState::SynRecv {
+                count += n.states.get(TcpState::NewSynRecv);
+            }
+            sockets
+                .get_or_create(&NetnsLabels {
+                    netns: n.inode.to_string(),
+                    owner: n.owner.clone(),
+                    state: state_label(state),
+                })
+                .set(to_i64(count));
+        }
+    }
+    let untracked = t.namespaces_untracked.clone().unwrap_or_default();
+    gauge(
+        r,
+        "tcpmon_netns_untracked",
+        "Network namespaces seen but not tallied (beyond --max-netns)",
+        to_i64(untracked.namespaces as u64),
+    );
+    let transitions = Counter::<u64>::default();
+    transitions.inc_by(untracked.transitions);
+    r.register(
+        "tcpmon_netns_untracked_transitions",
+        "Transitions in network namespaces not tallied (beyond --max-netns)",
+        transitions,
+    );
+}
+
 fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
     let transitions = counter_family::<PairLabels>(
         r,
@@ -494,6 +543,7 @@ fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
         }
     }
     listener_metrics(r, t);
+    namespace_metrics(r, t);
     let close_wait = gauge_family::<CloseWaitLabels>(
         r,
         "tcpmon_close_wait_sockets",
@@ -1012,6 +1062,8 @@ mod tests {
             rule: "per_ip",
             subject: format!("10.0.{}.{}", i / 256, i % 256),
             message: String::new(),
+            netns: None,
+            owner: None,
         };
         for i in 0..1000 {
             let a = alert(i);
@@ -1047,6 +1099,52 @@ mod tests {
             .count();
         assert_eq!(half_open, MAX_LISTENERS + 1);
         assert!(text.contains(r#"tcpmon_listener_half_open{listener="other"} 2000"#));
+    }
+
+    #[test]
+    fn other_namespaces_become_labelled_series() {
+        use crate::live::record::{NamespaceTally, Untracked};
+        let mut tally = sample_tally();
+        let mut states = crate::model::StateCounts::default();
+        states.add(TcpState::CloseWait, 12);
+        states.add(TcpState::NewSynRecv, 2);
+        tally.namespaces = Some(vec![NamespaceTally {
+            inode: 4026532200,
+            name: None,
+            owner: "pod web-7d9".into(),
+            total: 14,
+            states,
+            transitions: 40,
+            time_wait_sockstat_error: Some(0),
+            reconcile_error: None,
+        }]);
+        tally.namespaces_untracked = Some(Untracked {
+            namespaces: 3,
+            transitions: 17,
+        });
+        let published = Arc::new(Published::default());
+        let mut sink = MetricsSink::new(Arc::clone(&published));
+        sink.mode(&mode()).unwrap();
+        sink.tally(&tally).unwrap();
+        let (_, snapshot) = published.latest();
+        let text = encode(&snapshot, ProcessUsage::default(), Format::Prometheus);
+        let s = series(&text);
+        let netns = |state: &str| {
+            s[&format!(
+                r#"tcpmon_netns_connections{{netns="4026532200",owner="pod web-7d9",state="{state}"}}"#
+            )]
+        };
+        assert_eq!(netns("close_wait"), 12.0);
+        assert_eq!(netns("syn_recv"), 2.0);
+        assert_eq!(s["tcpmon_netns_untracked"], 3.0);
+        assert_eq!(s["tcpmon_netns_untracked_transitions_total"], 17.0);
+        // Without --all-netns there is no such series.
+        let mut sink = MetricsSink::new(Arc::clone(&published));
+        sink.mode(&mode()).unwrap();
+        sink.tally(&sample_tally()).unwrap();
+        let (_, snapshot) = published.latest();
+        let text = encode(&snapshot, ProcessUsage::default(), Format::Prometheus);
+        assert!(!text.contains("tcpmon_netns"), "{text}");
     }
 
     fn sample_tally() -> crate::live::record::TallyRecord {

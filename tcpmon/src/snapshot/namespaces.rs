@@ -79,12 +79,17 @@ pub fn read(
     (read, skipped)
 }
 
-struct Failure {
-    reason: String,
-    gone: bool,
+/// Why a namespace could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// It no longer exists (its processes exited, its bind mount was removed).
+    pub gone: bool,
 }
 
-fn read_one(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Result<Snapshot, Failure> {
+/// Reads one namespace's socket tables: through `root` for `own`, else through a
+/// process in it, else by entering it.
+pub fn read_one(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Result<Snapshot, Failure> {
     let failed = |e: &SnapshotError| Failure {
         reason: error_text(e),
         gone: false,
@@ -136,17 +141,17 @@ fn enter_error(e: &io::Error) -> String {
 
 /// What only a reader inside the namespace can learn.
 #[derive(Default)]
-struct Inside {
-    port_range: Option<PortRange>,
-    somaxconn: Option<u32>,
-    backlogs: HashMap<u64, u32>,
+pub struct Inside {
+    pub port_range: Option<PortRange>,
+    pub somaxconn: Option<u32>,
+    pub backlogs: HashMap<u64, u32>,
 }
 
 /// The namespace's own port range, somaxconn and listener backlogs: /proc/sys and
 /// sock_diag answer for the namespace of the reader, so another namespace's values need
 /// a thread that has entered it. Without that privilege (or with --proc-root) they are
 /// unknown, not borrowed from the host.
-fn from_inside(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Inside {
+pub fn from_inside(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Inside {
     fn here(root: &ProcRoot) -> Inside {
         Inside {
             port_range: root.port_range_opt(),
@@ -179,6 +184,23 @@ fn error_text(e: &SnapshotError) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `tw` of the namespace's sockstat (TIME_WAIT sockets), read like its tables.
+pub fn sockstat_time_wait(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Option<u64> {
+    if own == Some(ns.inode) {
+        return root.sockstat_time_wait();
+    }
+    match &ns.access {
+        Access::Pids(pids) => pids
+            .iter()
+            .find_map(|pid| ProcRoot::new(root.pid_dir(*pid)).sockstat_time_wait()),
+        Access::Enter(path) => in_namespace(path, || {
+            ProcRoot::new("/proc/thread-self").sockstat_time_wait()
+        })
+        .ok()
+        .flatten(),
+    }
 }
 
 /// One namespace summarized.

@@ -301,6 +301,11 @@ impl Watcher {
             .count()
     }
 
+    /// Every stdout line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
     /// tcpmon's pid (`ip netns exec` execs it in place).
     pub fn pid(&self) -> u32 {
         self.child.id()

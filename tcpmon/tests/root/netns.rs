@@ -396,3 +396,154 @@ fn without_privilege_what_is_skipped_is_named_and_the_rest_reported() {
     );
     assert!(text.contains("netns_unread"), "{text}");
 }
+
+/// `n` connections to `listener`, closed by the client (TIME_WAIT there), and `keep`
+/// more left ESTABLISHED.
+fn churn_in(listener: &TcpListener, n: usize, keep: usize) -> Vec<TcpStream> {
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        drop(client);
+        let mut b = [0u8; 1];
+        assert_eq!(server.read(&mut b).unwrap(), 0);
+    }
+    let mut kept = Vec::new();
+    for _ in 0..keep {
+        kept.push(TcpStream::connect(addr).unwrap());
+        kept.push(listener.accept().unwrap().0);
+    }
+    kept
+}
+
+fn namespace_tally(tally: &Value, inode: u64) -> Option<Value> {
+    tally["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["inode"] == inode)
+        .cloned()
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn watch_tallies_every_namespace_follows_them_and_names_them_in_alerts() {
+    if !require_root("watch_tallies_every_namespace_follows_them_and_names_them_in_alerts") {
+        return;
+    }
+    let home = Netns::new("wh");
+    let a = Netns::new("wa");
+    let b = Netns::new("wb");
+    for ns in [&a, &b] {
+        // Exact TIME_WAIT counts on loopback (KERNEL_FACTS.md).
+        ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_rfc1337=1"]);
+    }
+    let (listener_a, mut kept_a) = a.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7200)).unwrap();
+        let kept = churn_in(&listener, 10, 5);
+        (listener, kept)
+    });
+    let watcher = crate::harness::Watcher::start(
+        Some(&home),
+        &[
+            "watch",
+            "--json",
+            "--quiet-transitions",
+            "--all-netns",
+            "--tally-interval",
+            "1s",
+            "--reconcile-interval",
+            "2s",
+            "--close-wait-age",
+            "2s",
+        ],
+        |line| line.contains("\"type\":\"mode\""),
+    );
+    let added = |inode: u64| {
+        move |l: &str| {
+            l.contains("\"rule\":\"netns_added\"") && l.contains(&format!("\"netns\":{inode}"))
+        }
+    };
+    watcher.wait_for(Duration::from_secs(5), "A announced", added(a.inode()));
+    // Traffic in A while watched, a CLOSE_WAIT leak in A, and B coming to life.
+    let (listener_a, kept_a2, leak) = a.run(move || {
+        let more = churn_in(&listener_a, 100, 3);
+        let mut leak = Vec::new();
+        for _ in 0..4 {
+            let client = TcpStream::connect(("127.0.0.1", 7200)).unwrap();
+            let (server, _) = listener_a.accept().unwrap();
+            drop(client);
+            leak.push(server);
+        }
+        (listener_a, more, leak)
+    });
+    kept_a.extend(kept_a2);
+    let (listener_b, kept_b) = b.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7300)).unwrap();
+        let kept = churn_in(&listener, 40, 2);
+        (listener, kept)
+    });
+    watcher.wait_for(Duration::from_secs(5), "B announced", added(b.inode()));
+    let alert = watcher.wait_for(Duration::from_secs(10), "close_wait alert in A", |l| {
+        l.contains("\"rule\":\"close_wait\"") && l.contains("\"status\":\"raised\"")
+    });
+    let alert: Value = serde_json::from_str(&alert).unwrap();
+    assert_eq!(alert["netns"], a.inode(), "{alert}");
+    assert_eq!(alert["owner"], format!("ip netns {}", a.name), "{alert}");
+    assert_eq!(alert["subject"], format!("7200 in netns {}", a.inode()));
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("[{}]", std::process::id())),
+        "{alert}"
+    );
+
+    // Quiet now: each namespace's tally equals ss inside it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let expected_a = ss_states(&format!("/run/netns/{}", a.name));
+    let expected_b = ss_states(&format!("/run/netns/{}", b.name));
+    let start = std::time::Instant::now();
+    let (tally_a, tally_b) = loop {
+        std::thread::sleep(Duration::from_millis(1100));
+        let lines = watcher.lines();
+        let tally = crate::harness::records(&lines, "tally").last().unwrap();
+        let found = (
+            namespace_tally(&tally, a.inode()),
+            namespace_tally(&tally, b.inode()),
+        );
+        if let (Some(ta), Some(tb)) = &found {
+            if nonzero_states(ta) == expected_a && nonzero_states(tb) == expected_b {
+                break (ta.clone(), tb.clone());
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "tallies never matched ss: A {expected_a:?} B {expected_b:?}\n{tally}"
+        );
+    };
+    assert_eq!(nonzero_states(&tally_a)["TIME_WAIT"], 110);
+    assert_eq!(nonzero_states(&tally_a)["CLOSE_WAIT"], 4);
+    assert_eq!(nonzero_states(&tally_b)["TIME_WAIT"], 40);
+    assert_eq!(tally_a["time_wait_sockstat_error"], 0, "{tally_a}");
+    assert!(
+        tally_a["transitions"].as_u64().unwrap() > 100 * 4,
+        "{tally_a}"
+    );
+
+    // B is deleted while watched: it is said to be gone and leaves the tallies.
+    drop((listener_b, kept_b));
+    let b_inode = b.inode();
+    drop(b);
+    watcher.wait_for(Duration::from_secs(8), "B gone", |l| {
+        l.contains("\"rule\":\"netns_gone\"") && l.contains(&format!("\"netns\":{b_inode}"))
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    let (lines, status) = watcher.stop();
+    assert!(status.success());
+    let last = crate::harness::records(&lines, "tally").last().unwrap();
+    assert!(namespace_tally(&last, b_inode).is_none(), "{last}");
+    assert!(namespace_tally(&last, a.inode()).is_some());
+    assert_eq!(last["mode"], "ebpf");
+    crate::harness::check_schema(&lines);
+    drop((listener_a, kept_a, leak));
+}
