@@ -11,6 +11,10 @@
 # watch; "bpftrace-count" runs bpftrace counting transitions in a kernel map (a floor
 # for any tool that hooks every state change):
 #     watch_paired.sh -- "serve" "bpftrace-count"
+# One starting with "spread4" spreads the churn over four namespaces (a quarter of the
+# threads in each; its no-tracer run is spread the same way) and runs watch in the
+# first with the rest of the options, e.g. --all-netns:
+#     watch_paired.sh -- "" "spread4 --all-netns"
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -31,6 +35,29 @@ done
 source "$here/churn_netns.sh"
 churn_netns tcpmon-paired
 
+spread=("$ns")
+for extra in b c d; do
+    ip netns add "$ns-$extra"
+    ip netns exec "$ns-$extra" ip link set lo up
+    spread+=("$ns-$extra")
+done
+cleanup_spread() {
+    for n in "${spread[@]:1}"; do ip netns delete "$n" 2>/dev/null || true; done
+    churn_netns_cleanup
+}
+trap cleanup_spread EXIT
+# The churn in every namespace of `spread` at once, a quarter of the threads each; the
+# rates add up.
+churn_spread() {
+    local n
+    for n in "${spread[@]}"; do
+        ip netns exec "$n" "$churn" "$seconds" $((threads / 4)) | rate_of > "$work/rate-$n" &
+    done
+    wait
+    cat "$work"/rate-* | paste -sd+ | bc
+    rm -f "$work"/rate-*
+}
+
 count=${#variants[@]}
 label() { echo "[${variants[$1]:-defaults}]"; }
 printf '%-24s %10s %10s %8s  %s\n' options without with lost detach
@@ -47,7 +74,12 @@ for ((r = 0; r < rounds; r++)); do
             cmd="serve --listen 127.0.0.1:0"
             opts=("${opts[@]:1}")
         fi
-        base=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+        run_churn() { in_ns "$churn" "$seconds" "$threads" | rate_of; }
+        if [[ "${opts[0]:-}" == spread4 ]]; then
+            opts=("${opts[@]:1}")
+            run_churn() { churn_spread; }
+        fi
+        base=$(run_churn)
         sleep 1
         if [[ "${opts[0]:-}" == bpftrace-count ]]; then
             [[ -d /sys/kernel/tracing/events ]] || mount -t tracefs tracefs /sys/kernel/tracing
@@ -55,11 +87,11 @@ for ((r = 0; r < rounds; r++)); do
             watcher=$!
             sleep 3
             echo "bpftrace" > "$work/watch.err"
-            with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+            with=$(run_churn)
             kill -INT "$watcher"; wait "$watcher" || true; watcher=""
         else
             TCPMON_BIN="$bin" TCPMON_CMD="$cmd" start_watch "${opts[@]}"
-            with=$(in_ns "$churn" "$seconds" "$threads" | rate_of)
+            with=$(run_churn)
             stop_watch
         fi
         lost=$(awk -v a="$base" -v b="$with" 'BEGIN { printf "%.2f", 100 * (1 - b / a) }')
