@@ -15,7 +15,8 @@ work="$(mktemp -d)"
 holders=()
 cleanup() {
     exec 3>&- 2>/dev/null || true
-    for h in "${holders[@]}"; do kill "$h" 2>/dev/null || true; done
+    # The populations fork workers: take them down too.
+    for h in "${holders[@]}"; do pkill -P "$h" 2>/dev/null || true; kill "$h" 2>/dev/null || true; done
     for i in $(seq 1 "$count"); do ip netns delete "$prefix-$i" 2>/dev/null || true; done
     rm -rf "$work"
 }
@@ -26,7 +27,8 @@ exec 3<>"$work/in"
 for i in $(seq 1 "$count"); do
     ip netns add "$prefix-$i"
     ip netns exec "$prefix-$i" ip link set lo up
-    ip netns exec "$prefix-$i" python3 "$here/population.py" "$sockets" <"$work/in" >"$work/ready-$i" &
+    # 3>&-: a population holding the FIFO's write end would never see it close.
+    ip netns exec "$prefix-$i" python3 "$here/population.py" "$sockets" <"$work/in" >"$work/ready-$i" 3>&- &
     holders+=($!)
 done
 for i in $(seq 1 "$count"); do

@@ -18,7 +18,7 @@ use tcpmon_common::SockEvent;
 use super::{
     host::Host,
     loss::{self, LossTracker, Received},
-    namespaces::Namespaces,
+    namespaces::{NamespaceRead, Namespaces},
     poll,
     record::{
         ActiveAlert, AlertRecord, CloseWaitPort, DestinationRecord, FamilyStates, HalfOpenListener,
@@ -36,7 +36,9 @@ use crate::{
         decode::{decode_event, Record},
         KernelCounters,
     },
-    host::{clock::Clock, diag::ListenerQueues, kstats::SynCounters, proc_net::Socket},
+    host::{
+        clock::Clock, diag::ListenerQueues, kstats::SynCounters, netns::Namespace, proc_net::Socket,
+    },
     model::{canonical_ip, endpoint, Endpoints, Origin, PortRange, Process, TcpState, Transition},
     snapshot::SnapshotError,
 };
@@ -293,6 +295,16 @@ pub struct Engine<H: Host, S: EventSource> {
     others: Option<Namespaces>,
     last_discovery_ns: u64,
     last_other_owners_ns: Option<u64>,
+    /// Other namespaces being read on their own thread.
+    others_read: Option<OthersRead>,
+    last_other_owner_lookup_ns: Option<u64>,
+}
+
+/// A read of other namespaces under way.
+struct OthersRead {
+    handle: std::thread::JoinHandle<Vec<NamespaceRead>>,
+    /// It baselines namespaces (their first read).
+    baseline: bool,
 }
 
 impl<H: Host, S: EventSource> Engine<H, S> {
@@ -360,6 +372,8 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             others,
             last_discovery_ns: now,
             last_other_owners_ns: None,
+            others_read: None,
+            last_other_owner_lookup_ns: None,
         };
         engine.host.release_memory();
         if engine.source.is_some() {
@@ -371,7 +385,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             engine.previous = poll::Index::new(&sockets);
         }
         engine.refresh_listener_info();
-        let events = engine.discover_namespaces(sink)?;
+        let events = engine.discover_namespaces(true, sink)?;
         sink.mode(&engine.mode)?;
         for event in &events {
             engine.emit_alert(event, sink)?;
@@ -380,9 +394,13 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         Ok(engine)
     }
 
-    /// Looks for namespaces that appeared or went, and baselines the new ones. Returns
-    /// the events to report.
-    fn discover_namespaces(&mut self, sink: &mut impl Sink) -> Result<Vec<Alert>, EngineError> {
+    /// Looks for namespaces that appeared or went, and baselines the new ones (on a
+    /// thread of their own unless `inline`). Returns the events to report.
+    fn discover_namespaces(
+        &mut self,
+        inline: bool,
+        sink: &mut impl Sink,
+    ) -> Result<Vec<Alert>, EngineError> {
         let Some(others) = self.others.as_mut() else {
             return Ok(Vec::new());
         };
@@ -390,18 +408,24 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let found = self.host.namespaces();
         let host = &mut self.host;
         let mut events = others.update(found, |ns| host.namespace_port_range(ns));
-        events.extend(self.reconcile_others(true, false, sink)?);
+        events.extend(self.reconcile_others(true, inline, sink)?);
         Ok(events)
     }
 
-    /// Reads other namespaces (those without a baseline when `pending_only`) and rebuilds
-    /// their tallies; transitions that arrive meanwhile are resolved against the reads.
+    /// Reads other namespaces (only those without a baseline when `pending_only`) and
+    /// rebuilds their tallies; transitions that arrive meanwhile are resolved against the
+    /// reads. On the real machine the reads run on a thread of their own (under churn a
+    /// socket table read takes seconds, and the rings must keep draining): the result is
+    /// applied when it is ready (see `poll_others_read`). One read at a time.
     fn reconcile_others(
         &mut self,
         pending_only: bool,
-        baseline: bool,
+        inline: bool,
         sink: &mut impl Sink,
     ) -> Result<Vec<Alert>, EngineError> {
+        if self.others_read.is_some() {
+            return Ok(Vec::new());
+        }
         let targets = match &self.others {
             Some(others) if pending_only => others.pending(),
             Some(others) => others.all(),
@@ -412,30 +436,121 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         }
         self.drain_source(false, sink)?;
         if let Some(others) = self.others.as_mut() {
-            others.open_window();
+            others.open_window(&targets);
         }
-        let mut reads = Vec::with_capacity(targets.len());
-        for ns in &targets {
-            let at = self.host.now_ns();
-            reads.push((ns.inode, at, self.host.namespace_sockets(ns)));
+        let mut reader = self.host.namespace_reader();
+        let mut read_all = move |targets: Vec<Namespace>| -> Vec<NamespaceRead> {
+            targets
+                .iter()
+                .map(|ns| {
+                    let (at, read) = reader(ns);
+                    (ns.inode, at, read)
+                })
+                .collect()
+        };
+        if !inline && self.host.reads_in_background() {
+            self.others_read = Some(OthersRead {
+                handle: std::thread::Builder::new()
+                    .name("tcpmon-netns".into())
+                    .spawn(move || read_all(targets))?,
+                baseline: pending_only,
+            });
+            return Ok(Vec::new());
         }
+        let reads = read_all(targets);
+        self.apply_others_read(&reads, pending_only, false, sink)
+    }
+
+    /// Another namespace's CLOSE_WAIT alert about to be raised without its owner: read
+    /// that namespace now (inline: the alert waits for it) and look at the processes, at
+    /// most once a second, as for tcpmon's own namespace.
+    fn look_up_other_owners(&mut self, now: u64, sink: &mut impl Sink) -> Result<(), EngineError> {
+        let Some(others) = self.others.as_ref() else {
+            return Ok(());
+        };
+        if self
+            .last_other_owner_lookup_ns
+            .is_some_and(|at| now.saturating_sub(at) < OWNER_LOOKUP_GAP_NS)
+            || others.wanting_owners(now).is_empty()
+        {
+            return Ok(());
+        }
+        // A read under way holds the window: let it end first.
+        self.poll_others_read(true, sink)?;
+        let targets = match self.others.as_ref() {
+            Some(others) => others.wanting_owners(now),
+            None => return Ok(()),
+        };
+        if targets.is_empty() {
+            return Ok(());
+        }
+        self.last_other_owner_lookup_ns = Some(now);
+        self.drain_source(false, sink)?;
+        if let Some(others) = self.others.as_mut() {
+            others.open_window(&targets);
+        }
+        let mut reader = self.host.namespace_reader();
+        let reads: Vec<NamespaceRead> = targets
+            .iter()
+            .map(|ns| {
+                let (at, read) = reader(ns);
+                (ns.inode, at, read)
+            })
+            .collect();
+        let events = self.apply_others_read(&reads, false, true, sink)?;
+        for event in &events {
+            self.emit_alert(event, sink)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a finished read of other namespaces (waiting for it when `wait`).
+    fn poll_others_read(&mut self, wait: bool, sink: &mut impl Sink) -> Result<(), EngineError> {
+        if !self
+            .others_read
+            .as_ref()
+            .is_some_and(|r| wait || r.handle.is_finished())
+        {
+            return Ok(());
+        }
+        let Some(pending) = self.others_read.take() else {
+            return Ok(());
+        };
+        // A reader that panicked read nothing: the window closes, the tallies stay.
+        let reads = pending.handle.join().unwrap_or_default();
+        let events = self.apply_others_read(&reads, pending.baseline, false, sink)?;
+        for event in &events {
+            self.emit_alert(event, sink)?;
+        }
+        Ok(())
+    }
+
+    /// `owners`: look the CLOSE_WAIT sockets' owners up now, whenever it was last done.
+    fn apply_others_read(
+        &mut self,
+        reads: &[NamespaceRead],
+        baseline: bool,
+        owners: bool,
+        sink: &mut impl Sink,
+    ) -> Result<Vec<Alert>, EngineError> {
+        // Everything that happened up to now is in the window.
         let drained = self.drain_source(false, sink);
         let Some(others) = self.others.as_mut() else {
             return Ok(Vec::new());
         };
-        let events = others.reconcile(&reads, baseline || pending_only);
+        let events = others.reconcile(reads, baseline);
         drained?;
         // The walk of every process is the costly part: at most once a reconcile interval.
         let now = self.host.now_ns();
-        let due = self.last_other_owners_ns.is_none_or(|at| {
-            now.saturating_sub(at) >= self.cfg.reconcile_interval.as_nanos() as u64
-        });
+        let due = owners
+            || self.last_other_owners_ns.is_none_or(|at| {
+                now.saturating_sub(at) >= self.cfg.reconcile_interval.as_nanos() as u64
+            });
         if due {
             self.last_other_owners_ns = Some(now);
             let host = &mut self.host;
-            others.refresh_owners(&reads, |wanted| host.owners(wanted));
+            others.refresh_owners(reads, |wanted| host.owners(wanted));
         }
-        drop(reads);
         self.host.release_memory();
         Ok(events)
     }
@@ -491,6 +606,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
     /// Applies what the source holds, in time order.
     pub fn drain(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
         self.drain_source(false, sink)?;
+        self.poll_others_read(false, sink)?;
         if let Some(source) = self.source.as_mut() {
             source.flush_log();
         }
@@ -647,6 +763,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         if self.source.is_none() {
             self.poll_once(sink)?;
         }
+        self.poll_others_read(false, sink)?;
         self.evaluate(sink)?;
         sink.flush()?;
         Ok(())
@@ -761,6 +878,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         };
         let mut alerts = self.detector.evaluate(&view, &inputs);
         (self.backlogs, self.owners.by_port) = (inputs.backlogs, inputs.close_wait_owners);
+        self.look_up_other_owners(now, sink)?;
         if let Some(others) = self.others.as_mut() {
             let host = &mut self.host;
             alerts.extend(others.evaluate(now, window_secs, |ns| host.namespace_time_wait(ns)));
@@ -772,7 +890,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             .as_ref()
             .is_some_and(Namespaces::rediscover_wanted);
         if rediscover && now.saturating_sub(self.last_discovery_ns) >= OWNER_LOOKUP_GAP_NS {
-            alerts.extend(self.discover_namespaces(sink)?);
+            alerts.extend(self.discover_namespaces(false, sink)?);
         }
         for alert in alerts {
             self.emit_alert(&alert, sink)?;
@@ -824,7 +942,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         {
             // Periodically, namespaces that appeared or went are looked for too.
             let mut events = if reason == Reason::Periodic {
-                self.discover_namespaces(sink)?
+                self.discover_namespaces(false, sink)?
             } else {
                 Vec::new()
             };
@@ -1029,6 +1147,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             source.detach();
         }
         // Detached, the rings only hold what is already there: this read ends.
+        self.poll_others_read(true, sink)?;
         self.drain_source(true, sink)?;
         if let Some(kernel) = self.source.as_ref().and_then(|s| s.counters().ok()) {
             self.kernel = kernel;

@@ -835,6 +835,13 @@ mod other_namespaces {
                 .map(|i| socket(CloseWait, 8080, 50000 + i, 20 + u64::from(i)))
                 .collect(),
         );
+        h.owners.insert(
+            20,
+            Process {
+                pid: 4411,
+                comm: "java".into(),
+            },
+        );
         let mut engine = engine(h, 10, &mut sink);
         engine.host_mut().now_ns += SEC;
         engine.tick(&mut sink).unwrap();
@@ -843,6 +850,11 @@ mod other_namespaces {
             .iter()
             .find(|a| a.rule == "close_wait")
             .expect("a CLOSE_WAIT alert");
+        assert!(
+            alert.message.contains("held by java[4411]"),
+            "{}",
+            alert.message
+        );
         assert_eq!(alert.netns, Some(u64::from(DOCKER)));
         assert_eq!(
             alert.owner.as_deref(),

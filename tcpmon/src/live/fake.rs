@@ -138,10 +138,14 @@ impl Host for FakeHost {
         self.namespaces.clone()
     }
 
-    fn namespace_sockets(&mut self, ns: &Namespace) -> Result<Vec<Socket>, Failure> {
-        self.other_sockets.get(&ns.inode).cloned().ok_or(Failure {
-            reason: "gone".into(),
-            gone: true,
+    fn namespace_reader(&mut self) -> super::host::NamespaceReader {
+        let (now, tables) = (self.now_ns, self.other_sockets.clone());
+        Box::new(move |ns| {
+            let read = tables.get(&ns.inode).cloned().ok_or(Failure {
+                reason: "gone".into(),
+                gone: true,
+            });
+            (now, read)
         })
     }
 

@@ -23,6 +23,9 @@ use crate::{
     },
 };
 
+/// Reads one namespace's sockets: when the read began (monotonic ns), and what it found.
+pub type NamespaceReader = Box<dyn FnMut(&Namespace) -> (u64, Result<Vec<Socket>, Failure>) + Send>;
+
 /// The machine as the engine sees it.
 pub trait Host {
     /// CLOCK_MONOTONIC nanoseconds: the clock the kernel stamps events with.
@@ -53,8 +56,14 @@ pub trait Host {
     fn own_namespace(&mut self) -> Option<u64>;
     /// Every network namespace on the machine (`--all-netns`), with its owner.
     fn namespaces(&mut self) -> Vec<Namespace>;
-    /// Every socket of another namespace.
-    fn namespace_sockets(&mut self, ns: &Namespace) -> Result<Vec<Socket>, Failure>;
+    /// What reads other namespaces' sockets (possibly on another thread).
+    fn namespace_reader(&mut self) -> NamespaceReader;
+    /// Whether the engine should read other namespaces on a thread of their own, so
+    /// that it keeps draining the rings meanwhile (the real machine), or inline (fakes:
+    /// deterministic tests).
+    fn reads_in_background(&self) -> bool {
+        false
+    }
     /// `tw` of another namespace's sockstat.
     fn namespace_time_wait(&mut self, ns: &Namespace) -> Option<u64>;
     /// Another namespace's ephemeral port range, when it can be read (from inside).
@@ -140,11 +149,18 @@ impl Host for SystemHost {
         netns::discover(&self.proc, &run).namespaces
     }
 
-    fn namespace_sockets(&mut self, ns: &Namespace) -> Result<Vec<Socket>, Failure> {
+    fn namespace_reader(&mut self) -> NamespaceReader {
         let own = self.own_namespace();
-        Ok(namespaces::read_one(&self.proc, ns, own)?
-            .sockets()
-            .collect())
+        let proc = self.proc.clone();
+        Box::new(move |ns| {
+            let at = monotonic_ns();
+            let read = namespaces::read_one(&proc, ns, own).map(|s| s.sockets().collect());
+            (at, read)
+        })
+    }
+
+    fn reads_in_background(&self) -> bool {
+        true
     }
 
     fn namespace_time_wait(&mut self, ns: &Namespace) -> Option<u64> {

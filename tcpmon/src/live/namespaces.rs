@@ -51,11 +51,13 @@ pub struct Namespaces {
     tracked: BTreeMap<u64, Scope>,
     /// Known, over the bound.
     over_limit: BTreeSet<u64>,
+    /// Known, but could not be read (no privilege): said once, not retried.
+    unreadable: BTreeSet<u64>,
     untracked_transitions: u64,
     /// A transition came from a namespace discovery has not seen: look again.
     unknown_seen: bool,
-    /// While namespaces are being read: the transitions of tracked ones, in order.
-    window: Option<Vec<Transition>>,
+    /// While namespaces are being read: which, and their transitions meanwhile, in order.
+    window: Option<(HashSet<u64>, Vec<Transition>)>,
     owner_inodes: HashSet<u64>,
     owners_by_inode: HashMap<u64, Process>,
 }
@@ -75,6 +77,7 @@ impl Namespaces {
             thresholds,
             tracked: BTreeMap::new(),
             over_limit: BTreeSet::new(),
+            unreadable: BTreeSet::new(),
             untracked_transitions: 0,
             unknown_seen: false,
             window: None,
@@ -118,8 +121,9 @@ impl Namespaces {
             }
         }
         self.over_limit.retain(|inode| present.contains(inode));
+        self.unreadable.retain(|inode| present.contains(inode));
         for ns in found {
-            if self.tracked.contains_key(&ns.inode) {
+            if self.tracked.contains_key(&ns.inode) || self.unreadable.contains(&ns.inode) {
                 continue;
             }
             if self.tracked.len() >= self.max {
@@ -198,14 +202,18 @@ impl Namespaces {
         let inode = u64::from(t.at.netns);
         let Some(scope) = self.tracked.get_mut(&inode) else {
             self.untracked_transitions += 1;
-            if !self.over_limit.contains(&inode) {
+            if !self.over_limit.contains(&inode) && !self.unreadable.contains(&inode) {
                 self.unknown_seen = true;
             }
             return (None, None);
         };
         scope.transitions += 1;
-        let applied = match (&mut self.window, scope.baselined) {
-            (Some(window), _) => {
+        let held = self
+            .window
+            .as_mut()
+            .filter(|(reading, _)| reading.contains(&inode));
+        let applied = match (held, scope.baselined) {
+            (Some((_, window)), _) => {
                 window.push(*t);
                 scope.tally.observe(t)
             }
@@ -230,16 +238,21 @@ impl Namespaces {
         (Some(applied), listener)
     }
 
-    /// Starts holding transitions: namespaces are about to be read.
-    pub fn open_window(&mut self) {
-        self.window = Some(Vec::new());
+    /// Starts holding the transitions of `reading`: those namespaces are about to be read.
+    pub fn open_window(&mut self, reading: &[Namespace]) {
+        self.window = Some((reading.iter().map(|n| n.inode).collect(), Vec::new()));
+    }
+
+    /// Whether namespaces are being read (a window is open).
+    pub fn reading(&self) -> bool {
+        self.window.is_some()
     }
 
     /// Rebuilds the tallies of the namespaces read (`reads`: inode, when the read began,
     /// what it found) against the transitions held meanwhile; a namespace found gone is
     /// dropped and reported.
     pub fn reconcile(&mut self, reads: &[NamespaceRead], baseline: bool) -> Vec<Alert> {
-        let window = self.window.take().unwrap_or_default();
+        let window = self.window.take().map(|(_, w)| w).unwrap_or_default();
         let mut events = Vec::new();
         for (inode, at, read) in reads {
             let (inode, at) = (*inode, *at);
@@ -248,18 +261,28 @@ impl Namespaces {
             };
             match read {
                 Ok(sockets) => {
-                    let held: Vec<Transition> = window
+                    // The window opened before the first namespace was read; this one's
+                    // read began at `at`: what happened before that is not in doubt, so
+                    // it is applied first, and the correction measured from there.
+                    let (before, during): (Vec<Transition>, Vec<Transition>) = window
                         .iter()
                         .filter(|t| u64::from(t.at.netns) == inode)
-                        .copied()
-                        .collect();
-                    let report = scope.tally.reconcile_window(sockets, at, &held);
+                        .partition(|t| t.at.ts_ns < at);
+                    if scope.baselined {
+                        for t in &before {
+                            scope.tally.apply(t);
+                        }
+                    }
+                    let report = scope.tally.reconcile_window(sockets, at, &during);
                     let first = !scope.baselined;
                     scope.baselined = true;
                     scope.reconcile_error =
                         (!(baseline || first)).then_some(report.total_abs_error);
                 }
                 Err(failure) => {
+                    if !failure.gone {
+                        self.unreadable.insert(inode);
+                    }
                     if let Some(scope) = self.tracked.remove(&inode) {
                         events.push(event(
                             if failure.gone {
@@ -320,6 +343,26 @@ impl Namespaces {
                 }
             }
         }
+    }
+
+    /// Namespaces with a CLOSE_WAIT port about to be alerted whose owner is not known:
+    /// a read of them and a look at the processes would let the alert name it.
+    pub fn wanting_owners(&self, now_ns: u64) -> Vec<Namespace> {
+        let t = &self.thresholds;
+        self.tracked
+            .values()
+            .filter(|s| s.baselined)
+            .filter(|s| {
+                s.tally.view(DETECTOR_TOP).close_wait_by_port.iter().any(
+                    |(port, count, since, _)| {
+                        let age = now_ns.saturating_sub(*since) as f64 / 1e9;
+                        (age >= t.close_wait_age_secs || *count > t.close_wait_crit)
+                            && !s.close_wait_owners.contains_key(port)
+                    },
+                )
+            })
+            .map(|s| s.namespace.clone())
+            .collect()
     }
 
     /// One evaluation: expiry, TIME_WAIT against each namespace's sockstat
@@ -425,5 +468,106 @@ fn event(rule: &'static str, severity: Severity, ns: &Namespace, message: String
         message,
         netns: Some(ns.inode),
         owner: Some(owner_text(ns)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::{
+        host::netns::Access,
+        model::{owner::Owner, Endpoints, Family, TcpState::*},
+    };
+
+    const NS: u64 = 4_026_532_900;
+
+    fn lo() -> IpAddr {
+        IpAddr::from([127, 0, 0, 1])
+    }
+
+    fn namespace() -> Namespace {
+        Namespace {
+            inode: NS,
+            name: Some("blue".into()),
+            owner: Owner::Unknown {
+                cgroup: "(no process)".into(),
+            },
+            access: Access::Pids(vec![7]),
+        }
+    }
+
+    fn transition(ts: u64, old: TcpState, new: TcpState) -> Transition {
+        Transition {
+            at: Endpoints {
+                ts_ns: ts,
+                skaddr: 1,
+                netns: NS as u32,
+                family: Family::Ipv4,
+                local_ip: lo(),
+                local_port: 8080,
+                remote_ip: lo(),
+                remote_port: 40000,
+            },
+            old,
+            new,
+            task: None,
+        }
+    }
+
+    #[test]
+    fn a_read_is_measured_from_when_it_began() {
+        let mut ns = Namespaces::new(8, None, TallyConfig::default(), Thresholds::DEFAULT);
+        let events = ns.update(vec![namespace()], |_| None);
+        assert_eq!(events[0].owner.as_deref(), Some("ip netns blue"));
+        let established = |state| {
+            vec![
+                Socket::new(state, (lo(), 8080), (lo(), 40000), 11),
+                Socket::new(Established, (lo(), 40000), (lo(), 8080), 12),
+            ]
+        };
+        ns.open_window(&[namespace()]);
+        ns.reconcile(&[(NS, 5, Ok(established(Established)))], true);
+        // A second read opens its window at 10; the peer closes at 15; the read of this
+        // namespace begins at 20 and sees it.
+        ns.open_window(&[namespace()]);
+        let (applied, _) = ns.transition(&transition(15, Established, CloseWait));
+        assert!(applied.is_some());
+        ns.reconcile(&[(NS, 20, Ok(established(CloseWait)))], false);
+        let tally = &ns.tallies()[0];
+        assert_eq!(
+            (tally.states.get(CloseWait), tally.states.get(Established)),
+            (1, 1)
+        );
+        // What happened before the read began is not a correction.
+        assert_eq!(tally.reconcile_error, Some(0));
+        assert_eq!(tally.transitions, 1);
+    }
+
+    #[test]
+    fn a_read_that_fails_drops_the_namespace_and_says_why() {
+        let mut ns = Namespaces::new(8, None, TallyConfig::default(), Thresholds::DEFAULT);
+        ns.update(vec![namespace()], |_| None);
+        ns.open_window(&[namespace()]);
+        let events = ns.reconcile(
+            &[(
+                NS,
+                5,
+                Err(Failure {
+                    reason: "cannot enter it".into(),
+                    gone: false,
+                }),
+            )],
+            true,
+        );
+        assert_eq!(events[0].rule, "netns_unread");
+        assert_eq!(events[0].severity, Severity::Warning);
+        assert!(events[0].message.contains("cannot enter it"));
+        assert_eq!(ns.tracked_count(), 0);
+        assert!(!ns.reading());
+        // Not retried at every look: it was said once.
+        assert!(ns.update(vec![namespace()], |_| None).is_empty());
+        assert!(ns.pending().is_empty());
     }
 }
