@@ -9,6 +9,7 @@ pub mod kstats;
 pub mod netns;
 pub mod priority;
 pub mod proc_net;
+pub mod sock_diag;
 pub mod process;
 pub mod read;
 
