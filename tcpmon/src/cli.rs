@@ -8,7 +8,7 @@ use tcpmon::{
     live::{EngineConfig, ModeChoice, SourceOptions, TransitionFilter},
     model::{duration::parse_duration, Family, Severity, TcpState, Thresholds},
     snapshot::{
-        analysis::{parse_net, Filter},
+        analysis::{parse_net, Filter, SortKey},
         namespaces::Selection,
     },
 };
@@ -92,6 +92,27 @@ pub struct SnapshotArgs {
     pub proc_root: PathBuf,
     #[command(flatten)]
     pub netns: NetnsArgs,
+    /// Where to read sockets: netlink sock_diag (what ss reads: faster, and tcp_info),
+    /// /proc/net/tcp{,6}, or auto (netlink, else /proc with a note; --proc-root reads
+    /// /proc).
+    #[arg(long, value_enum, default_value_t = SourceChoice::Auto)]
+    pub source: SourceChoice,
+    /// Inside each connection (established, per-port, report): RTT, retransmits,
+    /// congestion window, bytes, from tcp_info (netlink).
+    #[arg(long)]
+    pub info: bool,
+    /// Order listed connections by this, largest first (rtt, retrans and bytes need
+    /// --info).
+    #[arg(long, value_name = "KEY", value_parser = parse_sort)]
+    pub sort: Option<SortKey>,
+}
+
+/// `--source`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceChoice {
+    Auto,
+    Netlink,
+    Proc,
 }
 
 /// Which network namespaces to read (default: tcpmon's own).
@@ -158,6 +179,16 @@ impl SnapshotArgs {
 
     pub fn proc_root(&self) -> ProcRoot {
         ProcRoot::new(&self.proc_root)
+    }
+}
+
+fn parse_sort(text: &str) -> Result<SortKey, String> {
+    match text {
+        "rtt" => Ok(SortKey::Rtt),
+        "retrans" => Ok(SortKey::Retrans),
+        "queue" => Ok(SortKey::Queue),
+        "bytes" => Ok(SortKey::Bytes),
+        _ => Err(format!("'{text}' is not one of rtt, retrans, queue, bytes")),
     }
 }
 

@@ -7,7 +7,7 @@ use tcpmon::{
     output::table::{Listed, Style},
 };
 
-use super::{listeners_table, load, one_list, OneList};
+use super::{listeners_table, load, one_list, OneList, Want};
 use crate::{cli::SnapshotArgs, exit::Status};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
@@ -16,7 +16,14 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     if !args.state.is_empty() && !args.state.contains(&TcpState::Listen) {
         args.state.push(TcpState::Listen);
     }
-    let loaded = load(&args, &[], true)?;
+    let loaded = load(
+        &args,
+        Want {
+            owners: true,
+            only: &[TcpState::Listen, TcpState::SynRecv],
+            ..Want::default()
+        },
+    )?;
     let listeners = Listed::cut(&loaded.summary.listeners, args.limit());
     let title = format!("LISTENERS ({})", listeners.total);
     let table = listeners_table(&listeners.items, loaded.namespaces.as_ref());

@@ -25,7 +25,7 @@ use tcpmon::{
     },
 };
 
-use crate::cli::{Command, SnapshotArgs};
+use crate::cli::{Command, SnapshotArgs, SourceChoice};
 
 /// Checks what clap cannot check flag by flag (a warning level above its critical one);
 /// the message is a usage error.
@@ -43,6 +43,11 @@ pub fn check(command: &Command) -> Result<(), String> {
 /// What every snapshot command starts from.
 pub struct Loaded {
     pub proc_root: std::path::PathBuf,
+    pub source: SourceKind,
+    /// The states the counts are limited to (the command's), when limited.
+    pub only: Option<Vec<TcpState>>,
+    /// What the reader should know about how it was read (a fallback, a retry).
+    pub notes: Vec<String>,
     pub bytes_read: usize,
     /// Files that do not exist (tcp6 when IPv6 is disabled).
     pub missing: Vec<std::path::PathBuf>,
@@ -77,39 +82,130 @@ impl Namespaces {
     }
 }
 
-/// Reads the selected namespaces (tcpmon's own by default) and aggregates them;
-/// `collect_states` keeps connection rows for the listing commands and `owners` walks
-/// /proc/PID/fd for listener/CLOSE_WAIT owners.
-pub fn load(args: &SnapshotArgs, collect_states: &[TcpState], owners: bool) -> Result<Loaded> {
+/// What a command needs from the snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Want<'a> {
+    /// Keep the connections of these states (the listing commands).
+    pub collect: &'a [TcpState],
+    /// Name the processes behind listeners and CLOSE_WAIT sockets (a walk of /proc/PID/fd).
+    pub owners: bool,
+    /// The only states the command shows: through netlink the kernel sends just these,
+    /// and the header says the counts are of them.
+    pub only: &'a [TcpState],
+    /// Read each connection's tcp_info (netlink only).
+    pub info: bool,
+}
+
+/// Where the sockets were read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Netlink,
+    Proc,
+}
+
+/// Reads the selected namespaces (tcpmon's own by default) and aggregates them.
+pub fn load(args: &SnapshotArgs, want: Want<'_>) -> Result<Loaded> {
     let root = args.proc_root();
     let collect = Collect {
-        connections_of: collect_states.to_vec(),
+        connections_of: want.collect.to_vec(),
         connection_limit: args.limit(),
+        sort: args.sort,
+    };
+    let mut filter = args.filter();
+    if !want.only.is_empty() {
+        let common: Vec<TcpState> = filter
+            .states
+            .iter()
+            .copied()
+            .filter(|s| want.only.contains(s))
+            .collect();
+        // --state with none of the command's states keeps what was asked for: the
+        // command then lists nothing, and the header counts what --state named.
+        if filter.states.is_empty() {
+            filter.states = want.only.to_vec();
+        } else if !common.is_empty() {
+            filter.states = common;
+        }
+    }
+    let only = if want.only.is_empty() {
+        None
+    } else {
+        Some(filter.states.clone())
     };
     let selection = args
         .netns
         .selection(&root)
         .map_err(|e| anyhow::anyhow!(e))?;
     let Some(selection) = selection else {
+        let mut notes = Vec::new();
+        let netlink = match args.source {
+            SourceChoice::Proc => false,
+            SourceChoice::Netlink => true,
+            SourceChoice::Auto => root.is_own(),
+        };
+        if netlink {
+            match tcpmon::snapshot::summarize_netlink(
+                &root,
+                filter.clone(),
+                collect.clone(),
+                want.owners,
+                want.info || args.info,
+            ) {
+                Ok((summary, connections, matched, read)) => {
+                    if read.retries > 0 {
+                        notes.push(format!(
+                            "the sock_diag dump was interrupted by changes and started again {} time(s)",
+                            read.retries
+                        ));
+                    }
+                    return Ok(Loaded {
+                        proc_root: root.path().to_path_buf(),
+                        source: SourceKind::Netlink,
+                        bytes_read: read.stats.bytes as usize,
+                        missing: Vec::new(),
+                        summary,
+                        connections: Listed::from_parts(connections, matched as usize),
+                        namespaces: None,
+                        only,
+                        notes,
+                    });
+                }
+                Err(e) if args.source == SourceChoice::Auto => {
+                    notes.push(format!(
+                        "netlink sock_diag failed ({e}): read /proc instead"
+                    ));
+                }
+                Err(e) => return Err(e).context("reading the socket tables through netlink"),
+            }
+        }
+        if args.info && !notes.is_empty() {
+            notes.push("--info needs netlink: tcp_info is not shown".into());
+        } else if args.info {
+            notes.push("--info needs netlink (not with --proc-root or --source proc): tcp_info is not shown".into());
+        }
         let snapshot = Snapshot::read(&root).context("reading the socket tables")?;
         let (summary, connections, matched) =
-            tcpmon::snapshot::summarize_with(&snapshot, args.filter(), collect, owners);
+            tcpmon::snapshot::summarize_with(&snapshot, filter, collect, want.owners);
         return Ok(Loaded {
             proc_root: root.path().to_path_buf(),
+            source: SourceKind::Proc,
             bytes_read: snapshot.bytes_read(),
             missing: snapshot.missing().map(|f| f.path.clone()).collect(),
             summary,
             connections: Listed::from_parts(connections, matched as usize),
             namespaces: None,
+            only,
+            notes,
         });
     };
     let loaded = namespaces::load(
         &root,
         &selection,
         &crate::cli::run_netns(&root),
-        &args.filter(),
+        &filter,
         &collect,
-        owners,
+        want.owners,
     );
     if loaded.parts.is_empty() {
         let why: Vec<String> = loaded
@@ -138,6 +234,13 @@ pub fn load(args: &SnapshotArgs, collect_states: &[TcpState], owners: bool) -> R
     }
     Ok(Loaded {
         proc_root: root.path().to_path_buf(),
+        source: SourceKind::Proc,
+        only,
+        notes: if args.info {
+            vec!["--info reads tcp_info through netlink, in tcpmon's own namespace only: not shown with --all-netns or --netns".into()]
+        } else {
+            Vec::new()
+        },
         bytes_read: loaded.parts.iter().map(|p| p.bytes_read).sum(),
         missing: loaded
             .parts
@@ -226,7 +329,13 @@ pub struct NamespaceEntry<'a> {
 pub struct Source<'a> {
     /// The version of the document schemas (docs/schema/snapshot.schema.json).
     pub schema_version: u32,
+    /// netlink (sock_diag) or proc (/proc/net/tcp{,6}).
+    pub source: SourceKind,
     pub proc_root: &'a std::path::Path,
+    /// The states the counts are limited to, when the command shows only some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_states: Option<Vec<&'static str>>,
+    pub notes: &'a [String],
     pub bytes_read: usize,
     /// Files that do not exist (tcp6 when IPv6 is disabled): their sockets are not counted.
     pub missing: &'a [std::path::PathBuf],
@@ -252,7 +361,13 @@ impl<'a> Source<'a> {
         let ns = loaded.namespaces.as_ref().map(|n| &n.loaded);
         Self {
             schema_version: tcpmon::snapshot::SCHEMA_VERSION,
+            source: loaded.source,
             proc_root: &loaded.proc_root,
+            only_states: loaded
+                .only
+                .as_ref()
+                .map(|states| states.iter().map(|s| s.name()).collect()),
+            notes: &loaded.notes,
             bytes_read: loaded.bytes_read,
             missing: &loaded.missing,
             total: loaded.summary.total,
@@ -312,15 +427,32 @@ pub fn write_header(out: &mut dyn Write, loaded: &Loaded, style: Style) -> Resul
         ),
         None => String::new(),
     };
+    let heading = match &loaded.only {
+        Some(states) => format!(
+            "TCP sockets in {}:",
+            states
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "TCP sockets:".to_owned(),
+    };
+    let from = match loaded.source {
+        SourceKind::Netlink => "netlink sock_diag".to_owned(),
+        SourceKind::Proc => loaded.proc_root.display().to_string(),
+    };
     writeln!(
         out,
-        "{} {} (IPv4 {}, IPv6 {}){across} from {}",
-        style.heading("TCP sockets:"),
+        "{} {} (IPv4 {}, IPv6 {}){across} from {from}",
+        style.heading(&heading),
         thousands(s.total),
         thousands(s.ipv4),
         thousands(s.ipv6),
-        loaded.proc_root.display()
     )?;
+    for note in &loaded.notes {
+        writeln!(out, "note: {note}")?;
+    }
     if s.duplicates > 0 {
         writeln!(
             out,

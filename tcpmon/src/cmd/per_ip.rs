@@ -4,11 +4,11 @@ use std::io::Write;
 use anyhow::Result;
 use tcpmon::output::table::{Listed, Style};
 
-use super::{load, one_list, per_ip_table, OneList};
+use super::{load, one_list, per_ip_table, OneList, Want};
 use crate::{cli::SnapshotArgs, exit::Status};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(args, &[], false)?;
+    let loaded = load(args, Want::default())?;
     let per_ip = Listed::cut(&loaded.summary.per_ip, args.limit());
     let title = format!(
         "CONNECTIONS PER REMOTE IP ({} addresses, listeners excluded)",

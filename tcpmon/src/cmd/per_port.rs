@@ -2,13 +2,20 @@
 use std::io::Write;
 
 use anyhow::Result;
+use tcpmon::model::TcpState;
 use tcpmon::output::table::{Listed, Style};
 
-use super::{load, one_list, per_port_table, OneList};
+use super::{load, one_list, per_port_table, OneList, Want};
 use crate::{cli::SnapshotArgs, exit::Status};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(args, &[], false)?;
+    let loaded = load(
+        args,
+        Want {
+            only: &[TcpState::Established],
+            ..Want::default()
+        },
+    )?;
     let per_port = Listed::cut(&loaded.summary.per_port, args.limit());
     let title = format!("ESTABLISHED PER LOCAL PORT ({} ports)", per_port.total);
     one_list(

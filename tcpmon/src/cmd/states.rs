@@ -9,11 +9,11 @@ use tcpmon::{
     snapshot::analysis::Summary,
 };
 
-use super::{load, write_header, write_json};
+use super::{load, write_header, write_json, Want};
 use crate::{cli::SnapshotArgs, exit::Status};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(args, &[], false)?;
+    let loaded = load(args, Want::default())?;
     if args.json {
         #[derive(Serialize)]
         struct Body<'a> {

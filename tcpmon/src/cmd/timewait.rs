@@ -10,11 +10,17 @@ use tcpmon::{
     snapshot::analysis::{Connection, Destination},
 };
 
-use super::{load, write_header, write_json, write_listed};
+use super::{load, write_header, write_json, write_listed, Want};
 use crate::{cli::SnapshotArgs, exit::Status};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(args, &[TcpState::TimeWait], false)?;
+    let loaded = load(
+        args,
+        Want {
+            collect: &[TcpState::TimeWait],
+            ..Want::default()
+        },
+    )?;
     let s = &loaded.summary;
     let time_wait = s.states.get(TcpState::TimeWait);
     let with_tw: Vec<Destination> = s

@@ -9,9 +9,9 @@ pub mod kstats;
 pub mod netns;
 pub mod priority;
 pub mod proc_net;
-pub mod sock_diag;
 pub mod process;
 pub mod read;
+pub mod sock_diag;
 
 use std::path::{Path, PathBuf};
 

@@ -211,7 +211,8 @@ pub fn decode_chunk(
 /// One `inet_diag_msg` and its attributes; None for a state tcpmon does not know.
 fn decode_record(payload: &[u8]) -> Result<Option<Record<'_>>, DumpError> {
     use netlink_packet_core::Parseable;
-    let header = InetResponseHeader::parse(payload).map_err(|e| DumpError::Malformed(e.to_string()))?;
+    let header =
+        InetResponseHeader::parse(payload).map_err(|e| DumpError::Malformed(e.to_string()))?;
     let Ok(state) = TcpState::try_from(header.state) else {
         return Ok(None);
     };
@@ -391,8 +392,22 @@ mod tests {
         for (inode, s) in &from_proc {
             let d = &ours[inode];
             assert_eq!(
-                (d.state, d.local_ip, d.local_port, d.remote_ip, d.remote_port, d.uid),
-                (s.state, s.local_ip, s.local_port, s.remote_ip, s.remote_port, s.uid),
+                (
+                    d.state,
+                    d.local_ip,
+                    d.local_port,
+                    d.remote_ip,
+                    d.remote_port,
+                    d.uid
+                ),
+                (
+                    s.state,
+                    s.local_ip,
+                    s.local_port,
+                    s.remote_ip,
+                    s.remote_port,
+                    s.uid
+                ),
                 "inode {inode}"
             );
         }
@@ -437,11 +452,17 @@ mod tests {
         assert_eq!(info.bytes_acked, 100_000 + 1, "{info:?}");
         assert_eq!(info.bytes_sent, 100_000, "{info:?}");
         assert!(info.rtt_ms > 0.0 && info.rtt_ms < 1000.0, "{info:?}");
-        assert!(info.min_rtt_ms > 0.0 && info.min_rtt_ms <= info.rtt_ms * 10.0, "{info:?}");
+        assert!(
+            info.min_rtt_ms > 0.0 && info.min_rtt_ms <= info.rtt_ms * 10.0,
+            "{info:?}"
+        );
         assert!(info.snd_cwnd >= 10, "{info:?}");
         assert!(info.segs_out > 2, "{info:?}");
         assert!(info.snd_wnd > 0, "{info:?}");
-        assert_eq!((info.unacked, info.total_retrans, info.retransmits), (0, 0, 0));
+        assert_eq!(
+            (info.unacked, info.total_retrans, info.retransmits),
+            (0, 0, 0)
+        );
         // A short struct (an old kernel) leaves the rest at zero.
         assert_eq!(TcpInfo::parse(&[0u8; 10]), TcpInfo::default());
     }

@@ -11,6 +11,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::Row;
+pub use crate::host::sock_diag::TcpInfo;
 use crate::{
     host::proc_net::{LineError, Socket},
     model::{canonical_ip, Family, PortRange, Process, StateCounts, TcpState},
@@ -126,13 +127,73 @@ impl IpCount {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PortCount {
     pub port: u16,
     pub established: u64,
+    /// From tcp_info (netlink with --info): over its ESTABLISHED connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<PortInfo>,
     /// The network namespace (inode) it is in, when several were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+}
+
+/// A local port's ESTABLISHED connections as tcp_info sees them.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PortInfo {
+    pub rtt_avg_ms: f64,
+    pub rtt_max_ms: f64,
+    /// Segments retransmitted, summed over the connections' lives.
+    pub total_retrans: u64,
+    /// Bytes waiting to be acknowledged or sent, summed.
+    pub send_queue_bytes: u64,
+}
+
+/// One remote IP's connections as tcp_info sees them: how much they retransmit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Retransmits {
+    pub ip: IpAddr,
+    pub connections: u64,
+    pub segs_out: u64,
+    pub total_retrans: u64,
+    /// total_retrans / segs_out, in percent.
+    pub retrans_pct: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+}
+
+/// Connections toward one remote IP whose peer stopped reading: its receive window is
+/// zero (a zero-window probe is running, or tcp_info says so) with data queued.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stuck {
+    pub ip: IpAddr,
+    pub connections: u64,
+    pub queued_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+}
+
+/// What `--sort` orders connections by (largest first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SortKey {
+    Rtt,
+    Retrans,
+    Queue,
+    Bytes,
+}
+
+impl SortKey {
+    fn of(self, c: &Connection) -> f64 {
+        let info = c.info.unwrap_or_default();
+        match self {
+            Self::Rtt => info.rtt_ms,
+            Self::Retrans => f64::from(info.total_retrans),
+            Self::Queue => f64::from(c.send_queue) + f64::from(c.recv_queue),
+            Self::Bytes => (info.bytes_acked + info.bytes_received) as f64,
+        }
+    }
 }
 
 /// CLOSE_WAIT sockets grouped by local port and owning process.
@@ -178,6 +239,9 @@ pub struct Connection {
     /// The network namespace (inode) it is in, when several were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// From tcp_info (netlink with --info).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<TcpInfo>,
 }
 
 /// Everything one snapshot says, after filtering.
@@ -206,6 +270,12 @@ pub struct Summary {
     /// Sockets the kernel listed twice because the table changed while it was read;
     /// counted once.
     pub duplicates: u64,
+    /// Whether tcp_info was read (netlink): the retransmit figures exist only then.
+    pub tcp_info: bool,
+    /// Remote IPs by how much their connections retransmit, worst first.
+    pub retransmits: Vec<Retransmits>,
+    /// Remote IPs whose connections have a full send queue, most queued first.
+    pub stuck: Vec<Stuck>,
 }
 
 /// Options that make the aggregation do extra work only when a command shows it.
@@ -214,6 +284,8 @@ pub struct Collect {
     /// Keep these states' connections (for `established`, `timewait`); capped at `limit`.
     pub connections_of: Vec<TcpState>,
     pub connection_limit: Option<usize>,
+    /// Keep the `connection_limit` largest by this, not the first ones.
+    pub sort: Option<SortKey>,
 }
 
 /// Kernel USER_HZ as /proc reports timers in (clock_t): 100 on every Linux ABI.
@@ -242,6 +314,13 @@ pub struct Aggregator {
     connections_seen: u64,
     inodes: FxHashSet<u64>,
     duplicates: u64,
+    tcp_info: bool,
+    /// Per remote IP: connections, segments out, retransmitted.
+    retransmits: FxHashMap<IpAddr, (u64, u64, u64)>,
+    /// Per remote IP: stuck connections, bytes queued.
+    stuck: FxHashMap<IpAddr, (u64, u64)>,
+    /// Per local port: connections with tcp_info, RTT sum and max, retransmits, queue.
+    port_info: FxHashMap<u16, (u64, f64, f64, u64, u64)>,
 }
 
 impl Aggregator {
@@ -256,12 +335,18 @@ impl Aggregator {
 
     pub fn add_row(&mut self, row: &Row<'_>) {
         match row.socket {
-            // /proc is walked while sockets come and go: a socket can be listed twice.
-            Ok(socket) if socket.inode != 0 && !self.inodes.insert(socket.inode) => {
-                self.duplicates += 1
-            }
-            Ok(socket) => self.add(&socket),
+            Ok(socket) => self.add_unique(&socket, None),
             Err(reason) => self.skip(row, reason),
+        }
+    }
+
+    /// A socket from a walk of the tables (/proc or sock_diag), which the kernel makes
+    /// while sockets come and go: one listed twice is counted once.
+    pub fn add_unique(&mut self, socket: &Socket, info: Option<&TcpInfo>) {
+        if socket.inode != 0 && !self.inodes.insert(socket.inode) {
+            self.duplicates += 1;
+        } else {
+            self.add_with_info(socket, info);
         }
     }
 
@@ -282,6 +367,11 @@ impl Aggregator {
     }
 
     pub fn add(&mut self, s: &Socket) {
+        self.add_with_info(s, None);
+    }
+
+    /// A socket and, from sock_diag, what its tcp_info says.
+    pub fn add_with_info(&mut self, s: &Socket, info: Option<&TcpInfo>) {
         if !self.filter.matches(s) {
             return;
         }
@@ -338,14 +428,16 @@ impl Aggregator {
                 }
             }
         }
+        self.add_info(s, remote, info);
         if self.collect.connections_of.contains(&s.state) {
             self.connections_seen += 1;
-            if self
+            let room = self
                 .collect
                 .connection_limit
-                .is_none_or(|limit| self.connections.len() < limit)
-            {
+                .is_none_or(|limit| self.connections.len() < limit);
+            if room || self.collect.sort.is_some() {
                 self.connections.push(Connection {
+                    info: info.copied(),
                     netns: None,
                     family: s.family,
                     state: s.state,
@@ -359,7 +451,64 @@ impl Aggregator {
                     inode: s.inode,
                     timer_secs: (s.timer != 0).then_some(s.timer_jiffies as f64 / USER_HZ),
                 });
+                self.trim_sorted(false);
             }
+        }
+    }
+
+    /// Sorted collection keeps the largest `limit`: trimmed whenever it holds twice that
+    /// (`all`: to exactly that, in order), so the cost stays linear.
+    fn trim_sorted(&mut self, all: bool) {
+        let (Some(key), Some(limit)) = (self.collect.sort, self.collect.connection_limit) else {
+            if let Some(key) = self.collect.sort.filter(|_| all) {
+                self.connections
+                    .sort_by(|a, b| key.of(b).total_cmp(&key.of(a)));
+            }
+            return;
+        };
+        let by = |a: &Connection, b: &Connection| key.of(b).total_cmp(&key.of(a));
+        if self.connections.len() >= 2 * limit.max(1) || (all && self.connections.len() > limit) {
+            let nth = limit.saturating_sub(1).min(self.connections.len() - 1);
+            self.connections.select_nth_unstable_by(nth, by);
+            self.connections.truncate(limit);
+        }
+        if all {
+            self.connections.sort_by(by);
+        }
+    }
+
+    /// What tcp_info (or, without it, a zero-window probe) says about a connection.
+    fn add_info(&mut self, s: &Socket, remote: IpAddr, info: Option<&TcpInfo>) {
+        let open = matches!(
+            s.state,
+            TcpState::Established | TcpState::CloseWait | TcpState::FinWait1
+        );
+        if !open {
+            return;
+        }
+        // A zero-window probe (timer 4) means the peer advertises no room.
+        let zero_window = s.timer == 4 || info.is_some_and(|i| i.snd_wnd == 0);
+        let queued = u64::from(s.tx_queue) + info.map_or(0, |i| u64::from(i.notsent_bytes));
+        if zero_window && queued > 0 {
+            let entry = self.stuck.entry(remote).or_default();
+            entry.0 += 1;
+            entry.1 += queued;
+        }
+        let Some(info) = info else {
+            return;
+        };
+        self.tcp_info = true;
+        let entry = self.retransmits.entry(remote).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(info.segs_out);
+        entry.2 += u64::from(info.total_retrans);
+        if s.state == TcpState::Established {
+            let port = self.port_info.entry(s.local_port).or_default();
+            port.0 += 1;
+            port.1 += info.rtt_ms;
+            port.2 = port.2.max(info.rtt_ms);
+            port.3 += u64::from(info.total_retrans);
+            port.4 += u64::from(s.tx_queue) + u64::from(info.notsent_bytes);
         }
     }
 
@@ -375,6 +524,7 @@ impl Aggregator {
 
     /// Connections collected per [`Collect`], and how many matched in all.
     pub fn take_connections(&mut self) -> (Vec<Connection>, u64) {
+        self.trim_sorted(true);
         (std::mem::take(&mut self.connections), self.connections_seen)
     }
 
@@ -426,15 +576,23 @@ impl Aggregator {
 
         let mut per_ip: Vec<IpCount> = self.per_ip.into_values().collect();
         per_ip.sort_unstable_by(|a, b| b.total.cmp(&a.total).then(a.ip.cmp(&b.ip)));
-        let mut per_port: Vec<PortCount> = self
-            .per_port
-            .into_iter()
-            .map(|(port, established)| PortCount {
-                port,
-                established,
-                netns: None,
-            })
-            .collect();
+        let mut per_port: Vec<PortCount> =
+            self.per_port
+                .into_iter()
+                .map(|(port, established)| PortCount {
+                    info: self.port_info.get(&port).map(
+                        |&(n, rtt_sum, rtt_max, retrans, queue)| PortInfo {
+                            rtt_avg_ms: rtt_sum / n.max(1) as f64,
+                            rtt_max_ms: rtt_max,
+                            total_retrans: retrans,
+                            send_queue_bytes: queue,
+                        },
+                    ),
+                    port,
+                    established,
+                    netns: None,
+                })
+                .collect();
         per_port
             .sort_unstable_by(|a, b| b.established.cmp(&a.established).then(a.port.cmp(&b.port)));
 
@@ -475,7 +633,40 @@ impl Aggregator {
                 .then((a.ip, a.port).cmp(&(b.ip, b.port)))
         });
 
+        let mut retransmits: Vec<Retransmits> = self
+            .retransmits
+            .into_iter()
+            .map(|(ip, (connections, segs_out, total_retrans))| Retransmits {
+                ip,
+                connections,
+                segs_out,
+                total_retrans,
+                retrans_pct: total_retrans as f64 * 100.0 / segs_out.max(1) as f64,
+                netns: None,
+            })
+            .collect();
+        retransmits.sort_by(|a, b| {
+            b.retrans_pct
+                .total_cmp(&a.retrans_pct)
+                .then(b.total_retrans.cmp(&a.total_retrans))
+                .then(a.ip.cmp(&b.ip))
+        });
+        let mut stuck: Vec<Stuck> = self
+            .stuck
+            .into_iter()
+            .map(|(ip, (connections, queued_bytes))| Stuck {
+                ip,
+                connections,
+                queued_bytes,
+                netns: None,
+            })
+            .collect();
+        stuck.sort_by(|a, b| b.queued_bytes.cmp(&a.queued_bytes).then(a.ip.cmp(&b.ip)));
+
         Summary {
+            tcp_info: self.tcp_info,
+            retransmits,
+            stuck,
             total: self.total,
             ipv4: self.ipv4,
             ipv6: self.ipv6,
@@ -560,7 +751,8 @@ mod tests {
             vec![PortCount {
                 netns: None,
                 port: 80,
-                established: 3
+                established: 3,
+                info: None,
             }]
         );
     }

@@ -18,7 +18,7 @@ use crate::{
     host::{
         diag,
         proc_net::{self, LineError, Socket},
-        process, read, ProcRoot,
+        process, read, sock_diag, ProcRoot,
     },
     model::Family,
 };
@@ -152,6 +152,67 @@ pub(crate) fn listener_backlogs(proc_root: &ProcRoot) -> HashMap<u64, u32> {
             log::warn!("listener backlogs unavailable (sock_diag: {e})");
             HashMap::new()
         }
+    }
+}
+
+/// What a netlink summary read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetlinkRead {
+    pub stats: sock_diag::DumpStats,
+    /// Dumps started again because the kernel said one was interrupted.
+    pub retries: u32,
+}
+
+/// How often an interrupted dump is started again before giving up.
+const DUMP_ATTEMPTS: u32 = 3;
+
+/// Aggregates this namespace's sockets from a sock_diag dump (the states `filter` keeps
+/// are the only ones the kernel sends), streaming: no record is held past its
+/// aggregation. `info` asks for each connection's tcp_info. Owners as
+/// [`summarize_with`]; listener backlogs come from the dump itself.
+pub fn summarize_netlink(
+    root: &ProcRoot,
+    filter: Filter,
+    collect: Collect,
+    owners: bool,
+    info: bool,
+) -> Result<(Summary, Vec<Connection>, u64, NetlinkRead), sock_diag::DumpError> {
+    let request = sock_diag::Request::states(&filter.states, info);
+    let mut retries = 0;
+    loop {
+        let mut agg = Aggregator::new(filter.clone(), collect.clone(), root.port_range());
+        let mut backlogs = HashMap::new();
+        let dumped = sock_diag::dump(request, |r| {
+            if let Some(backlog) = r.backlog {
+                backlogs.insert(r.socket.inode, backlog);
+            }
+            let info = r.info.map(sock_diag::TcpInfo::parse);
+            agg.add_unique(&r.socket, info.as_ref());
+        });
+        let stats = match dumped {
+            Err(sock_diag::DumpError::Interrupted) if retries + 1 < DUMP_ATTEMPTS => {
+                retries += 1;
+                continue;
+            }
+            other => other?,
+        };
+        let found = if owners {
+            process::find_owners(root, &agg.wanted_owners()).by_inode
+        } else {
+            HashMap::new()
+        };
+        let (connections, matched) = agg.take_connections();
+        let mut summary = agg.finish(&found, &backlogs);
+        if !owners {
+            summary.owners_unknown = 0;
+        }
+        summary.somaxconn = root.somaxconn();
+        return Ok((
+            summary,
+            connections,
+            matched,
+            NetlinkRead { stats, retries },
+        ));
     }
 }
 

@@ -107,9 +107,24 @@ fn counts_match_ss() {
     }
     let ns = Netns::new("snap");
     let _population = ns.run(build);
+    for source in ["netlink", "proc"] {
+        eprintln!("source {source}");
+        counts_match_ss_through(&ns, source);
+    }
+    // The default is netlink, and says so.
+    assert_eq!(tcpmon_json(&ns, &["states"])["source"], "netlink");
+}
 
-    let rows = ss_rows(&ns);
-    let report = tcpmon_json(&ns, &["report", "--all"]);
+fn counts_match_ss_through(ns: &Netns, source: &str) {
+    let tcpmon_json = |ns: &Netns, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--source", source]);
+        let doc = tcpmon_json(ns, &all);
+        assert_eq!(doc["source"], source);
+        doc
+    };
+    let rows = ss_rows(ns);
+    let report = tcpmon_json(ns, &["report", "--all"]);
 
     // Every state count.
     let mut ss_states: BTreeMap<String, u64> = BTreeMap::new();
@@ -193,7 +208,7 @@ fn counts_match_ss() {
         (Some(8003), Some(7))
     );
     assert_eq!(cw["process"]["pid"].as_u64(), Some(me));
-    let finding = report["findings"]
+    let finding = report["findings"]["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -208,10 +223,16 @@ fn counts_match_ss() {
     );
 
     // The filters agree with ss's own.
-    let v6 = tcpmon_json(&ns, &["states", "-6"]);
+    let v6 = tcpmon_json(ns, &["states", "-6"]);
     let ss_v6 = ns.exec_ok(&["ss", "-tan6"]).lines().skip(1).count() as u64;
     assert_eq!(v6["total"].as_u64(), Some(ss_v6));
-    let tw = tcpmon_json(&ns, &["timewait"]);
+    let tw = tcpmon_json(ns, &["timewait"]);
     assert_eq!(tw["time_wait"], 15);
     assert_eq!(tw["destinations"]["items"][0]["port"], 8001);
+    // Commands that show some states count only those.
+    let est = tcpmon_json(ns, &["established", "--all"]);
+    assert_eq!(est["total"], ours["ESTABLISHED"]);
+    assert_eq!(est["established"]["total"], ours["ESTABLISHED"]);
+    let listen = tcpmon_json(ns, &["listen"]);
+    assert_eq!(listen["listeners"]["total"], 4);
 }
