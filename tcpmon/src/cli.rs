@@ -275,6 +275,40 @@ impl ThresholdArgs {
     }
 }
 
+/// Thresholds of the snapshot audit (report, audit): the shared ones and those only
+/// tcp_info feeds.
+#[derive(Args, Debug, Clone)]
+pub struct AuditThresholdArgs {
+    #[command(flatten)]
+    pub shared: ThresholdArgs,
+    /// Segments retransmitted toward one remote IP, % of those sent, to warn (tcp_info).
+    #[arg(long, value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.retrans_warn_pct)]
+    pub retrans_warn: f64,
+    /// ... and to call it critical.
+    #[arg(long, value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.retrans_crit_pct)]
+    pub retrans_crit: f64,
+    /// Segments sent toward a remote IP below which its retransmit ratio is not judged.
+    #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.retrans_min_segs)]
+    pub retrans_min_segs: u64,
+    /// Bytes queued toward a remote IP that stopped reading (zero window) above which it
+    /// is critical; any is a warning.
+    #[arg(long, value_name = "BYTES", default_value_t = Thresholds::DEFAULT.stuck_crit_bytes)]
+    pub stuck_crit_bytes: u64,
+}
+
+impl AuditThresholdArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        let mut t = self.shared.thresholds();
+        t.retrans_warn_pct = self.retrans_warn;
+        t.retrans_crit_pct = self.retrans_crit;
+        t.retrans_min_segs = self.retrans_min_segs;
+        t.stuck_crit_bytes = self.stuck_crit_bytes;
+        t
+    }
+}
+
 /// Thresholds only the live alerts use.
 #[derive(Args, Debug, Clone)]
 pub struct LiveThresholdArgs {
@@ -309,7 +343,7 @@ pub struct ReportArgs {
     #[command(flatten)]
     pub snapshot: SnapshotArgs,
     #[command(flatten)]
-    pub thresholds: ThresholdArgs,
+    pub thresholds: AuditThresholdArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -317,7 +351,7 @@ pub struct AuditArgs {
     #[command(flatten)]
     pub snapshot: SnapshotArgs,
     #[command(flatten)]
-    pub thresholds: ThresholdArgs,
+    pub thresholds: AuditThresholdArgs,
     /// Exit 1 when a finding is at least this severe.
     #[arg(long, default_value = "critical", value_name = "SEVERITY")]
     pub fail_on: Severity,

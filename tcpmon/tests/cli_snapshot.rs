@@ -272,3 +272,79 @@ fn human_report_has_every_section() {
     }
     assert!(out.contains("3 malformed line(s) skipped"), "{out}");
 }
+
+#[test]
+fn the_source_is_said_and_info_without_netlink_is_a_note() {
+    // Another /proc is read as /proc, whatever the default.
+    let doc = json(&["established", "--info"], "mixed");
+    assert_eq!(doc["source"], "proc");
+    assert_eq!(doc["only_states"], serde_json::json!(["ESTABLISHED"]));
+    let notes = doc["notes"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("--info needs netlink")),
+        "{notes:?}"
+    );
+    let out = tcpmon(&["states", "--source", "netlink"], "mixed")
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(
+        err.contains("--source netlink") && err.contains("--proc-root"),
+        "{err}"
+    );
+    // Commands that show some states say so in their header.
+    let text = text(&["listen"], "mixed");
+    assert!(
+        text.starts_with("TCP sockets in LISTEN, SYN_RECV:"),
+        "{text}"
+    );
+    let out = tcpmon(&["established", "--sort", "latency"], "mixed")
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    assert!(String::from_utf8(out)
+        .unwrap()
+        .contains("rtt, retrans, queue, bytes"));
+}
+
+#[test]
+fn this_machine_is_read_through_netlink_with_tcp_info() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(&[1u8; 50_000]).unwrap();
+    let mut buf = vec![0u8; 50_000];
+    server.read_exact(&mut buf).unwrap();
+    let out = Command::cargo_bin("tcpmon")
+        .unwrap()
+        .args([
+            "established",
+            "--info",
+            "--all",
+            "--json",
+            "--port",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["source"], "netlink");
+    let client_port = client.local_addr().unwrap().port();
+    let ours = doc["established"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["local_port"] == client_port)
+        .expect("the client side")
+        .clone();
+    assert_eq!(ours["info"]["bytes_acked"], 50_001, "{ours}");
+    assert!(ours["info"]["snd_cwnd"].as_u64().unwrap() >= 10);
+}

@@ -18,7 +18,12 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     )?;
     let connections = &loaded.connections;
     let title = format!("ESTABLISHED ({})", connections.total);
-    let table = connections_table(&connections.items, "TIMER", loaded.namespaces.as_ref());
+    let table = connections_table(
+        &connections.items,
+        "TIMER",
+        loaded.namespaces.as_ref(),
+        args.info && loaded.summary.tcp_info,
+    );
     one_list(
         out,
         &loaded,

@@ -141,6 +141,10 @@ pub fn load(args: &SnapshotArgs, want: Want<'_>) -> Result<Loaded> {
         let mut notes = Vec::new();
         let netlink = match args.source {
             SourceChoice::Proc => false,
+            SourceChoice::Netlink if !root.is_own() => anyhow::bail!(
+                "--source netlink reads tcpmon's own network namespace, not another /proc: \
+                 use --source proc with --proc-root"
+            ),
             SourceChoice::Netlink => true,
             SourceChoice::Auto => root.is_own(),
         };
@@ -630,16 +634,93 @@ pub fn per_ip_table(
 pub fn per_port_table(
     rows: &[tcpmon::snapshot::analysis::PortCount],
     ns: Option<&Namespaces>,
+    info: bool,
+) -> Table {
+    let mut columns = vec![("LOCAL PORT", Align::Right), ("ESTABLISHED", Align::Right)];
+    if info {
+        columns.extend([
+            ("RTT AVG", Align::Right),
+            ("RTT MAX", Align::Right),
+            ("RETRANS", Align::Right),
+            ("SEND-Q", Align::Right),
+        ]);
+    }
+    let mut table = table(ns, &columns);
+    for r in rows {
+        let mut cells = vec![r.port.to_string(), thousands(r.established)];
+        if info {
+            let i = r.info.unwrap_or_default();
+            cells.extend([
+                ms(i.rtt_avg_ms),
+                ms(i.rtt_max_ms),
+                thousands(i.total_retrans),
+                thousands(i.send_queue_bytes),
+            ]);
+        }
+        table.row(row(ns, r.netns, cells));
+    }
+    table
+}
+
+/// Milliseconds as tables show them (microseconds below one).
+fn ms(value: f64) -> String {
+    if value < 1.0 {
+        format!("{:.0}us", value * 1000.0)
+    } else {
+        format!("{value:.1}ms")
+    }
+}
+
+/// Remote IPs by how much their connections retransmit (tcp_info).
+pub fn retransmits_table(
+    rows: &[tcpmon::snapshot::analysis::Retransmits],
+    ns: Option<&Namespaces>,
 ) -> Table {
     let mut table = table(
         ns,
-        &[("LOCAL PORT", Align::Right), ("ESTABLISHED", Align::Right)],
+        &[
+            ("REMOTE", Align::Left),
+            ("CONNECTIONS", Align::Right),
+            ("SEGS OUT", Align::Right),
+            ("RETRANSMITTED", Align::Right),
+            ("%", Align::Right),
+        ],
     );
     for r in rows {
         table.row(row(
             ns,
             r.netns,
-            vec![r.port.to_string(), thousands(r.established)],
+            vec![
+                r.ip.to_string(),
+                thousands(r.connections),
+                thousands(r.segs_out),
+                thousands(r.total_retrans),
+                format!("{:.2}", r.retrans_pct),
+            ],
+        ));
+    }
+    table
+}
+
+/// Remote IPs whose connections cannot send (zero window, data queued).
+pub fn stuck_table(rows: &[tcpmon::snapshot::analysis::Stuck], ns: Option<&Namespaces>) -> Table {
+    let mut table = table(
+        ns,
+        &[
+            ("REMOTE", Align::Left),
+            ("CONNECTIONS", Align::Right),
+            ("QUEUED BYTES", Align::Right),
+        ],
+    );
+    for r in rows {
+        table.row(row(
+            ns,
+            r.netns,
+            vec![
+                r.ip.to_string(),
+                thousands(r.connections),
+                thousands(r.queued_bytes),
+            ],
         ));
     }
     table
@@ -679,34 +760,64 @@ pub fn connections_table(
     rows: &[Connection],
     timer_title: &'static str,
     ns: Option<&Namespaces>,
+    info: bool,
 ) -> Table {
-    let mut table = table(
-        ns,
-        &[
-            ("LOCAL", Align::Left),
-            ("REMOTE", Align::Left),
-            ("SEND-Q", Align::Right),
-            ("RECV-Q", Align::Right),
-            ("UID", Align::Right),
-            (timer_title, Align::Right),
-        ],
-    );
+    let mut columns = vec![
+        ("LOCAL", Align::Left),
+        ("REMOTE", Align::Left),
+        ("SEND-Q", Align::Right),
+        ("RECV-Q", Align::Right),
+        ("UID", Align::Right),
+        (timer_title, Align::Right),
+    ];
+    if info {
+        columns.extend([
+            ("RTT", Align::Right),
+            ("RETRANS", Align::Right),
+            ("CWND", Align::Right),
+            ("SENT", Align::Right),
+            ("RECEIVED", Align::Right),
+            ("DELIVERY", Align::Right),
+        ]);
+    }
+    let mut table = table(ns, &columns);
     for c in rows {
-        table.row(row(
-            ns,
-            c.netns,
-            vec![
-                endpoint(c.local_ip, c.local_port),
-                endpoint(c.remote_ip, c.remote_port),
-                c.send_queue.to_string(),
-                c.recv_queue.to_string(),
-                c.uid.to_string(),
-                c.timer_secs
-                    .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
-            ],
-        ));
+        let mut cells = vec![
+            endpoint(c.local_ip, c.local_port),
+            endpoint(c.remote_ip, c.remote_port),
+            c.send_queue.to_string(),
+            c.recv_queue.to_string(),
+            c.uid.to_string(),
+            c.timer_secs
+                .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
+        ];
+        if info {
+            match c.info {
+                Some(i) => cells.extend([
+                    format!("{}/{}", ms(i.rtt_ms), ms(i.rttvar_ms)),
+                    format!("{}/{}", i.retransmits, i.total_retrans),
+                    i.snd_cwnd.to_string(),
+                    thousands(i.bytes_acked),
+                    thousands(i.bytes_received),
+                    rate(i.delivery_rate),
+                ]),
+                None => cells.extend(std::iter::repeat_n("-".to_owned(), 6)),
+            }
+        }
+        table.row(row(ns, c.netns, cells));
     }
     table
+}
+
+/// Bytes a second as bits a second, the way links are rated.
+fn rate(bytes_per_sec: u64) -> String {
+    let bits = bytes_per_sec as f64 * 8.0;
+    match bits {
+        b if b >= 1e9 => format!("{:.1}Gbit/s", b / 1e9),
+        b if b >= 1e6 => format!("{:.1}Mbit/s", b / 1e6),
+        b if b >= 1e3 => format!("{:.1}kbit/s", b / 1e3),
+        b => format!("{b:.0}bit/s"),
+    }
 }
 
 /// The findings section's body: the table, then a line per rule that was cut.

@@ -27,7 +27,11 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
             field: "per_port",
             listed: &per_port,
             title,
-            table: per_port_table(&per_port.items, loaded.namespaces.as_ref()),
+            table: per_port_table(
+                &per_port.items,
+                loaded.namespaces.as_ref(),
+                args.info && loaded.summary.tcp_info,
+            ),
             what: "ports",
         },
     )?;

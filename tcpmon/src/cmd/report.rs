@@ -27,6 +27,8 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
     let per_ip = Listed::cut(&s.per_ip, limit);
     let per_port = Listed::cut(&s.per_port, limit);
     let close_wait = Listed::cut(&s.close_wait, limit);
+    let retransmits = Listed::cut(&s.retransmits, limit);
+    let stuck = Listed::cut(&s.stuck, limit);
     if args.snapshot.json {
         #[derive(Serialize)]
         struct Body<'a, S> {
@@ -35,6 +37,10 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
             per_ip: &'a Listed<tcpmon::snapshot::analysis::IpCount>,
             per_port: &'a Listed<tcpmon::snapshot::analysis::PortCount>,
             close_wait: &'a Listed<tcpmon::snapshot::analysis::CloseWaitGroup>,
+            /// Only when tcp_info was read.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retransmits: Option<&'a Listed<tcpmon::snapshot::analysis::Retransmits>>,
+            stuck: &'a Listed<tcpmon::snapshot::analysis::Stuck>,
             findings: &'a S,
         }
         write_json(
@@ -46,6 +52,8 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
                 per_ip: &per_ip,
                 per_port: &per_port,
                 close_wait: &close_wait,
+                retransmits: s.tcp_info.then_some(&retransmits),
+                stuck: &stuck,
                 findings: &findings,
             },
         )?;
@@ -94,10 +102,30 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         out,
         style,
         "TOP LOCAL PORTS (ESTABLISHED)",
-        super::per_port_table(&per_port.items, ns),
+        super::per_port_table(&per_port.items, ns, args.snapshot.info && s.tcp_info),
         &per_port,
         "ports",
     )?;
+    if args.snapshot.info && s.tcp_info {
+        super::listed_section(
+            out,
+            style,
+            "RETRANSMITS BY REMOTE IP (tcp_info)",
+            super::retransmits_table(&retransmits.items, ns),
+            &retransmits,
+            "remote IPs",
+        )?;
+    }
+    if !s.stuck.is_empty() {
+        super::listed_section(
+            out,
+            style,
+            "PEERS NOT READING (zero window, data queued)",
+            super::stuck_table(&stuck.items, ns),
+            &stuck,
+            "remote IPs",
+        )?;
+    }
     if !s.close_wait.is_empty() {
         super::listed_section(
             out,

@@ -116,6 +116,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
             &loaded.connections.items,
             "EXPIRES IN",
             loaded.namespaces.as_ref(),
+            false,
         ),
         &loaded.connections,
         "sockets",

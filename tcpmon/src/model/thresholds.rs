@@ -32,6 +32,17 @@ pub struct Thresholds {
     pub port_exhaustion_warn_pct: f64,
     /// ... and to call it critical.
     pub port_exhaustion_crit_pct: f64,
+    /// Snapshot (tcp_info): segments retransmitted toward one remote IP, % of those sent,
+    /// to warn ...
+    pub retrans_warn_pct: f64,
+    /// ... and to call it critical.
+    pub retrans_crit_pct: f64,
+    /// Snapshot: segments sent toward a remote IP below which its ratio is not judged
+    /// (a handful of segments says nothing).
+    pub retrans_min_segs: u64,
+    /// Snapshot: bytes queued toward one remote IP that stopped reading above which it is
+    /// critical (any is a warning).
+    pub stuck_crit_bytes: u64,
 }
 
 impl Thresholds {
@@ -49,6 +60,10 @@ impl Thresholds {
         per_ip_crit: 1000,
         port_exhaustion_warn_pct: 50.0,
         port_exhaustion_crit_pct: 80.0,
+        retrans_warn_pct: 2.0,
+        retrans_crit_pct: 10.0,
+        retrans_min_segs: 1000,
+        stuck_crit_bytes: 16 << 20,
     };
 
     /// The longest CLOSE_WAIT age accepted: ten years, far inside what a `Duration` or a
@@ -77,6 +92,8 @@ impl Thresholds {
         pct("syn-backlog-crit", self.syn_backlog_crit_pct)?;
         pct("port-exhaustion-warn", self.port_exhaustion_warn_pct)?;
         pct("port-exhaustion-crit", self.port_exhaustion_crit_pct)?;
+        pct("retrans-warn", self.retrans_warn_pct)?;
+        pct("retrans-crit", self.retrans_crit_pct)?;
         rate("synack-retransmit-rate", self.synack_retransmit_rate)?;
         rate("syn-rate", self.syn_rate)?;
         if !(self.close_wait_age_secs.is_finite()
@@ -103,6 +120,7 @@ impl Thresholds {
             self.syn_backlog_crit_pct,
         )?;
         ordered("per-ip", self.per_ip_warn as f64, self.per_ip_crit as f64)?;
+        ordered("retrans", self.retrans_warn_pct, self.retrans_crit_pct)?;
         ordered(
             "port-exhaustion",
             self.port_exhaustion_warn_pct,

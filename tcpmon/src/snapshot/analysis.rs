@@ -758,6 +758,44 @@ mod tests {
     }
 
     #[test]
+    fn sorted_listings_keep_the_largest_whatever_the_order() {
+        let mut agg = Aggregator::new(
+            Filter::default(),
+            Collect {
+                connections_of: vec![TcpState::Established],
+                connection_limit: Some(5),
+                sort: Some(SortKey::Rtt),
+            },
+            PortRange::LINUX_DEFAULT,
+        );
+        // RTTs 0..100 ms in a scrambled order.
+        for i in 0..100u16 {
+            let rtt = f64::from((i * 37) % 100);
+            let s = Socket::new(
+                TcpState::Established,
+                ([10, 0, 0, 1].into(), 40000 + i),
+                ([10, 0, 0, 2].into(), 443),
+                u64::from(i) + 1,
+            );
+            agg.add_with_info(
+                &s,
+                Some(&TcpInfo {
+                    rtt_ms: rtt,
+                    ..TcpInfo::default()
+                }),
+            );
+        }
+        let (kept, matched) = agg.take_connections();
+        let rtts: Vec<f64> = kept.iter().map(|c| c.info.unwrap().rtt_ms).collect();
+        assert_eq!(rtts, [99.0, 98.0, 97.0, 96.0, 95.0]);
+        assert_eq!(matched, 100);
+        let summary = agg.finish(&HashMap::new(), &HashMap::new());
+        let port = summary.per_port.iter().find(|p| p.port == 40000).unwrap();
+        assert_eq!(port.info.unwrap().rtt_max_ms, 0.0);
+        assert_eq!(summary.retransmits.len(), 1);
+    }
+
+    #[test]
     fn half_open_requests_go_to_the_right_listener() {
         let listener = sock(TcpState::Listen, "0.0.0.0", 80, "0.0.0.0", 0);
         let specific = sock(TcpState::Listen, "127.0.0.2", 80, "0.0.0.0", 0);

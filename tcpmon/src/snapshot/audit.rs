@@ -9,7 +9,8 @@ use crate::model::{endpoint, Severity, Thresholds};
 pub struct Finding {
     pub severity: Severity,
     /// Stable identifier of the rule: time_wait, close_wait, syn_backlog, per_ip,
-    /// port_exhaustion, wildcard_listener, unparsed_lines, owners_hidden, netns_unread.
+    /// port_exhaustion, retransmits, stuck_send_queue, wildcard_listener, unparsed_lines,
+    /// owners_hidden, netns_unread.
     pub rule: String,
     pub message: String,
     /// The network namespace (inode) it is in, when several were read.
@@ -172,6 +173,50 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         }
     }
 
+    // From tcp_info: remote IPs whose connections keep retransmitting.
+    for r in &summary.retransmits {
+        if r.segs_out < t.retrans_min_segs {
+            continue;
+        }
+        if let Some(sev) = level(r.retrans_pct, t.retrans_warn_pct, t.retrans_crit_pct) {
+            push(
+                sev,
+                "retransmits",
+                format!(
+                    "connections to {} retransmit {:.1}% of their segments ({} of {} over {} \
+                     connection{}; warning above {}%): loss or congestion on the path",
+                    r.ip,
+                    r.retrans_pct,
+                    r.total_retrans,
+                    r.segs_out,
+                    r.connections,
+                    if r.connections == 1 { "" } else { "s" },
+                    t.retrans_warn_pct
+                ),
+            );
+        }
+    }
+
+    // Connections whose peer stopped reading: its window is zero and data waits.
+    for s in &summary.stuck {
+        push(
+            if s.queued_bytes > t.stuck_crit_bytes {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            "stuck_send_queue",
+            format!(
+                "{} connection{} to {} cannot send: the peer advertises a zero window (it is \
+                 not reading) with {} bytes queued",
+                s.connections,
+                if s.connections == 1 { "" } else { "s" },
+                s.ip,
+                s.queued_bytes
+            ),
+        );
+    }
+
     for l in summary.listeners.iter().filter(|l| l.wildcard) {
         let owner = l
             .process
@@ -300,7 +345,7 @@ mod tests {
     use crate::{
         host::proc_net::Socket,
         model::{PortRange, TcpState},
-        snapshot::analysis::{Aggregator, Collect, Filter},
+        snapshot::analysis::{Aggregator, Collect, Filter, TcpInfo},
     };
 
     fn sock(state: TcpState, lport: u16, remote: [u8; 4], rport: u16) -> Socket {
@@ -578,6 +623,63 @@ mod tests {
         );
         // Most severe first across namespaces.
         assert!(findings.windows(2).all(|w| w[0].severity >= w[1].severity));
+    }
+
+    #[test]
+    fn retransmits_and_stuck_peers_are_judged_from_tcp_info() {
+        let mut agg = Aggregator::new(
+            Filter::default(),
+            Collect::default(),
+            PortRange::LINUX_DEFAULT,
+        );
+        let info = |segs_out: u32, total_retrans: u32, snd_wnd: u32| TcpInfo {
+            segs_out,
+            total_retrans,
+            snd_wnd,
+            ..TcpInfo::default()
+        };
+        // 192.0.2.1: 5% retransmitted over 2,000 segments (a warning).
+        for i in 0..2 {
+            agg.add_with_info(
+                &sock(TcpState::Established, 40000 + i, [192, 0, 2, 1], 443),
+                Some(&info(1000, 50, 65535)),
+            );
+        }
+        // 192.0.2.2: 50% but over too few segments to judge.
+        agg.add_with_info(
+            &sock(TcpState::Established, 40010, [192, 0, 2, 2], 443),
+            Some(&info(10, 5, 65535)),
+        );
+        // 192.0.2.3: zero window with 20 MiB queued (critical), and 192.0.2.4 through a
+        // zero-window probe timer alone (what /proc shows).
+        let mut full = sock(TcpState::Established, 40020, [192, 0, 2, 3], 443);
+        full.tx_queue = 20 << 20;
+        agg.add_with_info(&full, Some(&info(100, 0, 0)));
+        let mut probing = sock(TcpState::Established, 40030, [192, 0, 2, 4], 443);
+        probing.tx_queue = 1000;
+        probing.timer = 4;
+        agg.add(&probing);
+        let summary = agg.finish(&HashMap::new(), &HashMap::new());
+        assert!(summary.tcp_info);
+        let findings = audit(&summary, &Thresholds::default());
+        let found: Vec<(&str, Severity, &str)> = findings
+            .iter()
+            .filter(|f| matches!(f.rule.as_str(), "retransmits" | "stuck_send_queue"))
+            .map(|f| (f.rule.as_str(), f.severity, f.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(found.iter().any(|(r, s, m)| *r == "retransmits"
+            && *s == Severity::Warning
+            && m.contains(
+                "192.0.2.1 retransmit 5.0% of their segments (100 of 2000 over 2 connections"
+            )));
+        assert!(found.iter().any(|(r, s, m)| *r == "stuck_send_queue"
+            && *s == Severity::Critical
+            && m.contains("1 connection to 192.0.2.3")));
+        assert!(found.iter().any(|(r, s, m)| *r == "stuck_send_queue"
+            && *s == Severity::Warning
+            && m.contains("192.0.2.4")
+            && m.contains("1000 bytes queued")));
     }
 
     #[test]

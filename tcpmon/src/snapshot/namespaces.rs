@@ -361,6 +361,8 @@ fn tag_rows(s: &mut Summary, tag: Option<u64>) {
     s.per_port.iter_mut().for_each(|r| r.netns = tag);
     s.close_wait.iter_mut().for_each(|r| r.netns = tag);
     s.destinations.iter_mut().for_each(|r| r.netns = tag);
+    s.retransmits.iter_mut().for_each(|r| r.netns = tag);
+    s.stuck.iter_mut().for_each(|r| r.netns = tag);
 }
 
 /// The namespaces' summaries as one: totals added, lists concatenated (each row keeps
@@ -389,6 +391,9 @@ pub fn merge(parts: &[NamespaceSummary]) -> Summary {
         out.per_port.extend(s.per_port.iter().cloned());
         out.close_wait.extend(s.close_wait.iter().cloned());
         out.destinations.extend(s.destinations.iter().cloned());
+        out.retransmits.extend(s.retransmits.iter().cloned());
+        out.stuck.extend(s.stuck.iter().cloned());
+        out.tcp_info |= s.tcp_info;
         out.port_range = s.port_range;
         out.orphan_half_open += s.orphan_half_open;
         out.owners_unknown += s.owners_unknown;
@@ -409,6 +414,13 @@ pub fn merge(parts: &[NamespaceSummary]) -> Summary {
     });
     out.close_wait
         .sort_by(|a, b| b.count.cmp(&a.count).then(a.local_port.cmp(&b.local_port)));
+    out.retransmits.sort_by(|a, b| {
+        b.retrans_pct
+            .total_cmp(&a.retrans_pct)
+            .then(a.ip.cmp(&b.ip))
+    });
+    out.stuck
+        .sort_by(|a, b| b.queued_bytes.cmp(&a.queued_bytes).then(a.ip.cmp(&b.ip)));
     out.destinations.sort_by(|a, b| {
         (b.time_wait, b.total)
             .cmp(&(a.time_wait, a.total))

@@ -236,3 +236,57 @@ fn counts_match_ss_through(ns: &Netns, source: &str) {
     let listen = tcpmon_json(ns, &["listen"]);
     assert_eq!(listen["listeners"]["total"], 4);
 }
+
+/// A peer that never reads: its receive window closes, the sender's queue fills and the
+/// kernel starts zero-window probes. Both sources see it; through netlink, tcp_info too.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn a_peer_that_stops_reading_is_found() {
+    if !require_root("a_peer_that_stops_reading_is_found") {
+        return;
+    }
+    use std::io::Write;
+    let ns = Netns::new("stuck");
+    let _held = ns.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 8500)).unwrap();
+        let mut client = TcpStream::connect((Ipv4Addr::LOCALHOST, 8500)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        let mut sent = 0usize;
+        // Bounded: the buffers of one loopback connection hold a few MiB at most.
+        while sent < 256 << 20 {
+            match client.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (listener, client, server)
+    });
+    // The first zero-window probe comes after one RTO (200 ms at least).
+    std::thread::sleep(Duration::from_millis(1500));
+    for source in ["netlink", "proc"] {
+        let doc = tcpmon_json(&ns, &["audit", "--source", source]);
+        let finding = doc["findings"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["rule"] == "stuck_send_queue")
+            .unwrap_or_else(|| panic!("{source}: no stuck_send_queue finding in {doc}"))
+            .clone();
+        let message = finding["message"].as_str().unwrap();
+        assert!(
+            message.contains("1 connection to 127.0.0.1 cannot send"),
+            "{source}: {message}"
+        );
+    }
+    let report = tcpmon_json(&ns, &["report"]);
+    assert_eq!(report["stuck"]["items"][0]["connections"], 1);
+    assert!(
+        report["stuck"]["items"][0]["queued_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}
