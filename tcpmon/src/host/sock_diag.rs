@@ -22,6 +22,7 @@ use crate::model::{Family, TcpState};
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const TCPDIAG_GETSOCK: u16 = 18;
 /// `struct inet_diag_msg`: the fixed part of every record.
 const INET_DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_INFO: u16 = 2;
@@ -96,11 +97,21 @@ pub struct DumpStats {
     pub sockets: u64,
     pub bytes: u64,
     pub recvs: u64,
+    /// Dump requests sent: 1 when the kernel dumps both families at once.
+    pub requests: u32,
 }
 
 /// Dumps every TCP socket of this thread's network namespace that `request` selects,
 /// IPv4 then IPv6, calling `each` for every record in the order the kernel sends them.
-pub fn dump(request: Request, mut each: impl FnMut(&Record<'_>)) -> Result<DumpStats, DumpError> {
+pub fn dump(request: Request, each: impl FnMut(&Record<'_>)) -> Result<DumpStats, DumpError> {
+    dump_with(request, true, each)
+}
+
+fn dump_with(
+    request: Request,
+    compat: bool,
+    mut each: impl FnMut(&Record<'_>),
+) -> Result<DumpStats, DumpError> {
     let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).map_err(DumpError::Open)?;
     socket.bind_auto().map_err(DumpError::Open)?;
     socket
@@ -109,18 +120,63 @@ pub fn dump(request: Request, mut each: impl FnMut(&Record<'_>)) -> Result<DumpS
     set_rcvbuf(&socket);
     let mut buf = vec![0u8; USER_BUF];
     let mut stats = DumpStats::default();
-    for family in [AF_INET, AF_INET6] {
-        send_request(&socket, family, request)?;
-        loop {
-            let size = socket.recv(&mut &mut buf[..], 0)?;
-            stats.recvs += 1;
-            stats.bytes += size as u64;
-            if decode_chunk(&buf[..size], &mut stats, &mut each)? {
-                break;
-            }
+    // Each dump walks the kernel's whole established hash, whatever the family asked
+    // for: the compat request (TCPDIAG_GETSOCK) dumps both families in one walk, which
+    // halves the kernel's work. A kernel without it answers with an error before any
+    // record, and then each family is asked for in turn.
+    if compat {
+        send_compat_request(&socket, request)?;
+        stats.requests += 1;
+        match receive(&socket, &mut buf, &mut stats, &mut each) {
+            Ok(()) => return Ok(stats),
+            Err(DumpError::Kernel(_)) if stats.sockets == 0 => {}
+            Err(e) => return Err(e),
         }
     }
+    for family in [AF_INET, AF_INET6] {
+        send_request(&socket, family, request)?;
+        stats.requests += 1;
+        receive(&socket, &mut buf, &mut stats, &mut each)?;
+    }
     Ok(stats)
+}
+
+fn receive(
+    socket: &NetlinkSocket,
+    buf: &mut [u8],
+    stats: &mut DumpStats,
+    each: &mut impl FnMut(&Record<'_>),
+) -> Result<(), DumpError> {
+    loop {
+        let size = socket.recv(&mut &mut buf[..], 0)?;
+        stats.recvs += 1;
+        stats.bytes += size as u64;
+        if decode_chunk(&buf[..size], stats, each)? {
+            return Ok(());
+        }
+    }
+}
+
+/// `struct inet_diag_req` under TCPDIAG_GETSOCK: the kernel dumps every family for it.
+fn send_compat_request(socket: &NetlinkSocket, request: Request) -> Result<(), DumpError> {
+    const REQ_LEN: usize = 60;
+    let mut message = [0u8; 16 + REQ_LEN];
+    message[0..4].copy_from_slice(&((16 + REQ_LEN) as u32).to_ne_bytes());
+    message[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    message[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    let body = &mut message[16..];
+    body[0] = AF_INET;
+    body[3] = if request.info {
+        1 << (INET_DIAG_INFO - 1)
+    } else {
+        0
+    };
+    // id: ports, addresses, interface and cookie all zero (any); the cookie's "none".
+    body[44..48].copy_from_slice(&u32::MAX.to_ne_bytes());
+    body[48..52].copy_from_slice(&u32::MAX.to_ne_bytes());
+    body[52..56].copy_from_slice(&request.states.to_ne_bytes());
+    socket.send(&message, 0)?;
+    Ok(())
 }
 
 fn set_rcvbuf(socket: &NetlinkSocket) {
@@ -194,7 +250,7 @@ pub fn decode_chunk(
                     .unwrap_or(-1);
                 return Err(DumpError::Kernel(-code));
             }
-            SOCK_DIAG_BY_FAMILY => {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 if let Some(record) = decode_record(message.payload())? {
                     stats.sockets += 1;
                     each(&record);
@@ -371,9 +427,13 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (server, _) = listener.accept().unwrap();
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        let v6_port = v6.local_addr().unwrap().port();
         let mut ours: BTreeMap<u64, Socket> = BTreeMap::new();
         let mut backlog = None;
-        dump(Request::ALL, |r| {
+        let mut saw_v6 = false;
+        let stats = dump(Request::ALL, |r| {
+            saw_v6 |= r.socket.local_port == v6_port && r.socket.family == Family::Ipv6;
             if r.socket.local_port == port || r.socket.remote_port == port {
                 ours.insert(r.socket.inode, r.socket);
                 if r.socket.state == TcpState::Listen {
@@ -382,6 +442,9 @@ mod tests {
             }
         })
         .expect("sock_diag works without privileges");
+        // Both families in one walk of the kernel's tables on this kernel.
+        assert!(saw_v6);
+        assert_eq!(stats.requests, 1);
         let snapshot = crate::snapshot::Snapshot::read(&crate::host::ProcRoot::host()).unwrap();
         let from_proc: BTreeMap<u64, Socket> = snapshot
             .sockets()
@@ -413,6 +476,32 @@ mod tests {
         }
         assert!(backlog.is_some_and(|b| b > 0));
         drop((client, server));
+    }
+
+    #[test]
+    fn one_walk_and_a_walk_per_family_list_the_same_sockets() {
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        let ports = [
+            v4.local_addr().unwrap().port(),
+            v6.local_addr().unwrap().port(),
+        ];
+        let listed = |compat: bool| {
+            let mut found = Vec::new();
+            let stats = dump_with(Request::states(&[TcpState::Listen], false), compat, |r| {
+                if ports.contains(&r.socket.local_port) {
+                    found.push((r.socket.family, r.socket.local_port, r.socket.inode));
+                }
+            })
+            .unwrap();
+            found.sort_unstable();
+            (found, stats.requests)
+        };
+        let (one, requests) = listed(true);
+        let (each, per_family) = listed(false);
+        assert_eq!(one.len(), 2);
+        assert_eq!(one, each);
+        assert_eq!((requests, per_family), (1, 2));
     }
 
     #[test]
