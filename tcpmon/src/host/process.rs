@@ -1,12 +1,12 @@
 //! Socket inode -> owning process, by walking /proc/PID/fd (what `ss -p` does).
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     ffi::CString,
     fs,
     os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Mutex,
+        Arc, Condvar, Mutex,
     },
 };
 
@@ -21,11 +21,22 @@ pub struct Owners {
     pub unreadable_processes: usize,
 }
 
-/// Finds the owners of `wanted` inodes. The walk is split over the available cores and
-/// stops as soon as every inode is found, so its cost is bounded by where the wanted
-/// sockets are rather than by every fd on the machine. When several processes share a
-/// socket (fork), the lowest pid is reported.
+/// Finds the owners of `wanted` inodes. The walk is split over the available cores (a
+/// process holding thousands of sockets is itself split, since its fd table is most of
+/// the work) and stops as soon as every inode is found, so its cost is bounded by where
+/// the wanted sockets are rather than by every fd on the machine. When several processes
+/// share a socket (fork), the lowest pid is reported.
 pub fn find_owners(proc_root: &ProcRoot, wanted: &HashSet<u64>) -> Owners {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    find_owners_with(proc_root, wanted, cores, SPLIT_FDS)
+}
+
+fn find_owners_with(
+    proc_root: &ProcRoot,
+    wanted: &HashSet<u64>,
+    threads: usize,
+    split_fds: usize,
+) -> Owners {
     if wanted.is_empty() {
         return Owners::default();
     }
@@ -37,99 +48,188 @@ pub fn find_owners(proc_root: &ProcRoot, wanted: &HashSet<u64>) -> Owners {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(pids.len().max(1));
-    let shared = Shared {
+    let threads = threads.min(pids.len()).max(1);
+    let walk = Walk {
+        proc_root,
         wanted,
+        threads,
+        split_fds,
         found: Mutex::new(HashMap::new()),
         done: AtomicBool::new(false),
+        unreadable: AtomicUsize::new(0),
+        queue: Mutex::new(Queue {
+            jobs: pids.into_iter().map(Job::Process).collect(),
+            busy: 0,
+        }),
+        more: Condvar::new(),
     };
-    let unreadable = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        for part in 0..threads {
-            let (shared, unreadable, pids) = (&shared, &unreadable, &pids);
-            scope.spawn(move || {
-                // Interleaved so each thread gets a mix of old (system) and new processes.
-                for &pid in pids.iter().skip(part).step_by(threads) {
-                    if shared.done.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if scan_process(proc_root, pid, shared).is_err() {
-                        unreadable.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
+        for _ in 0..threads {
+            scope.spawn(|| walk.work());
         }
     });
     Owners {
-        by_inode: shared.found.into_inner().unwrap_or_else(|e| e.into_inner()),
-        unreadable_processes: unreadable.into_inner(),
+        by_inode: walk.found.into_inner().unwrap_or_else(|e| e.into_inner()),
+        unreadable_processes: walk.unreadable.into_inner(),
     }
 }
 
-struct Shared<'a> {
+/// An fd table longer than this is shared out between the threads.
+const SPLIT_FDS: usize = 2048;
+
+enum Job {
+    Process(u32),
+    /// Part of one process's fd table, relative to its open fd directory.
+    Fds {
+        pid: u32,
+        dir: Arc<fs::File>,
+        names: Vec<CString>,
+    },
+}
+
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Threads running a job, which may still add jobs.
+    busy: usize,
+}
+
+struct Walk<'a> {
+    proc_root: &'a ProcRoot,
     wanted: &'a HashSet<u64>,
+    threads: usize,
+    split_fds: usize,
     found: Mutex<HashMap<u64, Process>>,
     done: AtomicBool,
+    unreadable: AtomicUsize,
+    queue: Mutex<Queue>,
+    more: Condvar,
 }
 
-/// Reads one process's fd table with readlinkat() relative to its fd directory (one
-/// path component per lookup instead of four).
-fn scan_process(proc_root: &ProcRoot, pid: u32, shared: &Shared<'_>) -> std::io::Result<()> {
-    let pid_dir = proc_root.pid_dir(pid);
-    let dir_path = pid_dir.join("fd");
-    // Not a plain open: in another /proc tree `fd` could be a FIFO, which blocks.
-    let dir = read::open_dir(&dir_path)?;
-    let mut comm: Option<String> = None;
-    let mut link = [0u8; 64];
-    for entry in fs::read_dir(&dir_path)?.filter_map(Result::ok) {
-        if shared.done.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let name = entry.file_name();
-        let Ok(name) = CString::new(name.as_encoded_bytes()) else {
-            continue;
-        };
-        // SAFETY: valid dir fd, NUL-terminated name, buffer length passed.
-        let len = unsafe {
-            libc::readlinkat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                link.as_mut_ptr().cast(),
-                link.len(),
-            )
-        };
-        let Ok(len) = usize::try_from(len) else {
-            continue;
-        };
-        let Some(inode) = socket_inode(&link[..len]) else {
-            continue;
-        };
-        if !shared.wanted.contains(&inode) {
-            continue;
-        }
-        let comm = comm
-            .get_or_insert_with(|| {
-                read::small_text(&pid_dir.join("comm"))
-                    .map(|c| c.trim_end_matches('\n').to_owned())
-                    .unwrap_or_else(|_| "?".into())
-            })
-            .clone();
-        let mut found = shared.found.lock().unwrap_or_else(|e| e.into_inner());
-        let owner = found.entry(inode).or_insert_with(|| Process {
-            pid,
-            comm: comm.clone(),
-        });
-        if pid < owner.pid {
-            *owner = Process { pid, comm };
-        }
-        if found.len() == shared.wanted.len() {
-            shared.done.store(true, Ordering::Relaxed);
-            return Ok(());
+impl Walk<'_> {
+    fn work(&self) {
+        while let Some(job) = self.next_job() {
+            match job {
+                Job::Process(pid) => {
+                    if self.scan_process(pid).is_err() {
+                        self.unreadable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Job::Fds { pid, dir, names } => self.scan_fds(pid, &dir, &names),
+            }
+            let mut queue = self.lock_queue();
+            queue.busy -= 1;
+            if queue.busy == 0 && queue.jobs.is_empty() {
+                self.more.notify_all();
+            }
         }
     }
-    Ok(())
+
+    /// The next job, or None once every inode is found or nothing is left to do.
+    fn next_job(&self) -> Option<Job> {
+        let mut queue = self.lock_queue();
+        loop {
+            if self.done.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(job) = queue.jobs.pop_front() {
+                queue.busy += 1;
+                return Some(job);
+            }
+            if queue.busy == 0 {
+                return None;
+            }
+            // A busy thread may yet split a large fd table.
+            queue = self.more.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn scan_process(&self, pid: u32) -> std::io::Result<()> {
+        let dir_path = self.proc_root.pid_dir(pid).join("fd");
+        // Not a plain open: in another /proc tree `fd` could be a FIFO, which blocks.
+        let dir = read::open_dir(&dir_path)?;
+        let names: Vec<CString> = fs::read_dir(&dir_path)?
+            .filter_map(Result::ok)
+            .filter_map(|e| CString::new(e.file_name().as_encoded_bytes()).ok())
+            .collect();
+        if names.len() <= self.split_fds || self.threads == 1 {
+            self.scan_fds(pid, &dir, &names);
+            return Ok(());
+        }
+        let dir = Arc::new(dir);
+        let mut parts = names.chunks(names.len().div_ceil(self.threads));
+        let first = parts.next().unwrap_or_default();
+        {
+            let mut queue = self.lock_queue();
+            // At the front: the rest of this table before other processes.
+            for part in parts.rev() {
+                queue.jobs.push_front(Job::Fds {
+                    pid,
+                    dir: Arc::clone(&dir),
+                    names: part.to_vec(),
+                });
+            }
+            self.more.notify_all();
+        }
+        self.scan_fds(pid, &dir, first);
+        Ok(())
+    }
+
+    /// Reads fd links with readlinkat() relative to the process's fd directory (one path
+    /// component per lookup instead of four). A link is only read, never followed: what
+    /// it points to (a FUSE file, say) could block a stat.
+    fn scan_fds(&self, pid: u32, dir: &fs::File, names: &[CString]) {
+        let mut comm: Option<String> = None;
+        let mut link = [0u8; 64];
+        for name in names {
+            if self.done.load(Ordering::Relaxed) {
+                return;
+            }
+            // SAFETY: valid dir fd, NUL-terminated name, buffer length passed.
+            let len = unsafe {
+                libc::readlinkat(
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                    link.as_mut_ptr().cast(),
+                    link.len(),
+                )
+            };
+            let Ok(len) = usize::try_from(len) else {
+                continue;
+            };
+            let Some(inode) = socket_inode(&link[..len]) else {
+                continue;
+            };
+            if !self.wanted.contains(&inode) {
+                continue;
+            }
+            let comm = comm
+                .get_or_insert_with(|| {
+                    read::small_text(&self.proc_root.pid_dir(pid).join("comm"))
+                        .map(|c| c.trim_end_matches('\n').to_owned())
+                        .unwrap_or_else(|_| "?".into())
+                })
+                .clone();
+            let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+            let owner = found.entry(inode).or_insert_with(|| Process {
+                pid,
+                comm: comm.clone(),
+            });
+            if pid < owner.pid {
+                *owner = Process { pid, comm };
+            }
+            if found.len() == self.wanted.len() {
+                self.done.store(true, Ordering::Relaxed);
+                // Under the queue's lock, so a thread about to wait cannot miss it.
+                let _queue = self.lock_queue();
+                self.more.notify_all();
+                return;
+            }
+        }
+    }
 }
 
 /// A process's own usage, as Prometheus clients report it (process_* metrics).
@@ -230,5 +330,35 @@ mod tests {
         let owners = find_owners(&ProcRoot::host(), &HashSet::from([inode]));
         let owner = owners.by_inode.get(&inode).expect("owner found");
         assert_eq!(owner.pid, std::process::id());
+    }
+
+    #[test]
+    fn a_large_fd_table_shared_between_threads_finds_every_owner() {
+        let listeners: Vec<_> = (0..40)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: HashSet<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let snap = crate::snapshot::Snapshot::read(&ProcRoot::host()).unwrap();
+        let ours: HashSet<u64> = snap
+            .rows()
+            .filter_map(|r| r.socket.ok())
+            .filter(|s| ports.contains(&s.local_port) && s.state == crate::model::TcpState::Listen)
+            .map(|s| s.inode)
+            .collect();
+        assert_eq!(ours.len(), 40);
+        // Our fd table is cut into parts of 4 for 3 threads: every owner is found, whether
+        // the walk stops early (all found) or must read everything (one inode no one holds).
+        let all = find_owners_with(&ProcRoot::host(), &ours, 3, 4);
+        assert_eq!(all.by_inode.len(), 40);
+        assert!(all.by_inode.values().all(|p| p.pid == std::process::id()));
+        let mut with_missing = ours.clone();
+        with_missing.insert(u64::MAX);
+        let partial = find_owners_with(&ProcRoot::host(), &with_missing, 3, 4);
+        assert_eq!(partial.by_inode.len(), 40);
+        assert!(!partial.by_inode.contains_key(&u64::MAX));
+        drop(listeners);
     }
 }
