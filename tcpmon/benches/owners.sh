@@ -50,7 +50,7 @@ ip netns exec "$ns" hyperfine -N --warmup 2 --min-runs 15 --export-json "$work" 
 python3 - "$work" <<'PY'
 import json, sys
 runs = {r["command"]: r["median"] * 1000 for r in json.load(open(sys.argv[1]))["results"]}
-print(f"{"command":<24} {"median_ms":>10}")
+print(f"{'command':<24} {'median_ms':>10}")
 for name, ms in runs.items():
     print(f"{name:<24} {ms:10.1f}")
 states = runs["tcpmon states"]
