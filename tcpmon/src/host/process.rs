@@ -151,16 +151,23 @@ impl Walk<'_> {
         let dir_path = self.proc_root.pid_dir(pid).join("fd");
         // Not a plain open: in another /proc tree `fd` could be a FIFO, which blocks.
         let dir = read::open_dir(&dir_path)?;
-        let names: Vec<CString> = fs::read_dir(&dir_path)?
+        let mut names = fs::read_dir(&dir_path)?
             .filter_map(Result::ok)
-            .filter_map(|e| CString::new(e.file_name().as_encoded_bytes()).ok())
-            .collect();
-        if names.len() <= self.split_fds || self.threads == 1 {
-            self.scan_fds(pid, &dir, &names);
+            .filter_map(|e| CString::new(e.file_name().as_encoded_bytes()).ok());
+        // The directory is read as it is walked, so a walk that finds the last wanted
+        // socket early does not list the rest of a large table.
+        let head: Vec<CString> = names.by_ref().take(self.split_fds).collect();
+        self.scan_fds(pid, &dir, &head);
+        if head.len() < self.split_fds || self.done.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let rest: Vec<CString> = names.collect();
+        if self.threads == 1 {
+            self.scan_fds(pid, &dir, &rest);
             return Ok(());
         }
         let dir = Arc::new(dir);
-        let mut parts = names.chunks(names.len().div_ceil(self.threads));
+        let mut parts = rest.chunks(rest.len().div_ceil(self.threads).max(1));
         let first = parts.next().unwrap_or_default();
         {
             let mut queue = self.lock_queue();
