@@ -488,7 +488,8 @@ impl Aggregator {
         }
         // A zero-window probe (timer 4) means the peer advertises no room.
         let zero_window = s.timer == 4 || info.is_some_and(|i| i.snd_wnd == 0);
-        let queued = u64::from(s.tx_queue) + info.map_or(0, |i| u64::from(i.notsent_bytes));
+        // The send queue (write_seq - snd_una) already holds the bytes not yet sent.
+        let queued = u64::from(s.tx_queue);
         if zero_window && queued > 0 {
             let entry = self.stuck.entry(remote).or_default();
             entry.0 += 1;
@@ -508,7 +509,7 @@ impl Aggregator {
             port.1 += info.rtt_ms;
             port.2 = port.2.max(info.rtt_ms);
             port.3 += u64::from(info.total_retrans);
-            port.4 += u64::from(s.tx_queue) + u64::from(info.notsent_bytes);
+            port.4 += u64::from(s.tx_queue);
         }
     }
 

@@ -654,13 +654,20 @@ mod tests {
         // zero-window probe timer alone (what /proc shows).
         let mut full = sock(TcpState::Established, 40020, [192, 0, 2, 3], 443);
         full.tx_queue = 20 << 20;
-        agg.add_with_info(&full, Some(&info(100, 0, 0)));
+        // Part of the queue not sent yet: tcp_info's notsent is inside the send queue.
+        let unsent = TcpInfo {
+            notsent_bytes: 1 << 20,
+            ..info(100, 0, 0)
+        };
+        agg.add_with_info(&full, Some(&unsent));
         let mut probing = sock(TcpState::Established, 40030, [192, 0, 2, 4], 443);
         probing.tx_queue = 1000;
         probing.timer = 4;
         agg.add(&probing);
         let summary = agg.finish(&HashMap::new(), &HashMap::new());
         assert!(summary.tcp_info);
+        let queued: Vec<u64> = summary.stuck.iter().map(|s| s.queued_bytes).collect();
+        assert_eq!(queued, [20 << 20, 1000]);
         let findings = audit(&summary, &Thresholds::default());
         let found: Vec<(&str, Severity, &str)> = findings
             .iter()
