@@ -1,5 +1,7 @@
-//! `cargo xtask fuzz`: every cargo-fuzz target of tcpmon/fuzz for a while, from its
-//! committed corpus, with a summary of executions and crashes per target.
+//! `cargo xtask fuzz`: every cargo-fuzz target of tcpmon/fuzz for a while, starting from
+//! its committed seeds (tcpmon/fuzz/seeds/TARGET) and what earlier runs found
+//! (tcpmon/fuzz/corpus/TARGET, not committed), with a summary of executions and crashes
+//! per target.
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -38,6 +40,8 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
     for target in &targets {
         let corpus = fuzz_dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
+        // libFuzzer writes what it finds into the first directory and reads the others.
+        let seeds = fuzz_dir.join("seeds").join(target);
         let started = Instant::now();
         eprintln!("xtask: fuzzing {target} for {seconds} s");
         let out = Command::new("rustup")
@@ -45,6 +49,7 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<()> {
             .arg("--fuzz-dir")
             .arg(&fuzz_dir)
             .arg(&corpus)
+            .args(seeds.is_dir().then_some(&seeds))
             .args([
                 "--",
                 &format!("-max_total_time={seconds}"),
