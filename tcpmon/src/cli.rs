@@ -370,7 +370,7 @@ pub enum Mode {
 /// The live engine's flags, shared by `watch` and `serve`.
 #[derive(Args, Debug, Clone)]
 pub struct LiveArgs {
-    /// auto: eBPF, else poll /proc (saying why); ebpf: fail if eBPF cannot load; poll: never load eBPF.
+    /// auto: eBPF, else poll the socket table (saying why); ebpf: fail if eBPF cannot load; poll: never load eBPF.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
     /// How often to evaluate alerts and poll the cheap counters (and /proc in poll mode).

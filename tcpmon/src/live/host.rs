@@ -92,6 +92,14 @@ impl Host for SystemHost {
     }
 
     fn sockets(&mut self) -> Result<Vec<Socket>, SnapshotError> {
+        // Netlink for tcpmon's own namespace; /proc (which says the same, slower) for
+        // another /proc tree or when netlink fails.
+        if self.proc.is_own() {
+            match crate::snapshot::sockets_netlink() {
+                Ok(sockets) => return Ok(sockets),
+                Err(e) => log::debug!("sock_diag dump failed ({e}); reading /proc"),
+            }
+        }
         Ok(Snapshot::read(&self.proc)?.sockets().collect())
     }
 
@@ -171,5 +179,36 @@ impl Host for SystemHost {
     fn namespace_port_range(&mut self, ns: &Namespace) -> Option<PortRange> {
         let own = self.own_namespace();
         namespaces::from_inside(&self.proc, ns, own).port_range
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TcpState;
+
+    #[test]
+    fn the_engine_reads_its_own_namespace_through_netlink_as_proc_shows_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ours = |sockets: Vec<Socket>| -> Vec<(u64, TcpState)> {
+            sockets
+                .into_iter()
+                .filter(|s| s.local_port == port)
+                .map(|s| (s.inode, s.state))
+                .collect()
+        };
+        assert!(crate::snapshot::sockets_netlink().is_ok());
+        let through_netlink = ours(SystemHost::default().sockets().unwrap());
+        // Not the path "/proc", so not this namespace's own by name: read as text.
+        let through_proc = ours(
+            SystemHost::new(ProcRoot::new("/proc/self/.."))
+                .sockets()
+                .unwrap(),
+        );
+        assert_eq!(through_netlink.len(), 1);
+        assert_eq!(through_netlink[0].1, TcpState::Listen);
+        assert_eq!(through_netlink, through_proc);
+        drop(listener);
     }
 }

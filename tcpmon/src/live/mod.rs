@@ -142,7 +142,10 @@ fn open_source(
         poll_interval: Some(interval),
     };
     if choice == ModeChoice::Poll {
-        return Ok((None, polling("polling /proc (--mode poll)".into(), false)));
+        return Ok((
+            None,
+            polling("polling the socket table (--mode poll)".into(), false),
+        ));
     }
     match EbpfSource::load(load, nice) {
         Ok((source, loaded)) => Ok((
@@ -168,7 +171,7 @@ fn open_source(
             Ok((
                 None,
                 polling(
-                    format!("eBPF unavailable: {why}; polling /proc every {interval:?} instead (transitions are inferred from differences)"),
+                    format!("eBPF unavailable: {why}; polling the socket table every {interval:?} instead (transitions are inferred from differences)"),
                     true,
                 ),
             ))

@@ -6,7 +6,7 @@ pub mod audit;
 pub mod namespaces;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     path::{Path, PathBuf},
 };
@@ -213,6 +213,29 @@ pub fn summarize_netlink(
             matched,
             NetlinkRead { stats, retries },
         ));
+    }
+}
+
+/// Every socket of this thread's network namespace from one sock_diag dump (restarted
+/// when the kernel interrupts it), for readers that want rows rather than a summary: the
+/// live engine's baseline and reconciliations. Much cheaper than /proc under churn, where
+/// each read of /proc/net/tcp restarts the kernel's walk of a changing hash.
+pub fn sockets_netlink() -> Result<Vec<Socket>, sock_diag::DumpError> {
+    let mut attempt = 1;
+    loop {
+        let mut seen = HashSet::new();
+        let mut sockets = Vec::new();
+        let dumped = sock_diag::dump(sock_diag::Request::ALL, |r| {
+            // A socket moved between buckets during the walk can be listed twice.
+            if r.socket.inode == 0 || seen.insert(r.socket.inode) {
+                sockets.push(r.socket);
+            }
+        });
+        match dumped {
+            Ok(_) => return Ok(sockets),
+            Err(sock_diag::DumpError::Interrupted) if attempt < DUMP_ATTEMPTS => attempt += 1,
+            Err(e) => return Err(e),
+        }
     }
 }
 
