@@ -533,22 +533,33 @@ pub fn section(out: &mut dyn Write, style: Style, title: &str) -> Result<()> {
     Ok(())
 }
 
-/// A table whose rows may come from several namespaces: a NETNS column first when so.
-pub fn table(ns: Option<&Namespaces>, columns: &[(&'static str, Align)]) -> Table {
+/// A table of `rows`, each made into cells by `cells`; when the rows may come from
+/// several namespaces, a NETNS column comes first, filled from each row's `netns`.
+pub fn tagged_table<T>(
+    ns: Option<&Namespaces>,
+    columns: &[(&'static str, Align)],
+    rows: &[T],
+    netns: impl Fn(&T) -> Option<u64>,
+    cells: impl Fn(&T) -> Vec<String>,
+) -> Table {
     let mut all = Vec::with_capacity(columns.len() + 1);
     if ns.is_some() {
         all.push(("NETNS", Align::Left));
     }
     all.extend_from_slice(columns);
-    Table::new(&all)
+    let mut table = Table::new(&all);
+    for r in rows {
+        table.row(match ns {
+            Some(ns) => std::iter::once(ns.cell(netns(r))).chain(cells(r)).collect(),
+            None => cells(r),
+        });
+    }
+    table
 }
 
-/// A row of such a table: the namespace cell first when there is that column.
-pub fn row(ns: Option<&Namespaces>, tag: Option<u64>, cells: Vec<String>) -> Vec<String> {
-    match ns {
-        Some(ns) => std::iter::once(ns.cell(tag)).chain(cells).collect(),
-        None => cells,
-    }
+/// A process, or "-" when it is not known.
+fn process_cell(process: Option<&tcpmon::model::Process>) -> String {
+    process.map_or_else(|| "-".into(), ToString::to_string)
 }
 
 pub fn states_table(summary: &Summary, include_zero: bool) -> Table {
@@ -567,7 +578,7 @@ pub fn listeners_table(
     listeners: &[tcpmon::snapshot::analysis::Listener],
     ns: Option<&Namespaces>,
 ) -> Table {
-    let mut table = table(
+    tagged_table(
         ns,
         &[
             ("LOCAL", Align::Left),
@@ -577,31 +588,26 @@ pub fn listeners_table(
             ("UID", Align::Right),
             ("PROCESS", Align::Left),
         ],
-    );
-    for l in listeners {
-        table.row(row(
-            ns,
-            l.netns,
+        listeners,
+        |l| l.netns,
+        |l| {
             vec![
                 endpoint(l.ip, l.port),
                 l.backlog.map_or_else(|| "?".into(), |b| b.to_string()),
                 l.accept_queue.to_string(),
                 l.half_open.to_string(),
                 l.uid.to_string(),
-                l.process
-                    .as_ref()
-                    .map_or_else(|| "-".into(), ToString::to_string),
-            ],
-        ));
-    }
-    table
+                process_cell(l.process.as_ref()),
+            ]
+        },
+    )
 }
 
 pub fn per_ip_table(
     rows: &[tcpmon::snapshot::analysis::IpCount],
     ns: Option<&Namespaces>,
 ) -> Table {
-    let mut table = table(
+    tagged_table(
         ns,
         &[
             ("REMOTE", Align::Left),
@@ -612,11 +618,9 @@ pub fn per_ip_table(
             ("SYN_RECV", Align::Right),
             ("OTHER", Align::Right),
         ],
-    );
-    for r in rows {
-        table.row(row(
-            ns,
-            r.netns,
+        rows,
+        |r| r.netns,
+        |r| {
             vec![
                 r.ip.to_string(),
                 thousands(r.total),
@@ -625,10 +629,9 @@ pub fn per_ip_table(
                 thousands(r.close_wait),
                 thousands(r.syn_recv),
                 thousands(r.other),
-            ],
-        ));
-    }
-    table
+            ]
+        },
+    )
 }
 
 pub fn per_port_table(
@@ -645,21 +648,25 @@ pub fn per_port_table(
             ("SEND-Q", Align::Right),
         ]);
     }
-    let mut table = table(ns, &columns);
-    for r in rows {
-        let mut cells = vec![r.port.to_string(), thousands(r.established)];
-        if info {
-            let i = r.info.unwrap_or_default();
-            cells.extend([
-                ms(i.rtt_avg_ms),
-                ms(i.rtt_max_ms),
-                thousands(i.total_retrans),
-                thousands(i.send_queue_bytes),
-            ]);
-        }
-        table.row(row(ns, r.netns, cells));
-    }
-    table
+    tagged_table(
+        ns,
+        &columns,
+        rows,
+        |r| r.netns,
+        |r| {
+            let mut cells = vec![r.port.to_string(), thousands(r.established)];
+            if info {
+                let i = r.info.unwrap_or_default();
+                cells.extend([
+                    ms(i.rtt_avg_ms),
+                    ms(i.rtt_max_ms),
+                    thousands(i.total_retrans),
+                    thousands(i.send_queue_bytes),
+                ]);
+            }
+            cells
+        },
+    )
 }
 
 /// Milliseconds as tables show them (microseconds below one).
@@ -676,7 +683,7 @@ pub fn retransmits_table(
     rows: &[tcpmon::snapshot::analysis::Retransmits],
     ns: Option<&Namespaces>,
 ) -> Table {
-    let mut table = table(
+    tagged_table(
         ns,
         &[
             ("REMOTE", Align::Left),
@@ -685,52 +692,46 @@ pub fn retransmits_table(
             ("RETRANSMITTED", Align::Right),
             ("%", Align::Right),
         ],
-    );
-    for r in rows {
-        table.row(row(
-            ns,
-            r.netns,
+        rows,
+        |r| r.netns,
+        |r| {
             vec![
                 r.ip.to_string(),
                 thousands(r.connections),
                 thousands(r.segs_out),
                 thousands(r.total_retrans),
                 format!("{:.2}", r.retrans_pct),
-            ],
-        ));
-    }
-    table
+            ]
+        },
+    )
 }
 
 /// Remote IPs whose connections cannot send (zero window, data queued).
 pub fn stuck_table(rows: &[tcpmon::snapshot::analysis::Stuck], ns: Option<&Namespaces>) -> Table {
-    let mut table = table(
+    tagged_table(
         ns,
         &[
             ("REMOTE", Align::Left),
             ("CONNECTIONS", Align::Right),
             ("QUEUED BYTES", Align::Right),
         ],
-    );
-    for r in rows {
-        table.row(row(
-            ns,
-            r.netns,
+        rows,
+        |r| r.netns,
+        |r| {
             vec![
                 r.ip.to_string(),
                 thousands(r.connections),
                 thousands(r.queued_bytes),
-            ],
-        ));
-    }
-    table
+            ]
+        },
+    )
 }
 
 pub fn close_wait_table(
     rows: &[tcpmon::snapshot::analysis::CloseWaitGroup],
     ns: Option<&Namespaces>,
 ) -> Table {
-    let mut table = table(
+    tagged_table(
         ns,
         &[
             ("LOCAL PORT", Align::Right),
@@ -738,22 +739,17 @@ pub fn close_wait_table(
             ("UNREAD BYTES", Align::Right),
             ("PROCESS", Align::Left),
         ],
-    );
-    for r in rows {
-        table.row(row(
-            ns,
-            r.netns,
+        rows,
+        |r| r.netns,
+        |r| {
             vec![
                 r.local_port.to_string(),
                 thousands(r.count),
                 thousands(r.unread_bytes),
-                r.process
-                    .as_ref()
-                    .map_or_else(|| "-".into(), ToString::to_string),
-            ],
-        ));
-    }
-    table
+                process_cell(r.process.as_ref()),
+            ]
+        },
+    )
 }
 
 pub fn connections_table(
@@ -780,33 +776,37 @@ pub fn connections_table(
             ("DELIVERY", Align::Right),
         ]);
     }
-    let mut table = table(ns, &columns);
-    for c in rows {
-        let mut cells = vec![
-            endpoint(c.local_ip, c.local_port),
-            endpoint(c.remote_ip, c.remote_port),
-            c.send_queue.to_string(),
-            c.recv_queue.to_string(),
-            c.uid.to_string(),
-            c.timer_secs
-                .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
-        ];
-        if info {
-            match c.info {
-                Some(i) => cells.extend([
-                    format!("{}/{}", ms(i.rtt_ms), ms(i.rttvar_ms)),
-                    format!("{}/{}", i.retransmits, i.total_retrans),
-                    i.snd_cwnd.to_string(),
-                    thousands(i.bytes_acked),
-                    thousands(i.bytes_received),
-                    rate(i.delivery_rate),
-                ]),
-                None => cells.extend(std::iter::repeat_n("-".to_owned(), 6)),
+    tagged_table(
+        ns,
+        &columns,
+        rows,
+        |c| c.netns,
+        |c| {
+            let mut cells = vec![
+                endpoint(c.local_ip, c.local_port),
+                endpoint(c.remote_ip, c.remote_port),
+                c.send_queue.to_string(),
+                c.recv_queue.to_string(),
+                c.uid.to_string(),
+                c.timer_secs
+                    .map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
+            ];
+            if info {
+                match c.info {
+                    Some(i) => cells.extend([
+                        format!("{}/{}", ms(i.rtt_ms), ms(i.rttvar_ms)),
+                        format!("{}/{}", i.retransmits, i.total_retrans),
+                        i.snd_cwnd.to_string(),
+                        thousands(i.bytes_acked),
+                        thousands(i.bytes_received),
+                        rate(i.delivery_rate),
+                    ]),
+                    None => cells.extend(std::iter::repeat_n("-".to_owned(), 6)),
+                }
             }
-        }
-        table.row(row(ns, c.netns, cells));
-    }
-    table
+            cells
+        },
+    )
 }
 
 /// Bytes a second as bits a second, the way links are rated.

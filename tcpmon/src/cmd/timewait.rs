@@ -83,7 +83,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
         })
         .map_or(range, |p| p.summary.port_range)
     };
-    let mut table = super::table(
+    let table = super::tagged_table(
         ns,
         &[
             ("DESTINATION", Align::Left),
@@ -91,11 +91,9 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
             ("ALL STATES", Align::Right),
             ("% OF RANGE", Align::Right),
         ],
-    );
-    for d in &destinations.items {
-        table.row(super::row(
-            ns,
-            d.netns,
+        &destinations.items,
+        |d| d.netns,
+        |d| {
             vec![
                 endpoint(d.ip, d.port),
                 thousands(d.time_wait),
@@ -104,9 +102,9 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
                     "{:.1}",
                     d.total as f64 * 100.0 / range_of(d.netns).size() as f64
                 ),
-            ],
-        ));
-    }
+            ]
+        },
+    );
     write_listed(out, table, &destinations, "destinations")?;
     super::listed_section(
         out,
