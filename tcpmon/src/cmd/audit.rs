@@ -13,14 +13,7 @@ use super::{load, write_header, write_json, Want};
 use crate::{cli::AuditArgs, exit::Status};
 
 pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(
-        &args.snapshot,
-        Want {
-            owners: true,
-            info: true,
-            ..Want::default()
-        },
-    )?;
+    let loaded = load(&args.snapshot, Want::AUDIT)?;
     let thresholds = args.thresholds.thresholds();
     let findings = super::audit(&loaded, &thresholds);
     // The status covers every finding; the output shows --limit of each rule.

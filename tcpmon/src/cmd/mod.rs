@@ -96,6 +96,17 @@ pub struct Want<'a> {
     pub info: bool,
 }
 
+impl Want<'_> {
+    /// What the audit judges: owners name the processes in findings, tcp_info feeds the
+    /// retransmit and stuck-peer rules.
+    pub const AUDIT: Self = Self {
+        collect: &[],
+        owners: true,
+        only: &[],
+        info: true,
+    };
+}
+
 /// Where the sockets were read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -12,14 +12,7 @@ use super::{load, section, write_header, write_json, Want};
 use crate::{cli::ReportArgs, exit::Status};
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(
-        &args.snapshot,
-        Want {
-            owners: true,
-            info: true,
-            ..Want::default()
-        },
-    )?;
+    let loaded = load(&args.snapshot, Want::AUDIT)?;
     let s = &loaded.summary;
     let limit = args.snapshot.limit();
     let findings = cut(&super::audit(&loaded, &args.thresholds.thresholds()), limit);
