@@ -401,3 +401,15 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap()
 }
+
+/// The states of a JSON `states` object (a snapshot's, a tally's or a namespace entry's)
+/// that have any socket.
+pub fn nonzero_states(has_states: &Value) -> std::collections::BTreeMap<String, u64> {
+    has_states["states"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{require_root, run_in, tcpmon_bin, Holder, Netns};
+use crate::harness::{nonzero_states, require_root, run_in, tcpmon_bin, Holder, Netns};
 
 /// Sockets kept open while the namespaces are looked at.
 struct Population {
@@ -122,16 +122,6 @@ fn entry(doc: &Value, inode: u64) -> Value {
         .find(|n| n["inode"] == inode)
         .unwrap_or_else(|| panic!("namespace {inode} missing: {}", doc["namespaces"]))
         .clone()
-}
-
-fn nonzero_states(entry: &Value) -> BTreeMap<String, u64> {
-    entry["states"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .filter(|(_, v)| *v > 0)
-        .collect()
 }
 
 #[test]

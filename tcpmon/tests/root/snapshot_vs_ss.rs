@@ -131,13 +131,7 @@ fn counts_match_ss_through(ns: &Netns, source: &str) {
     for (state, _, _) in &rows {
         *ss_states.entry(state.clone()).or_default() += 1;
     }
-    let ours: BTreeMap<String, u64> = report["states"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .filter(|(_, v)| *v > 0)
-        .collect();
+    let ours = crate::harness::nonzero_states(&report);
     assert_eq!(ours, ss_states, "state counts differ from ss -tan");
     assert_eq!(report["total"].as_u64().unwrap(), rows.len() as u64);
     // The population we built, so a shared bug in both tools cannot pass unnoticed.

@@ -9,7 +9,7 @@ use std::{
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
-use crate::harness::{records, require_root, tcpmon_bin, Netns, Watcher};
+use crate::harness::{nonzero_states, records, require_root, tcpmon_bin, Netns, Watcher};
 
 fn watch(ns: &Netns, extra: &[&str]) -> Watcher {
     let mut args = vec![
@@ -34,16 +34,6 @@ fn ss_states(ns: &Netns) -> BTreeMap<String, u64> {
         *counts.entry(state).or_default() += 1;
     }
     counts
-}
-
-fn tally_states(tally: &Value) -> BTreeMap<String, u64> {
-    tally["states"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-        .filter(|(_, v)| *v > 0)
-        .collect()
 }
 
 /// Connections that end in TIME_WAIT, stay ESTABLISHED, or were open before the
@@ -99,11 +89,11 @@ fn churn_tallies_equal_ss() {
     let final_poll = records(&poll_lines, "tally").last().unwrap();
     eprintln!(
         "ss {expected:?}\nebpf {:?}\npoll {:?}\n{final_ebpf}",
-        tally_states(&final_ebpf),
-        tally_states(&final_poll)
+        nonzero_states(&final_ebpf),
+        nonzero_states(&final_poll)
     );
-    assert_eq!(tally_states(&final_ebpf), expected, "eBPF tallies vs ss");
-    assert_eq!(tally_states(&final_poll), expected, "poll tallies vs ss");
+    assert_eq!(nonzero_states(&final_ebpf), expected, "eBPF tallies vs ss");
+    assert_eq!(nonzero_states(&final_poll), expected, "poll tallies vs ss");
     assert_eq!(final_ebpf["lost"], 0);
     // Every transition met the state the tally expected (no out-of-order pair).
     assert_eq!(final_ebpf["inconsistencies"], 0, "{final_ebpf}");
@@ -187,7 +177,7 @@ fn a_reused_tuple_ends_its_time_wait_without_reconciliation() {
         "the open connection took the tuple"
     );
     assert_eq!(expected.get("ESTABLISHED"), Some(&2));
-    assert_eq!(tally_states(&tally), expected, "{tally}");
+    assert_eq!(nonzero_states(&tally), expected, "{tally}");
     assert_eq!(tally["reconciliations"], 1, "only the baseline: {tally}");
     assert_eq!(
         tally["time_wait"]["sockstat_error"], 0,
@@ -235,7 +225,7 @@ fn full_ring_buffer_is_reported_and_reconciled() {
             };
             tally["type"] == "tally"
                 && tally["reconcile"]["reason"] == "loss"
-                && tally_states(&tally) == expected
+                && nonzero_states(&tally) == expected
         },
     );
     // Two more evaluations: the kernel's opening counters, compared a second late, now
@@ -250,7 +240,7 @@ fn full_ring_buffer_is_reported_and_reconciled() {
     assert!(tally["lost"].as_u64().unwrap() >= full, "{tally}");
     let last = records(&lines, "tally").last().unwrap();
     eprintln!("ss {expected:?}\n{last}");
-    assert_eq!(tally_states(&last), expected, "{last}");
+    assert_eq!(nonzero_states(&last), expected, "{last}");
     // The openings the drops swallowed are explained by the drop counter, not counted
     // again as silent loss.
     assert_eq!(last["received"]["unaccounted"], 0, "{last}");
