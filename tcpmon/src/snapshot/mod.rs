@@ -166,6 +166,24 @@ pub struct NetlinkRead {
 /// How often an interrupted dump is started again before giving up.
 const DUMP_ATTEMPTS: u32 = 3;
 
+/// Runs a sock_diag dump into a fresh `S` from `start`, starting over (with a fresh one)
+/// when the kernel says the dump was interrupted, up to [`DUMP_ATTEMPTS`] times.
+fn dump_restarting<S>(
+    request: sock_diag::Request,
+    mut start: impl FnMut() -> S,
+    mut each: impl FnMut(&mut S, &sock_diag::Record<'_>),
+) -> Result<(S, NetlinkRead), sock_diag::DumpError> {
+    let mut retries = 0;
+    loop {
+        let mut state = start();
+        match sock_diag::dump(request, |r| each(&mut state, r)) {
+            Ok(stats) => return Ok((state, NetlinkRead { stats, retries })),
+            Err(sock_diag::DumpError::Interrupted) if retries + 1 < DUMP_ATTEMPTS => retries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Aggregates this namespace's sockets from a sock_diag dump (the states `filter` keeps
 /// are the only ones the kernel sends), streaming: no record is held past its
 /// aggregation. `info` asks for each connection's tcp_info. Owners as
@@ -178,42 +196,32 @@ pub fn summarize_netlink(
     info: bool,
 ) -> Result<(Summary, Vec<Connection>, u64, NetlinkRead), sock_diag::DumpError> {
     let request = sock_diag::Request::states(&filter.states, info);
-    let mut retries = 0;
-    loop {
-        let mut agg = Aggregator::new(filter.clone(), collect.clone(), root.port_range());
-        let mut backlogs = HashMap::new();
-        let dumped = sock_diag::dump(request, |r| {
+    let ((mut agg, backlogs), read) = dump_restarting(
+        request,
+        || {
+            let agg = Aggregator::new(filter.clone(), collect.clone(), root.port_range());
+            (agg, HashMap::new())
+        },
+        |(agg, backlogs), r| {
             if let Some(backlog) = r.backlog {
                 backlogs.insert(r.socket.inode, backlog);
             }
             let info = r.info.map(sock_diag::TcpInfo::parse);
             agg.add_unique(&r.socket, info.as_ref());
-        });
-        let stats = match dumped {
-            Err(sock_diag::DumpError::Interrupted) if retries + 1 < DUMP_ATTEMPTS => {
-                retries += 1;
-                continue;
-            }
-            other => other?,
-        };
-        let found = if owners {
-            process::find_owners(root, &agg.wanted_owners()).by_inode
-        } else {
-            HashMap::new()
-        };
-        let (connections, matched) = agg.take_connections();
-        let mut summary = agg.finish(&found, &backlogs);
-        if !owners {
-            summary.owners_unknown = 0;
-        }
-        summary.somaxconn = root.somaxconn();
-        return Ok((
-            summary,
-            connections,
-            matched,
-            NetlinkRead { stats, retries },
-        ));
+        },
+    )?;
+    let found = if owners {
+        process::find_owners(root, &agg.wanted_owners()).by_inode
+    } else {
+        HashMap::new()
+    };
+    let (connections, matched) = agg.take_connections();
+    let mut summary = agg.finish(&found, &backlogs);
+    if !owners {
+        summary.owners_unknown = 0;
     }
+    summary.somaxconn = root.somaxconn();
+    Ok((summary, connections, matched, read))
 }
 
 /// Every socket of this thread's network namespace from one sock_diag dump (restarted
@@ -221,22 +229,17 @@ pub fn summarize_netlink(
 /// live engine's baseline and reconciliations. Much cheaper than /proc under churn, where
 /// each read of /proc/net/tcp restarts the kernel's walk of a changing hash.
 pub fn sockets_netlink() -> Result<Vec<Socket>, sock_diag::DumpError> {
-    let mut attempt = 1;
-    loop {
-        let mut seen = HashSet::new();
-        let mut sockets = Vec::new();
-        let dumped = sock_diag::dump(sock_diag::Request::ALL, |r| {
+    let ((_, sockets), _) = dump_restarting(
+        sock_diag::Request::ALL,
+        || (HashSet::new(), Vec::new()),
+        |(seen, sockets), r| {
             // A socket moved between buckets during the walk can be listed twice.
             if r.socket.inode == 0 || seen.insert(r.socket.inode) {
                 sockets.push(r.socket);
             }
-        });
-        match dumped {
-            Ok(_) => return Ok(sockets),
-            Err(sock_diag::DumpError::Interrupted) if attempt < DUMP_ATTEMPTS => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    }
+        },
+    )?;
+    Ok(sockets)
 }
 
 /// Aggregates a snapshot, resolving the owners of listeners and CLOSE_WAIT sockets.
