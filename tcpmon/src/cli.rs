@@ -6,9 +6,11 @@ use tcpmon::{
     ebpf::{LoadOptions, StateHook},
     host::{netns::resolve_spec, ProcRoot},
     live::{EngineConfig, ModeChoice, SourceOptions, TransitionFilter},
-    model::{duration::parse_duration, Family, Severity, TcpState, Thresholds},
+    model::{
+        duration::parse_duration, parse_net, EndpointFilter, Family, Severity, TcpState, Thresholds,
+    },
     snapshot::{
-        analysis::{parse_net, Filter, SortKey},
+        analysis::{Filter, SortKey},
         namespaces::Selection,
     },
 };
@@ -163,8 +165,10 @@ impl SnapshotArgs {
     pub fn filter(&self) -> Filter {
         Filter {
             states: self.state.clone(),
-            port: self.port,
-            net: self.ip,
+            endpoints: EndpointFilter {
+                port: self.port,
+                net: self.ip,
+            },
             family: match (self.ipv4, self.ipv6) {
                 (true, _) => Some(Family::Ipv4),
                 (_, true) => Some(Family::Ipv6),
@@ -492,8 +496,10 @@ impl WatchArgs {
             self.tally_interval,
             self.top as usize,
             (!self.quiet_transitions).then(|| TransitionFilter {
-                port: self.port,
-                net: self.ip,
+                endpoints: EndpointFilter {
+                    port: self.port,
+                    net: self.ip,
+                },
                 states: self.state.clone(),
             }),
         )

@@ -1,11 +1,7 @@
 //! Netlink sock_diag queries: the one thing /proc/net/tcp cannot say about a listener is
 //! its backlog limit (it prints the send queue, 0, where sock_diag reports
 //! sk_max_ack_backlog), so listeners get their backlog from here.
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-    net::IpAddr,
-};
+use std::{collections::HashMap, io, net::IpAddr};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -17,7 +13,7 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-use crate::model::{canonical_ip, HalfOpen, MAX_SOURCES};
+use crate::model::{canonical_ip, HalfOpen, HalfOpenCounter};
 
 /// A listener's queues as sock_diag reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,33 +62,20 @@ pub fn listener_queues_by_address() -> io::Result<HashMap<(IpAddr, u16), Listene
 /// Half-open request sockets per local (address, port), with distinct sources: cheap,
 /// because the kernel filters by state and formats nothing.
 pub fn half_open() -> io::Result<HashMap<(IpAddr, u16), HalfOpen>> {
-    let mut sets: HashMap<(IpAddr, u16), (u64, HashSet<IpAddr>)> = HashMap::new();
+    let mut counters: HashMap<(IpAddr, u16), HalfOpenCounter> = HashMap::new();
     // inet_diag widens SYN_RECV to include request sockets (TCP_NEW_SYN_RECV).
     dump_states(StateFlags::SYN_RECV, |h| {
-        let entry = sets
+        counters
             .entry((
                 canonical_ip(h.socket_id.source_address),
                 h.socket_id.source_port,
             ))
-            .or_default();
-        entry.0 += 1;
-        if entry.1.len() < MAX_SOURCES {
-            entry
-                .1
-                .insert(canonical_ip(h.socket_id.destination_address));
-        }
+            .or_default()
+            .add(h.socket_id.destination_address);
     })?;
-    Ok(sets
+    Ok(counters
         .into_iter()
-        .map(|(k, (count, sources))| {
-            (
-                k,
-                HalfOpen {
-                    count,
-                    sources: sources.len() as u64,
-                },
-            )
-        })
+        .map(|(k, counter)| (k, counter.finish()))
         .collect())
 }
 

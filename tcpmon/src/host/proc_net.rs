@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-use crate::model::{Family, TcpState};
+use crate::model::{Family, TcpState, USER_HZ};
 
 /// One row of /proc/net/tcp{,6}, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,16 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// Seconds until the timer fires (negative when overdue).
+    pub fn timer_secs(&self) -> f64 {
+        self.timer_jiffies as f64 / USER_HZ as f64
+    }
+
+    /// Nanoseconds until the timer fires, 0 when overdue.
+    pub fn timer_remaining_ns(&self) -> u64 {
+        u64::try_from(self.timer_jiffies.max(0)).unwrap_or(0) * (1_000_000_000 / USER_HZ)
+    }
+
     /// A socket with its identity only (queues, timers and uid zero), for tests and tools
     /// that build socket tables.
     pub fn new(state: TcpState, local: (IpAddr, u16), remote: (IpAddr, u16), inode: u64) -> Self {

@@ -17,7 +17,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket as NetlinkSocket, SocketAddr};
 
 use super::proc_net::Socket;
-use crate::model::{Family, TcpState};
+use crate::model::{Family, TcpState, USER_HZ};
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -298,8 +298,8 @@ fn decode_record(payload: &[u8]) -> Result<Option<Record<'_>>, DumpError> {
         tx_queue: if listening { 0 } else { header.send_queue },
         rx_queue: header.recv_queue,
         timer,
-        // /proc shows timers in clock ticks (USER_HZ, 100 a second).
-        timer_jiffies: i64::from(expires_ms) / 10,
+        // /proc shows timers in clock ticks.
+        timer_jiffies: i64::from(expires_ms) * USER_HZ as i64 / 1000,
         retransmits: u32::from(retransmits),
         uid: header.uid,
         inode: u64::from(header.inode),

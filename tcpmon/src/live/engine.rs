@@ -39,7 +39,10 @@ use crate::{
     host::{
         clock::Clock, diag::ListenerQueues, kstats::SynCounters, netns::Namespace, proc_net::Socket,
     },
-    model::{canonical_ip, endpoint, Endpoints, Origin, PortRange, Process, TcpState, Transition},
+    model::{
+        canonical_ip, endpoint, EndpointFilter, Endpoints, Origin, PortRange, Process, TcpState,
+        Transition,
+    },
     snapshot::SnapshotError,
 };
 
@@ -61,10 +64,8 @@ pub trait Sink {
 /// Which transitions become records (the tallies always see all of them).
 #[derive(Clone, Debug, Default)]
 pub struct TransitionFilter {
-    /// Local or remote port.
-    pub port: Option<u16>,
-    /// Local or remote address inside this network.
-    pub net: Option<ipnet::IpNet>,
+    /// A port, or an address in a network, at either end.
+    pub endpoints: EndpointFilter,
     /// Into or out of one of these states (empty: any).
     pub states: Vec<TcpState>,
 }
@@ -72,13 +73,8 @@ pub struct TransitionFilter {
 impl TransitionFilter {
     pub fn matches(&self, t: &Transition) -> bool {
         let at = &t.at;
-        self.port
-            .is_none_or(|p| at.local_port == p || at.remote_port == p)
-            && self.net.is_none_or(|net| {
-                [at.local_ip, at.remote_ip]
-                    .into_iter()
-                    .any(|ip| net.contains(&ip) || net.contains(&canonical_ip(ip)))
-            })
+        self.endpoints
+            .matches((at.local_ip, at.local_port), (at.remote_ip, at.remote_port))
             && (self.states.is_empty()
                 || self.states.contains(&t.old)
                 || self.states.contains(&t.new))

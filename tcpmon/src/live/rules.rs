@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     host::kstats::SynCounters,
-    model::{endpoint, PortRange, Process, Severity, Thresholds, MAX_SOURCES},
+    model::{at_least, endpoint, severity, PortRange, Process, Severity, Thresholds},
 };
 
 /// Everything an evaluation looks at besides the tally.
@@ -80,16 +80,6 @@ pub struct Detector {
     active: BTreeMap<(&'static str, String), (Severity, String)>,
 }
 
-fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
-    if value > crit {
-        Some(Severity::Critical)
-    } else if value > warn {
-        Some(Severity::Warning)
-    } else {
-        None
-    }
-}
-
 /// The plural ending for a count of `n`.
 pub fn plural(n: u64) -> &'static str {
     if n == 1 {
@@ -145,7 +135,7 @@ impl Detector {
         let t = &self.thresholds;
 
         // TIME_WAIT total.
-        if let Some(sev) = level(
+        if let Some(sev) = severity(
             view.time_wait as f64,
             t.time_wait_warn as f64,
             t.time_wait_crit as f64,
@@ -165,7 +155,8 @@ impl Detector {
         let range = inputs.port_range.size() as f64;
         for &(ip, port, n) in &view.time_wait_by_dest {
             let pct = n as f64 * 100.0 / range;
-            if let Some(sev) = level(pct, t.port_exhaustion_warn_pct, t.port_exhaustion_crit_pct) {
+            if let Some(sev) = severity(pct, t.port_exhaustion_warn_pct, t.port_exhaustion_crit_pct)
+            {
                 firing.insert(
                     ("port_exhaustion", endpoint(ip, port)),
                     (sev, format!(
@@ -208,7 +199,7 @@ impl Detector {
         }
         // One remote IP holding too many connections.
         for &(ip, n) in &view.per_ip_top {
-            match level(n as f64, t.per_ip_warn as f64, t.per_ip_crit as f64) {
+            match severity(n as f64, t.per_ip_warn as f64, t.per_ip_crit as f64) {
                 Some(sev) => {
                     firing.insert(
                         ("per_ip", ip.to_string()),
@@ -273,11 +264,7 @@ impl Detector {
                 continue;
             }
             let sources = (*half_sources).max(w.sources);
-            let saturated = if sources >= MAX_SOURCES as u64 {
-                ">= "
-            } else {
-                ""
-            };
+            let saturated = at_least(sources);
             let severity = if overflow || pct.is_some_and(|p| p >= t.syn_backlog_crit_pct) {
                 Severity::Critical
             } else {
@@ -361,7 +348,10 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::{live::syn::SynTracker, model::HalfOpen};
+    use crate::{
+        live::syn::SynTracker,
+        model::{HalfOpen, MAX_SOURCES},
+    };
 
     const SEC: u64 = 1_000_000_000;
 

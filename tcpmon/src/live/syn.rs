@@ -3,7 +3,7 @@
 //! Pure: inputs in, decisions out.
 use std::{collections::HashMap, net::IpAddr};
 
-use crate::{host::kstats::SynCounters, model::MAX_SOURCES};
+use crate::{host::kstats::SynCounters, model::HalfOpenCounter};
 
 /// SYN activity of one listener over the last window, from the kernel programs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,16 +111,13 @@ pub enum SynCoverage {
 /// addresses costs at most that many entries until the next evaluation empties it.
 #[derive(Debug, Default)]
 pub struct SynTracker {
-    listeners: rustc_hash::FxHashMap<(IpAddr, u16), (SynWindow, rustc_hash::FxHashSet<IpAddr>)>,
+    /// Per listener: completions and retransmits, and the SYNs with their sources.
+    listeners: rustc_hash::FxHashMap<(IpAddr, u16), (SynWindow, HalfOpenCounter)>,
 }
 
 impl SynTracker {
     pub fn syn(&mut self, listener: (IpAddr, u16), source: IpAddr) {
-        let (w, sources) = self.listeners.entry(listener).or_default();
-        w.syns += 1;
-        if sources.len() < MAX_SOURCES {
-            sources.insert(source);
-        }
+        self.listeners.entry(listener).or_default().1.add(source);
     }
 
     pub fn completed(&mut self, listener: (IpAddr, u16)) {
@@ -139,8 +136,9 @@ impl SynTracker {
     pub fn take(&mut self) -> HashMap<(IpAddr, u16), SynWindow> {
         std::mem::take(&mut self.listeners)
             .into_iter()
-            .map(|(k, (mut w, sources))| {
-                w.sources = sources.len() as u64;
+            .map(|(k, (mut w, syns))| {
+                w.syns = syns.count();
+                w.sources = syns.sources();
                 (k, w)
             })
             .collect()
@@ -148,7 +146,10 @@ impl SynTracker {
 
     /// Entries held (for the bounded-memory promise).
     pub fn entries(&self) -> usize {
-        self.listeners.values().map(|(_, s)| s.len() + 1).sum()
+        self.listeners
+            .values()
+            .map(|(_, syns)| syns.sources() as usize + 1)
+            .sum()
     }
 }
 

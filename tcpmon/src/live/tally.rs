@@ -26,7 +26,8 @@ use super::time_wait_table::{TimeWaitEntry, TimeWaitTable};
 use crate::{
     host::proc_net::Socket,
     model::{
-        canonical_ip, HalfOpen, PortRange, StateCounts, TcpState, Transition, Tuple, MAX_SOURCES,
+        canonical_ip, HalfOpen, HalfOpenCounter, PortRange, StateCounts, TcpState, Transition,
+        Tuple,
     },
 };
 
@@ -38,8 +39,6 @@ fn whole_micros(ns: u64) -> u64 {
 
 /// Linux keeps a socket in TIME_WAIT for TCP_TIMEWAIT_LEN, fixed at 60 s.
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
-/// Clock ticks per second of the TIME_WAIT timer shown in /proc (USER_HZ).
-const USER_HZ: u64 = 100;
 
 #[derive(Clone, Debug)]
 pub struct TallyConfig {
@@ -257,7 +256,7 @@ impl Tally {
         let mut established_by_port: FxHashMap<u16, u64> = FxHashMap::default();
         let mut listeners: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
         let mut close_wait = FxHashMap::default();
-        let mut half_open: HashMap<(IpAddr, u16), (u64, HashSet<IpAddr>)> = HashMap::new();
+        let mut half_open: HashMap<(IpAddr, u16), HalfOpenCounter> = HashMap::new();
         // /proc is walked while sockets come and go, so a row can appear twice; a socket
         // is its inode (or, for mini-sockets without one, its tuple and state).
         let mut seen_inodes: HashSet<u64> = HashSet::new();
@@ -280,8 +279,7 @@ impl Tally {
                 TcpState::TimeWait | TcpState::FinWait2
                     if s.inode == 0 || s.state == TcpState::TimeWait =>
                 {
-                    let remaining = u64::try_from(s.timer_jiffies.max(0)).unwrap_or(0)
-                        * (1_000_000_000 / USER_HZ);
+                    let remaining = s.timer_remaining_ns();
                     time_wait.push((
                         tuple,
                         TimeWaitEntry {
@@ -292,13 +290,10 @@ impl Tally {
                     ));
                 }
                 TcpState::SynRecv if request_sock => {
-                    let entry = half_open
+                    half_open
                         .entry((tuple.local_ip, tuple.local_port))
-                        .or_default();
-                    entry.0 += 1;
-                    if entry.1.len() < MAX_SOURCES {
-                        entry.1.insert(tuple.remote_ip);
-                    }
+                        .or_default()
+                        .add(tuple.remote_ip);
                 }
                 state => counts[family_of(tuple.local_ip)][state.index()] += 1,
             }
@@ -340,15 +335,7 @@ impl Tally {
         self.close_wait = close_wait;
         self.half_open = half_open
             .into_iter()
-            .map(|(k, (count, sources))| {
-                (
-                    k,
-                    HalfOpen {
-                        count,
-                        sources: sources.len() as u64,
-                    },
-                )
-            })
+            .map(|(k, requests)| (k, requests.finish()))
             .collect();
         self.inconsistencies = 0;
         let after = self.state_counts();

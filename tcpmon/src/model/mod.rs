@@ -4,6 +4,7 @@
 pub mod duration;
 pub mod owner;
 mod printable;
+mod rule;
 mod thresholds;
 mod transition;
 
@@ -15,6 +16,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use printable::{printable, printable_bytes};
+pub use rule::{
+    at_least, parse_net, severity, EndpointFilter, HalfOpen, HalfOpenCounter, MAX_SOURCES,
+};
 pub use thresholds::{InvalidThresholds, Thresholds};
 pub use transition::{made_by_syscall, Endpoints, Origin, Task, Transition};
 
@@ -265,17 +269,8 @@ impl std::str::FromStr for Severity {
     }
 }
 
-/// Half-open requests of one listener, from the last poll of request sockets.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct HalfOpen {
-    pub count: u64,
-    /// Distinct remote addresses, capped at [`MAX_SOURCES`] (then "at least").
-    pub sources: u64,
-}
-
-/// Distinct sources tracked per listener and window; beyond it the count saturates so a
-/// flood from millions of spoofed addresses cannot grow memory.
-pub const MAX_SOURCES: usize = 65_536;
+/// Clock ticks per second of the timers /proc shows (USER_HZ): 100 on every Linux ABI.
+pub const USER_HZ: u64 = 100;
 
 /// A process that holds a socket. `comm` is whatever name the process gave itself: any
 /// bytes a local user chose, so text output escapes it (see `output::sanitize`).

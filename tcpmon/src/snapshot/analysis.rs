@@ -6,7 +6,6 @@ use std::{
     path::PathBuf,
 };
 
-use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +13,10 @@ use super::Row;
 pub use crate::host::sock_diag::TcpInfo;
 use crate::{
     host::proc_net::{LineError, Socket},
-    model::{canonical_ip, Family, PortRange, Process, StateCounts, TcpState},
+    model::{
+        canonical_ip, EndpointFilter, Family, HalfOpenCounter, PortRange, Process, StateCounts,
+        TcpState,
+    },
 };
 
 /// Which sockets a command looks at.
@@ -22,40 +24,23 @@ use crate::{
 pub struct Filter {
     /// Keep only these states (empty: all).
     pub states: Vec<TcpState>,
-    /// Keep sockets whose local or remote port is this.
-    pub port: Option<u16>,
-    /// Keep sockets whose local or remote address is inside this network.
-    pub net: Option<IpNet>,
+    /// Keep sockets with this port, or an address in this network, at either end.
+    pub endpoints: EndpointFilter,
     pub family: Option<Family>,
 }
 
 impl Filter {
     pub fn matches(&self, s: &Socket) -> bool {
         (self.states.is_empty() || self.states.contains(&s.state))
-            && self
-                .port
-                .is_none_or(|p| s.local_port == p || s.remote_port == p)
             && self.family.is_none_or(|f| s.family == f)
-            && self.net.is_none_or(|net| {
-                [s.local_ip, s.remote_ip]
-                    .into_iter()
-                    .any(|ip| net.contains(&ip) || net.contains(&canonical_ip(ip)))
-            })
+            && self
+                .endpoints
+                .matches((s.local_ip, s.local_port), (s.remote_ip, s.remote_port))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.port.is_none() && self.net.is_none() && self.family.is_none()
+        self.states.is_empty() && self.endpoints.is_empty() && self.family.is_none()
     }
-}
-
-/// Parses `ADDR` or `ADDR/PREFIX`.
-pub fn parse_net(text: &str) -> Result<IpNet, String> {
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    text.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("'{text}' is neither an IP address nor a CIDR network"))
 }
 
 /// Lines that could not be decoded: counted, with a few examples, never silently dropped.
@@ -288,11 +273,6 @@ pub struct Collect {
     pub sort: Option<SortKey>,
 }
 
-/// Kernel USER_HZ as /proc reports timers in (clock_t): 100 on every Linux ABI.
-const USER_HZ: f64 = 100.0;
-/// Distinct half-open sources tracked per listener before counting saturates.
-const MAX_DISTINCT_SOURCES: usize = 1 << 16;
-
 /// The first pass: everything except process owners, which need the inodes it finds.
 #[derive(Debug, Default)]
 pub struct Aggregator {
@@ -307,7 +287,7 @@ pub struct Aggregator {
     per_ip: FxHashMap<IpAddr, IpCount>,
     per_port: FxHashMap<u16, u64>,
     close_wait: FxHashMap<(u16, u64), (u64, u64)>,
-    half_open: FxHashMap<(IpAddr, u16), (u64, FxHashSet<IpAddr>)>,
+    half_open: FxHashMap<(IpAddr, u16), HalfOpenCounter>,
     destinations: FxHashMap<(IpAddr, u16), (u64, u64)>,
     port_range: Option<PortRange>,
     connections: Vec<Connection>,
@@ -392,14 +372,10 @@ impl Aggregator {
                 entry.1 += u64::from(s.rx_queue.saturating_sub(1));
             }
             TcpState::SynRecv | TcpState::NewSynRecv => {
-                let entry = self
-                    .half_open
+                self.half_open
                     .entry((canonical_ip(s.local_ip), s.local_port))
-                    .or_default();
-                entry.0 += 1;
-                if entry.1.len() < MAX_DISTINCT_SOURCES {
-                    entry.1.insert(remote);
-                }
+                    .or_default()
+                    .add(remote);
             }
             _ => {}
         }
@@ -449,7 +425,7 @@ impl Aggregator {
                     recv_queue: s.rx_queue,
                     uid: s.uid,
                     inode: s.inode,
-                    timer_secs: (s.timer != 0).then_some(s.timer_jiffies as f64 / USER_HZ),
+                    timer_secs: (s.timer != 0).then_some(s.timer_secs()),
                 });
                 self.trim_sorted(false);
             }
@@ -561,18 +537,16 @@ impl Aggregator {
         listeners.sort_by_key(|l| (l.port, l.family, l.ip));
 
         let mut orphan_half_open = 0;
-        let mut sources: HashMap<usize, HashSet<IpAddr>> = HashMap::new();
-        for ((ip, port), (count, from)) in self.half_open {
+        let mut by_listener: HashMap<usize, HalfOpenCounter> = HashMap::new();
+        for ((ip, port), requests) in self.half_open {
             match best_listener(&listeners, ip, port) {
-                Some(i) => {
-                    listeners[i].half_open += count;
-                    sources.entry(i).or_default().extend(from);
-                }
-                None => orphan_half_open += count,
+                Some(i) => by_listener.entry(i).or_default().merge(requests),
+                None => orphan_half_open += requests.count(),
             }
         }
-        for (i, from) in sources {
-            listeners[i].half_open_sources = from.len() as u64;
+        for (i, requests) in by_listener {
+            listeners[i].half_open = requests.count();
+            listeners[i].half_open_sources = requests.sources();
         }
 
         let mut per_ip: Vec<IpCount> = self.per_ip.into_values().collect();
@@ -865,7 +839,10 @@ mod tests {
         let by_port = summarize(
             &sockets,
             Filter {
-                port: Some(80),
+                endpoints: EndpointFilter {
+                    port: Some(80),
+                    net: None,
+                },
                 ..Default::default()
             },
         );
@@ -873,7 +850,10 @@ mod tests {
         let by_net = summarize(
             &sockets,
             Filter {
-                net: Some(parse_net("192.0.2.0/24").unwrap()),
+                endpoints: EndpointFilter {
+                    port: None,
+                    net: Some(crate::model::parse_net("192.0.2.0/24").unwrap()),
+                },
                 ..Default::default()
             },
         );
@@ -894,8 +874,6 @@ mod tests {
             },
         );
         assert_eq!(v6.total, 1);
-        assert!(parse_net("not-an-ip").is_err());
-        assert_eq!(parse_net("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
     }
 
     #[test]

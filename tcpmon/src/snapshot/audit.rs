@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::analysis::Summary;
-use crate::model::{endpoint, Severity, Thresholds};
+use crate::model::{endpoint, severity, Severity, Thresholds};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
@@ -16,16 +16,6 @@ pub struct Finding {
     /// The network namespace (inode) it is in, when several were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
-}
-
-fn level(value: f64, warn: f64, crit: f64) -> Option<Severity> {
-    if value > crit {
-        Some(Severity::Critical)
-    } else if value > warn {
-        Some(Severity::Warning)
-    } else {
-        None
-    }
 }
 
 /// Runs every rule; findings come back most severe first.
@@ -50,7 +40,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
     };
 
     let tw = summary.states.get(crate::model::TcpState::TimeWait);
-    if let Some(sev) = level(tw as f64, t.time_wait_warn as f64, t.time_wait_crit as f64) {
+    if let Some(sev) = severity(tw as f64, t.time_wait_warn as f64, t.time_wait_crit as f64) {
         push(
             sev,
             "time_wait",
@@ -108,7 +98,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             continue;
         }
         let pct = l.half_open as f64 * 100.0 / f64::from(backlog);
-        if let Some(sev) = level(pct, t.syn_backlog_warn_pct, t.syn_backlog_crit_pct) {
+        if let Some(sev) = severity(pct, t.syn_backlog_warn_pct, t.syn_backlog_crit_pct) {
             push(
                 sev,
                 "syn_backlog",
@@ -137,7 +127,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
     }
 
     for ip in &summary.per_ip {
-        match level(ip.total as f64, t.per_ip_warn as f64, t.per_ip_crit as f64) {
+        match severity(ip.total as f64, t.per_ip_warn as f64, t.per_ip_crit as f64) {
             Some(sev) => push(
                 sev,
                 "per_ip",
@@ -155,7 +145,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
     let range = summary.port_range;
     for dest in &summary.destinations {
         let pct = dest.total as f64 * 100.0 / range.size() as f64;
-        if let Some(sev) = level(pct, t.port_exhaustion_warn_pct, t.port_exhaustion_crit_pct) {
+        if let Some(sev) = severity(pct, t.port_exhaustion_warn_pct, t.port_exhaustion_crit_pct) {
             push(
                 sev,
                 "port_exhaustion",
@@ -178,7 +168,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         if r.segs_out < t.retrans_min_segs {
             continue;
         }
-        if let Some(sev) = level(r.retrans_pct, t.retrans_warn_pct, t.retrans_crit_pct) {
+        if let Some(sev) = severity(r.retrans_pct, t.retrans_warn_pct, t.retrans_crit_pct) {
             push(
                 sev,
                 "retransmits",

@@ -1,0 +1,185 @@
+//! The vocabulary every rule speaks, snapshot audit and live detector alike: how a value
+//! is judged against its warning and critical thresholds, the half-open counter with its
+//! bounded set of sources, and the endpoint filter. Pure.
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use rustc_hash::FxHashSet;
+use serde::Serialize;
+
+use super::{canonical_ip, Severity};
+
+/// The severity of `value`: critical strictly above `crit`, a warning strictly above
+/// `warn`, nothing at or below `warn`. Every threshold of every rule means "above".
+pub fn severity(value: f64, warn: f64, crit: f64) -> Option<Severity> {
+    if value > crit {
+        Some(Severity::Critical)
+    } else if value > warn {
+        Some(Severity::Warning)
+    } else {
+        None
+    }
+}
+
+/// Distinct sources counted per listener (and per window, live); beyond it the count
+/// saturates, so a flood from millions of spoofed addresses cannot grow memory.
+pub const MAX_SOURCES: usize = 65_536;
+
+/// Half-open requests of one listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HalfOpen {
+    pub count: u64,
+    /// Distinct remote addresses, capped at [`MAX_SOURCES`] (then "at least").
+    pub sources: u64,
+}
+
+impl HalfOpen {
+    /// Whether the source count hit [`MAX_SOURCES`] and is a lower bound.
+    pub fn sources_saturated(&self) -> bool {
+        self.sources >= MAX_SOURCES as u64
+    }
+}
+
+/// Counts requests and their distinct sources (v4-mapped addresses as IPv4), holding at
+/// most [`MAX_SOURCES`] addresses.
+#[derive(Clone, Debug, Default)]
+pub struct HalfOpenCounter {
+    count: u64,
+    sources: FxHashSet<IpAddr>,
+}
+
+impl HalfOpenCounter {
+    pub fn add(&mut self, source: IpAddr) {
+        self.count += 1;
+        self.add_source(source);
+    }
+
+    /// A source seen without a request to count (it is counted elsewhere).
+    pub fn add_source(&mut self, source: IpAddr) {
+        if self.sources.len() < MAX_SOURCES {
+            self.sources.insert(canonical_ip(source));
+        }
+    }
+
+    /// Another listener's requests, counted as this one's (a wildcard taking requests to
+    /// any address on its port).
+    pub fn merge(&mut self, other: HalfOpenCounter) {
+        self.count += other.count;
+        for source in other.sources {
+            self.add_source(source);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn sources(&self) -> u64 {
+        self.sources.len() as u64
+    }
+
+    pub fn finish(&self) -> HalfOpen {
+        HalfOpen {
+            count: self.count,
+            sources: self.sources(),
+        }
+    }
+}
+
+/// Which connections a filter keeps by their endpoints: a port at either end, an address
+/// at either end inside a network (v4-mapped addresses match their IPv4 network).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointFilter {
+    pub port: Option<u16>,
+    pub net: Option<IpNet>,
+}
+
+impl EndpointFilter {
+    pub fn matches(&self, local: (IpAddr, u16), remote: (IpAddr, u16)) -> bool {
+        self.port.is_none_or(|p| local.1 == p || remote.1 == p)
+            && self.net.is_none_or(|net| {
+                [local.0, remote.0]
+                    .into_iter()
+                    .any(|ip| net.contains(&ip) || net.contains(&canonical_ip(ip)))
+            })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.port.is_none() && self.net.is_none()
+    }
+}
+
+/// Parses `ADDR` or `ADDR/PREFIX` (host bits cleared).
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("'{text}' is neither an IP address nor a CIDR network"))
+}
+
+/// How a source count is prefixed in a message: "at least" once it saturated.
+pub fn at_least(count: u64) -> &'static str {
+    if count >= MAX_SOURCES as u64 {
+        ">= "
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn thresholds_mean_strictly_above() {
+        assert_eq!(severity(32.0, 32.0, 64.0), None);
+        assert_eq!(severity(33.0, 32.0, 64.0), Some(Severity::Warning));
+        assert_eq!(severity(64.0, 32.0, 64.0), Some(Severity::Warning));
+        assert_eq!(severity(64.5, 32.0, 64.0), Some(Severity::Critical));
+    }
+
+    #[test]
+    fn half_open_sources_saturate_and_fold_v4_mapped() {
+        let mut c = HalfOpenCounter::default();
+        c.add("10.0.0.1".parse().unwrap());
+        c.add("::ffff:10.0.0.1".parse().unwrap());
+        assert_eq!(
+            c.finish(),
+            HalfOpen {
+                count: 2,
+                sources: 1
+            }
+        );
+        for i in 0..(MAX_SOURCES as u32 + 10) {
+            c.add(IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i)));
+        }
+        let h = c.finish();
+        assert_eq!(h.count, MAX_SOURCES as u64 + 12);
+        assert_eq!(h.sources, MAX_SOURCES as u64);
+        assert!(h.sources_saturated());
+        assert_eq!(at_least(h.sources), ">= ");
+    }
+
+    #[test]
+    fn endpoint_filter_checks_both_ends() {
+        let f = EndpointFilter {
+            port: Some(80),
+            net: Some(parse_net("192.0.2.0/24").unwrap()),
+        };
+        let local = ("10.0.0.1".parse().unwrap(), 80);
+        assert!(f.matches(local, ("192.0.2.9".parse().unwrap(), 5000)));
+        assert!(f.matches(local, ("::ffff:192.0.2.9".parse().unwrap(), 5000)));
+        assert!(!f.matches(local, ("198.51.100.1".parse().unwrap(), 5000)));
+        assert!(!f.matches(
+            ("10.0.0.1".parse().unwrap(), 81),
+            ("192.0.2.9".parse().unwrap(), 5000)
+        ));
+        assert!(EndpointFilter::default().is_empty());
+        assert_eq!(parse_net("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert!(parse_net("nope").is_err());
+    }
+}
