@@ -4,14 +4,14 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcpmon::{
     ebpf::{LoadOptions, StateHook},
-    host::{netns::resolve_spec, ProcRoot},
+    host::ProcRoot,
     live::{EngineConfig, ModeChoice, SourceOptions, TransitionFilter},
     model::{
         duration::parse_duration, parse_net, EndpointFilter, Family, Severity, TcpState, Thresholds,
     },
     snapshot::{
         analysis::{Filter, SortKey},
-        namespaces::Selection,
+        Info, NetnsChoice, ReadOptions, SourceChoice as Source, Want,
     },
 };
 
@@ -131,37 +131,39 @@ pub struct NetnsArgs {
 }
 
 impl NetnsArgs {
-    /// `None` for tcpmon's own namespace alone (the default).
-    pub fn selection(&self, root: &ProcRoot) -> Result<Option<Selection>, String> {
+    pub fn choice(&self) -> NetnsChoice {
         if self.all_netns {
-            return Ok(Some(Selection::All));
+            NetnsChoice::All
+        } else if self.netns.is_empty() {
+            NetnsChoice::Own
+        } else {
+            NetnsChoice::Specs(self.netns.clone())
         }
-        if self.netns.is_empty() {
-            return Ok(None);
-        }
-        let run = run_netns(root);
-        let mut wanted: Vec<(u64, PathBuf)> = Vec::new();
-        for spec in &self.netns {
-            let (inode, path) = resolve_spec(spec, root, &run)?;
-            if !wanted.iter().any(|(i, _)| *i == inode) {
-                wanted.push((inode, path));
-            }
-        }
-        Ok(Some(Selection::Only(wanted)))
-    }
-}
-
-/// Where `ip netns` keeps its bind mounts: this machine's /run/netns; none for another
-/// /proc, whose machine's /run is not ours to see.
-pub fn run_netns(root: &ProcRoot) -> PathBuf {
-    if root.is_own() {
-        PathBuf::from("/run/netns")
-    } else {
-        root.path().join("../run/netns")
     }
 }
 
 impl SnapshotArgs {
+    /// What the library's snapshot read is told: these flags, and what the command wants
+    /// (`--info` asks for tcp_info to be shown).
+    pub fn read_options(&self, mut want: Want) -> ReadOptions {
+        if self.info {
+            want.info = Info::Shown;
+        }
+        ReadOptions {
+            proc_root: self.proc_root(),
+            source: match self.source {
+                SourceChoice::Auto => Source::Auto,
+                SourceChoice::Netlink => Source::Netlink,
+                SourceChoice::Proc => Source::Proc,
+            },
+            netns: self.netns.choice(),
+            filter: self.filter(),
+            limit: self.limit(),
+            sort: self.sort,
+            want,
+        }
+    }
+
     pub fn filter(&self) -> Filter {
         Filter {
             states: self.state.clone(),
@@ -361,6 +363,30 @@ pub struct AuditArgs {
     pub fail_on: Severity,
 }
 
+/// `--state-hook`: the ways to hook sock:inet_sock_set_state, cheapest first.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateHookArg {
+    /// The first of btf, raw, classic that loads, saying why the others did not.
+    Auto,
+    /// BTF tracepoint: the socket is a typed pointer, fields are plain loads.
+    Btf,
+    /// Raw tracepoint: the socket is an address, read with bpf_probe_read_kernel.
+    Raw,
+    /// Classic tracepoint: the kernel fills a trace record first; needs tracefs.
+    Classic,
+}
+
+impl From<StateHookArg> for StateHook {
+    fn from(arg: StateHookArg) -> Self {
+        match arg {
+            StateHookArg::Auto => Self::Auto,
+            StateHookArg::Btf => Self::Btf,
+            StateHookArg::Raw => Self::Raw,
+            StateHookArg::Classic => Self::Classic,
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// eBPF when it loads, polling otherwise.
@@ -406,8 +432,8 @@ pub struct LiveArgs {
     pub ring_buffers_only: bool,
     /// How to hook sock:inet_sock_set_state: auto takes the cheapest that loads (btf,
     /// then raw, then classic); the others force one, for a kernel where it misbehaves.
-    #[arg(long, value_enum, value_name = "HOOK", default_value_t = StateHook::Auto)]
-    pub state_hook: StateHook,
+    #[arg(long, value_enum, value_name = "HOOK", default_value_t = StateHookArg::Auto)]
+    pub state_hook: StateHookArg,
     /// Nice value of the reader in eBPF mode, -20 to 19. By default it is raised to -19
     /// (never lowered), so that the traffic it watches does not keep preempting it.
     #[arg(long, value_name = "N", allow_hyphen_values = true,
@@ -451,7 +477,7 @@ impl LiveArgs {
             },
             load: LoadOptions {
                 ring_bytes: self.ring_bytes,
-                state_hook: self.state_hook,
+                state_hook: self.state_hook.into(),
                 slot_rings: !self.ring_buffers_only && LoadOptions::default().slot_rings,
                 ..LoadOptions::default()
             },

@@ -1,8 +1,8 @@
 //! tcpmon: a Linux TCP connection monitor.
 //!
 //! Two engines share one model ([`model`]):
-//! - snapshots of the socket tables ([`snapshot`]: read, aggregated, audited), which need
-//!   no privileges;
+//! - snapshots of the socket tables ([`snapshot::read`]: read, aggregated, audited), which
+//!   need no privileges;
 //! - a live engine ([`live`]) fed by kernel programs ([`ebpf`]) or, where they cannot
 //!   load, by polling snapshots, emitting typed records to sinks ([`output`] has the
 //!   terminal and NDJSON ones).
@@ -11,15 +11,17 @@
 //!
 //! ```no_run
 //! use tcpmon::{
-//!     host::ProcRoot,
 //!     model::{TcpState, Thresholds},
-//!     snapshot::{self, analysis::Filter, audit::audit, Snapshot},
+//!     snapshot::{self, ReadOptions, Want},
 //! };
-//! let snapshot = Snapshot::read(&ProcRoot::host())?;
-//! let summary = snapshot::summarize(&snapshot, Filter::default());
-//! println!("{} sockets, {} established", summary.total,
-//!          summary.states.get(TcpState::Established));
-//! for finding in audit(&summary, &Thresholds::default()) {
+//! // The mirror of `live::start`: netlink (else /proc), tcpmon's own namespace.
+//! let read = snapshot::read(&ReadOptions {
+//!     want: Want::audit(),
+//!     ..ReadOptions::default()
+//! })?;
+//! println!("{} sockets, {} established from {:?}", read.summary.total,
+//!          read.summary.states.get(TcpState::Established), read.source);
+//! for finding in read.audit(&Thresholds::default()) {
 //!     println!("[{}] {}", finding.severity, finding.message);
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())

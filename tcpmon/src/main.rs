@@ -3,7 +3,9 @@ mod cli;
 mod cmd;
 mod exit;
 mod http;
+mod render;
 mod signals;
+mod stderr;
 mod stdout;
 
 use std::{io::Write, process::ExitCode};
@@ -55,7 +57,7 @@ fn exit(result: anyhow::Result<Status>) -> ExitCode {
     match result {
         Ok(status) => status.into(),
         Err(e) => {
-            eprintln!("tcpmon: {}", stdout::error_chain(&e));
+            eprintln!("tcpmon: {}", stderr::error_chain(&e));
             Status::Error.into()
         }
     }

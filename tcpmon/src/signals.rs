@@ -13,7 +13,7 @@ use std::{
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio::sync::Notify;
 
-use crate::stdout::stderr_line;
+use crate::stderr::stderr_line;
 
 /// The longest a stop may take.
 const DEADLINE: Duration = Duration::from_millis(1900);

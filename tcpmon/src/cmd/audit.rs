@@ -6,16 +6,22 @@ use serde::Serialize;
 use tcpmon::{
     model::{Severity, Thresholds},
     output::table::Style,
-    snapshot::audit::{cut, fails, FindingList},
+    snapshot::{
+        audit::{cut, fails, FindingList},
+        Want,
+    },
 };
 
-use super::{load, write_header, write_json, Want};
-use crate::{cli::AuditArgs, exit::Status};
+use crate::{
+    cli::AuditArgs,
+    exit::Status,
+    render::{findings::write_findings, header::write_header, json::write_json},
+};
 
 pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(&args.snapshot, Want::AUDIT)?;
+    let loaded = super::read(&args.snapshot, Want::audit())?;
     let thresholds = args.thresholds.thresholds();
-    let findings = super::audit(&loaded, &thresholds);
+    let findings = loaded.audit(&thresholds);
     // The status covers every finding; the output shows --limit of each rule.
     let failed = fails(&findings, args.fail_on);
     let shown = cut(&findings, args.snapshot.limit());
@@ -43,7 +49,7 @@ pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status
         if findings.is_empty() {
             writeln!(out, "  clean: no finding")?;
         } else {
-            super::write_findings(out, &shown, style)?;
+            write_findings(out, &shown, style)?;
         }
         let worst = findings.iter().map(|f| f.severity).max();
         writeln!(

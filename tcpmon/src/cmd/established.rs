@@ -2,17 +2,24 @@
 use std::io::Write;
 
 use anyhow::Result;
-use tcpmon::{model::TcpState, output::table::Style};
+use tcpmon::{model::TcpState, output::table::Style, snapshot::Want};
 
-use super::{connections_table, load, one_list, OneList, Want};
-use crate::{cli::SnapshotArgs, exit::Status};
+use crate::{
+    cli::SnapshotArgs,
+    exit::Status,
+    render::{
+        lists::{one_list, OneList},
+        tables::connections_table,
+        NamespaceCells,
+    },
+};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(
+    let loaded = super::read(
         args,
         Want {
-            collect: &[TcpState::Established],
-            only: &[TcpState::Established],
+            connections: vec![TcpState::Established],
+            only: vec![TcpState::Established],
             ..Want::default()
         },
     )?;
@@ -21,7 +28,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     let table = connections_table(
         &connections.items,
         "TIMER",
-        loaded.namespaces.as_ref(),
+        NamespaceCells::of(&loaded).as_ref(),
         args.info && loaded.summary.tcp_info,
     );
     one_list(

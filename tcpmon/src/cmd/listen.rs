@@ -3,12 +3,20 @@ use std::io::Write;
 
 use anyhow::Result;
 use tcpmon::{
-    model::TcpState,
-    output::table::{Listed, Style},
+    model::{Listed, TcpState},
+    output::table::Style,
+    snapshot::Want,
 };
 
-use super::{listeners_table, load, one_list, OneList, Want};
-use crate::{cli::SnapshotArgs, exit::Status};
+use crate::{
+    cli::SnapshotArgs,
+    exit::Status,
+    render::{
+        lists::{one_list, OneList},
+        tables::listeners_table,
+        NamespaceCells,
+    },
+};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let mut args = args.clone();
@@ -16,17 +24,17 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     if !args.state.is_empty() && !args.state.contains(&TcpState::Listen) {
         args.state.push(TcpState::Listen);
     }
-    let loaded = load(
+    let loaded = super::read(
         &args,
         Want {
             owners: true,
-            only: &[TcpState::Listen, TcpState::SynRecv],
+            only: vec![TcpState::Listen, TcpState::SynRecv],
             ..Want::default()
         },
     )?;
     let listeners = Listed::cut(&loaded.summary.listeners, args.limit());
     let title = format!("LISTENERS ({})", listeners.total);
-    let table = listeners_table(&listeners.items, loaded.namespaces.as_ref());
+    let table = listeners_table(&listeners.items, NamespaceCells::of(&loaded).as_ref());
     one_list(
         out,
         &loaded,

@@ -2,13 +2,20 @@
 use std::io::Write;
 
 use anyhow::Result;
-use tcpmon::output::table::{Listed, Style};
+use tcpmon::{model::Listed, output::table::Style, snapshot::Want};
 
-use super::{load, one_list, per_ip_table, OneList, Want};
-use crate::{cli::SnapshotArgs, exit::Status};
+use crate::{
+    cli::SnapshotArgs,
+    exit::Status,
+    render::{
+        lists::{one_list, OneList},
+        tables::per_ip_table,
+        NamespaceCells,
+    },
+};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(args, Want::default())?;
+    let loaded = super::read(args, Want::default())?;
     let per_ip = Listed::cut(&loaded.summary.per_ip, args.limit());
     let title = format!(
         "CONNECTIONS PER REMOTE IP ({} addresses, listeners excluded)",
@@ -23,7 +30,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
             field: "per_ip",
             listed: &per_ip,
             title,
-            table: per_ip_table(&per_ip.items, loaded.namespaces.as_ref()),
+            table: per_ip_table(&per_ip.items, NamespaceCells::of(&loaded).as_ref()),
             what: "remote IPs",
         },
     )?;

@@ -2,17 +2,27 @@
 use std::io::Write;
 
 use anyhow::Result;
-use tcpmon::model::TcpState;
-use tcpmon::output::table::{Listed, Style};
+use tcpmon::{
+    model::{Listed, TcpState},
+    output::table::Style,
+    snapshot::Want,
+};
 
-use super::{load, one_list, per_port_table, OneList, Want};
-use crate::{cli::SnapshotArgs, exit::Status};
+use crate::{
+    cli::SnapshotArgs,
+    exit::Status,
+    render::{
+        lists::{one_list, OneList},
+        tables::per_port_table,
+        NamespaceCells,
+    },
+};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(
+    let loaded = super::read(
         args,
         Want {
-            only: &[TcpState::Established],
+            only: vec![TcpState::Established],
             ..Want::default()
         },
     )?;
@@ -29,7 +39,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
             title,
             table: per_port_table(
                 &per_port.items,
-                loaded.namespaces.as_ref(),
+                NamespaceCells::of(&loaded).as_ref(),
                 args.info && loaded.summary.tcp_info,
             ),
             what: "ports",

@@ -4,18 +4,28 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
-    output::table::{Listed, Style},
-    snapshot::audit::cut,
+    model::Listed,
+    output::table::Style,
+    snapshot::{audit::cut, Want},
 };
 
-use super::{load, section, write_header, write_json, Want};
-use crate::{cli::ReportArgs, exit::Status};
+use crate::{
+    cli::ReportArgs,
+    exit::Status,
+    render::{
+        findings::write_findings,
+        header::write_header,
+        json::write_json,
+        lists::{listed_section, section},
+        tables, NamespaceCells,
+    },
+};
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(&args.snapshot, Want::AUDIT)?;
+    let loaded = super::read(&args.snapshot, Want::audit())?;
     let s = &loaded.summary;
     let limit = args.snapshot.limit();
-    let findings = cut(&super::audit(&loaded, &args.thresholds.thresholds()), limit);
+    let findings = cut(&loaded.audit(&args.thresholds.thresholds()), limit);
     let listeners = Listed::cut(&s.listeners, limit);
     let per_ip = Listed::cut(&s.per_ip, limit);
     let per_port = Listed::cut(&s.per_port, limit);
@@ -53,78 +63,79 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         return Ok(Status::Clean);
     }
     write_header(out, &loaded, style)?;
-    let ns = loaded.namespaces.as_ref();
-    if let Some(ns) = ns {
-        let all = &ns.loaded.parts;
+    let cells = NamespaceCells::of(&loaded);
+    let ns = cells.as_ref();
+    if let (Some(read), Some(cells)) = (&loaded.namespaces, ns) {
+        let all = &read.parts;
         let shown = &all[..limit.map_or(all.len(), |l| l.min(all.len()))];
         let listed =
             Listed::from_parts(shown.iter().map(|p| p.namespace.inode).collect(), all.len());
-        super::listed_section(
+        listed_section(
             out,
             style,
             &format!("NAMESPACES ({})", all.len()),
-            super::namespaces_table(ns, shown),
+            tables::namespaces_table(cells, shown),
             &listed,
             "namespaces",
         )?;
     }
     section(out, style, "STATES")?;
-    let states = super::states_table(s, false);
+    let states = tables::states_table(s, false);
     if states.is_empty() {
         writeln!(out, "  (none)")?;
     } else {
         states.write(out, "  ")?;
     }
-    super::listed_section(
+    listed_section(
         out,
         style,
         &format!("LISTENERS ({})", s.listeners.len()),
-        super::listeners_table(&listeners.items, ns),
+        tables::listeners_table(&listeners.items, ns),
         &listeners,
         "listeners",
     )?;
-    super::listed_section(
+    listed_section(
         out,
         style,
         "TOP REMOTE IPS (listeners excluded)",
-        super::per_ip_table(&per_ip.items, ns),
+        tables::per_ip_table(&per_ip.items, ns),
         &per_ip,
         "remote IPs",
     )?;
-    super::listed_section(
+    listed_section(
         out,
         style,
         "TOP LOCAL PORTS (ESTABLISHED)",
-        super::per_port_table(&per_port.items, ns, args.snapshot.info && s.tcp_info),
+        tables::per_port_table(&per_port.items, ns, args.snapshot.info && s.tcp_info),
         &per_port,
         "ports",
     )?;
     if args.snapshot.info && s.tcp_info {
-        super::listed_section(
+        listed_section(
             out,
             style,
             "RETRANSMITS BY REMOTE IP (tcp_info)",
-            super::retransmits_table(&retransmits.items, ns),
+            tables::retransmits_table(&retransmits.items, ns),
             &retransmits,
             "remote IPs",
         )?;
     }
     if !s.stuck.is_empty() {
-        super::listed_section(
+        listed_section(
             out,
             style,
             "PEERS NOT READING (zero window, data queued)",
-            super::stuck_table(&stuck.items, ns),
+            tables::stuck_table(&stuck.items, ns),
             &stuck,
             "remote IPs",
         )?;
     }
     if !s.close_wait.is_empty() {
-        super::listed_section(
+        listed_section(
             out,
             style,
             "CLOSE_WAIT BY PORT AND PROCESS",
-            super::close_wait_table(&close_wait.items, ns),
+            tables::close_wait_table(&close_wait.items, ns),
             &close_wait,
             "groups",
         )?;
@@ -133,7 +144,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
     if findings.items.is_empty() {
         writeln!(out, "  none: no threshold crossed")?;
     } else {
-        super::write_findings(out, &findings, style)?;
+        write_findings(out, &findings, style)?;
     }
     Ok(Status::Clean)
 }

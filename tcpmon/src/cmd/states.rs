@@ -6,14 +6,17 @@ use serde::Serialize;
 use tcpmon::{
     model::TcpState,
     output::table::{thousands, Align, Style, Table},
-    snapshot::analysis::Summary,
+    snapshot::{analysis::Summary, namespaces::Loaded, Want},
 };
 
-use super::{load, write_header, write_json, Want};
-use crate::{cli::SnapshotArgs, exit::Status};
+use crate::{
+    cli::SnapshotArgs,
+    exit::Status,
+    render::{header::write_header, json::write_json, tables::states_table, NamespaceCells},
+};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(args, Want::default())?;
+    let loaded = super::read(args, Want::default())?;
     if args.json {
         #[derive(Serialize)]
         struct Body<'a> {
@@ -32,13 +35,14 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     writeln!(out)?;
     match &loaded.namespaces {
         Some(ns) => per_namespace_table(ns, &loaded.summary).write(out, "  ")?,
-        None => super::states_table(&loaded.summary, true).write(out, "  ")?,
+        None => states_table(&loaded.summary, true).write(out, "  ")?,
     }
     Ok(Status::Clean)
 }
 
 /// A row per namespace, a column per state that any namespace has, and the total.
-fn per_namespace_table(ns: &super::Namespaces, total: &Summary) -> Table {
+fn per_namespace_table(ns: &Loaded, total: &Summary) -> Table {
+    let cells = NamespaceCells::new(ns);
     let states: Vec<TcpState> = TcpState::ALL
         .iter()
         .copied()
@@ -56,9 +60,9 @@ fn per_namespace_table(ns: &super::Namespaces, total: &Summary) -> Table {
         cells.extend(states.iter().map(|s| thousands(summary.states.get(*s))));
         table.row(cells);
     };
-    for part in &ns.loaded.parts {
+    for part in &ns.parts {
         let inode = part.namespace.inode;
-        add(ns.cell(Some(inode)), inode.to_string(), &part.summary);
+        add(cells.cell(Some(inode)), inode.to_string(), &part.summary);
     }
     add("TOTAL".into(), String::new(), total);
     table

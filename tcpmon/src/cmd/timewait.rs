@@ -5,19 +5,31 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 use tcpmon::{
-    model::{endpoint, PortRange, TcpState},
-    output::table::{thousands, Align, Listed, Style},
-    snapshot::analysis::{Connection, Destination},
+    model::{endpoint, Listed, PortRange, TcpState},
+    output::table::{thousands, Align, Style},
+    snapshot::{
+        analysis::{Connection, Destination},
+        Want,
+    },
 };
 
-use super::{load, write_header, write_json, write_listed, Want};
-use crate::{cli::SnapshotArgs, exit::Status};
+use crate::{
+    cli::SnapshotArgs,
+    exit::Status,
+    render::{
+        header::write_header,
+        json::write_json,
+        lists::{listed_section, section, write_listed},
+        tables::{connections_table, tagged_table},
+        NamespaceCells,
+    },
+};
 
 pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
-    let loaded = load(
+    let loaded = super::read(
         args,
         Want {
-            collect: &[TcpState::TimeWait],
+            connections: vec![TcpState::TimeWait],
             ..Want::default()
         },
     )?;
@@ -58,7 +70,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
         thousands(time_wait)
     )?;
     let range = s.port_range;
-    super::section(
+    section(
         out,
         style,
         &if loaded.namespaces.is_some() {
@@ -72,18 +84,17 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
             )
         },
     )?;
-    let ns = loaded.namespaces.as_ref();
+    let cells = NamespaceCells::of(&loaded);
+    let ns = cells.as_ref();
     // Each namespace has its own ephemeral range.
     let range_of = |tag: Option<u64>| {
-        ns.and_then(|ns| {
-            ns.loaded
-                .parts
-                .iter()
-                .find(|p| Some(p.namespace.inode) == tag)
-        })
-        .map_or(range, |p| p.summary.port_range)
+        loaded
+            .namespaces
+            .as_ref()
+            .and_then(|ns| ns.parts.iter().find(|p| Some(p.namespace.inode) == tag))
+            .map_or(range, |p| p.summary.port_range)
     };
-    let table = super::tagged_table(
+    let table = tagged_table(
         ns,
         &[
             ("DESTINATION", Align::Left),
@@ -106,16 +117,11 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
         },
     );
     write_listed(out, table, &destinations, "destinations")?;
-    super::listed_section(
+    listed_section(
         out,
         style,
         "TIME_WAIT SOCKETS",
-        super::connections_table(
-            &loaded.connections.items,
-            "EXPIRES IN",
-            loaded.namespaces.as_ref(),
-            false,
-        ),
+        connections_table(&loaded.connections.items, "EXPIRES IN", ns, false),
         &loaded.connections,
         "sockets",
     )?;

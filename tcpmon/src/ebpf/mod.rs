@@ -143,9 +143,10 @@ pub struct LoadOptions {
 
 /// The three ways to hook sock:inet_sock_set_state, cheapest first. All three produce the
 /// same records (a root test holds them to it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StateHook {
     /// The first of btf, raw, classic that loads, saying why the others did not.
+    #[default]
     Auto,
     /// BTF tracepoint: the socket is a typed pointer, fields are plain loads.
     Btf,

@@ -206,6 +206,29 @@ fn owner_of_pid(proc_root: &ProcRoot, pid: u32) -> Owner {
     owner.named(hostname)
 }
 
+/// Where `ip netns` keeps its bind mounts: this machine's /run/netns; for another /proc,
+/// the /run beside it (that machine's, not ours).
+pub fn run_netns(root: &ProcRoot) -> PathBuf {
+    if root.is_own() {
+        PathBuf::from("/run/netns")
+    } else {
+        root.path().join("../run/netns")
+    }
+}
+
+/// Every namespace `specs` name (see [`resolve_spec`]), each once.
+pub fn resolve_specs(specs: &[String], root: &ProcRoot) -> Result<Vec<(u64, PathBuf)>, String> {
+    let run = run_netns(root);
+    let mut wanted: Vec<(u64, PathBuf)> = Vec::new();
+    for spec in specs {
+        let (inode, path) = resolve_spec(spec, root, &run)?;
+        if !wanted.iter().any(|(i, _)| *i == inode) {
+            wanted.push((inode, path));
+        }
+    }
+    Ok(wanted)
+}
+
 /// What `--netns` names: a pid, a path to an nsfs file (/proc/PID/ns/net,
 /// /run/netns/NAME) or an `ip netns` name; its inode and the path that names it.
 pub fn resolve_spec(

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 mod engine;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod host;
 pub mod loss;

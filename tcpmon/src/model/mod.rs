@@ -2,6 +2,7 @@
 //! ranges, severities, processes, thresholds and the transitions the live engine applies.
 //! No I/O here: every other module may depend on this one, and it depends on none.
 pub mod duration;
+mod listed;
 pub mod owner;
 mod printable;
 mod rule;
@@ -15,6 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use listed::Listed;
 pub use printable::{printable, printable_bytes};
 pub use rule::{
     at_least, parse_net, severity, EndpointFilter, HalfOpen, HalfOpenCounter, MAX_SOURCES,

@@ -6,48 +6,6 @@ use serde::Serialize;
 
 use crate::model::Severity;
 
-/// A list cut to `--limit`, remembering how much was left out.
-#[derive(Clone, Debug, Serialize)]
-pub struct Listed<T> {
-    pub total: usize,
-    pub omitted: usize,
-    pub items: Vec<T>,
-}
-
-impl<T: Clone> Listed<T> {
-    pub fn cut(all: &[T], limit: Option<usize>) -> Self {
-        let shown = limit.map_or(all.len(), |l| l.min(all.len()));
-        Self {
-            total: all.len(),
-            omitted: all.len() - shown,
-            items: all[..shown].to_vec(),
-        }
-    }
-}
-
-impl<T> Listed<T> {
-    /// For lists whose items were collected with a cap and counted in full.
-    pub fn from_parts(items: Vec<T>, total: usize) -> Self {
-        Self {
-            omitted: total.saturating_sub(items.len()),
-            total,
-            items,
-        }
-    }
-
-    /// The line printed under a cut list.
-    pub fn write_omitted(&self, w: &mut dyn Write, what: &str) -> io::Result<()> {
-        if self.omitted > 0 {
-            writeln!(
-                w,
-                "  ... {} more {what} not shown ({} in all; --limit N or --all to see more)",
-                self.omitted, self.total
-            )?;
-        }
-        Ok(())
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Align {
     Left,
@@ -209,22 +167,6 @@ mod tests {
             "CRITICAL".len()
         );
         assert_eq!(visible_len(&style.severity(Severity::Info)), "INFO".len());
-    }
-
-    #[test]
-    fn cut_lists_count_what_they_leave_out() {
-        let all: Vec<u32> = (0..10).collect();
-        let listed = Listed::cut(&all, Some(3));
-        assert_eq!(
-            (listed.items.len(), listed.total, listed.omitted),
-            (3, 10, 7)
-        );
-        let mut out = Vec::new();
-        listed.write_omitted(&mut out, "IPs").unwrap();
-        assert!(String::from_utf8(out)
-            .unwrap()
-            .contains("7 more IPs not shown"));
-        assert_eq!(Listed::cut(&all, None).omitted, 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod audit;
 pub mod namespaces;
+mod reader;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,6 +22,11 @@ use crate::{
         process, read, sock_diag, ProcRoot,
     },
     model::Family,
+};
+
+pub use reader::{
+    read, Envelope, Info, NamespaceEntry, NetnsChoice, ReadError, ReadOptions, SnapshotRead,
+    SourceChoice, SourceKind, Want,
 };
 
 /// The version of the snapshot commands' JSON documents; it changes when a field changes

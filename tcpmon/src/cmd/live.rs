@@ -1,0 +1,119 @@
+//! The one run sequence of the live commands (`watch`, `serve`): start the library's
+//! engine (eBPF, else polling), say how it runs, run it until a stop signal or
+//! `--duration`, detach, write the final tally, and say what it saw on the way out.
+use std::future::Future;
+
+use anyhow::Result;
+use tcpmon::{
+    ebpf::KernelCounters,
+    live::{self, loss::Received, record::Mode, EngineConfig, EngineError, Sink, StartError},
+    output::human::loss_breakdown,
+};
+
+use crate::{cli::LiveArgs, signals::Stop, stderr::stderr_line};
+
+/// When the mode (eBPF, or polling and why) is said on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SayMode {
+    /// Always (the command has no other output that says it).
+    Always,
+    /// Only when eBPF could not load and `--mode auto` fell back to polling (the
+    /// command's own output shows the mode otherwise).
+    WhenFallenBack,
+}
+
+/// How a run ended.
+pub struct Ended<K> {
+    pub sink: K,
+    /// The run's error, or the final tally's.
+    pub result: Result<(), EngineError>,
+    pub seen: Seen,
+}
+
+/// What a run saw and lost.
+pub struct Seen {
+    pub mode: Mode,
+    pub received: Received,
+    pub kernel: KernelCounters,
+    pub lost: u64,
+    pub reconciliations: u64,
+}
+
+/// Runs the engine over `sink` until `stop` (or `--duration`); `None` when eBPF was
+/// required (`--mode ebpf`) and could not load, which has been said.
+pub async fn run<K: Sink>(
+    live: &LiveArgs,
+    config: EngineConfig,
+    mut sink: K,
+    stop: &Stop,
+    say_mode: SayMode,
+) -> Result<Option<Ended<K>>> {
+    let mut engine = match live::start(config, &live.source_options(), &mut sink) {
+        Ok(engine) => engine,
+        Err(StartError::Ebpf(e)) => {
+            stderr_line(&format!("tcpmon: eBPF unavailable: {e}"));
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mode = engine.mode().clone();
+    for note in &mode.notes {
+        stderr_line(&format!("tcpmon: note: {note}"));
+    }
+    if say_mode == SayMode::Always || mode.fell_back {
+        stderr_line(&format!("tcpmon: {}", mode.reason));
+    }
+    let ran = engine.run(&mut sink, until(stop, live.duration)).await;
+    // Whatever ended the run, the programs are detached and the final tally attempted.
+    stop.enter_finish();
+    let finished = engine.finish(&mut sink).map(|_| ());
+    Ok(Some(Ended {
+        sink,
+        result: ran.and(finished),
+        seen: Seen {
+            mode: mode.mode,
+            received: *engine.received(),
+            kernel: *engine.kernel(),
+            lost: engine.lost(),
+            reconciliations: engine.reconciliations(),
+        },
+    }))
+}
+
+/// Completes at a stop request, or after `duration` when one is given.
+fn until(stop: &Stop, duration: Option<std::time::Duration>) -> impl Future<Output = ()> {
+    let stop = stop.clone();
+    async move {
+        match duration {
+            Some(d) => tokio::select! {
+                () = tokio::time::sleep(d) => {}
+                () = stop.wait() => {}
+            },
+            None => stop.wait().await,
+        }
+    }
+}
+
+impl Seen {
+    /// The last line on stderr: what the run saw, and what it lost and why.
+    pub fn say(&self, output_complete: bool) {
+        let reconciliations = self.reconciliations;
+        stderr_line(&format!(
+            "tcpmon: detached ({} mode): {} transitions, {} lost {}, {reconciliations} reconciliation{}{}",
+            self.mode.name(),
+            self.received.transitions,
+            self.lost,
+            if self.mode == Mode::Ebpf {
+                loss_breakdown(&self.kernel, &self.received)
+            } else {
+                "(polling)".to_owned()
+            },
+            if reconciliations == 1 { "" } else { "s" },
+            if output_complete {
+                ""
+            } else {
+                "; the output was not all written (its reader stopped reading)"
+            }
+        ));
+    }
+}
