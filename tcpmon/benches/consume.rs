@@ -121,7 +121,7 @@ fn consume(c: &mut Criterion) {
                 poll_interval: None,
             };
             let mut engine = Engine::start(
-                EngineConfig::default(),
+                EngineConfig::default().validate().expect("a valid config"),
                 FakeHost::default(),
                 Some(FakeSource::default()),
                 mode,

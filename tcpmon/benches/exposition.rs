@@ -29,7 +29,7 @@ fn snapshot() -> MetricsSnapshot {
     };
     let mut sink = RecordingSink::default();
     let mut engine = Engine::start(
-        EngineConfig::default(),
+        EngineConfig::default().validate().expect("a valid config"),
         FakeHost::default(),
         Some(FakeSource::default()),
         mode.clone(),

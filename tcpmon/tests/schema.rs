@@ -137,7 +137,9 @@ fn every_ndjson_record_type_matches_the_schema() {
                 ..Thresholds::DEFAULT
             },
             ..EngineConfig::default()
-        },
+        }
+        .validate()
+        .expect("a valid config"),
         FakeHost {
             sockets: vec![leak],
             owners: [(

@@ -23,10 +23,12 @@
 //! println!("{} transitions, {} lost", summary.transitions, summary.lost);
 //! # Ok(()) }
 //! ```
+mod config;
 mod engine;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod host;
+mod ip_table;
 pub mod loss;
 pub mod namespaces;
 pub mod poll;
@@ -39,7 +41,8 @@ mod time_wait_table;
 
 use std::time::Duration;
 
-pub use engine::{ConfigError, Engine, EngineConfig, EngineError, Reason, Sink, TransitionFilter};
+pub use config::{ConfigError, EngineConfig, TransitionFilter, ValidConfig};
+pub use engine::{Engine, EngineError, Reason, Sink};
 use host::SystemHost;
 use record::{Mode, ModeRecord, SCHEMA_VERSION};
 use source::EbpfSource;
@@ -88,9 +91,9 @@ pub fn start(
     options: &SourceOptions,
     sink: &mut impl Sink,
 ) -> Result<Engine<SystemHost, EbpfSource>, StartError> {
-    config.validate().map_err(EngineError::from)?;
     let own_netns = netns::own_inode().ok();
     config.own_netns = own_netns;
+    let config = config.validate().map_err(EngineError::from)?;
     let mut load = options.load.clone();
     load.netns = match (options.all_netns, own_netns) {
         (false, Some(inode)) => NetnsFilter::Only(inode),

@@ -1,15 +1,24 @@
 //! What the live engine emits, as typed records: sinks (terminal text, NDJSON, the
 //! Prometheus exporter, tests) receive these and nothing else. The serde names are the
 //! NDJSON interface (docs/schema), versioned by [`SCHEMA_VERSION`].
-use std::{collections::BTreeMap, net::IpAddr, time::Duration, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use serde::{Deserialize, Serialize};
 
-use super::{loss::Received, rules::Alert};
+use super::{
+    loss::Received,
+    rules::Alert,
+    syn::{half_open_of, SynState},
+    tally::{ReconcileReport, TallyView},
+};
 use crate::{
     ebpf::KernelCounters,
-    host::clock::Clock,
-    model::{Origin, Process, Severity, StateCounts, TcpState, Transition},
+    host::{clock::Clock, diag::ListenerQueues},
+    model::{endpoint, Origin, PortRange, Process, Severity, StateCounts, TcpState, Transition},
 };
 
 /// The version of the NDJSON record schemas; it changes when a field changes meaning or
@@ -277,6 +286,165 @@ pub struct TallyRecord {
     /// How often it polls, in poll mode (the text line says it).
     #[serde(skip)]
     pub poll_interval: Option<Duration>,
+}
+
+/// What a tally record is made of: the engine's state at one moment.
+pub(crate) struct TallyInputs<'a> {
+    pub now_ns: u64,
+    pub clock: &'a Clock,
+    pub mode: Mode,
+    pub view: TallyView,
+    /// Entries of each list.
+    pub top: usize,
+    /// IPv4, IPv6 and the family-less sockstat correction.
+    pub family_counts: [StateCounts; 3],
+    pub time_wait_unheld: u64,
+    /// When TIME_WAIT was last checked against sockstat, and how far off it was.
+    pub time_wait_check: Option<(u64, i64)>,
+    pub port_range: PortRange,
+    pub transitions_per_sec: f64,
+    /// The last reconciliation, and why it ran.
+    pub last_reconcile: Option<(&'a ReconcileReport, &'static str)>,
+    pub reconciliations: u64,
+    pub close_wait_owners: &'a HashMap<u16, Vec<Process>>,
+    pub queues: &'a HashMap<(IpAddr, u16), ListenerQueues>,
+    pub syn: &'a SynState,
+    pub syn_counter: SynCounterState,
+    pub alerts_active: Vec<ActiveAlert>,
+    pub pairs: &'a [[u64; 12]; 12],
+    pub received: Received,
+    pub kernel: KernelCounters,
+    pub lost: u64,
+    pub namespaces: Option<Vec<NamespaceTally>>,
+    pub namespaces_untracked: Option<Untracked>,
+    pub poll_interval: Option<Duration>,
+}
+
+impl TallyRecord {
+    /// The record of `i`, its lists cut to `i.top`.
+    pub(crate) fn build(i: TallyInputs<'_>) -> Self {
+        let view = &i.view;
+        let wall = |ns: u64| Timestamp(i.clock.wall(ns));
+        let [ipv4, ipv6, unknown] = i.family_counts;
+        let half_open: HashMap<(IpAddr, u16), u64> = view
+            .half_open
+            .iter()
+            .map(|(ip, port, h)| ((*ip, *port), h.count))
+            .collect();
+        let listed: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
+        let (syn_by_listener, syn_elsewhere) = i.syn.totals_by_listener(&listed);
+        let range = i.port_range.size() as f64;
+        let shown_per_ip: u64 = view.per_ip_top.iter().map(|(_, n)| n).sum();
+        TallyRecord {
+            schema_version: SCHEMA_VERSION,
+            time: wall(i.now_ns),
+            mode: i.mode,
+            states: view.states,
+            states_by_family: FamilyStates {
+                ipv4,
+                ipv6,
+                unknown,
+            },
+            time_wait: TimeWaitTally {
+                count: view.time_wait,
+                sockstat_error: i.time_wait_check.map(|c| c.1),
+                sockstat_time: i.time_wait_check.map(|c| wall(c.0)),
+                not_held: i.time_wait_unheld,
+            },
+            time_wait_by_destination: view
+                .time_wait_by_dest
+                .iter()
+                .map(|&(ip, port, n)| DestinationRecord {
+                    destination: endpoint(ip, port),
+                    time_wait: n,
+                    ratio: n as f64 / range,
+                })
+                .collect(),
+            reconcile: i.last_reconcile.map(|(r, why)| ReconcileSummary {
+                reason: why.to_owned(),
+                time: wall(r.at_ns),
+                error: r
+                    .error
+                    .iter()
+                    .map(|(state, n)| ((*state).to_owned(), *n))
+                    .collect(),
+                total_abs_error: r.total_abs_error,
+            }),
+            reconciliations: i.reconciliations,
+            per_ip: PerIpTally {
+                top: view
+                    .per_ip_top
+                    .iter()
+                    .map(|&(ip, count)| IpCountRecord { ip, count })
+                    .collect(),
+                other: view.per_ip_total.saturating_sub(shown_per_ip),
+                tracked: view.per_ip_tracked,
+                aggregated: view.per_ip_aggregated,
+            },
+            close_wait: view
+                .close_wait_by_port
+                .iter()
+                .take(i.top)
+                .map(|&(port, count, since, age_known)| CloseWaitPort {
+                    port,
+                    count,
+                    oldest_secs: i.now_ns.saturating_sub(since) as f64 / 1e9,
+                    age_known,
+                    owners: i.close_wait_owners.get(&port).cloned(),
+                })
+                .collect(),
+            half_open: view
+                .half_open
+                .iter()
+                .map(|(ip, port, h)| HalfOpenListener {
+                    listener: endpoint(*ip, *port),
+                    count: h.count,
+                    sources: h.sources,
+                })
+                .collect(),
+            established_by_port: view
+                .established_by_port
+                .iter()
+                .map(|&(port, count)| PortCountRecord { port, count })
+                .collect(),
+            listeners: view
+                .listeners
+                .iter()
+                .zip(syn_by_listener)
+                .map(|(&(ip, port, sockets), syn)| {
+                    let queues = i.queues.get(&(ip, port));
+                    ListenerRecord {
+                        listener: endpoint(ip, port),
+                        sockets,
+                        backlog: queues.map(|q| q.backlog),
+                        accept_queue: queues.map(|q| q.accept_queue),
+                        half_open: half_open_of(&half_open, ip, port),
+                        syn,
+                    }
+                })
+                .collect(),
+            syn_elsewhere,
+            tcp_ext: i.syn.counters.unwrap_or_default(),
+            alerts_active: i.alerts_active,
+            transitions_by_pair: TcpState::ALL
+                .iter()
+                .flat_map(|&old| TcpState::ALL.iter().map(move |&new| (old, new)))
+                .filter_map(|(old, new)| {
+                    let count = i.pairs[old.index()][new.index()];
+                    (count > 0).then_some(PairCount { old, new, count })
+                })
+                .collect(),
+            received: i.received,
+            syn_counter: i.syn_counter,
+            kernel: i.kernel,
+            lost: i.lost,
+            inconsistencies: view.inconsistencies,
+            transitions_per_sec: i.transitions_per_sec,
+            namespaces: i.namespaces,
+            namespaces_untracked: i.namespaces_untracked,
+            poll_interval: i.poll_interval,
+        }
+    }
 }
 
 /// One namespace in a tally record.

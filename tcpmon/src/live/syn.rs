@@ -3,6 +3,7 @@
 //! Pure: inputs in, decisions out.
 use std::{collections::HashMap, net::IpAddr};
 
+use super::record::SynTotals;
 use crate::{host::kstats::SynCounters, model::HalfOpenCounter};
 
 /// SYN activity of one listener over the last window, from the kernel programs.
@@ -150,6 +151,82 @@ impl SynTracker {
             .values()
             .map(|(_, syns)| syns.sources() as usize + 1)
             .sum()
+    }
+}
+
+/// Listeners whose SYN totals are kept apart; beyond, they add up under one entry.
+const MAX_SYN_LISTENERS: usize = 4096;
+
+/// The engine's SYN side between evaluations: the window being counted, the counters
+/// and the SYN counter's switch as last seen, and totals per listener since the start.
+#[derive(Debug, Default)]
+pub struct SynState {
+    pub tracker: SynTracker,
+    /// TcpExt counters at the previous evaluation.
+    pub counters: Option<SynCounters>,
+    pub switch: SynCounterSwitch,
+    /// When the SYN counter was last attached, while it is.
+    pub attached_since: Option<u64>,
+    pub attach_failed: bool,
+    pub last_half_open_dump_ns: u64,
+    /// SYNs and SYN-ACK retransmits per local address since the start (bounded by
+    /// MAX_SYN_LISTENERS; the rest under `totals_other`).
+    totals: HashMap<(IpAddr, u16), (u64, u64)>,
+    totals_other: (u64, u64),
+}
+
+/// Whether a listener bound to `listener` takes connections to `local`: the same address,
+/// or a wildcard of any family on the same port (a `[::]` socket is dual-stack).
+pub fn covers(listener: (IpAddr, u16), local: (IpAddr, u16)) -> bool {
+    listener.1 == local.1 && (listener.0 == local.0 || listener.0.is_unspecified())
+}
+
+/// The half-open requests a listener has: those to its own address, and for a wildcard
+/// those to any address on its port that no specific listener has.
+pub fn half_open_of(by_address: &HashMap<(IpAddr, u16), u64>, ip: IpAddr, port: u16) -> u64 {
+    by_address
+        .iter()
+        .filter(|(k, _)| covers((ip, port), **k))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+impl SynState {
+    /// Adds a window's SYN activity to the totals since the start.
+    pub fn add_totals(&mut self, window: &HashMap<(IpAddr, u16), SynWindow>) {
+        for (key, w) in window {
+            let room = self.totals.len() < MAX_SYN_LISTENERS;
+            let slot = match self.totals.get_mut(key) {
+                Some(slot) => slot,
+                None if room => self.totals.entry(*key).or_default(),
+                None => &mut self.totals_other,
+            };
+            slot.0 += w.syns;
+            slot.1 += w.synack_retransmits;
+        }
+    }
+
+    /// The totals of each of `listeners` (an exact address first, then a wildcard
+    /// covering it), and of the addresses none covers.
+    pub fn totals_by_listener(&self, listeners: &[(IpAddr, u16)]) -> (Vec<SynTotals>, SynTotals) {
+        let mut out = vec![SynTotals::default(); listeners.len()];
+        let mut elsewhere = SynTotals {
+            syns: self.totals_other.0,
+            synack_retransmits: self.totals_other.1,
+        };
+        for (key, (syns, retransmits)) in &self.totals {
+            let at = listeners
+                .iter()
+                .position(|l| l == key)
+                .or_else(|| listeners.iter().position(|l| covers(*l, *key)));
+            let slot = match at {
+                Some(i) => &mut out[i],
+                None => &mut elsewhere,
+            };
+            slot.syns += syns;
+            slot.synack_retransmits += retransmits;
+        }
+        (out, elsewhere)
     }
 }
 

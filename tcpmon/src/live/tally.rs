@@ -22,7 +22,10 @@ use std::{
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use super::time_wait_table::{TimeWaitEntry, TimeWaitTable};
+use super::{
+    ip_table::IpTable,
+    time_wait_table::{TimeWaitEntry, TimeWaitTable},
+};
 use crate::{
     host::proc_net::Socket,
     model::{
@@ -77,54 +80,6 @@ pub struct CloseWaitEntry {
     /// False when the socket was already in CLOSE_WAIT when tcpmon started (or was found
     /// by a reconciliation): it is at least as old as `since_ns` says.
     pub since_known: bool,
-}
-
-/// Per-IP counts with a bounded table: the first `max_ips` addresses are exact, the rest
-/// share one aggregate. Reconciliation rebuilds the table from the largest counts, so the
-/// top talkers are exact again after every snapshot.
-#[derive(Clone, Debug, Default)]
-struct IpTable {
-    exact: FxHashMap<IpAddr, u64>,
-    aggregated: u64,
-    cap: usize,
-}
-
-impl IpTable {
-    fn add(&mut self, ip: IpAddr) {
-        if let Some(n) = self.exact.get_mut(&ip) {
-            *n += 1;
-        } else if self.exact.len() < self.cap {
-            self.exact.insert(ip, 1);
-        } else {
-            self.aggregated += 1;
-        }
-    }
-
-    /// Returns false when there was nothing to take (an inconsistency worth counting).
-    fn remove(&mut self, ip: IpAddr) -> bool {
-        match self.exact.get_mut(&ip) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                true
-            }
-            Some(_) => {
-                self.exact.remove(&ip);
-                true
-            }
-            None if self.aggregated > 0 => {
-                self.aggregated -= 1;
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn rebuild(&mut self, counts: HashMap<IpAddr, u64>) {
-        let mut all: Vec<(IpAddr, u64)> = counts.into_iter().collect();
-        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        self.aggregated = all.iter().skip(self.cap).map(|(_, n)| n).sum();
-        self.exact = all.into_iter().take(self.cap).collect();
-    }
 }
 
 /// What applying one transition meant.

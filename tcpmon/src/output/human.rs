@@ -189,7 +189,7 @@ mod tests {
     fn the_tally_line_says_states_loss_and_the_last_reconciliation() {
         let mut sink = RecordingSink::default();
         let mut engine = Engine::start(
-            EngineConfig::default(),
+            EngineConfig::default().validate().expect("a valid config"),
             FakeHost {
                 sockstat_time_wait: Some(3),
                 ..FakeHost::default()

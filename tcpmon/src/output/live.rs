@@ -213,7 +213,7 @@ mod tests {
     fn every_record_type_is_one_ndjson_line_in_order() {
         let mut sink = NdjsonSink::new(Vec::new());
         let mut engine = Engine::start(
-            EngineConfig::default(),
+            EngineConfig::default().validate().expect("a valid config"),
             FakeHost::default(),
             Some(FakeSource::default()),
             crate::live::record::ModeRecord {

@@ -16,19 +16,18 @@ use std::{
 use tcpmon_common::SockEvent;
 
 use super::{
+    config::{ConfigError, EngineConfig, ValidConfig},
     host::Host,
     loss::{self, LossTracker, Received},
-    namespaces::{NamespaceRead, Namespaces},
+    namespaces::Namespaces,
     poll,
     record::{
-        ActiveAlert, AlertRecord, CloseWaitPort, DestinationRecord, FamilyStates, HalfOpenListener,
-        IpCountRecord, ListenerRecord, ModeRecord, PairCount, PerIpTally, PortCountRecord,
-        ReconcileSummary, SummaryRecord, SynCounterState, SynTotals, TallyRecord, TimeWaitTally,
-        Timestamp, TransitionEvent, SCHEMA_VERSION,
+        ActiveAlert, AlertRecord, ModeRecord, SummaryRecord, SynCounterState, TallyInputs,
+        TallyRecord, Timestamp, TransitionEvent, SCHEMA_VERSION,
     },
     rules::{Alert, Detector, Inputs},
     source::EventSource,
-    syn::{half_open_worth_dumping, syn_trouble_hinted, SynCounterSwitch, SynCoverage, SynTracker},
+    syn::SynState,
     tally::{ReconcileReport, Tally, TallyConfig},
 };
 use crate::{
@@ -36,13 +35,8 @@ use crate::{
         decode::{decode_event, Record},
         KernelCounters,
     },
-    host::{
-        clock::Clock, diag::ListenerQueues, kstats::SynCounters, netns::Namespace, proc_net::Socket,
-    },
-    model::{
-        canonical_ip, endpoint, EndpointFilter, Endpoints, Origin, PortRange, Process, TcpState,
-        Transition,
-    },
+    host::{clock::Clock, diag::ListenerQueues, proc_net::Socket},
+    model::{canonical_ip, Endpoints, Origin, PortRange, Process, TcpState, Transition},
     snapshot::SnapshotError,
 };
 
@@ -58,123 +52,6 @@ pub trait Sink {
     /// End of a batch: write out what is buffered.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Which transitions become records (the tallies always see all of them).
-#[derive(Clone, Debug, Default)]
-pub struct TransitionFilter {
-    /// A port, or an address in a network, at either end.
-    pub endpoints: EndpointFilter,
-    /// Into or out of one of these states (empty: any).
-    pub states: Vec<TcpState>,
-}
-
-impl TransitionFilter {
-    pub fn matches(&self, t: &Transition) -> bool {
-        let at = &t.at;
-        self.endpoints
-            .matches((at.local_ip, at.local_port), (at.remote_ip, at.remote_port))
-            && (self.states.is_empty()
-                || self.states.contains(&t.old)
-                || self.states.contains(&t.new))
-    }
-}
-
-/// How the engine runs; built from flags by the binary, or by any library caller.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Evaluate alerts and poll the cheap counters (and, polling, the socket table).
-    pub interval: Duration,
-    /// Emit a tally record this often.
-    pub tally_interval: Duration,
-    /// Rebuild the tallies from a snapshot this often (and after loss).
-    pub reconcile_interval: Duration,
-    pub thresholds: crate::model::Thresholds,
-    /// Remote IPs tallied individually (the rest aggregated, and said to be).
-    pub max_ips: usize,
-    /// Transitions that become records; `None`: none do (the engine then also skips
-    /// tracking each socket's time in its state).
-    pub transitions: Option<TransitionFilter>,
-    /// The network namespace whose sockets are tallied (`None`: unknown, every event
-    /// counts); other namespaces' transitions are still shown when the source sends them.
-    pub own_netns: Option<u32>,
-    /// Entries of each list in a tally record (remote IPs, ports, destinations).
-    pub top: usize,
-    /// Tally other network namespaces too, at most this many (`--all-netns`).
-    pub max_netns: Option<usize>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(1),
-            tally_interval: Duration::from_secs(5),
-            reconcile_interval: Duration::from_secs(30),
-            thresholds: crate::model::Thresholds::DEFAULT,
-            max_ips: 65_536,
-            transitions: Some(TransitionFilter::default()),
-            own_netns: None,
-            top: 5,
-            max_netns: None,
-        }
-    }
-}
-
-/// Why a config was refused.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{name} of {value:?} is outside {min:?}..={max:?}")]
-    Interval {
-        name: &'static str,
-        value: Duration,
-        min: Duration,
-        max: Duration,
-    },
-    #[error("--max-ips must be at least 1")]
-    MaxIps,
-    #[error("--top must be from 1 to {max}", max = EngineConfig::MAX_TOP)]
-    Top,
-    #[error("--max-netns must be at least 1")]
-    MaxNetns,
-    #[error(transparent)]
-    Thresholds(#[from] crate::model::InvalidThresholds),
-}
-
-impl EngineConfig {
-    /// The shortest interval accepted: below it the timers would spin.
-    pub const MIN_INTERVAL: Duration = crate::model::duration::MIN;
-    /// The longest: ten years.
-    pub const MAX_INTERVAL: Duration = crate::model::duration::MAX;
-    /// The most entries a list of a tally record may have: it bounds every label set the
-    /// exporter derives from them.
-    pub const MAX_TOP: usize = 1000;
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        for (name, value) in [
-            ("--interval", self.interval),
-            ("--tally-interval", self.tally_interval),
-            ("--reconcile-interval", self.reconcile_interval),
-        ] {
-            if !(Self::MIN_INTERVAL..=Self::MAX_INTERVAL).contains(&value) {
-                return Err(ConfigError::Interval {
-                    name,
-                    value,
-                    min: Self::MIN_INTERVAL,
-                    max: Self::MAX_INTERVAL,
-                });
-            }
-        }
-        if self.max_ips == 0 {
-            return Err(ConfigError::MaxIps);
-        }
-        if !(1..=Self::MAX_TOP).contains(&self.top) {
-            return Err(ConfigError::Top);
-        }
-        if self.max_netns == Some(0) {
-            return Err(ConfigError::MaxNetns);
-        }
-        Ok(self.thresholds.validate()?)
     }
 }
 
@@ -223,26 +100,6 @@ const DRAIN_AFTER: Duration = Duration::from_millis(25);
 /// Top entries of each list in the view the detectors evaluate.
 const DETECTOR_TOP: usize = 20;
 
-/// Listeners whose SYN totals are kept apart; beyond, they add up under one entry.
-const MAX_SYN_LISTENERS: usize = 4096;
-
-/// The SYN side's state between evaluations.
-#[derive(Debug, Default)]
-struct SynState {
-    tracker: SynTracker,
-    /// TcpExt counters at the previous evaluation.
-    counters: Option<SynCounters>,
-    switch: SynCounterSwitch,
-    /// When the SYN counter was last attached, while it is.
-    attached_since: Option<u64>,
-    attach_failed: bool,
-    last_half_open_dump_ns: u64,
-    /// SYNs and SYN-ACK retransmits per local address since the start (bounded by
-    /// MAX_SYN_LISTENERS; the rest under `syn_totals_other`).
-    totals: HashMap<(IpAddr, u16), (u64, u64)>,
-    totals_other: (u64, u64),
-}
-
 /// Owners of CLOSE_WAIT sockets, kept between reconciliations.
 #[derive(Debug, Default)]
 struct Owners {
@@ -255,7 +112,7 @@ struct Owners {
 
 /// The live engine over host `H` and event source `S` (`None` of it when polling).
 pub struct Engine<H: Host, S: EventSource> {
-    cfg: EngineConfig,
+    cfg: ValidConfig,
     host: H,
     source: Option<S>,
     mode: ModeRecord,
@@ -289,18 +146,8 @@ pub struct Engine<H: Host, S: EventSource> {
     problems: Vec<crate::ebpf::decode::DecodeError>,
     /// Other namespaces' tallies (`--all-netns`).
     others: Option<Namespaces>,
-    last_discovery_ns: u64,
-    last_other_owners_ns: Option<u64>,
-    /// Other namespaces being read on their own thread.
-    others_read: Option<OthersRead>,
-    last_other_owner_lookup_ns: Option<u64>,
-}
-
-/// A read of other namespaces under way.
-struct OthersRead {
-    handle: std::thread::JoinHandle<Vec<NamespaceRead>>,
-    /// It baselines namespaces (their first read).
-    baseline: bool,
+    /// When and how they are read.
+    others_io: others::OthersIo,
 }
 
 impl<H: Host, S: EventSource> Engine<H, S> {
@@ -308,13 +155,12 @@ impl<H: Host, S: EventSource> Engine<H, S> {
     /// falls between the two), then emits the mode record: the tallies are valid from
     /// here on.
     pub fn start(
-        cfg: EngineConfig,
+        cfg: ValidConfig,
         mut host: H,
         source: Option<S>,
         mode: ModeRecord,
         sink: &mut impl Sink,
     ) -> Result<Self, EngineError> {
-        cfg.validate()?;
         let port_range = host.port_range();
         let tally_defaults = TallyConfig::default();
         let tally_config = TallyConfig {
@@ -366,10 +212,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             previous: poll::Index::default(),
             problems: Vec::new(),
             others,
-            last_discovery_ns: now,
-            last_other_owners_ns: None,
-            others_read: None,
-            last_other_owner_lookup_ns: None,
+            others_io: others::OthersIo::new(now),
         };
         engine.host.release_memory();
         if engine.source.is_some() {
@@ -388,167 +231,6 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         }
         sink.flush()?;
         Ok(engine)
-    }
-
-    /// Looks for namespaces that appeared or went, and baselines the new ones (on a
-    /// thread of their own unless `inline`). Returns the events to report.
-    fn discover_namespaces(
-        &mut self,
-        inline: bool,
-        sink: &mut impl Sink,
-    ) -> Result<Vec<Alert>, EngineError> {
-        let Some(others) = self.others.as_mut() else {
-            return Ok(Vec::new());
-        };
-        self.last_discovery_ns = self.host.now_ns();
-        let found = self.host.namespaces();
-        let host = &mut self.host;
-        let mut events = others.update(found, |ns| host.namespace_port_range(ns));
-        events.extend(self.reconcile_others(true, inline, sink)?);
-        Ok(events)
-    }
-
-    /// Reads other namespaces (only those without a baseline when `pending_only`) and
-    /// rebuilds their tallies; transitions that arrive meanwhile are resolved against the
-    /// reads. On the real machine the reads run on a thread of their own (under churn a
-    /// socket table read takes seconds, and the rings must keep draining): the result is
-    /// applied when it is ready (see `poll_others_read`). One read at a time.
-    fn reconcile_others(
-        &mut self,
-        pending_only: bool,
-        inline: bool,
-        sink: &mut impl Sink,
-    ) -> Result<Vec<Alert>, EngineError> {
-        if self.others_read.is_some() {
-            return Ok(Vec::new());
-        }
-        let targets = match &self.others {
-            Some(others) if pending_only => others.pending(),
-            Some(others) => others.all(),
-            None => return Ok(Vec::new()),
-        };
-        if targets.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.drain_source(false, sink)?;
-        if let Some(others) = self.others.as_mut() {
-            others.open_window(&targets);
-        }
-        let mut reader = self.host.namespace_reader();
-        let mut read_all = move |targets: Vec<Namespace>| -> Vec<NamespaceRead> {
-            targets
-                .iter()
-                .map(|ns| {
-                    let (at, read) = reader(ns);
-                    (ns.inode, at, read)
-                })
-                .collect()
-        };
-        if !inline && self.host.reads_in_background() {
-            self.others_read = Some(OthersRead {
-                handle: std::thread::Builder::new()
-                    .name("tcpmon-netns".into())
-                    .spawn(move || read_all(targets))?,
-                baseline: pending_only,
-            });
-            return Ok(Vec::new());
-        }
-        let reads = read_all(targets);
-        self.apply_others_read(&reads, pending_only, false, sink)
-    }
-
-    /// Another namespace's CLOSE_WAIT alert about to be raised without its owner: read
-    /// that namespace now (inline: the alert waits for it) and look at the processes, at
-    /// most once a second, as for tcpmon's own namespace.
-    fn look_up_other_owners(&mut self, now: u64, sink: &mut impl Sink) -> Result<(), EngineError> {
-        let Some(others) = self.others.as_ref() else {
-            return Ok(());
-        };
-        if self
-            .last_other_owner_lookup_ns
-            .is_some_and(|at| now.saturating_sub(at) < OWNER_LOOKUP_GAP_NS)
-            || others.wanting_owners(now).is_empty()
-        {
-            return Ok(());
-        }
-        // A read under way holds the window: let it end first.
-        self.poll_others_read(true, sink)?;
-        let targets = match self.others.as_ref() {
-            Some(others) => others.wanting_owners(now),
-            None => return Ok(()),
-        };
-        if targets.is_empty() {
-            return Ok(());
-        }
-        self.last_other_owner_lookup_ns = Some(now);
-        self.drain_source(false, sink)?;
-        if let Some(others) = self.others.as_mut() {
-            others.open_window(&targets);
-        }
-        let mut reader = self.host.namespace_reader();
-        let reads: Vec<NamespaceRead> = targets
-            .iter()
-            .map(|ns| {
-                let (at, read) = reader(ns);
-                (ns.inode, at, read)
-            })
-            .collect();
-        let events = self.apply_others_read(&reads, false, true, sink)?;
-        for event in &events {
-            self.emit_alert(event, sink)?;
-        }
-        Ok(())
-    }
-
-    /// Applies a finished read of other namespaces (waiting for it when `wait`).
-    fn poll_others_read(&mut self, wait: bool, sink: &mut impl Sink) -> Result<(), EngineError> {
-        if !self
-            .others_read
-            .as_ref()
-            .is_some_and(|r| wait || r.handle.is_finished())
-        {
-            return Ok(());
-        }
-        let Some(pending) = self.others_read.take() else {
-            return Ok(());
-        };
-        // A reader that panicked read nothing: the window closes, the tallies stay.
-        let reads = pending.handle.join().unwrap_or_default();
-        let events = self.apply_others_read(&reads, pending.baseline, false, sink)?;
-        for event in &events {
-            self.emit_alert(event, sink)?;
-        }
-        Ok(())
-    }
-
-    /// `owners`: look the CLOSE_WAIT sockets' owners up now, whenever it was last done.
-    fn apply_others_read(
-        &mut self,
-        reads: &[NamespaceRead],
-        baseline: bool,
-        owners: bool,
-        sink: &mut impl Sink,
-    ) -> Result<Vec<Alert>, EngineError> {
-        // Everything that happened up to now is in the window.
-        let drained = self.drain_source(false, sink);
-        let Some(others) = self.others.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let events = others.reconcile(reads, baseline);
-        drained?;
-        // The walk of every process is the costly part: at most once a reconcile interval.
-        let now = self.host.now_ns();
-        let due = owners
-            || self.last_other_owners_ns.is_none_or(|at| {
-                now.saturating_sub(at) >= self.cfg.reconcile_interval.as_nanos() as u64
-            });
-        if due {
-            self.last_other_owners_ns = Some(now);
-            let host = &mut self.host;
-            others.refresh_owners(reads, |wanted| host.owners(wanted));
-        }
-        self.host.release_memory();
-        Ok(events)
     }
 
     pub fn mode(&self) -> &ModeRecord {
@@ -773,59 +455,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             let error = self.tally.reconcile_time_wait(tw);
             self.time_wait_check = Some((now, error));
         }
-        let counters = self.host.syn_counters().unwrap_or_default();
-        let syn_counters = self
-            .syn
-            .counters
-            .map(|prev| counters.since(&prev))
-            .unwrap_or_default();
-        self.syn.counters = Some(counters);
-        let window_start = self.last_eval_ns;
-        let window_secs = now.saturating_sub(window_start) as f64 / 1e9;
+        let window_secs = now.saturating_sub(self.last_eval_ns) as f64 / 1e9;
+        let syn = self.syn_window(now);
         self.last_eval_ns = now;
-        let syn = self.syn.tracker.take();
-        self.syn.add_totals(&syn);
-        let syn_coverage = match self.syn.attached_since {
-            Some(at) if at <= window_start => SynCoverage::Whole,
-            Some(_) => SynCoverage::Partial,
-            None => SynCoverage::None,
-        };
-        if let Some(source) = self.source.as_mut() {
-            // Half-open requests never fire the state tracepoint: poll them (netlink),
-            // when anything hints at them (see half_open_worth_dumping).
-            if half_open_worth_dumping(
-                syn_trouble_hinted(&syn, &syn_counters, self.tally.half_open_total()),
-                source.syn_counter_loaded(),
-                self.tally.half_open_total(),
-                now.saturating_sub(self.syn.last_half_open_dump_ns),
-            ) {
-                self.syn.last_half_open_dump_ns = now;
-                if let Some(half_open) = self.host.half_open() {
-                    self.tally.set_half_open(half_open);
-                }
-            }
-            // After the dump, which can be the first sign of trouble.
-            let hinted = syn_trouble_hinted(&syn, &syn_counters, self.tally.half_open_total());
-            let wanted = self.syn.switch.wanted(hinted, now);
-            if source.syn_counter_loaded() && wanted != source.syn_counter_attached() {
-                match source.set_syn_counter(wanted) {
-                    Ok(()) => {
-                        self.syn.attached_since = wanted.then_some(now);
-                        self.received.syn_counter_attaches += u64::from(wanted);
-                    }
-                    // Once: it would fail the same way every second.
-                    Err(e) if !self.syn.attach_failed => {
-                        self.syn.attach_failed = true;
-                        log::warn!("SYN counter (cgroup sock_ops): {e}");
-                    }
-                    Err(_) => {}
-                }
-            }
-            match source.counters() {
-                Ok(kernel) => self.kernel = kernel,
-                Err(e) => log::warn!("reading kernel counters: {e}"),
-            }
-        }
         self.refresh_listener_info();
         // Silent loss: openings the kernel counted a second ago that never arrived.
         if self.source.is_some() {
@@ -864,9 +496,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let inputs = Inputs {
             now_ns: now,
             window_secs,
-            syn,
-            syn_counters,
-            syn_coverage,
+            syn: syn.per_listener,
+            syn_counters: syn.counters,
+            syn_coverage: syn.coverage,
             backlogs: std::mem::take(&mut self.backlogs),
             somaxconn: self.somaxconn,
             port_range: self.port_range,
@@ -874,20 +506,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         };
         let mut alerts = self.detector.evaluate(&view, &inputs);
         (self.backlogs, self.owners.by_port) = (inputs.backlogs, inputs.close_wait_owners);
-        self.look_up_other_owners(now, sink)?;
-        if let Some(others) = self.others.as_mut() {
-            let host = &mut self.host;
-            alerts.extend(others.evaluate(now, window_secs, |ns| host.namespace_time_wait(ns)));
-        }
-        // A namespace that sent transitions but is not known: look again (at most once a
-        // second).
-        let rediscover = self
-            .others
-            .as_ref()
-            .is_some_and(Namespaces::rediscover_wanted);
-        if rediscover && now.saturating_sub(self.last_discovery_ns) >= OWNER_LOOKUP_GAP_NS {
-            alerts.extend(self.discover_namespaces(false, sink)?);
-        }
+        alerts.extend(self.evaluate_others(now, window_secs, sink)?);
         for alert in alerts {
             self.emit_alert(&alert, sink)?;
         }
@@ -990,116 +609,30 @@ impl<H: Host, S: EventSource> Engine<H, S> {
 
     /// The tallies now, as a record (also what an exporter publishes).
     pub fn tally_record(&mut self) -> TallyRecord {
-        let top = self.cfg.top;
-        let view = self.tally.view(top);
         let now = self.host.now_ns();
         let elapsed = now.saturating_sub(self.last_tally.0) as f64 / 1e9;
         let rate = (self.received.transitions - self.last_tally.1) as f64 / elapsed.max(1e-3);
         self.last_tally = (now, self.received.transitions);
-        let wall = |ns: u64| Timestamp(self.clock.wall(ns));
-        let [ipv4, ipv6, unknown] = self.tally.family_counts();
-        let half_open: HashMap<(IpAddr, u16), u64> = view
-            .half_open
-            .iter()
-            .map(|(ip, port, h)| ((*ip, *port), h.count))
-            .collect();
-        let listed: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
-        let (syn_by_listener, syn_elsewhere) = self.syn.totals_by_listener(&listed);
-        let range = self.port_range.size() as f64;
-        let shown_per_ip: u64 = view.per_ip_top.iter().map(|(_, n)| n).sum();
-        TallyRecord {
-            schema_version: SCHEMA_VERSION,
-            time: wall(now),
+        TallyRecord::build(TallyInputs {
+            now_ns: now,
+            clock: &self.clock,
             mode: self.mode.mode,
-            states: view.states,
-            states_by_family: FamilyStates {
-                ipv4,
-                ipv6,
-                unknown,
-            },
-            time_wait: TimeWaitTally {
-                count: view.time_wait,
-                sockstat_error: self.time_wait_check.map(|c| c.1),
-                sockstat_time: self.time_wait_check.map(|c| wall(c.0)),
-                not_held: self.tally.time_wait_unheld,
-            },
-            time_wait_by_destination: view
-                .time_wait_by_dest
-                .iter()
-                .map(|&(ip, port, n)| DestinationRecord {
-                    destination: endpoint(ip, port),
-                    time_wait: n,
-                    ratio: n as f64 / range,
-                })
-                .collect(),
-            reconcile: self
+            view: self.tally.view(self.cfg.top),
+            top: self.cfg.top,
+            family_counts: self.tally.family_counts(),
+            time_wait_unheld: self.tally.time_wait_unheld,
+            time_wait_check: self.time_wait_check,
+            port_range: self.port_range,
+            transitions_per_sec: rate,
+            last_reconcile: self
                 .last_reconcile
                 .as_ref()
-                .map(|(r, why)| ReconcileSummary {
-                    reason: why.name().to_owned(),
-                    time: wall(r.at_ns),
-                    error: r
-                        .error
-                        .iter()
-                        .map(|(state, n)| ((*state).to_owned(), *n))
-                        .collect(),
-                    total_abs_error: r.total_abs_error,
-                }),
+                .map(|(report, why)| (report, why.name())),
             reconciliations: self.reconciliations,
-            per_ip: PerIpTally {
-                top: view
-                    .per_ip_top
-                    .iter()
-                    .map(|&(ip, count)| IpCountRecord { ip, count })
-                    .collect(),
-                other: view.per_ip_total.saturating_sub(shown_per_ip),
-                tracked: view.per_ip_tracked,
-                aggregated: view.per_ip_aggregated,
-            },
-            close_wait: view
-                .close_wait_by_port
-                .iter()
-                .take(top)
-                .map(|&(port, count, since, age_known)| CloseWaitPort {
-                    port,
-                    count,
-                    oldest_secs: now.saturating_sub(since) as f64 / 1e9,
-                    age_known,
-                    owners: self.owners.by_port.get(&port).cloned(),
-                })
-                .collect(),
-            half_open: view
-                .half_open
-                .iter()
-                .map(|(ip, port, h)| HalfOpenListener {
-                    listener: endpoint(*ip, *port),
-                    count: h.count,
-                    sources: h.sources,
-                })
-                .collect(),
-            established_by_port: view
-                .established_by_port
-                .iter()
-                .map(|&(port, count)| PortCountRecord { port, count })
-                .collect(),
-            listeners: view
-                .listeners
-                .iter()
-                .zip(syn_by_listener)
-                .map(|(&(ip, port, sockets), syn)| {
-                    let queues = self.queues.get(&(ip, port));
-                    ListenerRecord {
-                        listener: endpoint(ip, port),
-                        sockets,
-                        backlog: queues.map(|q| q.backlog),
-                        accept_queue: queues.map(|q| q.accept_queue),
-                        half_open: half_open_of(&half_open, ip, port),
-                        syn,
-                    }
-                })
-                .collect(),
-            syn_elsewhere,
-            tcp_ext: self.syn.counters.unwrap_or_default(),
+            close_wait_owners: &self.owners.by_port,
+            queues: &self.queues,
+            syn: &self.syn,
+            syn_counter: self.syn_counter_state(),
             alerts_active: self
                 .active_alerts()
                 .map(|(rule, subject, severity)| ActiveAlert {
@@ -1108,24 +641,14 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                     severity,
                 })
                 .collect(),
-            transitions_by_pair: TcpState::ALL
-                .iter()
-                .flat_map(|&old| TcpState::ALL.iter().map(move |&new| (old, new)))
-                .filter_map(|(old, new)| {
-                    let count = self.pairs[old.index()][new.index()];
-                    (count > 0).then_some(PairCount { old, new, count })
-                })
-                .collect(),
+            pairs: &self.pairs,
             received: self.received,
-            syn_counter: self.syn_counter_state(),
             kernel: self.kernel,
             lost: self.lost(),
-            inconsistencies: view.inconsistencies,
-            transitions_per_sec: rate,
             namespaces: self.others.as_ref().map(Namespaces::tallies),
             namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
-        }
+        })
     }
 
     /// Emits a tally record.
@@ -1224,61 +747,7 @@ fn listener_of(at: &Endpoints) -> (IpAddr, u16) {
     (canonical_ip(at.local_ip), at.local_port)
 }
 
-/// Whether a listener bound to `listener` takes connections to `local`: the same address,
-/// or a wildcard of any family on the same port (a `[::]` socket is dual-stack).
-fn covers(listener: (IpAddr, u16), local: (IpAddr, u16)) -> bool {
-    listener.1 == local.1 && (listener.0 == local.0 || listener.0.is_unspecified())
-}
-
-/// The half-open requests a listener has: those to its own address, and for a wildcard
-/// those to any address on its port that no specific listener has.
-fn half_open_of(by_address: &HashMap<(IpAddr, u16), u64>, ip: IpAddr, port: u16) -> u64 {
-    by_address
-        .iter()
-        .filter(|(k, _)| covers((ip, port), **k))
-        .map(|(_, n)| n)
-        .sum()
-}
-
-impl SynState {
-    /// Adds a window's SYN activity to the totals since the start.
-    fn add_totals(&mut self, window: &HashMap<(IpAddr, u16), super::syn::SynWindow>) {
-        for (key, w) in window {
-            let room = self.totals.len() < MAX_SYN_LISTENERS;
-            let slot = match self.totals.get_mut(key) {
-                Some(slot) => slot,
-                None if room => self.totals.entry(*key).or_default(),
-                None => &mut self.totals_other,
-            };
-            slot.0 += w.syns;
-            slot.1 += w.synack_retransmits;
-        }
-    }
-
-    /// The totals of each of `listeners` (an exact address first, then a wildcard
-    /// covering it), and of the addresses none covers.
-    fn totals_by_listener(&self, listeners: &[(IpAddr, u16)]) -> (Vec<SynTotals>, SynTotals) {
-        let mut out = vec![SynTotals::default(); listeners.len()];
-        let mut elsewhere = SynTotals {
-            syns: self.totals_other.0,
-            synack_retransmits: self.totals_other.1,
-        };
-        for (key, (syns, retransmits)) in &self.totals {
-            let at = listeners
-                .iter()
-                .position(|l| l == key)
-                .or_else(|| listeners.iter().position(|l| covers(*l, *key)));
-            let slot = match at {
-                Some(i) => &mut out[i],
-                None => &mut elsewhere,
-            };
-            slot.syns += syns;
-            slot.synack_retransmits += retransmits;
-        }
-        (out, elsewhere)
-    }
-}
-
+mod others;
+mod syn;
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;

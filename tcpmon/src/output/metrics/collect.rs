@@ -1,0 +1,551 @@
+//! The collectors: every series the exposition holds, built from a [`MetricsSnapshot`]
+//! into a fresh prometheus-client registry, with their bounded label sets.
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::{MetricsSnapshot, ProcessUsage, MAX_LISTENERS};
+use crate::{
+    live::record::TallyRecord,
+    model::{printable, TcpState},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+    family: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetnsLabels {
+    netns: String,
+    owner: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairLabels {
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseWaitLabels {
+    port: String,
+    process: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpLabels {
+    ip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    rule: &'static str,
+    severity: &'static str,
+    subject: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: &'static str,
+    severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// A state's name as node_exporter spells it (`established`, `syn_recv`, ...).
+fn state_label(state: TcpState) -> String {
+    state.name().to_ascii_lowercase()
+}
+
+/// The states node_exporter's tcpstat reports (NEW_SYN_RECV is a request socket, counted
+/// as SYN_RECV).
+const STATES: [TcpState; 11] = [
+    TcpState::Established,
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::TimeWait,
+    TcpState::Close,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::Listen,
+    TcpState::Closing,
+];
+
+fn gauge_family<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Gauge>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn float_family<L>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<L, Gauge<f64, AtomicU64>>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Gauge<f64, AtomicU64>>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn counter_family<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+fn float_gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
+    let g = Gauge::<f64, AtomicU64>::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Every metric of `snapshot`, and of this process's `usage`, in a fresh registry.
+pub fn registry(snapshot: &MetricsSnapshot, usage: ProcessUsage) -> Registry {
+    let mut r = Registry::default();
+    let build = gauge_family::<BuildLabels>(&mut r, "tcpmon_build_info", "tcpmon's version");
+    build
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+    let mode = gauge_family::<ModeLabels>(
+        &mut r,
+        "tcpmon_mode_info",
+        "Which engine feeds the tallies: ebpf, or poll (eBPF could not load)",
+    );
+    if let Some(m) = &snapshot.mode {
+        mode.get_or_create(&ModeLabels {
+            mode: m.mode.name(),
+        })
+        .set(1);
+    }
+    gauge(
+        &mut r,
+        "tcpmon_up",
+        "1 while the engine runs, 0 once it stopped",
+        i64::from(snapshot.stopped.is_none() && snapshot.tally.is_some()),
+    );
+    let cpu = Counter::<f64, AtomicU64>::default();
+    cpu.inc_by(usage.cpu_seconds);
+    r.register(
+        "process_cpu_seconds",
+        "User and system CPU time spent by tcpmon, in seconds",
+        cpu,
+    );
+    gauge(
+        &mut r,
+        "process_resident_memory_bytes",
+        "tcpmon's resident memory, in bytes",
+        to_i64(usage.resident_bytes),
+    );
+    float_gauge(
+        &mut r,
+        "process_start_time_seconds",
+        "When tcpmon started, in seconds since the Unix epoch",
+        usage.start_time_seconds,
+    );
+    let alerts_total = counter_family::<RuleLabels>(
+        &mut r,
+        "tcpmon_alerts",
+        "Alerts raised or escalated (and one-off events) since tcpmon started",
+    );
+    for (rule, severity, n) in &snapshot.alerts_total {
+        alerts_total
+            .get_or_create(&RuleLabels {
+                rule,
+                severity: severity.name(),
+            })
+            .inc_by(*n);
+    }
+    let active = gauge_family::<AlertLabels>(
+        &mut r,
+        "tcpmon_alert_active",
+        "1 for each alert active now, by rule, severity and subject",
+    );
+    for a in &snapshot.active {
+        active
+            .get_or_create(&AlertLabels {
+                rule: a.rule,
+                severity: a.severity.name(),
+                subject: printable(&a.subject).into_owned(),
+            })
+            .set(1);
+    }
+    gauge(
+        &mut r,
+        "tcpmon_alerts_active_omitted",
+        "Active alerts beyond the 256 shown as tcpmon_alert_active series",
+        to_i64(snapshot.active_omitted),
+    );
+    if let Some(t) = &snapshot.tally {
+        tally_metrics(&mut r, t);
+    }
+    r
+}
+
+/// The metrics a tally record carries.
+/// With --all-netns: every other namespace's sockets per state (at most --max-netns
+/// namespaces), and what was left untracked.
+fn namespace_metrics(r: &mut Registry, t: &TallyRecord) {
+    let Some(namespaces) = &t.namespaces else {
+        return;
+    };
+    let sockets = gauge_family::<NetnsLabels>(
+        r,
+        "tcpmon_netns_connections",
+        "TCP sockets per state in each other network namespace tallied (--all-netns, at most --max-netns), labelled with its inode and owner",
+    );
+    for n in namespaces {
+        for state in STATES {
+            let mut count = n.states.get(state);
+            if state == TcpState::SynRecv {
+                count += n.states.get(TcpState::NewSynRecv);
+            }
+            sockets
+                .get_or_create(&NetnsLabels {
+                    netns: n.inode.to_string(),
+                    owner: n.owner.clone(),
+                    state: state_label(state),
+                })
+                .set(to_i64(count));
+        }
+    }
+    let untracked = t.namespaces_untracked.clone().unwrap_or_default();
+    gauge(
+        r,
+        "tcpmon_netns_untracked",
+        "Network namespaces seen but not tallied (beyond --max-netns)",
+        to_i64(untracked.namespaces as u64),
+    );
+    let transitions = Counter::<u64>::default();
+    transitions.inc_by(untracked.transitions);
+    r.register(
+        "tcpmon_netns_untracked_transitions",
+        "Transitions in network namespaces not tallied (beyond --max-netns)",
+        transitions,
+    );
+}
+
+fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
+    let transitions = counter_family::<PairLabels>(
+        r,
+        "tcpmon_state_transitions",
+        "TCP state transitions tallied since tcpmon started (inferred ones when polling)",
+    );
+    for pair in &t.transitions_by_pair {
+        transitions
+            .get_or_create(&PairLabels {
+                from: state_label(pair.old),
+                to: state_label(pair.new),
+            })
+            .inc_by(pair.count);
+    }
+    let connections = gauge_family::<StateLabels>(
+        r,
+        "tcpmon_connections",
+        "TCP sockets per state and address family (ipv4 includes v4-mapped IPv6; unknown is sockstat's TIME_WAIT correction)",
+    );
+    for (family, counts) in [
+        ("ipv4", &t.states_by_family.ipv4),
+        ("ipv6", &t.states_by_family.ipv6),
+        ("unknown", &t.states_by_family.unknown),
+    ] {
+        for state in STATES {
+            let mut n = counts.get(state);
+            if state == TcpState::SynRecv {
+                n += counts.get(TcpState::NewSynRecv);
+            }
+            connections
+                .get_or_create(&StateLabels {
+                    state: state_label(state),
+                    family,
+                })
+                .set(to_i64(n));
+        }
+    }
+    listener_metrics(r, t);
+    namespace_metrics(r, t);
+    let close_wait = gauge_family::<CloseWaitLabels>(
+        r,
+        "tcpmon_close_wait_sockets",
+        "CLOSE_WAIT sockets per local port and owning processes, the ports with the most (--top); port=\"other\" for the rest",
+    );
+    let oldest = float_family::<CloseWaitLabels>(
+        r,
+        "tcpmon_close_wait_oldest_seconds",
+        "Age of the oldest CLOSE_WAIT socket per local port (a lower bound for sockets that were already there when first seen)",
+    );
+    let mut shown = 0;
+    for cw in &t.close_wait {
+        let process = cw.owners.as_ref().filter(|o| !o.is_empty()).map_or_else(
+            || "unknown".to_owned(),
+            |o| {
+                o.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        );
+        let labels = CloseWaitLabels {
+            port: cw.port.to_string(),
+            process,
+        };
+        close_wait.get_or_create(&labels).set(to_i64(cw.count));
+        oldest.get_or_create(&labels).set(cw.oldest_secs);
+        shown += cw.count;
+    }
+    let rest = t.states.get(TcpState::CloseWait).saturating_sub(shown);
+    close_wait
+        .get_or_create(&CloseWaitLabels {
+            port: "other".into(),
+            process: "other".into(),
+        })
+        .set(to_i64(rest));
+    let per_ip = gauge_family::<IpLabels>(
+        r,
+        "tcpmon_remote_ip_connections",
+        "Connections per remote IP (listeners excluded), the IPs with the most (--top); ip=\"other\" for every other one",
+    );
+    for ip in &t.per_ip.top {
+        per_ip
+            .get_or_create(&IpLabels {
+                ip: ip.ip.to_string(),
+            })
+            .set(to_i64(ip.count));
+    }
+    per_ip
+        .get_or_create(&IpLabels { ip: "other".into() })
+        .set(to_i64(t.per_ip.other));
+    let exhaustion = float_family::<DestinationLabels>(
+        r,
+        "tcpmon_port_exhaustion_ratio",
+        "Share of the ephemeral port range (net.ipv4.ip_local_port_range) tied up in client-side TIME_WAIT toward one destination, the destinations with the most (--top)",
+    );
+    let dest_tw = gauge_family::<DestinationLabels>(
+        r,
+        "tcpmon_destination_time_wait_sockets",
+        "Client-side TIME_WAIT sockets toward one destination (--top)",
+    );
+    for d in &t.time_wait_by_destination {
+        let labels = DestinationLabels {
+            destination: d.destination.clone(),
+        };
+        exhaustion.get_or_create(&labels).set(d.ratio);
+        dest_tw.get_or_create(&labels).set(to_i64(d.time_wait));
+    }
+    let ext = &t.tcp_ext;
+    counter(
+        r,
+        "tcpmon_syncookies_sent",
+        "SYN cookies sent (TcpExt SyncookiesSent, namespace-wide, since boot)",
+        ext.syncookies_sent,
+    );
+    counter(
+        r,
+        "tcpmon_syn_queue_full_cookies",
+        "SYNs answered with a cookie because a SYN queue was full (TcpExt TCPReqQFullDoCookies)",
+        ext.reqq_full_do_cookies,
+    );
+    counter(
+        r,
+        "tcpmon_syn_queue_full_drops",
+        "SYNs dropped because a SYN queue was full (TcpExt TCPReqQFullDrop)",
+        ext.reqq_full_drop,
+    );
+    counter(
+        r,
+        "tcpmon_listen_overflows",
+        "Connections dropped because an accept queue was full (TcpExt ListenOverflows)",
+        ext.listen_overflows,
+    );
+    counter(
+        r,
+        "tcpmon_listen_drops",
+        "Connection requests a listener dropped, any reason (TcpExt ListenDrops)",
+        ext.listen_drops,
+    );
+    self_metrics(r, t);
+}
+
+fn listener_metrics(r: &mut Registry, t: &TallyRecord) {
+    let half_open = gauge_family::<ListenerLabels>(
+        r,
+        "tcpmon_listener_half_open",
+        "Half-open (SYN_RECV) requests per listener",
+    );
+    let backlog = gauge_family::<ListenerLabels>(
+        r,
+        "tcpmon_listener_backlog",
+        "listen() backlog per listener (sock_diag)",
+    );
+    let accept_queue = gauge_family::<ListenerLabels>(
+        r,
+        "tcpmon_listener_accept_queue",
+        "Connections waiting for accept() per listener",
+    );
+    let syns = counter_family::<ListenerLabels>(
+        r,
+        "tcpmon_listener_syns",
+        "SYNs that created a request socket per listener, counted while the SYN counter was attached (it attaches on the first sign of SYN trouble)",
+    );
+    let retransmits = counter_family::<ListenerLabels>(
+        r,
+        "tcpmon_listener_synack_retransmits",
+        "SYN-ACK retransmits per listener",
+    );
+    let mut other = (0u64, 0u64, 0u64);
+    for (i, l) in t.listeners.iter().enumerate() {
+        if i >= MAX_LISTENERS {
+            other.0 += l.half_open;
+            other.1 += l.syn.syns;
+            other.2 += l.syn.synack_retransmits;
+            continue;
+        }
+        let labels = ListenerLabels {
+            listener: l.listener.clone(),
+        };
+        half_open.get_or_create(&labels).set(to_i64(l.half_open));
+        if let Some(b) = l.backlog {
+            backlog.get_or_create(&labels).set(i64::from(b));
+        }
+        if let Some(q) = l.accept_queue {
+            accept_queue.get_or_create(&labels).set(i64::from(q));
+        }
+        syns.get_or_create(&labels).inc_by(l.syn.syns);
+        retransmits
+            .get_or_create(&labels)
+            .inc_by(l.syn.synack_retransmits);
+    }
+    // SYNs to addresses no listener covers, and listeners beyond the bound.
+    let labels = ListenerLabels {
+        listener: "other".into(),
+    };
+    half_open.get_or_create(&labels).set(to_i64(other.0));
+    syns.get_or_create(&labels)
+        .inc_by(other.1 + t.syn_elsewhere.syns);
+    retransmits
+        .get_or_create(&labels)
+        .inc_by(other.2 + t.syn_elsewhere.synack_retransmits);
+}
+
+fn self_metrics(r: &mut Registry, t: &TallyRecord) {
+    let received = counter_family::<KindLabels>(
+        r,
+        "tcpmon_events_received",
+        "Kernel records received, by kind",
+    );
+    for (kind, n) in [
+        ("transition", t.received.transitions),
+        ("synack_retransmit", t.received.synack_retransmits),
+        ("syn_request", t.received.syn_requests),
+        ("other_namespace", t.received.foreign),
+    ] {
+        received.get_or_create(&KindLabels { kind }).inc_by(n);
+    }
+    let lost = counter_family::<ReasonLabels>(
+        r,
+        "tcpmon_events_lost",
+        "Events lost, by cause: ring_full (a ring was full), kernel_skipped (runs the kernel skipped, any namespace), socket_unreadable, undecodable, unaccounted (openings the kernel counted that no event or counter explains)",
+    );
+    for (reason, n) in [
+        ("ring_full", t.kernel.ringbuf_full),
+        ("kernel_skipped", t.kernel.recursion_misses),
+        ("socket_unreadable", t.kernel.sock_unreadable),
+        ("undecodable", t.received.decode_errors),
+        ("unaccounted", t.received.unaccounted),
+    ] {
+        lost.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    }
+    counter(
+        r,
+        "tcpmon_reconciliations",
+        "Times the tallies were rebuilt from a snapshot of the socket table",
+        t.reconciliations,
+    );
+    gauge(
+        r,
+        "tcpmon_reconcile_last_correction_sockets",
+        "Sockets the last reconciliation corrected (live counts minus the snapshot, summed over states)",
+        t.reconcile.as_ref().map_or(0, |c| to_i64(c.total_abs_error)),
+    );
+    gauge(
+        r,
+        "tcpmon_time_wait_sockstat_error",
+        "Inferred TIME_WAIT count minus /proc/net/sockstat's at its last check, before correcting to it",
+        t.time_wait.sockstat_error.unwrap_or(0),
+    );
+    gauge(
+        r,
+        "tcpmon_inconsistencies",
+        "Transitions that contradicted the tallies since the last reconciliation (a sign of loss)",
+        to_i64(t.inconsistencies),
+    );
+    float_gauge(
+        r,
+        "tcpmon_transitions_per_second",
+        "Transitions per second over the last tally interval",
+        t.transitions_per_sec,
+    );
+}
