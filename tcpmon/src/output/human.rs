@@ -27,7 +27,7 @@ pub fn transition_line(w: &mut dyn Write, event: &TransitionEvent<'_>) -> io::Re
         .map_or_else(|| "-".to_owned(), |us| format_ms(us as f64 / 1000.0));
     let who = t.task.map_or_else(String::new, |task| {
         let end = task.comm.iter().position(|&b| b == 0).unwrap_or(16);
-        format!("{}[{}]", printable_bytes(&task.comm[..end]), task.pid)
+        format!("  {}[{}]", printable_bytes(&task.comm[..end]), task.pid)
     });
     let marker = if event.origin == Origin::Inferred {
         " (inferred)"
@@ -36,7 +36,7 @@ pub fn transition_line(w: &mut dyn Write, event: &TransitionEvent<'_>) -> io::Re
     };
     writeln!(
         w,
-        "{}  {:<22} {:<22} {:>11} -> {:<11} {:>9}  {who}{marker}",
+        "{}  {:<22} {:<22} {:>11} -> {:<11} {:>9}{who}{marker}",
         time_of_day(&time, 6),
         endpoint(t.at.local_ip, t.at.local_port),
         endpoint(t.at.remote_ip, t.at.remote_port),
