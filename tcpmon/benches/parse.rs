@@ -90,7 +90,7 @@ fn bench(c: &mut Criterion) {
                     for row in snapshot.rows() {
                         agg.add_row(&row);
                     }
-                    agg.finish(&Default::default(), &Default::default()).total
+                    agg.finish(None, &Default::default()).total
                 })
             },
         );

@@ -348,3 +348,75 @@ fn this_machine_is_read_through_netlink_with_tcp_info() {
     assert_eq!(ours["info"]["bytes_acked"], 50_001, "{ours}");
     assert!(ours["info"]["snd_cwnd"].as_u64().unwrap() >= 10);
 }
+
+/// Copies the golden fixture (a /proc tree with processes) into a temporary directory.
+fn golden_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(fixture("golden").join("."))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+/// An owner that cannot be found is explained by what happened: the process that refused
+/// (named, with its error), and advice to run as root only when tcpmon is not root.
+#[test]
+fn owners_not_found_are_explained_by_what_refused() {
+    let proc = golden_copy();
+    // pid 600's fd table cannot be listed; the app's CLOSE_WAIT sockets lose their owner.
+    let init = proc.path().join("600");
+    std::fs::create_dir(&init).unwrap();
+    std::fs::write(init.join("comm"), "init\n").unwrap();
+    std::fs::write(init.join("fd"), "not a directory").unwrap();
+    std::fs::remove_dir_all(proc.path().join("400")).unwrap();
+    let out = Command::cargo_bin("tcpmon")
+        .unwrap()
+        .args(["audit", "--all", "--proc-root"])
+        .arg(proc.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("held by an unknown process (see owners_hidden)"),
+        "{text}"
+    );
+    let hidden = text
+        .lines()
+        .find(|l| l.contains("owners_hidden "))
+        .unwrap_or_else(|| panic!("no owners_hidden finding:\n{text}"));
+    assert!(
+        hidden.contains("the owning process of 4 listener/CLOSE_WAIT sockets was not found"),
+        "{hidden}"
+    );
+    assert!(hidden.contains("init[600]: Not a directory"), "{hidden}");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert_eq!(hidden.contains("run as root"), !root, "{hidden}");
+    if root {
+        assert!(hidden.contains("even with CAP_SYS_PTRACE"), "{hidden}");
+    }
+}
+
+/// Without any process refusing, an owner not found is not blamed on privilege.
+#[test]
+fn owners_in_no_process_are_not_blamed_on_privilege() {
+    let proc = golden_copy();
+    std::fs::remove_dir_all(proc.path().join("400")).unwrap();
+    let out = Command::cargo_bin("tcpmon")
+        .unwrap()
+        .args(["audit", "--all", "--proc-root"])
+        .arg(proc.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hidden = text.lines().find(|l| l.contains("owners_hidden ")).unwrap();
+    assert!(
+        hidden.contains("no process in this /proc holds them"),
+        "{hidden}"
+    );
+    assert!(!hidden.contains("root"), "{hidden}");
+}

@@ -5,7 +5,7 @@ use anyhow::Result;
 use tcpmon::{
     model::{Listed, TcpState},
     output::table::Style,
-    snapshot::Want,
+    snapshot::{audit::owners_hidden_why, Want},
 };
 
 use crate::{
@@ -51,8 +51,9 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
     if !args.json && loaded.summary.owners_unknown > 0 {
         writeln!(
             out,
-            "  note: {} owner(s) not visible; run as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to see every process",
-            loaded.summary.owners_unknown
+            "  note: the owner of {} listener(s) was not found: {}",
+            loaded.summary.owners_unknown,
+            owners_hidden_why(&loaded.summary.owners_refused)
         )?;
     }
     Ok(Status::Clean)

@@ -8,8 +8,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{read, ProcRoot};
-use crate::model::owner::{owner_of_cgroup, Owner};
+use super::{
+    caps::{self, Capability},
+    read, ProcRoot,
+};
+use crate::model::{
+    owner::{owner_of_cgroup, Owner},
+    Refused,
+};
 
 /// The network namespace inode of this process.
 pub fn own_inode() -> io::Result<u32> {
@@ -67,8 +73,9 @@ pub enum Access {
 #[derive(Clone, Debug, Default)]
 pub struct Discovery {
     pub namespaces: Vec<Namespace>,
-    /// Processes whose namespace could not be read (no privilege, or gone).
-    pub unreadable_processes: usize,
+    /// Processes whose namespace could not be looked at (processes that exited meanwhile
+    /// are not counted).
+    pub refused: Refused,
 }
 
 /// How many pids of a namespace are kept to read it through (one may exit meanwhile).
@@ -83,7 +90,7 @@ pub fn parse_ns_link(link: &str) -> Option<u64> {
 /// `run_netns` (`ip netns` bind mounts, which may hold no process), with its owner.
 pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
     let mut by_inode: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-    let mut unreadable = 0;
+    let mut refused = Refused::default();
     let mut pids: Vec<u32> = fs::read_dir(proc_root.path())
         .map(|entries| {
             entries
@@ -103,7 +110,13 @@ pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
                     }
                 }
             }
-            Err(_) => unreadable += 1,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {}
+            Err(e) => {
+                let comm = read::small_text(&proc_root.pid_dir(pid).join("comm"))
+                    .ok()
+                    .map(|c| c.trim_end_matches('\n').to_owned());
+                refused.add(pid, comm, &e);
+            }
         }
     }
     let init = fs::read_link(proc_root.pid_dir(1).join("ns/net"))
@@ -141,7 +154,10 @@ pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
     namespaces.sort_by_key(|n| n.inode);
     Discovery {
         namespaces,
-        unreadable_processes: unreadable,
+        refused: Refused {
+            privileged: caps::has(Capability::SysPtrace),
+            ..refused
+        },
     }
 }
 

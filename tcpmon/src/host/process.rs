@@ -5,20 +5,23 @@ use std::{
     fs,
     os::fd::AsRawFd,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Condvar, Mutex,
     },
 };
 
-use super::{read, ProcRoot};
-use crate::model::Process;
+use super::{
+    caps::{self, Capability},
+    read, ProcRoot,
+};
+use crate::model::{Process, Refused};
 
 /// What the walk found, and whether it could look everywhere.
 #[derive(Clone, Debug, Default)]
 pub struct Owners {
     pub by_inode: HashMap<u64, Process>,
-    /// Processes whose fd table we could not read (not root): their sockets stay unowned.
-    pub unreadable_processes: usize,
+    /// Processes whose fd table could not be read: their sockets stay unowned.
+    pub refused: Refused,
 }
 
 /// Finds the owners of `wanted` inodes. The walk is split over the available cores (a
@@ -56,7 +59,7 @@ fn find_owners_with(
         split_fds,
         found: Mutex::new(HashMap::new()),
         done: AtomicBool::new(false),
-        unreadable: AtomicUsize::new(0),
+        refused: Mutex::new((Refused::default(), HashSet::new())),
         queue: Mutex::new(Queue {
             jobs: pids.into_iter().map(Job::Process).collect(),
             busy: 0,
@@ -68,10 +71,18 @@ fn find_owners_with(
             scope.spawn(|| walk.work());
         }
     });
+    let (mut refused, _) = walk.refused.into_inner().unwrap_or_else(|e| e.into_inner());
+    refused.privileged = may_read_every_fd_table();
     Owners {
         by_inode: walk.found.into_inner().unwrap_or_else(|e| e.into_inner()),
-        unreadable_processes: walk.unreadable.into_inner(),
+        refused,
     }
+}
+
+/// Whether this process holds what reading another user's fd table takes: listing it is
+/// a DAC check, reading its links a ptrace one.
+pub fn may_read_every_fd_table() -> bool {
+    caps::has(Capability::SysPtrace) && caps::has(Capability::DacReadSearch)
 }
 
 /// An fd table longer than this is shared out between the threads.
@@ -100,7 +111,8 @@ struct Walk<'a> {
     split_fds: usize,
     found: Mutex<HashMap<u64, Process>>,
     done: AtomicBool,
-    unreadable: AtomicUsize,
+    /// Processes refused, and their pids (each counted once).
+    refused: Mutex<(Refused, HashSet<u32>)>,
     queue: Mutex<Queue>,
     more: Condvar,
 }
@@ -110,8 +122,11 @@ impl Walk<'_> {
         while let Some(job) = self.next_job() {
             match job {
                 Job::Process(pid) => {
-                    if self.scan_process(pid).is_err() {
-                        self.unreadable.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.scan_process(pid) {
+                        // A process that exited meanwhile hid nothing.
+                        if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) {
+                            self.refuse(pid, &e);
+                        }
                     }
                 }
                 Job::Fds { pid, dir, names } => self.scan_fds(pid, &dir, &names),
@@ -140,6 +155,17 @@ impl Walk<'_> {
             }
             // A busy thread may yet split a large fd table.
             queue = self.more.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Counts `pid` as refused, once, whichever part of its table found out.
+    fn refuse(&self, pid: u32, e: &std::io::Error) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.1.insert(pid) {
+            let comm = read::small_text(&self.proc_root.pid_dir(pid).join("comm"))
+                .ok()
+                .map(|c| c.trim_end_matches('\n').to_owned());
+            refused.0.add(pid, comm, e);
         }
     }
 
@@ -205,6 +231,13 @@ impl Walk<'_> {
                 )
             };
             let Ok(len) = usize::try_from(len) else {
+                let e = std::io::Error::last_os_error();
+                // Listing the table is allowed, reading its links is not (a ptrace check
+                // the process's owner or a security module refuses): the whole table is.
+                if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                    self.refuse(pid, &e);
+                    return;
+                }
                 continue;
             };
             let Some(inode) = socket_inode(&link[..len]) else {

@@ -5,6 +5,7 @@ pub mod duration;
 mod listed;
 pub mod owner;
 mod printable;
+mod refused;
 mod rule;
 mod thresholds;
 mod transition;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use listed::Listed;
 pub use printable::{printable, printable_bytes};
+pub use refused::{Refused, RefusedProcess};
 pub use rule::{
     at_least, parse_net, severity, EndpointFilter, HalfOpen, HalfOpenCounter, MAX_SOURCES,
 };

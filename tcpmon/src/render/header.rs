@@ -97,20 +97,26 @@ fn write_namespace_notes(out: &mut dyn Write, ns: &namespaces::Loaded) -> io::Re
             s.reason
         )?;
     }
-    if ns.unreadable_processes > 0 {
+    if !ns.refused.is_empty() {
         writeln!(
             out,
-            "warning: the namespace of {} process(es) could not be looked at (run as root to \
-             see every namespace)",
-            ns.unreadable_processes
+            "warning: namespaces were looked for through every process, but {}: a namespace only \
+             they are in was not read",
+            ns.refused.explain("CAP_SYS_PTRACE")
         )?;
     }
-    let unknown_ranges = ns.parts.iter().filter(|p| !p.port_range_known).count();
-    if unknown_ranges > 0 {
+    let unknown: Vec<_> = ns.parts.iter().filter(|p| !p.port_range_known).collect();
+    if let Some(first) = unknown.first() {
+        let why = first
+            .not_entered
+            .as_deref()
+            .unwrap_or("its sysctl could not be read");
         writeln!(
             out,
-            "note: the ephemeral port range of {unknown_ranges} namespace(s) could not be read \
-             (entering a namespace needs CAP_SYS_ADMIN): the kernel default is assumed there"
+            "note: the ephemeral port range of {} namespace(s) could not be read (netns {}: \
+             {why}): the kernel default is assumed there",
+            unknown.len(),
+            first.namespace.inode
         )?;
     }
     Ok(())

@@ -12,10 +12,13 @@ use serde::{Deserialize, Serialize};
 use super::Row;
 pub use crate::host::sock_diag::TcpInfo;
 use crate::{
-    host::proc_net::{LineError, Socket},
+    host::{
+        proc_net::{LineError, Socket},
+        process::Owners,
+    },
     model::{
-        canonical_ip, EndpointFilter, Family, HalfOpenCounter, PortRange, Process, StateCounts,
-        TcpState,
+        canonical_ip, EndpointFilter, Family, HalfOpenCounter, PortRange, Process, Refused,
+        StateCounts, TcpState,
     },
 };
 
@@ -248,8 +251,10 @@ pub struct Summary {
     pub port_range: PortRange,
     /// Half-open requests whose port has no listener in this snapshot.
     pub orphan_half_open: u64,
-    /// Sockets whose owner was wanted but not visible (needs root).
+    /// Sockets whose owner was looked for and not found.
     pub owners_unknown: u64,
+    /// When some were not found: the processes that could not be looked into.
+    pub owners_refused: Refused,
     /// net.core.somaxconn: the most any listener's backlog can be.
     pub somaxconn: Option<u32>,
     /// Sockets the kernel listed twice because the table changed while it was read;
@@ -506,12 +511,12 @@ impl Aggregator {
     }
 
     /// Completes the summary with what the first pass could not know: owning processes
-    /// and listener backlogs, both by socket inode.
-    pub fn finish(self, owners: &HashMap<u64, Process>, backlogs: &HashMap<u64, u32>) -> Summary {
+    /// (`None`: not looked for) and listener backlogs, both by socket inode.
+    pub fn finish(self, owners: Option<&Owners>, backlogs: &HashMap<u64, u32>) -> Summary {
         let mut owners_unknown = 0;
         let mut owner = |inode: u64| {
-            let found = owners.get(&inode).cloned();
-            if found.is_none() && inode != 0 {
+            let found = owners.and_then(|o| o.by_inode.get(&inode).cloned());
+            if found.is_none() && inode != 0 && owners.is_some() {
                 owners_unknown += 1;
             }
             found
@@ -654,6 +659,10 @@ impl Aggregator {
             destinations,
             port_range: self.port_range.unwrap_or(PortRange::LINUX_DEFAULT),
             orphan_half_open,
+            owners_refused: match owners {
+                Some(o) if owners_unknown > 0 => o.refused.clone(),
+                _ => Refused::default(),
+            },
             owners_unknown,
             somaxconn: None,
             duplicates: self.duplicates,
@@ -697,7 +706,7 @@ mod tests {
         for s in sockets {
             agg.add(s);
         }
-        agg.finish(&HashMap::new(), &HashMap::new())
+        agg.finish(Some(&Owners::default()), &HashMap::new())
     }
 
     #[test]
@@ -764,7 +773,7 @@ mod tests {
         let rtts: Vec<f64> = kept.iter().map(|c| c.info.unwrap().rtt_ms).collect();
         assert_eq!(rtts, [99.0, 98.0, 97.0, 96.0, 95.0]);
         assert_eq!(matched, 100);
-        let summary = agg.finish(&HashMap::new(), &HashMap::new());
+        let summary = agg.finish(Some(&Owners::default()), &HashMap::new());
         let port = summary.per_port.iter().find(|p| p.port == 40000).unwrap();
         assert_eq!(port.info.unwrap().rtt_max_ms, 0.0);
         assert_eq!(summary.retransmits.len(), 1);
@@ -792,7 +801,10 @@ mod tests {
             PortRange::LINUX_DEFAULT,
         );
         sockets.iter().for_each(|s| agg.add(s));
-        let s = agg.finish(&HashMap::new(), &HashMap::from([(listener.inode, 128)]));
+        let s = agg.finish(
+            Some(&Owners::default()),
+            &HashMap::from([(listener.inode, 128)]),
+        );
         let wildcard = s.listeners.iter().find(|l| l.wildcard).unwrap();
         assert_eq!(
             (
@@ -824,7 +836,7 @@ mod tests {
                 socket: Ok(s),
             });
         }
-        let summary = agg.finish(&HashMap::new(), &HashMap::new());
+        let summary = agg.finish(Some(&Owners::default()), &HashMap::new());
         assert_eq!((summary.total, summary.duplicates), (1, 1));
     }
 

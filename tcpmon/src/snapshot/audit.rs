@@ -60,10 +60,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             Severity::Warning
         };
         let owner = group.process.as_ref().map_or_else(
-            || {
-                "an unknown process (not visible: run as root, in the socket's PID namespace)"
-                    .to_owned()
-            },
+            || "an unknown process (see owners_hidden)".to_owned(),
             |p| p.to_string(),
         );
         let owner = match place {
@@ -245,14 +242,27 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             Severity::Info,
             "owners_hidden",
             format!(
-                "the owning process of {} listener/CLOSE_WAIT socket{} is not visible (run as root, in the sockets' PID namespace)",
+                "the owning process of {} listener/CLOSE_WAIT socket{} was not found: {}",
                 summary.owners_unknown,
-                if summary.owners_unknown == 1 { "" } else { "s" }
+                if summary.owners_unknown == 1 { "" } else { "s" },
+                owners_hidden_why(&summary.owners_refused)
             ),
         );
     }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
+}
+
+/// Why owners were not found: the processes that refused to be looked into, or, when
+/// none did, that no process in this /proc holds the sockets.
+pub fn owners_hidden_why(refused: &crate::model::Refused) -> String {
+    if refused.is_empty() {
+        "no process in this /proc holds them (their processes are in another PID \
+         namespace, or they were closed while tcpmon looked)"
+            .to_owned()
+    } else {
+        refused.explain("CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+    }
 }
 
 /// One namespace to audit: its inode, how findings name it, and its summary.
@@ -333,7 +343,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        host::proc_net::Socket,
+        host::{proc_net::Socket, process::Owners},
         model::{PortRange, TcpState},
         snapshot::analysis::{Aggregator, Collect, Filter, TcpInfo},
     };
@@ -351,7 +361,7 @@ mod tests {
         let mut agg = Aggregator::new(Filter::default(), Collect::default(), range);
         sockets.into_iter().for_each(|s| agg.add(&s));
         audit(
-            &agg.finish(&HashMap::new(), &HashMap::new()),
+            &agg.finish(Some(&Owners::default()), &HashMap::new()),
             &Thresholds::default(),
         )
     }
@@ -499,7 +509,7 @@ mod tests {
             std::iter::once(&listener)
                 .chain(&flood)
                 .for_each(|s| agg.add(s));
-            agg.finish(&HashMap::new(), &backlogs)
+            agg.finish(Some(&Owners::default()), &backlogs)
         };
         let findings = audit(&summary(HashMap::from([(1, 100)])), &Thresholds::default());
         let syn = findings.iter().find(|f| f.rule == "syn_backlog").unwrap();
@@ -540,7 +550,7 @@ mod tests {
                 PortRange::LINUX_DEFAULT,
             );
             sockets.iter().for_each(|s| agg.add(s));
-            agg.finish(&HashMap::new(), &HashMap::new())
+            agg.finish(Some(&Owners::default()), &HashMap::new())
         };
         // 3,000 TIME_WAIT in each of two namespaces: 6,000 together would be critical,
         // but no namespace's own table is above the 5,000 threshold.
@@ -595,8 +605,8 @@ mod tests {
         assert_eq!(cw.netns, Some(3));
         assert!(
             cw.message.contains(
-                "held by an unknown process (not visible: run as root, in the socket's PID \
-                 namespace) in docker container 3f2a, netns 3: the peer closed"
+                "held by an unknown process (see owners_hidden) in docker container 3f2a, \
+                 netns 3: the peer closed"
             ),
             "{}",
             cw.message
@@ -654,7 +664,7 @@ mod tests {
         probing.tx_queue = 1000;
         probing.timer = 4;
         agg.add(&probing);
-        let summary = agg.finish(&HashMap::new(), &HashMap::new());
+        let summary = agg.finish(Some(&Owners::default()), &HashMap::new());
         assert!(summary.tcp_info);
         let queued: Vec<u64> = summary.stuck.iter().map(|s| s.queued_bytes).collect();
         assert_eq!(queued, [20 << 20, 1000]);

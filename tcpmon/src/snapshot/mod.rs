@@ -216,16 +216,9 @@ pub fn summarize_netlink(
             agg.add_unique(&r.socket, info.as_ref());
         },
     )?;
-    let found = if owners {
-        process::find_owners(root, &agg.wanted_owners()).by_inode
-    } else {
-        HashMap::new()
-    };
+    let found = owners.then(|| process::find_owners(root, &agg.wanted_owners()));
     let (connections, matched) = agg.take_connections();
-    let mut summary = agg.finish(&found, &backlogs);
-    if !owners {
-        summary.owners_unknown = 0;
-    }
+    let mut summary = agg.finish(found.as_ref(), &backlogs);
     summary.somaxconn = root.somaxconn();
     Ok((summary, connections, matched, read))
 }
@@ -266,16 +259,9 @@ pub fn summarize_with(
     for row in snapshot.rows() {
         agg.add_row(&row);
     }
-    let found = if owners {
-        process::find_owners(root, &agg.wanted_owners()).by_inode
-    } else {
-        HashMap::new()
-    };
+    let found = owners.then(|| process::find_owners(root, &agg.wanted_owners()));
     let (connections, matched) = agg.take_connections();
-    let mut summary = agg.finish(&found, &listener_backlogs(root));
-    if !owners {
-        summary.owners_unknown = 0;
-    }
+    let mut summary = agg.finish(found.as_ref(), &listener_backlogs(root));
     summary.somaxconn = root.somaxconn();
     (summary, connections, matched)
 }

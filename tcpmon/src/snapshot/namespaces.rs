@@ -10,10 +10,11 @@ use super::{
 };
 use crate::{
     host::{
+        caps::{self, Capability},
         netns::{discover, in_namespace, own_inode, parse_ns_link, Access, Discovery, Namespace},
         process, ProcRoot,
     },
-    model::{owner::Owner, PortRange},
+    model::{owner::Owner, PortRange, Refused},
 };
 
 /// Which namespaces to read.
@@ -35,6 +36,8 @@ pub struct NamespaceSnapshot {
     pub somaxconn: Option<u32>,
     /// Listener backlogs by socket inode, from sock_diag inside it.
     pub backlogs: HashMap<u64, u32>,
+    /// Why those could not be read from inside, when they could not.
+    pub not_entered: Option<String>,
 }
 
 /// A namespace that could not be read, and why.
@@ -66,6 +69,7 @@ pub fn read(
                     port_range: inside.port_range,
                     somaxconn: inside.somaxconn,
                     backlogs: inside.backlogs,
+                    not_entered: inside.not_entered,
                 })
             }
             Err(failure) => skipped.push(Skipped {
@@ -133,6 +137,9 @@ pub fn read_one(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Result<Sna
 
 fn enter_error(e: &io::Error) -> String {
     match e.raw_os_error() {
+        Some(libc::EPERM) if caps::has(Capability::SysAdmin) => {
+            format!("cannot enter it, even with CAP_SYS_ADMIN: {e}")
+        }
         Some(libc::EPERM) => "cannot enter it (entering a namespace needs CAP_SYS_ADMIN)".into(),
         Some(libc::EACCES) => "cannot open its nsfs file (permission denied)".into(),
         _ => format!("cannot enter it: {e}"),
@@ -145,6 +152,8 @@ pub struct Inside {
     pub port_range: Option<PortRange>,
     pub somaxconn: Option<u32>,
     pub backlogs: HashMap<u64, u32>,
+    /// Why it could not be entered, when it could not.
+    pub not_entered: Option<String>,
 }
 
 /// The namespace's own port range, somaxconn and listener backlogs: /proc/sys and
@@ -157,6 +166,7 @@ pub fn from_inside(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Inside 
             port_range: root.port_range_opt(),
             somaxconn: root.somaxconn(),
             backlogs: listener_backlogs(root),
+            not_entered: None,
         }
     }
     if own == Some(ns.inode) {
@@ -169,7 +179,10 @@ pub fn from_inside(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Inside 
         },
         Access::Enter(path) => path.clone(),
     };
-    in_namespace(&path, || here(&ProcRoot::host())).unwrap_or_default()
+    in_namespace(&path, || here(&ProcRoot::host())).unwrap_or_else(|e| Inside {
+        not_entered: Some(enter_error(&e)),
+        ..Inside::default()
+    })
 }
 
 fn error_text(e: &SnapshotError) -> String {
@@ -212,6 +225,8 @@ pub struct NamespaceSummary {
     pub matched: u64,
     /// Whether its ephemeral port range was read (else the kernel default was assumed).
     pub port_range_known: bool,
+    /// Why it could not be entered to read that, when it could not.
+    pub not_entered: Option<String>,
     pub bytes_read: usize,
     /// Its files that do not exist (tcp6 without IPv6).
     pub missing: Vec<PathBuf>,
@@ -237,24 +252,19 @@ pub fn summarize(
             (ns, agg)
         })
         .collect();
-    let found = if owners {
+    let found = owners.then(|| {
         let wanted = aggregators
             .iter()
             .flat_map(|(_, agg)| agg.wanted_owners())
             .collect();
-        process::find_owners(root, &wanted).by_inode
-    } else {
-        HashMap::new()
-    };
+        process::find_owners(root, &wanted)
+    });
     aggregators
         .iter_mut()
         .map(|(ns, agg)| {
             let (mut connections, matched) = agg.take_connections();
             let agg = std::mem::take(agg);
-            let mut summary = agg.finish(&found, &ns.backlogs);
-            if !owners {
-                summary.owners_unknown = 0;
-            }
+            let mut summary = agg.finish(found.as_ref(), &ns.backlogs);
             summary.somaxconn = ns.somaxconn;
             let tag = Some(ns.namespace.inode);
             tag_rows(&mut summary, tag);
@@ -267,6 +277,7 @@ pub fn summarize(
                 connections,
                 matched,
                 port_range_known: ns.port_range.is_some(),
+                not_entered: ns.not_entered.clone(),
                 bytes_read: ns.snapshot.bytes_read(),
                 missing: ns.snapshot.missing().map(|f| f.path.clone()).collect(),
             }
@@ -280,8 +291,8 @@ pub struct Loaded {
     /// The namespaces read, largest first.
     pub parts: Vec<NamespaceSummary>,
     pub skipped: Vec<Skipped>,
-    /// Processes whose namespace link could not be read (another user's, without root).
-    pub unreadable_processes: usize,
+    /// Processes whose namespace could not be looked at.
+    pub refused: Refused,
 }
 
 /// Discovers, selects, reads and summarizes namespaces. `run_netns` holds `ip netns`
@@ -308,7 +319,7 @@ pub fn load(
     Loaded {
         parts,
         skipped,
-        unreadable_processes: discovery.unreadable_processes,
+        refused: discovery.refused,
     }
 }
 
@@ -397,6 +408,9 @@ pub fn merge(parts: &[NamespaceSummary]) -> Summary {
         out.port_range = s.port_range;
         out.orphan_half_open += s.orphan_half_open;
         out.owners_unknown += s.owners_unknown;
+        if out.owners_refused.is_empty() {
+            out.owners_refused = s.owners_refused.clone();
+        }
         out.somaxconn = out.somaxconn.or(s.somaxconn);
         out.duplicates += s.duplicates;
     }

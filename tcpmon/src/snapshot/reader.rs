@@ -392,7 +392,7 @@ impl SnapshotRead {
                     .collect()
             }),
             namespaces_skipped: ns.map(|n| n.skipped.as_slice()),
-            processes_unreadable: ns.map(|n| n.unreadable_processes),
+            processes_unreadable: ns.map(|n| n.refused.count),
         }
     }
 }
@@ -418,7 +418,7 @@ pub struct Envelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespaces_skipped: Option<&'a [namespaces::Skipped]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub processes_unreadable: Option<usize>,
+    pub processes_unreadable: Option<u64>,
 }
 
 /// One namespace as the JSON `namespaces` array lists it.
