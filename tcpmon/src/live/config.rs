@@ -15,6 +15,7 @@ pub struct TransitionFilter {
 }
 
 impl TransitionFilter {
+    #[inline]
     pub fn matches(&self, t: &Transition) -> bool {
         let at = &t.at;
         self.endpoints

@@ -95,6 +95,8 @@ pub struct EndpointFilter {
 }
 
 impl EndpointFilter {
+    /// Inlined: the live engine asks it of every transition it may show.
+    #[inline]
     pub fn matches(&self, local: (IpAddr, u16), remote: (IpAddr, u16)) -> bool {
         self.port.is_none_or(|p| local.1 == p || remote.1 == p)
             && self.net.is_none_or(|net| {
