@@ -362,6 +362,17 @@ fn golden_copy() -> tempfile::TempDir {
     dir
 }
 
+/// `audit --all` of the /proc tree at `proc`, its stdout.
+fn audit_all(proc: &std::path::Path) -> String {
+    let out = Command::cargo_bin("tcpmon")
+        .unwrap()
+        .args(["audit", "--all", "--proc-root"])
+        .arg(proc)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// An owner that cannot be found is explained by what happened: the process that refused
 /// (named, with its error), and advice to run as root only when tcpmon is not root.
 #[test]
@@ -373,13 +384,7 @@ fn owners_not_found_are_explained_by_what_refused() {
     std::fs::write(init.join("comm"), "init\n").unwrap();
     std::fs::write(init.join("fd"), "not a directory").unwrap();
     std::fs::remove_dir_all(proc.path().join("400")).unwrap();
-    let out = Command::cargo_bin("tcpmon")
-        .unwrap()
-        .args(["audit", "--all", "--proc-root"])
-        .arg(proc.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = audit_all(proc.path());
     assert!(
         text.contains("held by an unknown process (see owners_hidden)"),
         "{text}"
@@ -406,13 +411,7 @@ fn owners_not_found_are_explained_by_what_refused() {
 fn owners_in_no_process_are_not_blamed_on_privilege() {
     let proc = golden_copy();
     std::fs::remove_dir_all(proc.path().join("400")).unwrap();
-    let out = Command::cargo_bin("tcpmon")
-        .unwrap()
-        .args(["audit", "--all", "--proc-root"])
-        .arg(proc.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = audit_all(proc.path());
     let hidden = text.lines().find(|l| l.contains("owners_hidden ")).unwrap();
     assert!(
         hidden.contains("no process in this /proc holds them"),
