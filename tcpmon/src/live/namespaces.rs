@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{
     record::{NamespaceTally, Untracked},
-    rules::{Alert, Detector, Inputs, Status},
+    rules::{Alert, Detector, Inputs, Status, DETECTOR_TOP},
     syn::SynCoverage,
     tally::{Applied, Tally, TallyConfig},
 };
@@ -15,9 +15,6 @@ use crate::{
     model::{PortRange, Process, Severity, StateCounts, TcpState, Thresholds, Transition},
     snapshot::namespaces::{label, Failure},
 };
-
-/// Top entries of each list the detectors look at, per namespace.
-const DETECTOR_TOP: usize = 20;
 
 /// One tracked namespace.
 #[derive(Debug)]

@@ -16,6 +16,9 @@ use crate::{
     model::{at_least, endpoint, severity, PortRange, Process, Severity, Thresholds},
 };
 
+/// Entries of each list of the tally view the detectors evaluate (per namespace).
+pub const DETECTOR_TOP: usize = 20;
+
 /// Everything an evaluation looks at besides the tally.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {

@@ -61,7 +61,8 @@ pub struct SkippedLine {
     pub reason: String,
 }
 
-const MAX_SKIP_EXAMPLES: usize = 5;
+/// Examples of skipped lines kept.
+pub(crate) const MAX_SKIP_EXAMPLES: usize = 5;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Listener {

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, io, path::PathBuf};
 
 use super::{
-    analysis::{Aggregator, Collect, Connection, Filter, Summary},
+    analysis::{Aggregator, Collect, Connection, Filter, Summary, MAX_SKIP_EXAMPLES},
     listener_backlogs, Snapshot, SnapshotError,
 };
 use crate::{
@@ -393,7 +393,7 @@ pub fn merge(parts: &[NamespaceSummary]) -> Summary {
             *out.skipped.by_reason.entry(reason.clone()).or_default() += n;
         }
         for example in &s.skipped.examples {
-            if out.skipped.examples.len() < 5 {
+            if out.skipped.examples.len() < MAX_SKIP_EXAMPLES {
                 out.skipped.examples.push(example.clone());
             }
         }

@@ -25,7 +25,7 @@ use super::{
         ActiveAlert, AlertRecord, ModeRecord, SummaryRecord, SynCounterState, TallyInputs,
         TallyRecord, Timestamp, TransitionEvent, SCHEMA_VERSION,
     },
-    rules::{Alert, Detector, Inputs},
+    rules::{Alert, Detector, Inputs, DETECTOR_TOP},
     source::EventSource,
     syn::SynState,
     tally::{ReconcileReport, Tally, TallyConfig},
@@ -96,9 +96,6 @@ const OWNER_LOOKUP_GAP_NS: u64 = 1_000_000_000;
 
 /// The longest a record waits in a ring once traffic stops (no doorbell comes then).
 const DRAIN_AFTER: Duration = Duration::from_millis(25);
-
-/// Top entries of each list in the view the detectors evaluate.
-const DETECTOR_TOP: usize = 20;
 
 /// Owners of CLOSE_WAIT sockets, kept between reconciliations.
 #[derive(Debug, Default)]
