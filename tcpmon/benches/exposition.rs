@@ -9,12 +9,13 @@ use tcpmon::{
     live::{
         fake::{FakeHost, FakeSource, RecordingSink},
         record::{
-            CloseWaitPort, DestinationRecord, IpCountRecord, ListenerRecord, Mode, ModeRecord,
+            CloseWaitRecord, DestinationRecord, IpCountRecord, ListenerRecord, Mode, ModeRecord,
             PairCount, SynTotals, SCHEMA_VERSION,
         },
+        tally::Since,
         Engine, EngineConfig,
     },
-    model::{Process, TcpState},
+    model::{CloseWaitSide, Process, TcpState},
     output::metrics::{encode, Format, MetricsSnapshot, ProcessUsage},
 };
 
@@ -56,12 +57,26 @@ fn snapshot() -> MetricsSnapshot {
             count: u64::from(1000 - i),
         })
         .collect();
+    tally.per_ip.time_wait_top = (0..1000u32)
+        .map(|i| IpCountRecord {
+            ip: IpAddr::from((0x0b00_0000u32 + i).to_be_bytes()),
+            count: u64::from(1000 - i),
+        })
+        .collect();
     tally.close_wait = (0..1000u16)
-        .map(|p| CloseWaitPort {
-            port: 20_000 + p,
+        .map(|p| CloseWaitRecord {
+            side: if p % 2 == 0 {
+                CloseWaitSide::Server {
+                    local_port: 20_000 + p,
+                }
+            } else {
+                CloseWaitSide::Client {
+                    remote: std::net::SocketAddr::from(([10, 1, (p >> 8) as u8, p as u8], 6379)),
+                }
+            },
             count: 3,
             oldest_secs: 61.5,
-            age_known: true,
+            since: Since::Seen,
             owners: Some(vec![Process {
                 pid: 1000 + u32::from(p),
                 comm: "java".into(),

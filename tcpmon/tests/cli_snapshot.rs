@@ -265,7 +265,7 @@ fn human_report_has_every_section() {
         "LISTENERS (3)",
         "TOP REMOTE IPS",
         "TOP LOCAL PORTS",
-        "CLOSE_WAIT BY PORT",
+        "CLOSE_WAIT BY LEAK",
         "FINDINGS",
     ] {
         assert!(out.contains(heading), "missing {heading}:\n{out}");

@@ -62,7 +62,7 @@ const COMMANDS: [(&str, &[&str]); 8] = [
 fn every_snapshot_document_matches_the_schema() {
     let schema = validator("snapshot.schema.json");
     let fixtures = workspace().join("tcpmon/tests/fixtures");
-    for fixture in ["mixed", "v4only"] {
+    for fixture in ["mixed", "v4only", "golden"] {
         for (command, sections) in COMMANDS {
             let out = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
                 .args([command, "--json", "--proc-root"])
@@ -72,7 +72,7 @@ fn every_snapshot_document_matches_the_schema() {
             let doc: Value = serde_json::from_slice(&out.stdout)
                 .unwrap_or_else(|e| panic!("{command} on {fixture}: {e}"));
             check(&schema, &doc, &format!("{command} on {fixture}"));
-            assert_eq!(doc["schema_version"], 1);
+            assert_eq!(doc["schema_version"], tcpmon::snapshot::SCHEMA_VERSION);
             let keys: Vec<&str> = doc
                 .as_object()
                 .unwrap()

@@ -129,7 +129,10 @@ fn endpoints_answer_and_negotiate_the_format() {
     let (status, body) = get(server.addr, "/alerts");
     assert_eq!(status, 200);
     let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(alerts["schema_version"], 1);
+    assert_eq!(
+        alerts["schema_version"],
+        tcpmon::live::record::SCHEMA_VERSION
+    );
     assert!(alerts["alerts"].is_array());
     assert_eq!(get(server.addr, "/nope").0, 404);
 }

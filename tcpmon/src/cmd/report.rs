@@ -134,7 +134,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         listed_section(
             out,
             style,
-            "CLOSE_WAIT BY PORT AND PROCESS",
+            "CLOSE_WAIT BY LEAK (server: local port and process; client: process and remote)",
             tables::close_wait_table(&close_wait.items, ns),
             &close_wait,
             "groups",

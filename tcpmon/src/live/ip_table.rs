@@ -50,4 +50,17 @@ impl IpTable {
         self.aggregated = all.iter().skip(self.cap).map(|(_, n)| n).sum();
         self.exact = all.into_iter().take(self.cap).collect();
     }
+
+    /// The `n` addresses with the most, largest first.
+    pub(super) fn top(&self, n: usize) -> Vec<(IpAddr, u64)> {
+        let mut all: Vec<(IpAddr, u64)> = self.exact.iter().map(|(ip, n)| (*ip, *n)).collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// Everything counted, tracked or aggregated.
+    pub(super) fn total(&self) -> u64 {
+        self.exact.values().sum::<u64>() + self.aggregated
+    }
 }

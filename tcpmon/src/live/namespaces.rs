@@ -6,13 +6,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{
     record::{NamespaceTally, Untracked},
-    rules::{Alert, Detector, Inputs, Status, DETECTOR_TOP},
+    rules::{
+        close_wait_owners, close_wait_severity, Alert, Detector, Inputs, Status, DETECTOR_TOP,
+    },
     syn::SynCoverage,
     tally::{Applied, Tally, TallyConfig},
 };
 use crate::{
     host::{netns::Namespace, proc_net::Socket},
-    model::{PortRange, Process, Severity, StateCounts, TcpState, Thresholds, Transition},
+    model::{
+        CloseWaitSide, PortRange, Process, Severity, StateCounts, TcpState, Thresholds, Transition,
+    },
     snapshot::namespaces::{label, Failure},
 };
 
@@ -32,7 +36,7 @@ struct Scope {
     time_wait_error: Option<i64>,
     /// How far the last reconciliation found the tally off.
     reconcile_error: Option<u64>,
-    close_wait_owners: HashMap<u16, Vec<Process>>,
+    close_wait_owners: HashMap<CloseWaitSide, Vec<Process>>,
 }
 
 /// What reading one namespace gave: its inode, when the read began, the sockets.
@@ -330,15 +334,8 @@ impl Namespaces {
             let Some(scope) = self.tracked.get_mut(&inode) else {
                 continue;
             };
-            scope.close_wait_owners.clear();
-            for s in sockets.iter().filter(|s| s.state == TcpState::CloseWait) {
-                if let Some(p) = self.owners_by_inode.get(&s.inode) {
-                    let list = scope.close_wait_owners.entry(s.local_port).or_default();
-                    if !list.contains(p) {
-                        list.push(p.clone());
-                    }
-                }
-            }
+            scope.close_wait_owners =
+                close_wait_owners(sockets, &self.owners_by_inode, scope.port_range);
         }
     }
 
@@ -350,13 +347,10 @@ impl Namespaces {
             .values()
             .filter(|s| s.baselined)
             .filter(|s| {
-                s.tally.view(DETECTOR_TOP).close_wait_by_port.iter().any(
-                    |(port, count, since, _)| {
-                        let age = now_ns.saturating_sub(*since) as f64 / 1e9;
-                        (age >= t.close_wait_age_secs || *count > t.close_wait_crit)
-                            && !s.close_wait_owners.contains_key(port)
-                    },
-                )
+                s.tally.view(DETECTOR_TOP).close_wait.iter().any(|group| {
+                    close_wait_severity(group, now_ns, t).is_some()
+                        && !s.close_wait_owners.contains_key(&group.side)
+                })
             })
             .map(|s| s.namespace.clone())
             .collect()

@@ -13,17 +13,20 @@ use super::{
     loss::Received,
     rules::Alert,
     syn::{half_open_of, SynState},
-    tally::{ReconcileReport, TallyView},
+    tally::{ReconcileReport, Since, TallyView},
 };
 use crate::{
     ebpf::KernelCounters,
     host::{clock::Clock, diag::ListenerQueues},
-    model::{endpoint, Origin, PortRange, Process, Severity, StateCounts, TcpState, Transition},
+    model::{
+        endpoint, CloseWaitSide, Origin, PortRange, Process, Severity, StateCounts, TcpState,
+        Transition,
+    },
 };
 
 /// The version of the NDJSON record schemas; it changes when a field changes meaning or
 /// goes away (new fields do not change it).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Which engine feeds the tallies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,11 +130,16 @@ pub struct IpCountRecord {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PerIpTally {
-    /// The remote IPs with the most connections, largest first.
+    /// The remote IPs with the most live connections (ESTABLISHED and the handshakes),
+    /// largest first.
     pub top: Vec<IpCountRecord>,
-    /// Connections of every other remote IP (those counted individually and the
+    /// Live connections of every other remote IP (those counted individually and the
     /// aggregate).
     pub other: u64,
+    /// The remote IPs with the most TIME_WAIT sockets, largest first.
+    pub time_wait_top: Vec<IpCountRecord>,
+    /// TIME_WAIT sockets of every other remote IP.
+    pub time_wait_other: u64,
     /// Remote IPs counted individually.
     pub tracked: usize,
     /// Sockets whose remote IP is not counted individually (the table is full).
@@ -166,14 +174,16 @@ pub struct SynTotals {
     pub synack_retransmits: u64,
 }
 
+/// CLOSE_WAIT sockets with one leak: a server's local port, or a client's remote.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CloseWaitPort {
-    pub port: u16,
+pub struct CloseWaitRecord {
+    #[serde(flatten)]
+    pub side: CloseWaitSide,
     pub count: u64,
+    /// Seconds since the oldest entered CLOSE_WAIT (for `since` "found": at least; for
+    /// "at_start": since tcpmon started, its real age unknown).
     pub oldest_secs: f64,
-    /// False when the oldest was already in CLOSE_WAIT when first seen: it is at least
-    /// this old.
-    pub age_known: bool,
+    pub since: Since,
     /// Processes holding them, when known.
     pub owners: Option<Vec<Process>>,
 }
@@ -256,7 +266,7 @@ pub struct TallyRecord {
     pub reconcile: Option<ReconcileSummary>,
     pub reconciliations: u64,
     pub per_ip: PerIpTally,
-    pub close_wait: Vec<CloseWaitPort>,
+    pub close_wait: Vec<CloseWaitRecord>,
     pub half_open: Vec<HalfOpenListener>,
     pub established_by_port: Vec<PortCountRecord>,
     pub listeners: Vec<ListenerRecord>,
@@ -306,7 +316,7 @@ pub(crate) struct TallyInputs<'a> {
     /// The last reconciliation, and why it ran.
     pub last_reconcile: Option<(&'a ReconcileReport, &'static str)>,
     pub reconciliations: u64,
-    pub close_wait_owners: &'a HashMap<u16, Vec<Process>>,
+    pub close_wait_owners: &'a HashMap<CloseWaitSide, Vec<Process>>,
     pub queues: &'a HashMap<(IpAddr, u16), ListenerQueues>,
     pub syn: &'a SynState,
     pub syn_counter: SynCounterState,
@@ -378,19 +388,30 @@ impl TallyRecord {
                     .map(|&(ip, count)| IpCountRecord { ip, count })
                     .collect(),
                 other: view.per_ip_total.saturating_sub(shown_per_ip),
+                time_wait_top: view
+                    .per_ip_time_wait_top
+                    .iter()
+                    .map(|&(ip, count)| IpCountRecord { ip, count })
+                    .collect(),
+                time_wait_other: view.per_ip_time_wait_total.saturating_sub(
+                    view.per_ip_time_wait_top
+                        .iter()
+                        .map(|(_, n)| n)
+                        .sum::<u64>(),
+                ),
                 tracked: view.per_ip_tracked,
                 aggregated: view.per_ip_aggregated,
             },
             close_wait: view
-                .close_wait_by_port
+                .close_wait
                 .iter()
                 .take(i.top)
-                .map(|&(port, count, since, age_known)| CloseWaitPort {
-                    port,
-                    count,
-                    oldest_secs: i.now_ns.saturating_sub(since) as f64 / 1e9,
-                    age_known,
-                    owners: i.close_wait_owners.get(&port).cloned(),
+                .map(|group| CloseWaitRecord {
+                    side: group.side,
+                    count: group.count,
+                    oldest_secs: i.now_ns.saturating_sub(group.oldest_ns) as f64 / 1e9,
+                    since: group.since,
+                    owners: i.close_wait_owners.get(&group.side).cloned(),
                 })
                 .collect(),
             half_open: view

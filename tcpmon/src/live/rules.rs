@@ -1,7 +1,7 @@
 //! Live detectors: they look at the tally and the SYN counters at each evaluation and
 //! say when a problem starts, changes severity, and ends. Pure: inputs in, alerts out.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -9,11 +9,14 @@ use serde::Serialize;
 
 use super::{
     syn::{SynCoverage, SynWindow},
-    tally::TallyView,
+    tally::{CloseWaitView, Since, TallyView},
 };
 use crate::{
-    host::kstats::SynCounters,
-    model::{at_least, endpoint, severity, PortRange, Process, Severity, Thresholds},
+    host::{kstats::SynCounters, proc_net::Socket},
+    model::{
+        at_least, endpoint, severity, CloseWaitSide, PortRange, Process, Severity, TcpState,
+        Thresholds,
+    },
 };
 
 /// Entries of each list of the tally view the detectors evaluate (per namespace).
@@ -32,8 +35,8 @@ pub struct Inputs {
     pub backlogs: HashMap<(IpAddr, u16), u32>,
     pub somaxconn: Option<u32>,
     pub port_range: PortRange,
-    /// Owners of CLOSE_WAIT sockets by local port, when known.
-    pub close_wait_owners: HashMap<u16, Vec<Process>>,
+    /// Owners of CLOSE_WAIT sockets by leak, when known.
+    pub close_wait_owners: HashMap<CloseWaitSide, Vec<Process>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -81,6 +84,60 @@ impl Alert {
 pub struct Detector {
     pub thresholds: Thresholds,
     active: BTreeMap<(&'static str, String), (Severity, String)>,
+}
+
+/// Whether a CLOSE_WAIT group calls for an alert, and how severe: critical above the
+/// count threshold, a warning once it is older than the age threshold or was already
+/// there when tcpmon started (a snapshot audit flags it at once too).
+pub fn close_wait_severity(group: &CloseWaitView, now_ns: u64, t: &Thresholds) -> Option<Severity> {
+    let age = now_ns.saturating_sub(group.oldest_ns) as f64 / 1e9;
+    if group.count > t.close_wait_crit {
+        Some(Severity::Critical)
+    } else if group.since == Since::AtStart || age >= t.close_wait_age_secs {
+        Some(Severity::Warning)
+    } else {
+        None
+    }
+}
+
+/// The oldest socket's age as far as it is known.
+fn age_text(group: &CloseWaitView, now_ns: u64) -> String {
+    let age = now_ns.saturating_sub(group.oldest_ns) as f64 / 1e9;
+    match group.since {
+        Since::Seen => format!("{age:.0}s"),
+        Since::Found => format!(">= {age:.0}s"),
+        Since::AtStart => "age unknown, present at start".into(),
+    }
+}
+
+/// The processes holding each leak's CLOSE_WAIT sockets, from a snapshot of the socket
+/// table and the owners found for its inodes.
+pub fn close_wait_owners(
+    sockets: &[Socket],
+    by_inode: &HashMap<u64, Process>,
+    range: PortRange,
+) -> HashMap<CloseWaitSide, Vec<Process>> {
+    let listening: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Listen)
+        .map(|s| s.local_port)
+        .collect();
+    let mut out: HashMap<CloseWaitSide, Vec<Process>> = HashMap::new();
+    for s in sockets.iter().filter(|s| s.state == TcpState::CloseWait) {
+        if let Some(p) = by_inode.get(&s.inode) {
+            let side = CloseWaitSide::of(
+                s.local_port,
+                (s.remote_ip, s.remote_port),
+                listening.contains(&s.local_port),
+                range,
+            );
+            let list = out.entry(side).or_default();
+            if !list.contains(p) {
+                list.push(p.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The plural ending for a count of `n`.
@@ -169,17 +226,14 @@ impl Detector {
                 );
             }
         }
-        // CLOSE_WAIT per local port: too many, or too old.
-        for &(port, count, since_ns, known) in &view.close_wait_by_port {
-            let age = inputs.now_ns.saturating_sub(since_ns) as f64 / 1e9;
-            let too_old = age >= t.close_wait_age_secs;
-            let too_many = count > t.close_wait_crit;
-            if !(too_old || too_many) {
+        // CLOSE_WAIT per leak (a server's port, a client's remote): too many, or too old.
+        for group in &view.close_wait {
+            let Some(severity) = close_wait_severity(group, inputs.now_ns, t) else {
                 continue;
-            }
+            };
             let owners = inputs
                 .close_wait_owners
-                .get(&port)
+                .get(&group.side)
                 .filter(|o| !o.is_empty())
                 .map(|o| {
                     o.iter()
@@ -189,13 +243,16 @@ impl Detector {
                 })
                 .unwrap_or_else(|| "an unknown process".into());
             firing.insert(
-                ("close_wait", port.to_string()),
+                ("close_wait", group.side.subject()),
                 (
-                    if too_many { Severity::Critical } else { Severity::Warning },
+                    severity,
                     format!(
-                        "{count} CLOSE_WAIT socket{} on local port {port} held by {owners}, oldest {}{age:.0}s: the application is not closing connections its peers closed",
-                        plural(count),
-                        if known { "" } else { ">= " }
+                        "{} CLOSE_WAIT socket{} {} held by {owners}, oldest {}: {}",
+                        group.count,
+                        plural(group.count),
+                        group.side.place(),
+                        age_text(group, inputs.now_ns),
+                        group.side.meaning()
                     ),
                 ),
             );
@@ -209,8 +266,9 @@ impl Detector {
                         (
                             sev,
                             format!(
-                                "remote {ip} holds {n} connections (warning above {})",
-                                t.per_ip_warn
+                                "remote {ip} holds {n} live connections (ESTABLISHED and \
+                                 handshakes; warning above {}, critical above {})",
+                                t.per_ip_warn, t.per_ip_crit
                             ),
                         ),
                     );
@@ -352,8 +410,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        live::syn::SynTracker,
-        model::{HalfOpen, MAX_SOURCES},
+        live::{
+            syn::SynTracker,
+            tally::{CloseWaitView, Since},
+        },
+        model::{CloseWaitSide, HalfOpen, MAX_SOURCES},
     };
 
     const SEC: u64 = 1_000_000_000;
@@ -368,7 +429,9 @@ mod tests {
             per_ip_tracked: 0,
             per_ip_aggregated: 0,
             per_ip_total: 0,
-            close_wait_by_port: vec![],
+            per_ip_time_wait_top: vec![],
+            per_ip_time_wait_total: 0,
+            close_wait: vec![],
             time_wait_by_dest: vec![],
             half_open: vec![],
             inconsistencies: 0,
@@ -498,19 +561,29 @@ mod tests {
         assert!(d.evaluate(&view(), &i).is_empty());
     }
 
+    fn group(side: CloseWaitSide, count: u64, oldest_ns: u64, since: Since) -> CloseWaitView {
+        CloseWaitView {
+            side,
+            count,
+            oldest_ns,
+            since,
+        }
+    }
+
     #[test]
     fn close_wait_alerts_by_age_or_count_with_owner() {
         let mut d = Detector::new(Thresholds {
             close_wait_age_secs: 2.0,
             ..Default::default()
         });
+        let server = CloseWaitSide::Server { local_port: 8080 };
         let mut v = view();
-        v.close_wait_by_port = vec![(8080, 3, 10 * SEC, true)];
+        v.close_wait = vec![group(server, 3, 10 * SEC, Since::Seen)];
         let mut i = inputs(11 * SEC);
         assert!(d.evaluate(&v, &i).is_empty(), "1 s old, threshold 2 s");
         i.now_ns = 12 * SEC;
         i.close_wait_owners.insert(
-            8080,
+            server,
             vec![Process {
                 pid: 42,
                 comm: "leaky".into(),
@@ -527,13 +600,61 @@ mod tests {
             "{}",
             a.message
         );
-        v.close_wait_by_port = vec![(8080, 101, 12 * SEC, false)];
+        v.close_wait = vec![group(server, 101, 12 * SEC, Since::Found)];
         let a = &d.evaluate(&v, &i)[0];
         assert_eq!(
             (a.status, a.severity),
             (Status::Changed, Severity::Critical)
         );
         assert!(a.message.contains("oldest >= 0s"), "{}", a.message);
+    }
+
+    /// A client pool leaking toward one server, from a new ephemeral port each time, is
+    /// one leak: one alert, critical once it passes the count.
+    #[test]
+    fn a_client_pool_leak_is_one_alert_by_server() {
+        let mut d = Detector::new(Thresholds::default());
+        let pool = CloseWaitSide::Client {
+            remote: "203.0.113.9:6379".parse().unwrap(),
+        };
+        let mut v = view();
+        v.close_wait = vec![group(pool, 150, SEC, Since::Seen)];
+        let alerts = d.evaluate(&v, &inputs(2 * SEC));
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!(
+            (a.rule, a.subject.as_str(), a.severity),
+            ("close_wait", "203.0.113.9:6379", Severity::Critical)
+        );
+        assert!(
+            a.message
+                .starts_with("150 CLOSE_WAIT sockets toward 203.0.113.9:6379 held by"),
+            "{}",
+            a.message
+        );
+    }
+
+    /// CLOSE_WAIT already there at start is alerted at once, as an audit would flag it.
+    #[test]
+    fn close_wait_present_at_start_is_alerted_at_once() {
+        let mut d = Detector::new(Thresholds::default());
+        let mut v = view();
+        v.close_wait = vec![group(
+            CloseWaitSide::Server { local_port: 8080 },
+            2,
+            SEC,
+            Since::AtStart,
+        )];
+        let alerts = d.evaluate(&v, &inputs(SEC));
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].severity, Severity::Warning);
+        assert!(
+            alerts[0]
+                .message
+                .contains("oldest age unknown, present at start"),
+            "{}",
+            alerts[0].message
+        );
     }
 
     #[test]

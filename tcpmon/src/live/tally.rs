@@ -20,7 +20,7 @@ use std::{
 };
 
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     ip_table::IpTable,
@@ -29,8 +29,8 @@ use super::{
 use crate::{
     host::proc_net::Socket,
     model::{
-        canonical_ip, HalfOpen, HalfOpenCounter, PortRange, StateCounts, TcpState, Transition,
-        Tuple,
+        canonical_ip, CloseWaitSide, HalfOpen, HalfOpenCounter, PortRange, StateCounts, TcpState,
+        Transition, Tuple,
     },
 };
 
@@ -77,9 +77,31 @@ fn tuple_of_socket(s: &Socket) -> Tuple {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct CloseWaitEntry {
     pub since_ns: u64,
-    /// False when the socket was already in CLOSE_WAIT when tcpmon started (or was found
-    /// by a reconciliation): it is at least as old as `since_ns` says.
-    pub since_known: bool,
+    pub since: Since,
+}
+
+/// How well a CLOSE_WAIT socket's age is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Since {
+    /// Its transition into CLOSE_WAIT was seen: `since_ns` is when.
+    Seen,
+    /// A reconciliation found it (its transition was lost): at least as old as
+    /// `since_ns`.
+    Found,
+    /// It was there when tcpmon started: its age is unknown, and as far as anyone can
+    /// tell it has leaked for as long as a snapshot audit would say.
+    AtStart,
+}
+
+/// CLOSE_WAIT sockets with one leak: how many, and the oldest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CloseWaitView {
+    pub side: CloseWaitSide,
+    pub count: u64,
+    /// The oldest socket's `since_ns`, and how well its age is known.
+    pub oldest_ns: u64,
+    pub since: Since,
 }
 
 /// What applying one transition meant.
@@ -110,14 +132,18 @@ pub struct TallyView {
     /// Listeners as (address, port) with how many sockets listen there (SO_REUSEPORT).
     pub listeners: Vec<(IpAddr, u16, u64)>,
     pub established_by_port: Vec<(u16, u64)>,
+    /// Live connections (ESTABLISHED and the handshakes) of the remote IPs with the most.
     pub per_ip_top: Vec<(IpAddr, u64)>,
     pub per_ip_tracked: usize,
-    /// Sockets whose remote IP is not tracked individually (table full).
+    /// Connections whose remote IP is not tracked individually (table full).
     pub per_ip_aggregated: u64,
-    /// Sockets counted per remote IP in all (tracked and aggregated).
+    /// Live connections counted per remote IP in all (tracked and aggregated).
     pub per_ip_total: u64,
-    /// CLOSE_WAIT sockets per local port: (port, count, oldest since_ns, oldest known).
-    pub close_wait_by_port: Vec<(u16, u64, u64, bool)>,
+    /// TIME_WAIT of the remote IPs with the most, and of every remote IP.
+    pub per_ip_time_wait_top: Vec<(IpAddr, u64)>,
+    pub per_ip_time_wait_total: u64,
+    /// CLOSE_WAIT sockets by what leaks them, largest first.
+    pub close_wait: Vec<CloseWaitView>,
     /// Client-side TIME_WAIT toward one remote ip:port, largest first.
     pub time_wait_by_dest: Vec<(IpAddr, u16, u64)>,
     pub half_open: Vec<(IpAddr, u16, HalfOpen)>,
@@ -145,7 +171,10 @@ pub struct Tally {
     /// Entries of `time_wait` that are FIN_WAIT2 mini-sockets, per address family.
     fin_wait2_minis: [u64; 2],
     time_wait_by_dest: FxHashMap<(IpAddr, u16), u64>,
+    /// Live connections per remote IP (see [`active`]).
     per_ip: IpTable,
+    /// TIME_WAIT entries per remote IP.
+    per_ip_time_wait: IpTable,
     established_by_port: FxHashMap<u16, u64>,
     listeners: FxHashMap<(IpAddr, u16), u64>,
     close_wait: FxHashMap<Tuple, CloseWaitEntry>,
@@ -154,6 +183,8 @@ pub struct Tally {
     half_open: HashMap<(IpAddr, u16), HalfOpen>,
     inconsistencies: u64,
     pub timing_resets: u64,
+    /// A snapshot has been applied: sockets found from now on are not "at start".
+    baselined: bool,
     /// Rows the last snapshot listed twice (the table changed during the walk).
     pub duplicates: u64,
 }
@@ -166,6 +197,15 @@ fn family_of(ip: IpAddr) -> usize {
 
 fn live(state: TcpState) -> bool {
     !matches!(state, TcpState::Close)
+}
+
+/// The states of a live connection, as the per-IP tally (and rule) counts them:
+/// ESTABLISHED and the handshakes.
+pub fn active(state: TcpState) -> bool {
+    matches!(
+        state,
+        TcpState::Established | TcpState::SynSent | TcpState::SynRecv
+    )
 }
 
 impl Tally {
@@ -185,6 +225,10 @@ impl Tally {
                 cap,
                 ..Default::default()
             },
+            per_ip_time_wait: IpTable {
+                cap,
+                ..Default::default()
+            },
             established_by_port: FxHashMap::default(),
             listeners: FxHashMap::default(),
             close_wait: FxHashMap::default(),
@@ -192,6 +236,7 @@ impl Tally {
             half_open: HashMap::new(),
             inconsistencies: 0,
             timing_resets: 0,
+            baselined: false,
             duplicates: 0,
         }
     }
@@ -208,6 +253,7 @@ impl Tally {
         let mut counts = [[0i64; 12]; 2];
         let mut time_wait = Vec::new();
         let mut per_ip: HashMap<IpAddr, u64> = HashMap::new();
+        let mut per_ip_time_wait: HashMap<IpAddr, u64> = HashMap::new();
         let mut established_by_port: FxHashMap<u16, u64> = FxHashMap::default();
         let mut listeners: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
         let mut close_wait = FxHashMap::default();
@@ -265,14 +311,24 @@ impl Tally {
                         tuple,
                         kept.unwrap_or(CloseWaitEntry {
                             since_ns: at_ns,
-                            since_known: false,
+                            since: if self.baselined {
+                                Since::Found
+                            } else {
+                                Since::AtStart
+                            },
                         }),
                     );
                 }
                 _ => {}
             }
-            if s.state != TcpState::Listen && !request_sock && !tuple.remote_ip.is_unspecified() {
-                *per_ip.entry(tuple.remote_ip).or_default() += 1;
+            if !tuple.remote_ip.is_unspecified() {
+                if active(s.state) && !request_sock {
+                    *per_ip.entry(tuple.remote_ip).or_default() += 1;
+                } else if s.state == TcpState::TimeWait
+                    || (s.inode == 0 && s.state == TcpState::FinWait2)
+                {
+                    *per_ip_time_wait.entry(tuple.remote_ip).or_default() += 1;
+                }
             }
         }
         self.counts = counts;
@@ -284,7 +340,11 @@ impl Tally {
             self.hold_time_wait(tuple, entry);
         }
         self.time_wait_adjust = 0;
+        self.baselined = true;
         self.per_ip.rebuild(per_ip);
+        // Holding the entries above counted them one by one; the snapshot's counts keep
+        // the addresses with the most exact when there are more than the table holds.
+        self.per_ip_time_wait.rebuild(per_ip_time_wait);
         self.established_by_port = established_by_port;
         self.listeners = listeners;
         self.close_wait = close_wait;
@@ -451,15 +511,16 @@ impl Tally {
             self.add(family, t.new, 1);
         }
 
-        // Per remote IP: full sockets from birth to death (or to the end of TIME_WAIT);
-        // listeners opening and closing are not connections.
-        let listener_change =
-            (t.old == Close && t.new == Listen) || (t.old == Listen && t.new == Close);
-        if !listener_change && !tuple.remote_ip.is_unspecified() {
-            if born {
+        // Per remote IP: live connections, from the first handshake state until they
+        // leave ESTABLISHED (TIME_WAIT is counted apart, while it is held).
+        let was_active = !child_born && active(t.old);
+        if was_active != active(t.new) && !tuple.remote_ip.is_unspecified() {
+            if was_active {
+                if !self.per_ip.remove(tuple.remote_ip) {
+                    self.inconsistencies += 1;
+                }
+            } else {
                 self.per_ip.add(tuple.remote_ip);
-            } else if gone && !into_time_wait && !self.per_ip.remove(tuple.remote_ip) {
-                self.inconsistencies += 1;
             }
         }
 
@@ -503,7 +564,7 @@ impl Tally {
                 tuple,
                 CloseWaitEntry {
                     since_ns: t.at.ts_ns,
-                    since_known: true,
+                    since: Since::Seen,
                 },
             );
         } else if t.old == CloseWait {
@@ -531,11 +592,8 @@ impl Tally {
             };
             if self.time_wait.len() >= self.cfg.max_time_wait && !self.time_wait.contains(&tuple) {
                 // The kernel would not have created it either; sockstat corrects the
-                // total. Its peer stops counting now, as for a plain close.
+                // total.
                 self.time_wait_unheld += 1;
-                if !tuple.remote_ip.is_unspecified() && !self.per_ip.remove(tuple.remote_ip) {
-                    self.inconsistencies += 1;
-                }
             } else {
                 self.hold_time_wait(tuple, entry);
             }
@@ -553,9 +611,16 @@ impl Tally {
         self.time_wait_next_expiry = self.time_wait_next_expiry.min(entry.expires_ns);
     }
 
-    /// Adds (`sign` 1) or takes away (-1) a TIME_WAIT entry's share of the per-state
-    /// and per-destination counts.
+    /// Adds (`sign` 1) or takes away (-1) a TIME_WAIT entry's share of the per-state,
+    /// per-destination and per-IP counts.
     fn count_time_wait(&mut self, tuple: Tuple, entry: TimeWaitEntry, sign: i64) {
+        if !tuple.remote_ip.is_unspecified() {
+            if sign > 0 {
+                self.per_ip_time_wait.add(tuple.remote_ip);
+            } else if !self.per_ip_time_wait.remove(tuple.remote_ip) {
+                self.inconsistencies += 1;
+            }
+        }
         if entry.fin_wait2 {
             let minis = &mut self.fin_wait2_minis[family_of(tuple.local_ip)];
             *minis = minis.saturating_add_signed(sign);
@@ -574,9 +639,6 @@ impl Tally {
     /// connection on its tuple, or evicted.
     fn end_time_wait(&mut self, tuple: Tuple, entry: TimeWaitEntry) {
         self.count_time_wait(tuple, entry, -1);
-        if !tuple.remote_ip.is_unspecified() && !self.per_ip.remove(tuple.remote_ip) {
-            self.inconsistencies += 1;
-        }
     }
 
     /// Notes a transition that a baseline snapshot already contains (it happened before
@@ -687,6 +749,16 @@ impl Tally {
         &self.close_wait
     }
 
+    /// TIME_WAIT sockets held toward `ip`.
+    pub fn per_ip_time_wait(&self, ip: IpAddr) -> u64 {
+        self.per_ip_time_wait
+            .exact
+            .get(&canonical_ip(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Live connections (ESTABLISHED and the handshakes) with `ip`.
     pub fn per_ip(&self, ip: IpAddr) -> u64 {
         self.per_ip
             .exact
@@ -697,24 +769,35 @@ impl Tally {
 
     pub fn view(&self, top: usize) -> TallyView {
         let counts = self.state_counts();
-        let mut per_ip_top: Vec<(IpAddr, u64)> =
-            self.per_ip.exact.iter().map(|(ip, n)| (*ip, *n)).collect();
-        per_ip_top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        per_ip_top.truncate(top);
-        let mut cw: HashMap<u16, (u64, u64, bool)> = HashMap::new();
+        let per_ip_top = self.per_ip.top(top);
+        let per_ip_time_wait_top = self.per_ip_time_wait.top(top);
+        let listening: HashSet<u16> = self.listeners.keys().map(|&(_, port)| port).collect();
+        let mut groups: HashMap<CloseWaitSide, CloseWaitView> = HashMap::new();
         for (tuple, entry) in &self.close_wait {
-            let slot = cw.entry(tuple.local_port).or_insert((0, u64::MAX, true));
-            slot.0 += 1;
-            if entry.since_ns < slot.1 {
-                slot.1 = entry.since_ns;
-                slot.2 = entry.since_known;
+            let side = CloseWaitSide::of(
+                tuple.local_port,
+                (tuple.remote_ip, tuple.remote_port),
+                listening.contains(&tuple.local_port),
+                self.cfg.port_range,
+            );
+            let group = groups.entry(side).or_insert(CloseWaitView {
+                side,
+                count: 0,
+                oldest_ns: u64::MAX,
+                since: Since::Seen,
+            });
+            group.count += 1;
+            // The oldest: one there at start (its age unknown) before any other, else
+            // the earliest.
+            let at_start = |since| since == Since::AtStart;
+            if (!at_start(entry.since), entry.since_ns) < (!at_start(group.since), group.oldest_ns)
+            {
+                group.oldest_ns = entry.since_ns;
+                group.since = entry.since;
             }
         }
-        let mut close_wait_by_port: Vec<_> = cw
-            .into_iter()
-            .map(|(p, (n, since, known))| (p, n, since, known))
-            .collect();
-        close_wait_by_port.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut close_wait: Vec<CloseWaitView> = groups.into_values().collect();
+        close_wait.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.side.cmp(&b.side)));
         let mut time_wait_by_dest: Vec<_> = self
             .time_wait_by_dest
             .iter()
@@ -745,8 +828,10 @@ impl Tally {
             per_ip_top,
             per_ip_tracked: self.per_ip.exact.len(),
             per_ip_aggregated: self.per_ip.aggregated,
-            per_ip_total: self.per_ip.exact.values().sum::<u64>() + self.per_ip.aggregated,
-            close_wait_by_port,
+            per_ip_total: self.per_ip.total(),
+            per_ip_time_wait_top,
+            per_ip_time_wait_total: self.per_ip_time_wait.total(),
+            close_wait,
             time_wait_by_dest,
             half_open,
             inconsistencies: self.inconsistencies,
@@ -758,6 +843,7 @@ impl Tally {
         self.time_wait.len()
             + self.time_wait_by_dest.len()
             + self.per_ip.exact.len()
+            + self.per_ip_time_wait.exact.len()
             + self.established_by_port.len()
             + self.listeners.len()
             + self.close_wait.len()
@@ -870,14 +956,16 @@ mod tests {
         assert_eq!(count(&t, TimeWait), 1);
         let view = t.view(10);
         assert_eq!(view.time_wait_by_dest, vec![(ip(2), 80, 1)]);
-        // The client's socket is still the server's peer until TIME_WAIT ends.
-        assert_eq!(t.per_ip(ip(2)), 1);
-        assert_eq!(t.per_ip(ip(1)), 0);
+        // No live connection is left; the client's TIME_WAIT toward the server is counted
+        // apart until it ends.
+        assert_eq!((t.per_ip(ip(2)), t.per_ip(ip(1))), (0, 0));
+        assert_eq!(t.per_ip_time_wait(ip(2)), 1);
+        assert_eq!(t.view(10).per_ip_time_wait_top, vec![(ip(2), 1)]);
         t.expire(SEC + 8 + TIME_WAIT_NS - 1);
         assert_eq!(count(&t, TimeWait), 1);
         t.expire(SEC + 8 + TIME_WAIT_NS);
         assert_eq!(count(&t, TimeWait), 0);
-        assert_eq!(t.per_ip(ip(2)), 0);
+        assert_eq!(t.per_ip_time_wait(ip(2)), 0);
         assert!(t.view(10).time_wait_by_dest.is_empty());
         assert_eq!(t.view(10).inconsistencies, 0);
     }
@@ -891,7 +979,7 @@ mod tests {
         graceful(&mut t, 35000, 2 * SEC);
         assert_eq!(count(&t, TimeWait), 1);
         assert_eq!(t.view(10).time_wait_by_dest, vec![(ip(2), 80, 1)]);
-        assert_eq!(t.per_ip(ip(2)), 1);
+        assert_eq!((t.per_ip(ip(2)), t.per_ip_time_wait(ip(2))), (0, 1));
         // Server side: the server closed first; a SYN from the same client port finds
         // the server's TIME_WAIT socket, which the kernel kills for the new child.
         let (sv, cl) = ((2, 80), (1, 36000));
@@ -909,14 +997,19 @@ mod tests {
             t.apply(&tr(7, at, sv, cl, old, new));
         }
         assert_eq!(count(&t, TimeWait), 2);
-        assert_eq!(t.per_ip(ip(1)), 1);
+        assert_eq!((t.per_ip(ip(1)), t.per_ip_time_wait(ip(1))), (0, 1));
         t.apply(&tr(8, 4 * SEC, sv, cl, Listen, SynRecv));
         assert_eq!(count(&t, TimeWait), 1);
         assert_eq!(count(&t, SynRecv), 1);
-        assert_eq!(t.per_ip(ip(1)), 1, "the child took the TIME_WAIT's place");
+        assert_eq!(
+            (t.per_ip(ip(1)), t.per_ip_time_wait(ip(1))),
+            (1, 0),
+            "the child took the TIME_WAIT's place"
+        );
         t.expire(10 * TIME_WAIT_NS);
         assert_eq!(count(&t, TimeWait), 0);
         assert_eq!((t.per_ip(ip(1)), t.per_ip(ip(2))), (1, 0));
+        assert_eq!(t.per_ip_time_wait(ip(2)), 0);
         assert_eq!(t.view(10).inconsistencies, 0);
     }
 
@@ -932,7 +1025,7 @@ mod tests {
         assert_eq!(count(&t, TimeWait), 2);
         assert_eq!(t.time_wait_unheld, 1);
         assert_eq!(t.view(10).time_wait_by_dest, vec![(ip(2), 80, 2)]);
-        assert_eq!(t.per_ip(ip(2)), 2);
+        assert_eq!((t.per_ip(ip(2)), t.per_ip_time_wait(ip(2))), (0, 2));
         assert_eq!(t.view(10).inconsistencies, 0);
     }
 
@@ -1020,8 +1113,20 @@ mod tests {
         t.apply(&tr(50, SEC, (2, 80), (1, 5000), Established, CloseWait));
         assert_eq!(count(&t, Established), 1);
         assert_eq!(count(&t, CloseWait), 1);
-        assert_eq!(t.view(5).close_wait_by_port, vec![(80, 1, SEC, true)]);
-        assert_eq!(t.per_ip(ip(1)), 2);
+        assert_eq!(
+            t.view(5).close_wait,
+            vec![CloseWaitView {
+                side: CloseWaitSide::Server { local_port: 80 },
+                count: 1,
+                oldest_ns: SEC,
+                since: Since::Seen
+            }]
+        );
+        assert_eq!(
+            t.per_ip(ip(1)),
+            1,
+            "a CLOSE_WAIT socket is no live connection"
+        );
         t.apply(&tr(50, 2 * SEC, (2, 80), (1, 5000), CloseWait, LastAck));
         t.apply(&tr(50, 2 * SEC + 1, (2, 80), (1, 5000), LastAck, Close));
         assert_eq!(t.per_ip(ip(1)), 1);
@@ -1064,15 +1169,27 @@ mod tests {
         assert_eq!(report.error.get("ESTABLISHED"), Some(&-1));
         assert_eq!(report.total_abs_error, 2);
         let cw = t.close_wait();
-        let known = cw.values().filter(|e| e.since_known).collect::<Vec<_>>();
+        let known = cw
+            .values()
+            .filter(|e| e.since == Since::Seen)
+            .collect::<Vec<_>>();
         assert_eq!(
             known,
             vec![&CloseWaitEntry {
                 since_ns: 10 * SEC,
-                since_known: true
+                since: Since::Seen
             }]
         );
-        assert_eq!(t.view(5).close_wait_by_port, vec![(80, 2, 10 * SEC, true)]);
+        // The one seen entering is the oldest known.
+        assert_eq!(
+            t.view(5).close_wait,
+            vec![CloseWaitView {
+                side: CloseWaitSide::Server { local_port: 80 },
+                count: 2,
+                oldest_ns: 10 * SEC,
+                since: Since::Seen
+            }]
+        );
     }
 
     #[test]
@@ -1256,7 +1373,7 @@ mod tests {
             let view_after = t.view(100);
             prop_assert_eq!(view_before.per_ip_top, view_after.per_ip_top);
             prop_assert_eq!(view_before.established_by_port, view_after.established_by_port);
-            prop_assert_eq!(view_before.close_wait_by_port.len(), view_after.close_wait_by_port.len());
+            prop_assert_eq!(view_before.close_wait.len(), view_after.close_wait.len());
             prop_assert_eq!(view_before.time_wait_by_dest, view_after.time_wait_by_dest);
         }
     }

@@ -1,13 +1,13 @@
 //! The vocabulary every rule speaks, snapshot audit and live detector alike: how a value
 //! is judged against its warning and critical thresholds, the half-open counter with its
 //! bounded set of sources, and the endpoint filter. Pure.
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use rustc_hash::FxHashSet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{canonical_ip, Severity};
+use super::{canonical_ip, PortRange, Severity};
 
 /// The severity of `value`: critical strictly above `crit`, a warning strictly above
 /// `warn`, nothing at or below `warn`. Every threshold of every rule means "above".
@@ -111,6 +111,63 @@ impl EndpointFilter {
     }
 }
 
+/// What leaks a group of CLOSE_WAIT sockets, the key every CLOSE_WAIT rule, alert and
+/// series groups by. A server leaks on the port it accepted connections on; a client (a
+/// connection pool, say) leaks toward the server it connected to, from a different
+/// ephemeral port each time, so grouping it by local port would split one leak into as
+/// many groups of one as it has sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "side", rename_all = "lowercase")]
+pub enum CloseWaitSide {
+    /// Sockets on a listener's port (or any port outside the ephemeral range).
+    Server { local_port: u16 },
+    /// Sockets from an ephemeral local port that no listener holds, toward `remote`.
+    Client { remote: SocketAddr },
+}
+
+impl CloseWaitSide {
+    /// The side of a CLOSE_WAIT socket from `local_port` to `remote`; `listening`: a
+    /// listener holds `local_port`.
+    pub fn of(local_port: u16, remote: (IpAddr, u16), listening: bool, range: PortRange) -> Self {
+        if !listening && range.contains(local_port) {
+            Self::Client {
+                remote: SocketAddr::new(canonical_ip(remote.0), remote.1),
+            }
+        } else {
+            Self::Server { local_port }
+        }
+    }
+
+    /// The alert subject and label value: the local port, or the remote ip:port.
+    pub fn subject(&self) -> String {
+        match self {
+            Self::Server { local_port } => local_port.to_string(),
+            Self::Client { remote } => remote.to_string(),
+        }
+    }
+
+    /// "on local port 8080" or "toward 203.0.113.9:6379".
+    pub fn place(&self) -> String {
+        match self {
+            Self::Server { local_port } => format!("on local port {local_port}"),
+            Self::Client { remote } => format!("toward {remote}"),
+        }
+    }
+
+    /// What the leak means, for messages.
+    pub fn meaning(&self) -> &'static str {
+        match self {
+            Self::Server { .. } => {
+                "the peers closed these connections but the application never called close()"
+            }
+            Self::Client { .. } => {
+                "that server closed these connections but the client never called close() (a \
+                 connection pool that does not notice closed connections?)"
+            }
+        }
+    }
+}
+
 /// Parses `ADDR` or `ADDR/PREFIX` (host bits cleared).
 pub fn parse_net(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
@@ -164,6 +221,35 @@ mod tests {
         assert_eq!(h.sources, MAX_SOURCES as u64);
         assert!(h.sources_saturated());
         assert_eq!(at_least(h.sources), ">= ");
+    }
+
+    #[test]
+    fn close_wait_is_grouped_by_what_leaks_it() {
+        let range = PortRange::LINUX_DEFAULT;
+        let db = ("::ffff:203.0.113.9".parse().unwrap(), 6379);
+        assert_eq!(
+            CloseWaitSide::of(40820, db, false, range),
+            CloseWaitSide::Client {
+                remote: "203.0.113.9:6379".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            CloseWaitSide::of(40821, db, false, range).subject(),
+            "203.0.113.9:6379",
+            "every ephemeral port of the pool is one group"
+        );
+        // A listener on an ephemeral port, and a fixed local port: server side.
+        assert_eq!(
+            CloseWaitSide::of(40820, db, true, range),
+            CloseWaitSide::Server { local_port: 40820 }
+        );
+        assert_eq!(
+            CloseWaitSide::of(8080, db, false, range).place(),
+            "on local port 8080"
+        );
+        let json = serde_json::to_value(CloseWaitSide::of(40820, db, false, range)).unwrap();
+        assert_eq!(json["side"], "client");
+        assert_eq!(json["remote"], "203.0.113.9:6379");
     }
 
     #[test]

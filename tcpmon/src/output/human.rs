@@ -92,14 +92,12 @@ pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
         .time_wait
         .sockstat_error
         .map_or_else(String::new, |e| format!(" (sockstat {e:+})"));
-    let top = r
-        .per_ip
-        .top
-        .first()
-        .map_or_else(String::new, |t| format!(" | top IP {} {}", t.ip, t.count));
+    let top = r.per_ip.top.first().map_or_else(String::new, |t| {
+        format!(" | top IP {} {} live", t.ip, t.count)
+    });
     let aggregated = if r.per_ip.aggregated > 0 {
         format!(
-            " ({} sockets from untracked IPs aggregated)",
+            " ({} connections from untracked IPs aggregated)",
             r.per_ip.aggregated
         )
     } else {

@@ -1,7 +1,7 @@
 //! The snapshot tables: one function per table, rows in, a `Table` out. A table whose
 //! rows may come from several namespaces gets a NETNS column first.
 use tcpmon::{
-    model::{endpoint, Process, TcpState},
+    model::{endpoint, CloseWaitSide, Process, TcpState},
     output::table::{thousands, Align, Table},
     snapshot::{
         analysis::{
@@ -112,16 +112,19 @@ pub fn listeners_table(listeners: &[Listener], ns: Option<&NamespaceCells>) -> T
     )
 }
 
+/// Remote IPs: live connections first (what the per-IP rule judges), then what closing
+/// leaves behind.
 pub fn per_ip_table(rows: &[IpCount], ns: Option<&NamespaceCells>) -> Table {
     tagged_table(
         ns,
         &[
             ("REMOTE", Align::Left),
-            ("TOTAL", Align::Right),
+            ("ACTIVE", Align::Right),
             ("ESTAB", Align::Right),
+            ("HANDSHAKE", Align::Right),
+            ("HALF-OPEN", Align::Right),
             ("TIME_WAIT", Align::Right),
             ("CLOSE_WAIT", Align::Right),
-            ("SYN_RECV", Align::Right),
             ("OTHER", Align::Right),
         ],
         rows,
@@ -129,11 +132,12 @@ pub fn per_ip_table(rows: &[IpCount], ns: Option<&NamespaceCells>) -> Table {
         |r| {
             vec![
                 r.ip.to_string(),
-                thousands(r.total),
+                thousands(r.active),
                 thousands(r.established),
+                thousands(r.syn_sent + r.syn_recv),
+                thousands(r.half_open),
                 thousands(r.time_wait),
                 thousands(r.close_wait),
-                thousands(r.syn_recv),
                 thousands(r.other),
             ]
         },
@@ -226,11 +230,13 @@ pub fn stuck_table(rows: &[Stuck], ns: Option<&NamespaceCells>) -> Table {
     )
 }
 
+/// CLOSE_WAIT by what leaks it: a server's port, or a client's remote server.
 pub fn close_wait_table(rows: &[CloseWaitGroup], ns: Option<&NamespaceCells>) -> Table {
     tagged_table(
         ns,
         &[
-            ("LOCAL PORT", Align::Right),
+            ("SIDE", Align::Left),
+            ("PORT OR REMOTE", Align::Left),
             ("COUNT", Align::Right),
             ("UNREAD BYTES", Align::Right),
             ("PROCESS", Align::Left),
@@ -239,7 +245,11 @@ pub fn close_wait_table(rows: &[CloseWaitGroup], ns: Option<&NamespaceCells>) ->
         |r| r.netns,
         |r| {
             vec![
-                r.local_port.to_string(),
+                match r.side {
+                    CloseWaitSide::Server { .. } => "server".into(),
+                    CloseWaitSide::Client { .. } => "client".into(),
+                },
+                r.side.subject(),
                 thousands(r.count),
                 thousands(r.unread_bytes),
                 process_cell(r.process.as_ref()),

@@ -17,8 +17,8 @@ use crate::{
         process::Owners,
     },
     model::{
-        canonical_ip, EndpointFilter, Family, HalfOpenCounter, PortRange, Process, Refused,
-        StateCounts, TcpState,
+        canonical_ip, CloseWaitSide, EndpointFilter, Family, HalfOpenCounter, PortRange, Process,
+        Refused, StateCounts, TcpState,
     },
 };
 
@@ -87,14 +87,25 @@ pub struct Listener {
     pub netns: Option<u64>,
 }
 
+/// One remote address's sockets, listeners excluded. The per-IP rule judges `active`:
+/// a proxy that closes first leaves TIME_WAIT behind at any request rate, which says
+/// nothing about how many connections the peer holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IpCount {
     pub ip: IpAddr,
+    /// Live connections: ESTABLISHED and the handshake states (SYN_SENT, SYN_RECV).
+    pub active: u64,
     pub total: u64,
     pub established: u64,
+    pub syn_sent: u64,
+    /// Full SYN_RECV sockets (a handshake completing).
+    pub syn_recv: u64,
+    /// Half-open request sockets (a SYN answered, no ACK yet): judged by the SYN-flood
+    /// rule, not as connections.
+    pub half_open: u64,
     pub time_wait: u64,
     pub close_wait: u64,
-    pub syn_recv: u64,
+    /// Every other state (closing: FIN_WAIT1/2, LAST_ACK, CLOSING).
     pub other: u64,
     /// The network namespace (inode) it is in, when several were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,13 +117,39 @@ impl IpCount {
         Self {
             netns: None,
             ip,
+            active: 0,
             total: 0,
             established: 0,
+            syn_sent: 0,
+            syn_recv: 0,
+            half_open: 0,
             time_wait: 0,
             close_wait: 0,
-            syn_recv: 0,
             other: 0,
         }
+    }
+
+    /// Counts one socket.
+    pub fn add(&mut self, s: &Socket) {
+        self.total += 1;
+        match s.state {
+            TcpState::Established => self.established += 1,
+            TcpState::SynSent => self.syn_sent += 1,
+            // Request sockets have no inode.
+            TcpState::SynRecv | TcpState::NewSynRecv if s.inode == 0 => self.half_open += 1,
+            TcpState::SynRecv | TcpState::NewSynRecv => self.syn_recv += 1,
+            TcpState::TimeWait => self.time_wait += 1,
+            TcpState::CloseWait => self.close_wait += 1,
+            _ => self.other += 1,
+        }
+        self.active = self.established + self.syn_sent + self.syn_recv;
+    }
+
+    /// Largest first: by live connections, then by every socket, then by address.
+    pub fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
+        (b.active, b.total)
+            .cmp(&(a.active, a.total))
+            .then((a.ip, a.netns).cmp(&(b.ip, b.netns)))
     }
 }
 
@@ -185,10 +222,12 @@ impl SortKey {
     }
 }
 
-/// CLOSE_WAIT sockets grouped by local port and owning process.
+/// CLOSE_WAIT sockets grouped by what leaks them: the local port and process on the
+/// server side, the process and remote ip:port on the client side.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CloseWaitGroup {
-    pub local_port: u16,
+    #[serde(flatten)]
+    pub side: CloseWaitSide,
     pub process: Option<Process>,
     pub count: u64,
     /// Bytes the application has not read, summed over the group's sockets.
@@ -196,6 +235,15 @@ pub struct CloseWaitGroup {
     /// The network namespace (inode) it is in, when several were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+}
+
+impl CloseWaitGroup {
+    /// Largest first, then by what leaks and who.
+    pub fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
+        b.count
+            .cmp(&a.count)
+            .then((a.side, &a.process, a.netns).cmp(&(b.side, &b.process, b.netns)))
+    }
 }
 
 /// Client-side sockets (local port in the ephemeral range) toward one remote ip:port.
@@ -242,7 +290,8 @@ pub struct Summary {
     pub states: StateCounts,
     pub skipped: Skipped,
     pub listeners: Vec<Listener>,
-    /// By remote address (v4-mapped folded into IPv4), listeners excluded, largest first.
+    /// By remote address (v4-mapped folded into IPv4), listeners excluded, most live
+    /// connections first.
     pub per_ip: Vec<IpCount>,
     /// ESTABLISHED sockets by local port, largest first.
     pub per_port: Vec<PortCount>,
@@ -292,7 +341,8 @@ pub struct Aggregator {
     listeners: Vec<Socket>,
     per_ip: FxHashMap<IpAddr, IpCount>,
     per_port: FxHashMap<u16, u64>,
-    close_wait: FxHashMap<(u16, u64), (u64, u64)>,
+    /// CLOSE_WAIT sockets: local port, remote, inode, unread bytes.
+    close_wait: Vec<(u16, (IpAddr, u16), u64, u64)>,
     half_open: FxHashMap<(IpAddr, u16), HalfOpenCounter>,
     destinations: FxHashMap<(IpAddr, u16), (u64, u64)>,
     port_range: Option<PortRange>,
@@ -371,12 +421,13 @@ impl Aggregator {
         match s.state {
             TcpState::Listen => self.listeners.push(*s),
             TcpState::Established => *self.per_port.entry(s.local_port).or_default() += 1,
-            TcpState::CloseWait => {
-                let entry = self.close_wait.entry((s.local_port, s.inode)).or_default();
-                entry.0 += 1;
+            TcpState::CloseWait => self.close_wait.push((
+                s.local_port,
+                (s.remote_ip, s.remote_port),
+                s.inode,
                 // rx_queue counts the peer's FIN as one byte of sequence space.
-                entry.1 += u64::from(s.rx_queue.saturating_sub(1));
-            }
+                u64::from(s.rx_queue.saturating_sub(1)),
+            )),
             TcpState::SynRecv | TcpState::NewSynRecv => {
                 self.half_open
                     .entry((canonical_ip(s.local_ip), s.local_port))
@@ -386,18 +437,10 @@ impl Aggregator {
             _ => {}
         }
         if s.state != TcpState::Listen && !remote.is_unspecified() {
-            let ip = self
-                .per_ip
+            self.per_ip
                 .entry(remote)
-                .or_insert_with(|| IpCount::new(remote));
-            ip.total += 1;
-            match s.state {
-                TcpState::Established => ip.established += 1,
-                TcpState::TimeWait => ip.time_wait += 1,
-                TcpState::CloseWait => ip.close_wait += 1,
-                TcpState::SynRecv | TcpState::NewSynRecv => ip.syn_recv += 1,
-                _ => ip.other += 1,
-            }
+                .or_insert_with(|| IpCount::new(remote))
+                .add(s);
             let range = self.port_range.unwrap_or(PortRange::LINUX_DEFAULT);
             if range.contains(s.local_port) && s.state != TcpState::SynRecv {
                 let dest = self
@@ -500,7 +543,7 @@ impl Aggregator {
         self.listeners
             .iter()
             .map(|l| l.inode)
-            .chain(self.close_wait.keys().map(|&(_, inode)| inode))
+            .chain(self.close_wait.iter().map(|&(_, _, inode, _)| inode))
             .filter(|&inode| inode != 0)
             .collect()
     }
@@ -556,7 +599,7 @@ impl Aggregator {
         }
 
         let mut per_ip: Vec<IpCount> = self.per_ip.into_values().collect();
-        per_ip.sort_unstable_by(|a, b| b.total.cmp(&a.total).then(a.ip.cmp(&b.ip)));
+        per_ip.sort_unstable_by(IpCount::order);
         let mut per_port: Vec<PortCount> =
             self.per_port
                 .into_iter()
@@ -577,25 +620,26 @@ impl Aggregator {
         per_port
             .sort_unstable_by(|a, b| b.established.cmp(&a.established).then(a.port.cmp(&b.port)));
 
-        let mut grouped: HashMap<(u16, Option<Process>), (u64, u64)> = HashMap::new();
-        for ((port, inode), (count, unread)) in self.close_wait {
-            let entry = grouped.entry((port, owner(inode))).or_default();
-            entry.0 += count;
+        let range = self.port_range.unwrap_or(PortRange::LINUX_DEFAULT);
+        let listening: HashSet<u16> = listeners.iter().map(|l| l.port).collect();
+        let mut grouped: HashMap<(CloseWaitSide, Option<Process>), (u64, u64)> = HashMap::new();
+        for (port, remote, inode, unread) in self.close_wait {
+            let side = CloseWaitSide::of(port, remote, listening.contains(&port), range);
+            let entry = grouped.entry((side, owner(inode))).or_default();
+            entry.0 += 1;
             entry.1 += unread;
         }
         let mut close_wait: Vec<CloseWaitGroup> = grouped
             .into_iter()
-            .map(
-                |((local_port, process), (count, unread_bytes))| CloseWaitGroup {
-                    netns: None,
-                    local_port,
-                    process,
-                    count,
-                    unread_bytes,
-                },
-            )
+            .map(|((side, process), (count, unread_bytes))| CloseWaitGroup {
+                netns: None,
+                side,
+                process,
+                count,
+                unread_bytes,
+            })
             .collect();
-        close_wait.sort_by(|a, b| b.count.cmp(&a.count).then(a.local_port.cmp(&b.local_port)));
+        close_wait.sort_by(CloseWaitGroup::order);
 
         let mut destinations: Vec<Destination> = self
             .destinations

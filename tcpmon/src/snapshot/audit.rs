@@ -52,7 +52,8 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         );
     }
 
-    // Each local port and process is judged on its own count: a leak is per application.
+    // Each leak (a server's port and process, or a client's process and server) is
+    // judged on its own count.
     for group in &summary.close_wait {
         let cw_sev = if group.count > t.close_wait_crit {
             Severity::Critical
@@ -71,11 +72,11 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             cw_sev,
             "close_wait",
             format!(
-                "{} CLOSE_WAIT socket{} on local port {} held by {owner}: the peer closed but the \
-                 application never called close(){}",
+                "{} CLOSE_WAIT socket{} {} held by {owner}: {}{}",
                 group.count,
                 if group.count == 1 { "" } else { "s" },
-                group.local_port,
+                group.side.place(),
+                group.side.meaning(),
                 if group.unread_bytes > 0 {
                     format!(" ({} unread bytes)", group.unread_bytes)
                 } else {
@@ -124,14 +125,22 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
     }
 
     for ip in &summary.per_ip {
-        match severity(ip.total as f64, t.per_ip_warn as f64, t.per_ip_crit as f64) {
+        match severity(ip.active as f64, t.per_ip_warn as f64, t.per_ip_crit as f64) {
             Some(sev) => push(
                 sev,
                 "per_ip",
                 format!(
-                    "remote {} holds {} connections ({} established, {} TIME_WAIT, {} CLOSE_WAIT; \
-                     warning above {})",
-                    ip.ip, ip.total, ip.established, ip.time_wait, ip.close_wait, t.per_ip_warn
+                    "remote {} holds {} live connections ({} established, {} in handshake; \
+                     warning above {}, critical above {}); besides, {} TIME_WAIT and {} \
+                     CLOSE_WAIT",
+                    ip.ip,
+                    ip.active,
+                    ip.established,
+                    ip.syn_sent + ip.syn_recv,
+                    t.per_ip_warn,
+                    t.per_ip_crit,
+                    ip.time_wait,
+                    ip.close_wait
                 ),
             ),
             // per_ip is sorted largest first: nothing below can pass either threshold.
@@ -431,6 +440,70 @@ mod tests {
         );
     }
 
+    /// A proxy closing first leaves TIME_WAIT toward its peer at every request: no
+    /// per-IP finding, however many; 201 live connections are one.
+    #[test]
+    fn per_ip_judges_live_connections_not_time_wait() {
+        let time_wait =
+            (0..1500).map(|i| sock(TcpState::TimeWait, 8080, [192, 0, 2, 7], 20_000 + i));
+        let findings = run(time_wait.clone(), PortRange::LINUX_DEFAULT);
+        assert!(
+            findings.iter().all(|f| f.rule != "per_ip"),
+            "{:?}",
+            rules(&findings)
+        );
+        let live = (0..150)
+            .map(|i| sock(TcpState::Established, 8080, [192, 0, 2, 7], 30_000 + i))
+            .chain((0..51).map(|i| sock(TcpState::SynSent, 40_000 + i, [192, 0, 2, 7], 443)));
+        let findings = run(live.chain(time_wait), PortRange::LINUX_DEFAULT);
+        let per_ip: Vec<&Finding> = findings.iter().filter(|f| f.rule == "per_ip").collect();
+        assert_eq!(per_ip.len(), 1);
+        assert_eq!(per_ip[0].severity, Severity::Warning);
+        assert!(
+            per_ip[0].message.starts_with(
+                "remote 192.0.2.7 holds 201 live connections (150 established, 51 in handshake;"
+            ),
+            "{}",
+            per_ip[0].message
+        );
+        assert!(
+            per_ip[0]
+                .message
+                .ends_with("besides, 1500 TIME_WAIT and 0 CLOSE_WAIT"),
+            "{}",
+            per_ip[0].message
+        );
+    }
+
+    /// A client pool leaking 150 sockets toward one server, each from its own ephemeral
+    /// port, is one critical leak, not 150 warnings of one.
+    #[test]
+    fn a_client_pool_leak_is_one_finding_by_server() {
+        let pool = (0..150).map(|i| sock(TcpState::CloseWait, 40_000 + i, [203, 0, 113, 9], 6379));
+        let findings = run(pool, PortRange::LINUX_DEFAULT);
+        assert_eq!(rules(&findings), vec![("close_wait", Severity::Critical)]);
+        assert!(
+            findings[0]
+                .message
+                .starts_with("150 CLOSE_WAIT sockets toward 203.0.113.9:6379 held by"),
+            "{}",
+            findings[0].message
+        );
+        // The same sockets on a listener's port are the server's leak, by that port.
+        let mut agg = Aggregator::new(
+            Filter::default(),
+            Collect::default(),
+            PortRange::LINUX_DEFAULT,
+        );
+        agg.add(&sock(TcpState::Listen, 40_000, [0, 0, 0, 0], 0));
+        agg.add(&sock(TcpState::CloseWait, 40_000, [203, 0, 113, 9], 6379));
+        let summary = agg.finish(None, &HashMap::new());
+        assert_eq!(
+            summary.close_wait[0].side,
+            crate::model::CloseWaitSide::Server { local_port: 40_000 }
+        );
+    }
+
     #[test]
     fn findings_are_cut_per_rule_and_say_how_many_were_left_out() {
         let mut sockets = Vec::new();
@@ -606,7 +679,7 @@ mod tests {
         assert!(
             cw.message.contains(
                 "held by an unknown process (see owners_hidden) in docker container 3f2a, \
-                 netns 3: the peer closed"
+                 netns 3: the peers closed"
             ),
             "{}",
             cw.message

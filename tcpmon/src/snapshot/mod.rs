@@ -31,7 +31,7 @@ pub use reader::{
 
 /// The version of the snapshot commands' JSON documents; it changes when a field changes
 /// meaning or goes away (new fields do not change it).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Where a snapshot was read from and what it held.
 #[derive(Clone, Debug)]

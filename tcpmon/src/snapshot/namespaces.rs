@@ -5,7 +5,10 @@
 use std::{collections::HashMap, io, path::PathBuf};
 
 use super::{
-    analysis::{Aggregator, Collect, Connection, Filter, Summary, MAX_SKIP_EXAMPLES},
+    analysis::{
+        Aggregator, CloseWaitGroup, Collect, Connection, Filter, IpCount, Summary,
+        MAX_SKIP_EXAMPLES,
+    },
     listener_backlogs, Snapshot, SnapshotError,
 };
 use crate::{
@@ -416,18 +419,13 @@ pub fn merge(parts: &[NamespaceSummary]) -> Summary {
     }
     out.listeners
         .sort_by_key(|l| (l.port, l.family, l.ip, l.netns));
-    out.per_ip.sort_by(|a, b| {
-        b.total
-            .cmp(&a.total)
-            .then((a.ip, a.netns).cmp(&(b.ip, b.netns)))
-    });
+    out.per_ip.sort_by(IpCount::order);
     out.per_port.sort_by(|a, b| {
         b.established
             .cmp(&a.established)
             .then((a.port, a.netns).cmp(&(b.port, b.netns)))
     });
-    out.close_wait
-        .sort_by(|a, b| b.count.cmp(&a.count).then(a.local_port.cmp(&b.local_port)));
+    out.close_wait.sort_by(CloseWaitGroup::order);
     out.retransmits.sort_by(|a, b| {
         b.retrans_pct
             .total_cmp(&a.retrans_pct)

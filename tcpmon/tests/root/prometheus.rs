@@ -354,11 +354,12 @@ fn serve_works_with_exactly_the_units_capabilities() {
         body.contains(r#"tcpmon_mode_info{mode="ebpf"} 1"#),
         "{body}"
     );
-    // The owner of the leak (this test process) is named.
-    let owner = format!("[{}]", std::process::id());
+    // The owner of the leak (this test process) is named, its pid in the info series.
+    let pid = format!("pid=\"{}\"", std::process::id());
     assert!(
-        body.lines()
-            .any(|l| l.starts_with("tcpmon_close_wait_sockets{port=\"8080\"") && l.contains(&owner)),
+        body.lines().any(|l| l
+            .starts_with("tcpmon_close_wait_owner_info{port=\"8080\",remote=\"\"")
+            && l.contains(&pid)),
         "{body}"
     );
     // SAFETY: signalling our own child.

@@ -25,7 +25,7 @@ use super::{
         ActiveAlert, AlertRecord, ModeRecord, SummaryRecord, SynCounterState, TallyInputs,
         TallyRecord, Timestamp, TransitionEvent, SCHEMA_VERSION,
     },
-    rules::{Alert, Detector, Inputs, DETECTOR_TOP},
+    rules::{close_wait_owners, close_wait_severity, Alert, Detector, Inputs, DETECTOR_TOP},
     source::EventSource,
     syn::SynState,
     tally::{ReconcileReport, Tally, TallyConfig},
@@ -36,7 +36,9 @@ use crate::{
         KernelCounters,
     },
     host::{clock::Clock, diag::ListenerQueues, proc_net::Socket},
-    model::{canonical_ip, Endpoints, Origin, PortRange, Process, TcpState, Transition},
+    model::{
+        canonical_ip, CloseWaitSide, Endpoints, Origin, PortRange, Process, TcpState, Transition,
+    },
     snapshot::SnapshotError,
 };
 
@@ -100,7 +102,7 @@ const DRAIN_AFTER: Duration = Duration::from_millis(25);
 /// Owners of CLOSE_WAIT sockets, kept between reconciliations.
 #[derive(Debug, Default)]
 struct Owners {
-    by_port: HashMap<u16, Vec<Process>>,
+    by_side: HashMap<CloseWaitSide, Vec<Process>>,
     /// The CLOSE_WAIT inodes the last lookup was for, and what it found.
     inodes: HashSet<u64>,
     by_inode: HashMap<u64, Process>,
@@ -473,14 +475,10 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         // and goes all the time and each lookup re-reads the socket table.
         let mut view = self.tally.view(DETECTOR_TOP);
         let t = &self.detector.thresholds;
-        let alerting = view
-            .close_wait_by_port
-            .iter()
-            .any(|(port, count, since, _)| {
-                let age = now.saturating_sub(*since) as f64 / 1e9;
-                (age >= t.close_wait_age_secs || *count > t.close_wait_crit)
-                    && !self.owners.by_port.contains_key(port)
-            });
+        let alerting = view.close_wait.iter().any(|group| {
+            close_wait_severity(group, now, t).is_some()
+                && !self.owners.by_side.contains_key(&group.side)
+        });
         if self.source.is_some()
             && alerting
             && now.saturating_sub(self.owners.last_lookup_ns) >= OWNER_LOOKUP_GAP_NS
@@ -499,10 +497,10 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             backlogs: std::mem::take(&mut self.backlogs),
             somaxconn: self.somaxconn,
             port_range: self.port_range,
-            close_wait_owners: std::mem::take(&mut self.owners.by_port),
+            close_wait_owners: std::mem::take(&mut self.owners.by_side),
         };
         let mut alerts = self.detector.evaluate(&view, &inputs);
-        (self.backlogs, self.owners.by_port) = (inputs.backlogs, inputs.close_wait_owners);
+        (self.backlogs, self.owners.by_side) = (inputs.backlogs, inputs.close_wait_owners);
         alerts.extend(self.evaluate_others(now, window_secs, sink)?);
         for alert in alerts {
             self.emit_alert(&alert, sink)?;
@@ -579,15 +577,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             self.owners.by_inode = self.host.owners(&wanted);
             self.owners.inodes = wanted;
         }
-        self.owners.by_port.clear();
-        for s in sockets.iter().filter(|s| s.state == TcpState::CloseWait) {
-            if let Some(p) = self.owners.by_inode.get(&s.inode) {
-                let list = self.owners.by_port.entry(s.local_port).or_default();
-                if !list.contains(p) {
-                    list.push(p.clone());
-                }
-            }
-        }
+        self.owners.by_side = close_wait_owners(sockets, &self.owners.by_inode, self.port_range);
     }
 
     fn syn_counter_state(&self) -> SynCounterState {
@@ -626,7 +616,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 .as_ref()
                 .map(|(report, why)| (report, why.name())),
             reconciliations: self.reconciliations,
-            close_wait_owners: &self.owners.by_port,
+            close_wait_owners: &self.owners.by_side,
             queues: &self.queues,
             syn: &self.syn,
             syn_counter: self.syn_counter_state(),

@@ -189,6 +189,62 @@ fn transitions_move_the_tallies_and_become_records_in_order() {
     assert_eq!(tally.lost, 0);
 }
 
+/// A client that closes first leaves a TIME_WAIT behind at every request: at 10 requests
+/// a second that is 600 sockets toward one peer, none of them a connection. The per-IP
+/// alert judges live connections only, and the tally shows TIME_WAIT apart.
+#[test]
+fn per_ip_judges_live_connections_not_time_wait() {
+    let host = FakeHost {
+        sockets: vec![socket(Listen, 80, 0, 1)],
+        ..FakeHost::default()
+    };
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(host, &mut sink);
+    for i in 0..250u16 {
+        let life = connection(
+            1000 + 2 * u64::from(i),
+            SEC + u64::from(i) * 100_000,
+            40000 + i,
+        );
+        push(&mut engine, &life);
+    }
+    engine.drain(&mut sink).unwrap();
+    engine.host_mut().now_ns = 2 * SEC;
+    engine.tick(&mut sink).unwrap();
+    assert!(
+        sink.alerts.iter().all(|a| a.rule != "per_ip"),
+        "{:?}",
+        sink.alerts
+    );
+    engine.write_tally(&mut sink).unwrap();
+    let per_ip = &sink.last_tally().per_ip;
+    assert!(per_ip.top.is_empty(), "{per_ip:?}");
+    assert_eq!(per_ip.time_wait_top[0].count, 250);
+    // 201 live connections from the same peer are judged.
+    for i in 0..201u16 {
+        let life = connection(
+            5000 + 2 * u64::from(i),
+            2 * SEC + u64::from(i) * 100_000,
+            50000 + i,
+        );
+        push(&mut engine, &life[..4]);
+    }
+    engine.drain(&mut sink).unwrap();
+    engine.host_mut().now_ns = 3 * SEC;
+    engine.tick(&mut sink).unwrap();
+    let alert = sink
+        .alerts
+        .iter()
+        .find(|a| a.rule == "per_ip")
+        .expect("a per_ip alert");
+    assert_eq!(alert.severity, Severity::Warning);
+    assert!(
+        alert.message.contains("holds 402 live connections"),
+        "both ends of each loopback connection count: {}",
+        alert.message
+    );
+}
+
 #[test]
 fn a_filter_shows_some_transitions_and_tallies_all() {
     let mut sink = RecordingSink::default();

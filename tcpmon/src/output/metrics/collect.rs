@@ -10,8 +10,8 @@ use prometheus_client::{
 
 use super::{MetricsSnapshot, ProcessUsage, MAX_LISTENERS};
 use crate::{
-    live::record::TallyRecord,
-    model::{printable, TcpState},
+    live::record::{IpCountRecord, TallyRecord},
+    model::{printable, CloseWaitSide, TcpState},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,8 +40,19 @@ struct ListenerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseWaitLabels {
+    /// A server's local port, empty on the client side.
     port: String,
+    /// A client's remote ip:port, empty on the server side.
+    remote: String,
     process: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseWaitOwnerLabels {
+    port: String,
+    remote: String,
+    process: String,
+    pid: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -327,57 +338,21 @@ fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
     }
     listener_metrics(r, t);
     namespace_metrics(r, t);
-    let close_wait = gauge_family::<CloseWaitLabels>(
-        r,
-        "tcpmon_close_wait_sockets",
-        "CLOSE_WAIT sockets per local port and owning processes, the ports with the most (--top); port=\"other\" for the rest",
-    );
-    let oldest = float_family::<CloseWaitLabels>(
-        r,
-        "tcpmon_close_wait_oldest_seconds",
-        "Age of the oldest CLOSE_WAIT socket per local port (a lower bound for sockets that were already there when first seen)",
-    );
-    let mut shown = 0;
-    for cw in &t.close_wait {
-        let process = cw.owners.as_ref().filter(|o| !o.is_empty()).map_or_else(
-            || "unknown".to_owned(),
-            |o| {
-                o.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
-        );
-        let labels = CloseWaitLabels {
-            port: cw.port.to_string(),
-            process,
-        };
-        close_wait.get_or_create(&labels).set(to_i64(cw.count));
-        oldest.get_or_create(&labels).set(cw.oldest_secs);
-        shown += cw.count;
-    }
-    let rest = t.states.get(TcpState::CloseWait).saturating_sub(shown);
-    close_wait
-        .get_or_create(&CloseWaitLabels {
-            port: "other".into(),
-            process: "other".into(),
-        })
-        .set(to_i64(rest));
-    let per_ip = gauge_family::<IpLabels>(
+    close_wait_metrics(r, t);
+    per_ip_family(
         r,
         "tcpmon_remote_ip_connections",
-        "Connections per remote IP (listeners excluded), the IPs with the most (--top); ip=\"other\" for every other one",
+        "Live connections (ESTABLISHED and the handshakes) per remote IP, the IPs with the most (--top); ip=\"other\" for every other one",
+        &t.per_ip.top,
+        t.per_ip.other,
     );
-    for ip in &t.per_ip.top {
-        per_ip
-            .get_or_create(&IpLabels {
-                ip: ip.ip.to_string(),
-            })
-            .set(to_i64(ip.count));
-    }
-    per_ip
-        .get_or_create(&IpLabels { ip: "other".into() })
-        .set(to_i64(t.per_ip.other));
+    per_ip_family(
+        r,
+        "tcpmon_remote_ip_time_wait_sockets",
+        "TIME_WAIT sockets per remote IP, the IPs with the most (--top); ip=\"other\" for every other one",
+        &t.per_ip.time_wait_top,
+        t.per_ip.time_wait_other,
+    );
     let exhaustion = float_family::<DestinationLabels>(
         r,
         "tcpmon_port_exhaustion_ratio",
@@ -548,4 +523,85 @@ fn self_metrics(r: &mut Registry, t: &TallyRecord) {
         "Transitions per second over the last tally interval",
         t.transitions_per_sec,
     );
+}
+
+/// A gauge per remote IP of `top`, and `ip="other"` for the rest.
+fn per_ip_family(r: &mut Registry, name: &str, help: &str, top: &[IpCountRecord], other: u64) {
+    let family = gauge_family::<IpLabels>(r, name, help);
+    for ip in top {
+        family
+            .get_or_create(&IpLabels {
+                ip: ip.ip.to_string(),
+            })
+            .set(to_i64(ip.count));
+    }
+    family
+        .get_or_create(&IpLabels { ip: "other".into() })
+        .set(to_i64(other));
+}
+
+/// CLOSE_WAIT by leak: `port` (a server's local port) or `remote` (a client's server),
+/// with the processes holding them by name; their pids in an info series, so that the
+/// main series survive a restart of the leaking process.
+fn close_wait_metrics(r: &mut Registry, t: &TallyRecord) {
+    let close_wait = gauge_family::<CloseWaitLabels>(
+        r,
+        "tcpmon_close_wait_sockets",
+        "CLOSE_WAIT sockets per leak: a server's local port (port) or a client's remote ip:port (remote), with the names of the processes holding them; the leaks with the most (--top), port=\"other\" for the rest",
+    );
+    let oldest = float_family::<CloseWaitLabels>(
+        r,
+        "tcpmon_close_wait_oldest_seconds",
+        "Age of the oldest CLOSE_WAIT socket per leak (a lower bound for sockets found by a reconciliation; since tcpmon started for sockets that were there then)",
+    );
+    let owners = gauge_family::<CloseWaitOwnerLabels>(
+        r,
+        "tcpmon_close_wait_owner_info",
+        "1 for each process holding a leak's CLOSE_WAIT sockets, with its pid",
+    );
+    let mut shown = 0;
+    for cw in &t.close_wait {
+        let (port, remote) = match cw.side {
+            CloseWaitSide::Server { local_port } => (local_port.to_string(), String::new()),
+            CloseWaitSide::Client { remote } => (String::new(), remote.to_string()),
+        };
+        let holders = cw.owners.as_deref().unwrap_or_default();
+        let mut names: Vec<String> = holders
+            .iter()
+            .map(|p| printable(&p.comm).into_owned())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let process = if names.is_empty() {
+            "unknown".to_owned()
+        } else {
+            names.join(",")
+        };
+        for p in holders {
+            owners
+                .get_or_create(&CloseWaitOwnerLabels {
+                    port: port.clone(),
+                    remote: remote.clone(),
+                    process: printable(&p.comm).into_owned(),
+                    pid: p.pid.to_string(),
+                })
+                .set(1);
+        }
+        let labels = CloseWaitLabels {
+            port,
+            remote,
+            process,
+        };
+        close_wait.get_or_create(&labels).set(to_i64(cw.count));
+        oldest.get_or_create(&labels).set(cw.oldest_secs);
+        shown += cw.count;
+    }
+    let rest = t.states.get(TcpState::CloseWait).saturating_sub(shown);
+    close_wait
+        .get_or_create(&CloseWaitLabels {
+            port: "other".into(),
+            remote: "other".into(),
+            process: "other".into(),
+        })
+        .set(to_i64(rest));
 }

@@ -475,15 +475,19 @@ mod tests {
             1.0
         );
         assert_eq!(
-            get(r#"tcpmon_close_wait_sockets{port="8080",process="leaky[7]"}"#),
+            get(r#"tcpmon_close_wait_sockets{port="8080",remote="",process="leaky"}"#),
             1.0
         );
         assert_eq!(
-            get(r#"tcpmon_close_wait_sockets{port="80",process="unknown"}"#),
+            get(r#"tcpmon_close_wait_owner_info{port="8080",remote="",process="leaky",pid="7"}"#),
             1.0
         );
         assert_eq!(
-            get(r#"tcpmon_close_wait_sockets{port="other",process="other"}"#),
+            get(r#"tcpmon_close_wait_sockets{port="80",remote="",process="unknown"}"#),
+            1.0
+        );
+        assert_eq!(
+            get(r#"tcpmon_close_wait_sockets{port="other",remote="other",process="other"}"#),
             0.0
         );
         let close_wait_total: f64 = s
