@@ -10,7 +10,8 @@ pub mod kind {
     pub const STATE: u8 = 1;
     /// tcp:tcp_retransmit_synack: a listener retransmitted a SYN-ACK for a request socket.
     pub const SYNACK_RETRANSMIT: u8 = 2;
-    /// cgroup sock_ops TIMEOUT_INIT on a request socket: a SYN created a half-open request.
+    /// A SYN reached a listener (cgroup skb ingress), whether it got a request socket or
+    /// a SYN cookie.
     pub const SYN_REQUEST: u8 = 3;
 }
 
@@ -292,9 +293,9 @@ pub mod names {
     pub const SK_NET_OFFSET: &str = "SK_NET_OFFSET";
     /// Global: offset of `ns.inum` in `struct net`.
     pub const NET_INUM_OFFSET: &str = "NET_INUM_OFFSET";
-    /// Global: netns cookie the sock_ops program keeps (0 keeps every namespace).
+    /// Global: netns cookie the SYN-arrival program keeps (0 keeps every namespace).
     pub const TARGET_NETNS_COOKIE: &str = "TARGET_NETNS_COOKIE";
-    pub const SYN_PROGRAM: &str = "syn_request";
+    pub const SYN_PROGRAM: &str = "syn_arrival";
     pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
 }
 

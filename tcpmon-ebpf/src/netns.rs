@@ -17,7 +17,7 @@ pub(crate) static TARGET_NETNS: Global<u32> = Global::new(0);
 pub(crate) static SK_NET_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static NET_INUM_OFFSET: Global<u32> = Global::new(0);
-/// Netns cookie to keep in the sock_ops program (0 keeps every namespace): cgroup
+/// Netns cookie to keep in the SYN-arrival program (0 keeps every namespace): cgroup
 /// programs have bpf_get_netns_cookie() but no struct offsets.
 #[unsafe(no_mangle)]
 pub(crate) static TARGET_NETNS_COOKIE: Global<u64> = Global::new(0);

@@ -12,7 +12,7 @@ pub enum Record {
     Transition(Transition),
     /// A listener retransmitted a SYN-ACK: a handshake is stuck (flood or lossy client).
     SynAckRetransmit(Endpoints),
-    /// A SYN created a request socket (cgroup sock_ops TIMEOUT_INIT).
+    /// A SYN reached a listener (cgroup skb ingress), cookie or request socket.
     SynRequest(Endpoints),
 }
 

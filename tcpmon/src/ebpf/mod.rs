@@ -24,8 +24,8 @@ use std::{
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{
-        links::CgroupAttachMode, sock_ops::SockOpsLinkId, BtfTracePoint, ProgramError, ProgramFd,
-        RawTracePoint, SockOps, TracePoint,
+        cgroup_skb::CgroupSkbLinkId, links::CgroupAttachMode, BtfTracePoint, CgroupSkb,
+        CgroupSkbAttachType, ProgramError, ProgramFd, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -131,7 +131,7 @@ pub enum NetnsFilter {
 pub struct LoadOptions {
     pub netns: NetnsFilter,
     pub ring_bytes: u32,
-    /// Also attach tcp:tcp_retransmit_synack and the cgroup sock_ops SYN counter.
+    /// Also attach tcp:tcp_retransmit_synack and load the cgroup skb SYN counter.
     pub synack: bool,
     /// Which hook delivers the state changes.
     pub state_hook: StateHook,
@@ -214,21 +214,22 @@ pub struct Probe {
     /// Things worth telling the operator once (e.g. "mounted tracefs").
     pub notes: Vec<String>,
     pub netns_readable: bool,
-    /// The root cgroup the sock_ops SYN counter attaches to, when it loaded.
+    /// The root cgroup the SYN counter attaches to, when it loaded.
     syn_cgroup: Option<fs::File>,
     /// Its link while attached (SYN_REQUEST records arrive).
-    syn_link: Option<SockOpsLinkId>,
+    syn_link: Option<CgroupSkbLinkId>,
     /// Which hook delivers the state changes (never `Auto`).
     pub state_hook: StateHook,
 }
 
 /// Loads the SYN counter and opens the root of the cgroup v2 hierarchy, where it sees
-/// request sockets of every listener below it. It is attached and detached once here,
-/// so that a failure shows at start rather than during a flood; it stays detached until
-/// SYN trouble is suspected (see [`Probe::set_syn_counter`]).
-fn load_sock_ops(ebpf: &mut Ebpf) -> Result<(fs::File, std::os::fd::OwnedFd), SynCounterError> {
+/// the packets of every socket below it (every SYN to a listener among them). It is
+/// attached and detached once here, so that a failure shows at start rather than during
+/// a flood; it stays detached until SYN trouble is suspected (see
+/// [`Probe::set_syn_counter`]).
+fn load_syn_counter(ebpf: &mut Ebpf) -> Result<(fs::File, std::os::fd::OwnedFd), SynCounterError> {
     let cgroup = mounts::open_cgroup2_root()?;
-    let prog = sock_ops_program(ebpf)?;
+    let prog = syn_counter_program(ebpf)?;
     prog.load().map_err(|e| LoadError::classify("loading", e))?;
     let link = attach_to(prog, &cgroup)?;
     prog.detach(link)
@@ -237,18 +238,22 @@ fn load_sock_ops(ebpf: &mut Ebpf) -> Result<(fs::File, std::os::fd::OwnedFd), Sy
     Ok((cgroup, fd))
 }
 
-fn sock_ops_program(ebpf: &mut Ebpf) -> Result<&mut SockOps, SynCounterError> {
+fn syn_counter_program(ebpf: &mut Ebpf) -> Result<&mut CgroupSkb, SynCounterError> {
     ebpf.program_mut(names::SYN_PROGRAM)
         .ok_or(SynCounterError::Missing)?
         .try_into()
         .map_err(|e| SynCounterError::Kernel(LoadError::Other(format!("{e}"))))
 }
 
-fn attach_to(prog: &mut SockOps, cgroup: &fs::File) -> Result<SockOpsLinkId, LoadError> {
+fn attach_to(prog: &mut CgroupSkb, cgroup: &fs::File) -> Result<CgroupSkbLinkId, LoadError> {
     // A bpf_link never displaces other programs on the cgroup; the kernel rejects
     // attach flags on link_create, so the mode must be the default.
-    prog.attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|e| LoadError::classify("attaching", e))
+    prog.attach(
+        cgroup,
+        CgroupSkbAttachType::Ingress,
+        CgroupAttachMode::Single,
+    )
+    .map_err(|e| LoadError::classify("attaching", e))
 }
 
 /// A program's fd of its own, to read its fdinfo counters after aya's borrow ends.
@@ -483,12 +488,15 @@ impl Probe {
                 Ok(fd) => program_fds.push(fd),
                 Err(e) => notes.push(format!("SYN-ACK retransmits not watched: {e}")),
             }
-            match load_sock_ops(&mut ebpf) {
+            match load_syn_counter(&mut ebpf) {
                 Ok((cgroup, fd)) => {
                     program_fds.push(fd);
                     syn_cgroup = Some(cgroup);
                 }
-                Err(e) => notes.push(format!("SYN arrivals not counted (cgroup sock_ops: {e})")),
+                Err(e) => notes.push(format!(
+                    "SYN arrivals not counted (cgroup skb ingress: {e}): a flood answered with \
+                     SYN cookies is measured by the cookies counter alone"
+                )),
             }
         }
         drop(tracefs);
@@ -551,7 +559,7 @@ impl Probe {
         let (Some(cgroup), Some(ebpf)) = (&self.syn_cgroup, self.ebpf.as_mut()) else {
             return Ok(());
         };
-        let prog = sock_ops_program(ebpf)?;
+        let prog = syn_counter_program(ebpf)?;
         match (attached, self.syn_link.take()) {
             (true, None) => self.syn_link = Some(attach_to(prog, cgroup)?),
             (false, Some(link)) => prog

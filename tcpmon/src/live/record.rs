@@ -236,7 +236,7 @@ pub struct PairCount {
     pub count: u64,
 }
 
-/// The SYN counter's state (a cgroup sock_ops program attached only while SYN trouble is
+/// The SYN counter's state (a cgroup skb program attached only while SYN trouble is
 /// suspected).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SynCounterState {

@@ -14,8 +14,8 @@ use super::{
 use crate::{
     host::{kstats::SynCounters, proc_net::Socket},
     model::{
-        at_least, endpoint, severity, CloseWaitSide, PortRange, Process, Severity, TcpState,
-        Thresholds,
+        at_least, endpoint, listener_of, severity, CloseWaitSide, PortRange, Process, Severity,
+        TcpState, Thresholds,
     },
 };
 
@@ -276,15 +276,23 @@ impl Detector {
                 None => break,
             }
         }
-        // SYN floods, per listener.
+        // SYN floods, per listener: requests to an address count for the listener that
+        // takes them (the same key as the listener series).
+        let keys: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
+        let listener = |addr: (IpAddr, u16)| listener_of(&keys, addr).map_or(addr, |i| keys[i]);
         let mut listeners: BTreeMap<(IpAddr, u16), (u64, u64, SynWindow)> = BTreeMap::new();
         for (ip, port, h) in &view.half_open {
-            let e = listeners.entry((*ip, *port)).or_default();
-            e.0 = h.count;
-            e.1 = h.sources;
+            let e = listeners.entry(listener((*ip, *port))).or_default();
+            e.0 += h.count;
+            // Sources of two addresses cannot be told apart: at least the larger set.
+            e.1 = e.1.max(h.sources);
         }
         for (k, w) in &inputs.syn {
-            listeners.entry(*k).or_default().2 = w.clone();
+            let e = &mut listeners.entry(listener(*k)).or_default().2;
+            e.syns += w.syns;
+            e.completed += w.completed;
+            e.synack_retransmits += w.synack_retransmits;
+            e.sources = e.sources.max(w.sources);
         }
         // Cookies and request drops are namespace-wide: pin them on the busiest listener.
         let busiest = listeners
@@ -292,30 +300,34 @@ impl Detector {
             .max_by_key(|(_, (half, _, w))| (half + w.syns, w.synack_retransmits))
             .map(|(k, _)| *k);
         let secs = inputs.window_secs.max(1e-3);
+        let c = &inputs.syn_counters;
+        let cookies = c.syncookies_sent + c.reqq_full_do_cookies;
         for (key, (half_open, half_sources, w)) in &listeners {
-            let backlog = inputs
-                .backlogs
-                .get(key)
-                .or_else(|| inputs.backlogs.get(&(unspecified_like(key.0), key.1)))
-                .copied()
-                .or(inputs.somaxconn);
+            let backlog = inputs.backlogs.get(key).copied().or(inputs.somaxconn);
             let pct = backlog
                 .filter(|b| *b > 0)
                 .map(|b| *half_open as f64 * 100.0 / f64::from(b));
-            let syn_rate = w.syns as f64 / secs;
+            let backlog_severity =
+                pct.and_then(|p| severity(p, t.syn_backlog_warn_pct, t.syn_backlog_crit_pct));
             let retrans_rate = w.synack_retransmits as f64 / secs;
-            let overflow = Some(*key) == busiest && inputs.syn_counters.queue_overflowed();
+            let is_busiest = Some(*key) == busiest;
+            let overflow = is_busiest && c.queue_overflowed();
+            // SYNs answered with cookies make no request socket: counted where they
+            // arrive when the SYN counter runs, else (namespace-wide) from the counters.
+            let syns = match inputs.syn_coverage {
+                SynCoverage::None if is_busiest => cookies,
+                SynCoverage::None => 0,
+                _ => w.syns,
+            };
+            let syn_rate = syns as f64 / secs;
             let mut reasons = Vec::new();
-            if pct.is_some_and(|p| p >= t.syn_backlog_warn_pct) {
+            if backlog_severity.is_some() {
                 reasons.push("half-open queue filling");
             }
-            if retrans_rate >= t.synack_retransmit_rate {
+            if retrans_rate > t.synack_retransmit_rate {
                 reasons.push("SYN-ACKs unanswered");
             }
-            if inputs.syn_coverage != SynCoverage::None
-                && syn_rate >= t.syn_rate
-                && (w.completed as f64) < w.syns as f64 / 2.0
-            {
+            if syn_rate > t.syn_rate && (w.completed as f64) < syns as f64 / 2.0 {
                 reasons.push("SYNs not completing");
             }
             if overflow {
@@ -326,12 +338,11 @@ impl Detector {
             }
             let sources = (*half_sources).max(w.sources);
             let saturated = at_least(sources);
-            let severity = if overflow || pct.is_some_and(|p| p >= t.syn_backlog_crit_pct) {
+            let severity = if overflow || backlog_severity == Some(Severity::Critical) {
                 Severity::Critical
             } else {
                 Severity::Warning
             };
-            let c = &inputs.syn_counters;
             firing.insert(
                 ("syn_flood", endpoint(key.0, key.1)),
                 (severity, format!(
@@ -341,13 +352,14 @@ impl Detector {
                     match inputs.syn_coverage {
                         SynCoverage::Whole => format!("{syn_rate:.0} SYN/s"),
                         SynCoverage::Partial => format!(">= {syn_rate:.0} SYN/s (counting began in this window)"),
-                        SynCoverage::None => "SYN/s not counted".to_owned(),
+                        SynCoverage::None if syns > 0 => format!(">= {syn_rate:.0} SYN/s (those answered with cookies, namespace-wide)"),
+                        SynCoverage::None => "SYN/s not counted yet".to_owned(),
                     },
                     w.completed as f64 / secs,
-                    c.syncookies_sent + c.reqq_full_do_cookies,
+                    cookies,
                     c.reqq_full_drop + c.listen_drops,
                     plural(sources),
-                    if sources > 100 || sources * 10 > (*half_open).max(w.syns) { "many sources: spoofed or distributed" } else { "few sources: one client or a handshake problem" },
+                    if sources > 100 || sources * 10 > (*half_open).max(syns) { "many sources: spoofed or distributed" } else { "few sources: one client or a handshake problem" },
                     reasons.join(", ")
                 )),
             );
@@ -392,15 +404,6 @@ impl Detector {
         }
         self.active = firing;
         out
-    }
-}
-
-/// The wildcard of the same family: requests to 127.0.0.1:80 belong to a 0.0.0.0:80
-/// listener when there is no 127.0.0.1:80 one.
-fn unspecified_like(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -488,6 +491,9 @@ mod tests {
     fn syn_flood_raises_then_clears() {
         let mut d = Detector::new(Thresholds::default());
         let mut v = view();
+        // Requests to 127.0.0.1 belong to the listener on every address: the alert names
+        // that listener, as its series do.
+        v.listeners = vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080, 1)];
         v.half_open = vec![(
             localhost(),
             8080,
@@ -517,7 +523,7 @@ mod tests {
                 Status::Raised,
                 Severity::Warning,
                 "syn_flood",
-                "127.0.0.1:8080"
+                "0.0.0.0:8080"
             )
         );
         assert!(
@@ -543,6 +549,61 @@ mod tests {
             (Status::Cleared, "syn_flood")
         );
         assert_eq!(d.active().count(), 0);
+    }
+
+    /// Thresholds mean "above" for the SYN backlog as for every rule, in audit and live:
+    /// 32 half-open of a backlog of 64 is 50 %, not above the 50 % default.
+    #[test]
+    fn the_syn_backlog_threshold_is_strictly_above() {
+        let judged = |half_open: u64| {
+            let mut d = Detector::new(Thresholds::default());
+            let mut v = view();
+            v.listeners = vec![(localhost(), 7000, 1)];
+            v.half_open = vec![(
+                localhost(),
+                7000,
+                HalfOpen {
+                    count: half_open,
+                    sources: half_open,
+                },
+            )];
+            let mut i = inputs(SEC);
+            i.backlogs.insert((localhost(), 7000), 64);
+            d.evaluate(&v, &i).first().map(|a| a.severity)
+        };
+        assert_eq!(judged(32), None);
+        assert_eq!(judged(33), Some(Severity::Warning));
+        assert_eq!(judged(57), Some(Severity::Warning), "89 %");
+        assert_eq!(judged(58), Some(Severity::Critical), "over 90 %");
+    }
+
+    /// With SYN cookies (the Linux default) a flood makes no request socket; before the
+    /// SYN counter attaches, the rate comes from the cookies the kernel sent.
+    #[test]
+    fn a_cookie_flood_reports_its_rate_from_the_cookies() {
+        let mut d = Detector::new(Thresholds::default());
+        let mut v = view();
+        v.listeners = vec![(localhost(), 7000, 1)];
+        v.half_open = vec![(
+            localhost(),
+            7000,
+            HalfOpen {
+                count: 64,
+                sources: 64,
+            },
+        )];
+        let mut i = inputs(SEC);
+        i.syn_coverage = SynCoverage::None;
+        i.syn_counters.syncookies_sent = 15_000;
+        let a = &d.evaluate(&v, &i)[0];
+        assert!(
+            a.message
+                .contains(">= 15000 SYN/s (those answered with cookies"),
+            "{}",
+            a.message
+        );
+        assert!(a.message.contains("15000 cookies"), "{}", a.message);
+        assert_eq!(a.severity, Severity::Critical, "the queue overflowed");
     }
 
     #[test]

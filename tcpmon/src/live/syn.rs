@@ -66,12 +66,11 @@ pub fn half_open_worth_dumping(
 /// How long the SYN counter stays attached after the last hint of SYN trouble.
 pub const SYN_COUNTER_HOLD_NS: u64 = 60_000_000_000;
 
-/// Attaches the SYN counter (cgroup sock_ops) on the first hint of SYN trouble and
-/// detaches it after [`SYN_COUNTER_HOLD_NS`] without one. Attached, it runs on about nine
-/// socket operations of every connection on the host (sock_ops has no per-operation
-/// subscription), 1-2 points of connection rate under maximal churn; idle, SYN trouble
-/// still shows through retransmits, the TcpExt counters and the half-open dumps, and
-/// the SYN rate is reported as not counted rather than as zero.
+/// Attaches the SYN counter (a cgroup skb ingress program) on the first hint of SYN
+/// trouble and detaches it after [`SYN_COUNTER_HOLD_NS`] without one. Attached, it runs
+/// on every packet delivered to a socket on the host; idle, SYN trouble still shows
+/// through retransmits, the TcpExt counters and the half-open dumps, and the SYN rate is
+/// taken from the cookies the kernel sent, or said not to be counted, never zero.
 #[derive(Debug, Default)]
 pub struct SynCounterSwitch {
     last_hint_ns: Option<u64>,

@@ -21,8 +21,8 @@ pub use listed::Listed;
 pub use printable::{printable, printable_bytes};
 pub use refused::{Refused, RefusedProcess};
 pub use rule::{
-    at_least, parse_net, severity, CloseWaitSide, EndpointFilter, HalfOpen, HalfOpenCounter,
-    MAX_SOURCES,
+    at_least, listener_of, parse_net, severity, CloseWaitSide, EndpointFilter, HalfOpen,
+    HalfOpenCounter, MAX_SOURCES,
 };
 pub use thresholds::{InvalidThresholds, Thresholds};
 pub use transition::{made_by_syscall, Endpoints, Origin, Task, Transition};

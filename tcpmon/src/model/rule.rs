@@ -111,6 +111,25 @@ impl EndpointFilter {
     }
 }
 
+/// Which of `listeners` (bound address, port) takes a request to `addr`: the listener on
+/// that very address first, then a wildcard of the same family, then any wildcard (a
+/// dual-stack `[::]` socket). One answer for the audit, the alerts and the series, so
+/// that they name a listener the same way.
+pub fn listener_of(listeners: &[(IpAddr, u16)], addr: (IpAddr, u16)) -> Option<usize> {
+    let (ip, port) = (canonical_ip(addr.0), addr.1);
+    let on_port = || {
+        listeners
+            .iter()
+            .enumerate()
+            .filter(move |(_, l)| l.1 == port)
+    };
+    on_port()
+        .find(|(_, l)| canonical_ip(l.0) == ip)
+        .or_else(|| on_port().find(|(_, l)| l.0.is_unspecified() && l.0.is_ipv4() == ip.is_ipv4()))
+        .or_else(|| on_port().find(|(_, l)| l.0.is_unspecified()))
+        .map(|(i, _)| i)
+}
+
 /// What leaks a group of CLOSE_WAIT sockets, the key every CLOSE_WAIT rule, alert and
 /// series groups by. A server leaks on the port it accepted connections on; a client (a
 /// connection pool, say) leaks toward the server it connected to, from a different
@@ -221,6 +240,30 @@ mod tests {
         assert_eq!(h.sources, MAX_SOURCES as u64);
         assert!(h.sources_saturated());
         assert_eq!(at_least(h.sources), ">= ");
+    }
+
+    #[test]
+    fn requests_go_to_the_listener_that_takes_them() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let listeners = [
+            (ip("0.0.0.0"), 80),
+            (ip("127.0.0.2"), 80),
+            (ip("::"), 443),
+            (ip("::"), 80),
+        ];
+        assert_eq!(listener_of(&listeners, (ip("127.0.0.2"), 80)), Some(1));
+        assert_eq!(listener_of(&listeners, (ip("10.0.0.1"), 80)), Some(0));
+        assert_eq!(listener_of(&listeners, (ip("2001:db8::1"), 80)), Some(3));
+        assert_eq!(
+            listener_of(&listeners, (ip("10.0.0.1"), 443)),
+            Some(2),
+            "a dual-stack wildcard takes IPv4 too"
+        );
+        assert_eq!(
+            listener_of(&listeners, (ip("::ffff:127.0.0.2"), 80)),
+            Some(1)
+        );
+        assert_eq!(listener_of(&listeners, (ip("10.0.0.1"), 81)), None);
     }
 
     #[test]

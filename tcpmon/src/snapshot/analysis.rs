@@ -17,8 +17,8 @@ use crate::{
         process::Owners,
     },
     model::{
-        canonical_ip, CloseWaitSide, EndpointFilter, Family, HalfOpenCounter, PortRange, Process,
-        Refused, StateCounts, TcpState,
+        canonical_ip, listener_of, CloseWaitSide, EndpointFilter, Family, HalfOpenCounter,
+        PortRange, Process, Refused, StateCounts, TcpState,
     },
 };
 
@@ -586,9 +586,10 @@ impl Aggregator {
         listeners.sort_by_key(|l| (l.port, l.family, l.ip));
 
         let mut orphan_half_open = 0;
+        let keys: Vec<(IpAddr, u16)> = listeners.iter().map(|l| (l.ip, l.port)).collect();
         let mut by_listener: HashMap<usize, HalfOpenCounter> = HashMap::new();
         for ((ip, port), requests) in self.half_open {
-            match best_listener(&listeners, ip, port) {
+            match listener_of(&keys, (ip, port)) {
                 Some(i) => by_listener.entry(i).or_default().merge(requests),
                 None => orphan_half_open += requests.count(),
             }
@@ -713,22 +714,6 @@ impl Aggregator {
             duplicates: self.duplicates,
         }
     }
-}
-
-/// The listener a request to `ip:port` belongs to: an exact address first, then a
-/// wildcard of the same family, then any wildcard (a dual-stack `[::]` socket).
-fn best_listener(listeners: &[Listener], ip: IpAddr, port: u16) -> Option<usize> {
-    let on_port = || {
-        listeners
-            .iter()
-            .enumerate()
-            .filter(move |(_, l)| l.port == port)
-    };
-    on_port()
-        .find(|(_, l)| canonical_ip(l.ip) == ip)
-        .or_else(|| on_port().find(|(_, l)| l.wildcard && l.ip.is_ipv4() == ip.is_ipv4()))
-        .or_else(|| on_port().find(|(_, l)| l.wildcard))
-        .map(|(i, _)| i)
 }
 
 #[cfg(test)]

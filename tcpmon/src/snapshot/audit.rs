@@ -8,7 +8,7 @@ use crate::model::{endpoint, severity, Severity, Thresholds};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub severity: Severity,
-    /// Stable identifier of the rule: time_wait, close_wait, syn_backlog, per_ip,
+    /// Stable identifier of the rule: time_wait, close_wait, syn_flood, per_ip,
     /// port_exhaustion, retransmits, stuck_send_queue, wildcard_listener, unparsed_lines,
     /// owners_hidden, netns_unread.
     pub rule: String,
@@ -99,7 +99,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         if let Some(sev) = severity(pct, t.syn_backlog_warn_pct, t.syn_backlog_crit_pct) {
             push(
                 sev,
-                "syn_backlog",
+                "syn_flood",
                 format!(
                     "{} half-open (SYN_RECV) requests on listener {} = {:.0}% of {} {} \
                      from {} distinct source{}{}",
@@ -504,6 +504,33 @@ mod tests {
         );
     }
 
+    /// The same threshold semantics as the live alert: 32 half-open of a backlog of 64
+    /// is 50 %, not above 50 %.
+    #[test]
+    fn the_syn_backlog_threshold_is_strictly_above() {
+        let judged = |half_open: u16| {
+            let mut agg = Aggregator::new(
+                Filter::default(),
+                Collect::default(),
+                PortRange::LINUX_DEFAULT,
+            );
+            agg.add(&sock(TcpState::Listen, 7000, [0, 0, 0, 0], 0));
+            for i in 0..half_open {
+                let mut s = sock(TcpState::SynRecv, 7000, [198, 51, 100, 1], 1000 + i);
+                s.inode = 0;
+                agg.add(&s);
+            }
+            let summary = agg.finish(None, &HashMap::from([(1, 64)]));
+            audit(&summary, &Thresholds::default())
+                .into_iter()
+                .find(|f| f.rule == "syn_flood")
+                .map(|f| f.severity)
+        };
+        assert_eq!(judged(32), None);
+        assert_eq!(judged(33), Some(Severity::Warning));
+        assert_eq!(judged(58), Some(Severity::Critical));
+    }
+
     #[test]
     fn findings_are_cut_per_rule_and_say_how_many_were_left_out() {
         let mut sockets = Vec::new();
@@ -585,7 +612,7 @@ mod tests {
             agg.finish(Some(&Owners::default()), &backlogs)
         };
         let findings = audit(&summary(HashMap::from([(1, 100)])), &Thresholds::default());
-        let syn = findings.iter().find(|f| f.rule == "syn_backlog").unwrap();
+        let syn = findings.iter().find(|f| f.rule == "syn_flood").unwrap();
         assert_eq!(syn.severity, Severity::Critical);
         assert!(syn.message.contains("95 half-open"), "{}", syn.message);
         assert!(
@@ -605,7 +632,7 @@ mod tests {
         let mut unknown = summary(HashMap::new());
         unknown.somaxconn = Some(128);
         let findings = audit(&unknown, &Thresholds::default());
-        let syn = findings.iter().find(|f| f.rule == "syn_backlog").unwrap();
+        let syn = findings.iter().find(|f| f.rule == "syn_flood").unwrap();
         assert_eq!(syn.severity, Severity::Warning);
         assert!(
             syn.message.contains("74% of at most (somaxconn) 128"),

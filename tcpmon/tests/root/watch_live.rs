@@ -426,6 +426,126 @@ fn syn_flood_is_alerted_within_two_seconds_and_clears() {
     eprintln!("SYN flood alert {latency:?} after start: {message}");
 }
 
+/// The TcpExt counter `name` in the namespace (nstat -az prints absolute values).
+fn tcp_ext(ns: &Netns, name: &str) -> u64 {
+    ns.exec_ok(&["nstat", "-az", name])
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split_whitespace();
+            (fields.next() == Some(name)).then(|| fields.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// With SYN cookies (the Linux default) a flood past a full SYN queue makes no request
+/// socket: the SYNs are still counted where they arrive, each one, and the alert's rate
+/// is the flood's.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn syns_answered_with_cookies_are_counted() {
+    if !require_root("syns_answered_with_cookies_are_counted") {
+        return;
+    }
+    let ns = Netns::new("cookies");
+    // Our own RSTs and the replies to hping3's SYN-ACKs are dropped, so requests stay
+    // half-open and the small queue fills at once.
+    let rules = "table inet tcpmon_test {\n  chain out {\n    type filter hook output priority 0;\n    tcp flags rst drop\n  }\n}\n";
+    let mut nft = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
+    drop(nft.stdin.take());
+    assert!(nft.wait().unwrap().success());
+    ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_syncookies=1"]);
+    let listener = ns.run(|| {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 7000)).into())
+            .unwrap();
+        s.listen(16).unwrap();
+        s
+    });
+    let watcher = watch(&ns, &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let burst = |count: u64, interval: &str| {
+        let status = ns
+            .command("hping3")
+            .args([
+                "-q",
+                "-S",
+                "-p",
+                "7000",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+            ])
+            .arg("127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "hping3: {status}");
+    };
+    // A flood of 2 s: the alert is raised within its first seconds, before the SYN
+    // counter has seen a whole window, and its rate is the flood's (from the cookies the
+    // kernel sent), neither "not counted" nor 0.
+    burst(4000, "u500");
+    let raised = watcher.wait_for(Duration::from_secs(5), "syn_flood raised", |l| {
+        l.contains("\"type\":\"alert\"") && l.contains("\"rule\":\"syn_flood\"")
+    });
+    let raised: Value = serde_json::from_str(&raised).unwrap();
+    assert_eq!(raised["subject"], "127.0.0.1:7000");
+    let message = raised["message"].as_str().unwrap().to_owned();
+    assert!(
+        !message.contains("not counted") && !message.contains(" 0 SYN/s"),
+        "{message}"
+    );
+    // With the counter attached, every SYN of a burst is counted, cookie or not.
+    let syns_of = |l: &str| -> Option<u64> {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["type"] == "tally" && v["syn_counter"] == "attached")
+            .then(|| v["received"]["syn_requests"].as_u64())?
+    };
+    let attached = watcher.wait_for(Duration::from_secs(5), "the SYN counter attached", |l| {
+        syns_of(l).is_some()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = watcher
+        .lines()
+        .iter()
+        .rev()
+        .find_map(|l| syns_of(l))
+        .or_else(|| syns_of(&attached))
+        .unwrap();
+    let cookies_before = tcp_ext(&ns, "TcpExtSyncookiesSent");
+    const FLOOD: u64 = 3000;
+    burst(FLOOD, "u200");
+    let cookies = tcp_ext(&ns, "TcpExtSyncookiesSent") - cookies_before;
+    assert!(
+        cookies * 2 > FLOOD,
+        "the burst went to cookies ({cookies} of {FLOOD})"
+    );
+    let tally = watcher.wait_for(Duration::from_secs(5), "the burst counted", |l| {
+        syns_of(l).is_some_and(|n| n >= before + FLOOD * 98 / 100)
+    });
+    let after = syns_of(&tally).unwrap();
+    assert!(
+        after - before <= FLOOD,
+        "{} SYNs counted for {FLOOD} sent",
+        after - before
+    );
+    watcher.stop();
+    drop(listener);
+    eprintln!(
+        "cookie flood: {FLOOD} SYNs sent, {} counted, {cookies} answered with cookies; {message}",
+        after - before
+    );
+}
+
 /// `tcpmon <args>` as nobody, with every capability dropped.
 fn unprivileged(ns: &Netns, args: &[&str]) -> std::process::Output {
     ns.command("setpriv")

@@ -322,13 +322,13 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             Ok(Record::Transition(t)) => self.transition(&t, Origin::Ebpf, sink)?,
             Ok(Record::SynAckRetransmit(at)) => {
                 self.received.synack_retransmits += 1;
-                self.syn.tracker.synack_retransmit(listener_of(&at));
+                self.syn.tracker.synack_retransmit(local_of(&at));
             }
             Ok(Record::SynRequest(at)) => {
                 self.received.syn_requests += 1;
                 self.syn
                     .tracker
-                    .syn(listener_of(&at), canonical_ip(at.remote_ip));
+                    .syn(local_of(&at), canonical_ip(at.remote_ip));
             }
             Err(e) => {
                 self.received.decode_errors += 1;
@@ -365,7 +365,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 match (t.old, t.new) {
                     (TcpState::Listen, TcpState::SynRecv) => {
                         self.received.passive_opens += 1;
-                        self.syn.tracker.completed(listener_of(&t.at));
+                        self.syn.tracker.completed(local_of(&t.at));
                     }
                     (TcpState::Close, TcpState::SynSent) => self.received.active_opens += 1,
                     _ => {}
@@ -729,8 +729,8 @@ impl<H: Host, S: EventSource> Engine<H, S> {
     }
 }
 
-/// The listener a request or handshake belongs to: its local address and port.
-fn listener_of(at: &Endpoints) -> (IpAddr, u16) {
+/// The local address and port of a request or handshake.
+fn local_of(at: &Endpoints) -> (IpAddr, u16) {
     (canonical_ip(at.local_ip), at.local_port)
 }
 

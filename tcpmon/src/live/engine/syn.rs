@@ -66,7 +66,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                     // Once: it would fail the same way every second.
                     Err(e) if !self.syn.attach_failed => {
                         self.syn.attach_failed = true;
-                        log::warn!("SYN counter (cgroup sock_ops): {e}");
+                        log::warn!("SYN counter (cgroup skb ingress): {e}");
                     }
                     Err(_) => {}
                 }

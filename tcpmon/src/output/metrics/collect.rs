@@ -423,7 +423,7 @@ fn listener_metrics(r: &mut Registry, t: &TallyRecord) {
     let syns = counter_family::<ListenerLabels>(
         r,
         "tcpmon_listener_syns",
-        "SYNs that created a request socket per listener, counted while the SYN counter was attached (it attaches on the first sign of SYN trouble)",
+        "SYNs that reached each listener (answered with a request socket or a SYN cookie), counted while the SYN counter was attached (it attaches on the first sign of SYN trouble)",
     );
     let retransmits = counter_family::<ListenerLabels>(
         r,
