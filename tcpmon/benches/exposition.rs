@@ -49,6 +49,10 @@ fn snapshot() -> MetricsSnapshot {
                 syns: u64::from(p) * 31,
                 synack_retransmits: u64::from(p),
             },
+            owners: Some(vec![Process {
+                pid: 2000 + u32::from(p),
+                comm: "nginx".into(),
+            }]),
         })
         .collect();
     tally.per_ip.top = (0..1000u32)

@@ -219,6 +219,9 @@ pub struct ListenerRecord {
     /// wildcard covers.
     #[serde(default)]
     pub syn: SynTotals,
+    /// Processes holding it, when known.
+    #[serde(default)]
+    pub owners: Option<Vec<Process>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -317,6 +320,7 @@ pub(crate) struct TallyInputs<'a> {
     pub last_reconcile: Option<(&'a ReconcileReport, &'static str)>,
     pub reconciliations: u64,
     pub close_wait_owners: &'a HashMap<CloseWaitSide, Vec<Process>>,
+    pub listener_owners: &'a HashMap<(IpAddr, u16), Vec<Process>>,
     pub queues: &'a HashMap<(IpAddr, u16), ListenerQueues>,
     pub syn: &'a SynState,
     pub syn_counter: SynCounterState,
@@ -441,6 +445,7 @@ impl TallyRecord {
                         accept_queue: queues.map(|q| q.accept_queue),
                         half_open: half_open_of(&half_open, ip, port),
                         syn,
+                        owners: i.listener_owners.get(&(ip, port)).cloned(),
                     }
                 })
                 .collect(),

@@ -140,6 +140,26 @@ pub fn close_wait_owners(
     out
 }
 
+/// The processes holding each listener (canonical address, port), from a snapshot of
+/// the socket table and the owners found for its inodes.
+pub fn listener_owners(
+    sockets: &[Socket],
+    by_inode: &HashMap<u64, Process>,
+) -> HashMap<(IpAddr, u16), Vec<Process>> {
+    let mut out: HashMap<(IpAddr, u16), Vec<Process>> = HashMap::new();
+    for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+        if let Some(p) = by_inode.get(&s.inode) {
+            let list = out
+                .entry((crate::model::canonical_ip(s.local_ip), s.local_port))
+                .or_default();
+            if !list.contains(p) {
+                list.push(p.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The plural ending for a count of `n`.
 pub fn plural(n: u64) -> &'static str {
     if n == 1 {

@@ -25,7 +25,10 @@ use super::{
         ActiveAlert, AlertRecord, ModeRecord, SummaryRecord, SynCounterState, TallyInputs,
         TallyRecord, Timestamp, TransitionEvent, SCHEMA_VERSION,
     },
-    rules::{close_wait_owners, close_wait_severity, Alert, Detector, Inputs, DETECTOR_TOP},
+    rules::{
+        close_wait_owners, close_wait_severity, listener_owners, Alert, Detector, Inputs,
+        DETECTOR_TOP,
+    },
     source::EventSource,
     syn::SynState,
     tally::{ReconcileReport, Tally, TallyConfig},
@@ -103,7 +106,9 @@ const DRAIN_AFTER: Duration = Duration::from_millis(25);
 #[derive(Debug, Default)]
 struct Owners {
     by_side: HashMap<CloseWaitSide, Vec<Process>>,
-    /// The CLOSE_WAIT inodes the last lookup was for, and what it found.
+    /// Who holds each listener: from the last lookup, and from new listeners' events.
+    by_listener: HashMap<(IpAddr, u16), Vec<Process>>,
+    /// The CLOSE_WAIT and listener inodes the last lookup was for, and what it found.
     inodes: HashSet<u64>,
     by_inode: HashMap<u64, Process>,
     last_lookup_ns: u64,
@@ -399,11 +404,11 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 pid: task.pid,
                 comm: task.comm(),
             });
-            let alert = self.detector.new_listener(
-                canonical_ip(t.at.local_ip),
-                t.at.local_port,
-                by.as_ref(),
-            );
+            let at = (canonical_ip(t.at.local_ip), t.at.local_port);
+            let alert = self.detector.new_listener(at.0, at.1, by.as_ref());
+            if let Some(by) = by {
+                self.owners.by_listener.insert(at, vec![by]);
+            }
             self.emit_alert(&alert, sink)?;
         }
         Ok(())
@@ -564,20 +569,33 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         Ok(sockets)
     }
 
-    /// Owners of CLOSE_WAIT sockets, by local port, for the alerts that name them.
+    /// Owners of CLOSE_WAIT sockets, by leak, for the alerts that name them, and of
+    /// listeners, for the series that name them.
     fn refresh_owners(&mut self, sockets: &[Socket]) {
         let wanted: HashSet<u64> = sockets
             .iter()
-            .filter(|s| s.state == TcpState::CloseWait && s.inode != 0)
+            .filter(|s| matches!(s.state, TcpState::CloseWait | TcpState::Listen) && s.inode != 0)
             .map(|s| s.inode)
             .collect();
-        // The walk of every process's fds is the costly part; the same CLOSE_WAIT
-        // sockets as last time (the usual case when polling) have the same owners.
+        // The walk of every process's fds is the costly part; the same sockets as last
+        // time (the usual case when polling) have the same owners.
         if wanted != self.owners.inodes {
             self.owners.by_inode = self.host.owners(&wanted);
             self.owners.inodes = wanted;
         }
         self.owners.by_side = close_wait_owners(sockets, &self.owners.by_inode, self.port_range);
+        // A listener whose owner the walk did not find keeps the one its opening event
+        // named (the walk may be refused a process the event saw).
+        let mut by_listener = listener_owners(sockets, &self.owners.by_inode);
+        for (key, owners) in std::mem::take(&mut self.owners.by_listener) {
+            let listening = sockets.iter().any(|s| {
+                s.state == TcpState::Listen && (canonical_ip(s.local_ip), s.local_port) == key
+            });
+            if listening {
+                by_listener.entry(key).or_insert(owners);
+            }
+        }
+        self.owners.by_listener = by_listener;
     }
 
     fn syn_counter_state(&self) -> SynCounterState {
@@ -617,6 +635,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 .map(|(report, why)| (report, why.name())),
             reconciliations: self.reconciliations,
             close_wait_owners: &self.owners.by_side,
+            listener_owners: &self.owners.by_listener,
             queues: &self.queues,
             syn: &self.syn,
             syn_counter: self.syn_counter_state(),

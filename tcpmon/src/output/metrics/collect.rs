@@ -11,7 +11,7 @@ use prometheus_client::{
 use super::{MetricsSnapshot, ProcessUsage, MAX_LISTENERS};
 use crate::{
     live::record::{IpCountRecord, TallyRecord},
-    model::{printable, CloseWaitSide, TcpState},
+    model::{printable, CloseWaitSide, Process, TcpState},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +44,12 @@ struct CloseWaitLabels {
     port: String,
     /// A client's remote ip:port, empty on the server side.
     remote: String,
+    process: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerInfoLabels {
+    listener: String,
     process: String,
 }
 
@@ -430,6 +436,11 @@ fn listener_metrics(r: &mut Registry, t: &TallyRecord) {
         "tcpmon_listener_synack_retransmits",
         "SYN-ACK retransmits per listener",
     );
+    let info = gauge_family::<ListenerInfoLabels>(
+        r,
+        "tcpmon_listener_info",
+        "1 for each listener, with the names of the processes holding it (unknown when not visible): a new series is a new listener",
+    );
     let mut other = (0u64, 0u64, 0u64);
     for (i, l) in t.listeners.iter().enumerate() {
         if i >= MAX_LISTENERS {
@@ -438,6 +449,11 @@ fn listener_metrics(r: &mut Registry, t: &TallyRecord) {
             other.2 += l.syn.synack_retransmits;
             continue;
         }
+        info.get_or_create(&ListenerInfoLabels {
+            listener: l.listener.clone(),
+            process: process_names(l.owners.as_deref()),
+        })
+        .set(1);
         let labels = ListenerLabels {
             listener: l.listener.clone(),
         };
@@ -566,17 +582,7 @@ fn close_wait_metrics(r: &mut Registry, t: &TallyRecord) {
             CloseWaitSide::Client { remote } => (String::new(), remote.to_string()),
         };
         let holders = cw.owners.as_deref().unwrap_or_default();
-        let mut names: Vec<String> = holders
-            .iter()
-            .map(|p| printable(&p.comm).into_owned())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let process = if names.is_empty() {
-            "unknown".to_owned()
-        } else {
-            names.join(",")
-        };
+        let process = process_names(cw.owners.as_deref());
         for p in holders {
             owners
                 .get_or_create(&CloseWaitOwnerLabels {
@@ -604,4 +610,21 @@ fn close_wait_metrics(r: &mut Registry, t: &TallyRecord) {
             process: "other".into(),
         })
         .set(to_i64(rest));
+}
+
+/// The names of the processes holding something, sorted and comma-separated, `unknown`
+/// when none is known: a label that stays the same across restarts (pids do not).
+fn process_names(holders: Option<&[Process]>) -> String {
+    let mut names: Vec<String> = holders
+        .unwrap_or_default()
+        .iter()
+        .map(|p| printable(&p.comm).into_owned())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        "unknown".to_owned()
+    } else {
+        names.join(",")
+    }
 }

@@ -49,6 +49,21 @@ pub struct ActiveAlert {
     pub since: Timestamp,
 }
 
+/// How long a one-off event (a new listener, a namespace added or gone) stays listed in
+/// `/alerts`, and how many at most.
+pub const RECENT_EVENTS_SECS: u64 = 600;
+pub const MAX_RECENT_EVENTS: usize = 100;
+
+/// A one-off event, listed in `/alerts` for [`RECENT_EVENTS_SECS`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecentEvent {
+    pub rule: &'static str,
+    pub subject: String,
+    pub severity: Severity,
+    pub message: String,
+    pub time: Timestamp,
+}
+
 /// What the exporter publishes: the latest tally and everything counted up to it.
 #[derive(Clone, Debug, Default)]
 pub struct MetricsSnapshot {
@@ -59,6 +74,8 @@ pub struct MetricsSnapshot {
     pub active: Vec<ActiveAlert>,
     /// Active alerts beyond [`MAX_ACTIVE_ALERTS`].
     pub active_omitted: u64,
+    /// One-off events of the last [`RECENT_EVENTS_SECS`], oldest first.
+    pub events: Vec<RecentEvent>,
     /// The engine ended (and why), when it did.
     pub stopped: Option<String>,
 }
@@ -91,6 +108,7 @@ pub struct MetricsSink {
     mode: Option<ModeRecord>,
     alerts_total: BTreeMap<(&'static str, Severity), u64>,
     active: BTreeMap<(&'static str, String), ActiveAlert>,
+    events: std::collections::VecDeque<RecentEvent>,
     stopped: Option<String>,
     tally: Option<TallyRecord>,
 }
@@ -102,12 +120,19 @@ impl MetricsSink {
             mode: None,
             alerts_total: BTreeMap::new(),
             active: BTreeMap::new(),
+            events: std::collections::VecDeque::new(),
             stopped: None,
             tally: None,
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if let Some(now) = self.tally.as_ref().map(|t| t.time.0) {
+            let horizon = now - std::time::Duration::from_secs(RECENT_EVENTS_SECS);
+            while self.events.front().is_some_and(|e| e.time.0 < horizon) {
+                self.events.pop_front();
+            }
+        }
         self.published.publish(MetricsSnapshot {
             mode: self.mode.clone(),
             tally: self.tally.clone(),
@@ -123,6 +148,7 @@ impl MetricsSink {
                 .cloned()
                 .collect(),
             active_omitted: self.active.len().saturating_sub(MAX_ACTIVE_ALERTS) as u64,
+            events: self.events.iter().cloned().collect(),
             stopped: self.stopped.clone(),
         });
     }
@@ -172,6 +198,16 @@ impl Sink for MetricsSink {
                     .alerts_total
                     .entry((alert.rule, alert.severity))
                     .or_default() += 1;
+                if self.events.len() == MAX_RECENT_EVENTS {
+                    self.events.pop_front();
+                }
+                self.events.push_back(RecentEvent {
+                    rule: alert.rule,
+                    subject: alert.subject.clone(),
+                    severity: alert.severity,
+                    message: alert.message.clone(),
+                    time: record.time,
+                });
             }
         }
         Ok(())
@@ -286,6 +322,8 @@ pub struct AlertsDocument<'a> {
     pub alerts: &'a [ActiveAlert],
     /// Active alerts beyond the ones listed.
     pub omitted: u64,
+    /// One-off events (new listeners, namespaces added or gone) of the last ten minutes.
+    pub events: &'a [RecentEvent],
 }
 
 impl<'a> AlertsDocument<'a> {
@@ -295,6 +333,7 @@ impl<'a> AlertsDocument<'a> {
             time: Timestamp(SystemTime::now()),
             alerts: &snapshot.active,
             omitted: snapshot.active_omitted,
+            events: &snapshot.events,
         }
     }
 }
@@ -370,6 +409,61 @@ mod tests {
 
     fn lo() -> IpAddr {
         IpAddr::from([127, 0, 0, 1])
+    }
+
+    /// A new listener reaches a fleet: an info series per listener naming its process, and
+    /// the event listed in /alerts for ten minutes.
+    #[test]
+    fn new_listeners_are_series_and_recent_events() {
+        let published = Arc::new(Published::default());
+        let mut sink = MetricsSink::new(Arc::clone(&published));
+        let mut engine = Engine::start(
+            EngineConfig::default().validate().expect("a valid config"),
+            FakeHost::default(),
+            Some(FakeSource::default()),
+            mode(),
+            &mut sink,
+        )
+        .unwrap();
+        let mut t = Transition {
+            at: Endpoints {
+                ts_ns: 2_000_000_000,
+                skaddr: 1,
+                netns: 0,
+                family: Family::Ipv4,
+                local_ip: "0.0.0.0".parse().unwrap(),
+                local_port: 4444,
+                remote_ip: "0.0.0.0".parse().unwrap(),
+                remote_port: 0,
+            },
+            old: TcpState::Close,
+            new: TcpState::Listen,
+            task: None,
+        };
+        let mut comm = [0u8; 16];
+        comm[..2].copy_from_slice(b"nc");
+        t.task = Some(crate::model::Task { pid: 77, comm });
+        engine.source_mut().unwrap().push(encode_transition(&t));
+        engine.drain(&mut sink).unwrap();
+        engine.write_tally(&mut sink).unwrap();
+        let (_, snapshot) = published.latest();
+        let text = encode(&snapshot, ProcessUsage::default(), Format::Prometheus);
+        assert!(
+            text.contains(r#"tcpmon_listener_info{listener="0.0.0.0:4444",process="nc"} 1"#),
+            "{text}"
+        );
+        let doc = serde_json::to_value(AlertsDocument::of(&snapshot)).unwrap();
+        assert_eq!(doc["events"][0]["rule"], "new_listener");
+        assert_eq!(doc["events"][0]["subject"], "0.0.0.0:4444");
+        // Ten minutes on, the event has aged out; the listener's series stays.
+        engine.host_mut().now_ns += (RECENT_EVENTS_SECS + 1) * 1_000_000_000;
+        engine.write_tally(&mut sink).unwrap();
+        let (_, snapshot) = published.latest();
+        assert!(snapshot.events.is_empty());
+        assert!(
+            encode(&snapshot, ProcessUsage::default(), Format::Prometheus)
+                .contains("tcpmon_listener_info{listener=\"0.0.0.0:4444\"")
+        );
     }
 
     #[test]
@@ -557,6 +651,7 @@ mod tests {
                     accept_queue: Some(0),
                     half_open: 1,
                     syn: SynTotals::default(),
+                    owners: None,
                 })
                 .collect(),
             ..sample_tally()
