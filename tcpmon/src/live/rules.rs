@@ -86,6 +86,82 @@ pub struct Detector {
     active: BTreeMap<(&'static str, String), (Severity, String)>,
 }
 
+/// What a cleared alert's subject looks like now: the figures of this evaluation, never
+/// those the alert was raised with.
+fn now_text(
+    rule: &str,
+    subject: &str,
+    t: &Thresholds,
+    view: &TallyView,
+    inputs: &Inputs,
+    syn: &BTreeMap<(IpAddr, u16), (u64, u64, SynWindow)>,
+) -> String {
+    match rule {
+        "time_wait" => format!(
+            "{} socket{} in TIME_WAIT now (warning above {})",
+            view.time_wait,
+            plural(view.time_wait),
+            t.time_wait_warn
+        ),
+        "port_exhaustion" => {
+            let n = view
+                .time_wait_by_dest
+                .iter()
+                .find(|(ip, port, _)| endpoint(*ip, *port) == subject)
+                .map_or(0, |d| d.2);
+            format!(
+                "{n} client-side TIME_WAIT socket{} toward {subject} now, {:.0}% of the ephemeral \
+                 range (warning above {}%)",
+                plural(n),
+                n as f64 * 100.0 / inputs.port_range.size() as f64,
+                t.port_exhaustion_warn_pct
+            )
+        }
+        "close_wait" => {
+            let group = view.close_wait.iter().find(|g| g.side.subject() == subject);
+            let place = match subject.parse::<u16>() {
+                Ok(port) => format!("on local port {port}"),
+                Err(_) => format!("toward {subject}"),
+            };
+            match group {
+                Some(g) => format!(
+                    "{} CLOSE_WAIT socket{} {place} now, oldest {} (alerted when older than {:.0}s or more than {})",
+                    g.count,
+                    plural(g.count),
+                    age_text(g, inputs.now_ns),
+                    t.close_wait_age_secs,
+                    t.close_wait_crit
+                ),
+                None => format!("no CLOSE_WAIT socket {place} now"),
+            }
+        }
+        "per_ip" => match view
+            .per_ip_top
+            .iter()
+            .find(|(ip, _)| ip.to_string() == subject)
+        {
+            Some((_, n)) => format!(
+                "remote {subject} holds {n} live connection{} now (warning above {})",
+                plural(*n),
+                t.per_ip_warn
+            ),
+            None => format!(
+                "remote {subject} holds at most {} live connections now",
+                t.per_ip_warn
+            ),
+        },
+        "syn_flood" => match syn.iter().find(|(k, _)| endpoint(k.0, k.1) == subject) {
+            Some((_, (half_open, _, w))) => format!(
+                "{half_open} half-open on {subject} now, {:.0} SYN/s, {:.0} completed/s",
+                w.syns as f64 / inputs.window_secs.max(1e-3),
+                w.completed as f64 / inputs.window_secs.max(1e-3)
+            ),
+            None => format!("no half-open request or SYN on {subject} now"),
+        },
+        _ => format!("{rule} on {subject} is over"),
+    }
+}
+
 /// Whether a CLOSE_WAIT group calls for an alert, and how severe: critical above the
 /// count threshold, a warning once it is older than the age threshold or was already
 /// there when tcpmon started (a snapshot audit flags it at once too).
@@ -409,14 +485,17 @@ impl Detector {
                 Some(_) => {}
             }
         }
-        for (key, (severity, message)) in &self.active {
+        for (key, (severity, _)) in &self.active {
             if !firing.contains_key(key) {
                 out.push(Alert {
                     status: Status::Cleared,
                     severity: *severity,
                     rule: key.0,
                     subject: key.1.clone(),
-                    message: format!("cleared: {message}"),
+                    message: format!(
+                        "cleared: {}",
+                        now_text(key.0, &key.1, t, view, inputs, &listeners)
+                    ),
                     netns: None,
                     owner: None,
                 });
@@ -624,6 +703,39 @@ mod tests {
         );
         assert!(a.message.contains("15000 cookies"), "{}", a.message);
         assert_eq!(a.severity, Severity::Critical, "the queue overflowed");
+    }
+
+    /// A cleared alert says how things are now, not the figure it was raised with.
+    #[test]
+    fn a_cleared_alert_gives_the_figures_of_now() {
+        let mut d = Detector::new(Thresholds::default());
+        let peer = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        let mut v = view();
+        v.per_ip_top = vec![(peer, 230)];
+        v.time_wait = 1500;
+        assert_eq!(d.evaluate(&v, &inputs(SEC)).len(), 2);
+        v.per_ip_top = vec![(peer, 150)];
+        v.time_wait = 20;
+        let mut cleared = d.evaluate(&v, &inputs(2 * SEC));
+        cleared.sort_by_key(|a| a.rule);
+        let messages: Vec<(&str, &str)> = cleared
+            .iter()
+            .map(|a| (a.rule, a.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            vec![
+                (
+                    "per_ip",
+                    "cleared: remote 198.51.100.7 holds 150 live connections now (warning above 200)"
+                ),
+                (
+                    "time_wait",
+                    "cleared: 20 sockets in TIME_WAIT now (warning above 1000)"
+                ),
+            ]
+        );
+        assert!(cleared.iter().all(|a| a.status == Status::Cleared));
     }
 
     #[test]
