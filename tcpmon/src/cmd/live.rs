@@ -99,7 +99,7 @@ impl Seen {
     pub fn say(&self, output_complete: bool) {
         let reconciliations = self.reconciliations;
         stderr_line(&format!(
-            "tcpmon: detached ({} mode): {} transitions, {} lost {}, {reconciliations} reconciliation{}{}",
+            "tcpmon: detached ({} mode): {} transitions, {} lost {}, {reconciliations} reconciliation{}{}{}",
             self.mode.name(),
             self.received.transitions,
             self.lost,
@@ -109,6 +109,14 @@ impl Seen {
                 "(polling)".to_owned()
             },
             if reconciliations == 1 { "" } else { "s" },
+            if self.received.self_transitions > 0 {
+                format!(
+                    "; {} transitions from a state to itself not shown",
+                    self.received.self_transitions
+                )
+            } else {
+                String::new()
+            },
             if output_complete {
                 ""
             } else {

@@ -16,6 +16,10 @@ pub struct Received {
     pub syn_requests: u64,
     /// Times the SYN counter was attached (it runs only while SYN trouble is suspected).
     pub syn_counter_attaches: u64,
+    /// Transitions from a state to itself (the kernel reports some): not shown or
+    /// tallied, counted here.
+    #[serde(default)]
+    pub self_transitions: u64,
     pub decode_errors: u64,
     /// Transitions from other namespaces (shown with --all-netns, never tallied).
     pub foreign: u64,

@@ -656,6 +656,8 @@ impl Tally {
         }
         Applied {
             micros_in_old,
+            time_wait_inferred: t.new == TcpState::Close
+                && matches!(t.old, TcpState::FinWait2 | TcpState::Closing),
             ..Default::default()
         }
     }

@@ -349,6 +349,12 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         origin: Origin,
         sink: &mut impl Sink,
     ) -> io::Result<()> {
+        // The kernel also reports a socket "changing" to the state it is in (FIN_WAIT1 ->
+        // FIN_WAIT1 when a FIN is queued again): no change, counted once in the summary.
+        if t.old == t.new {
+            self.received.self_transitions += 1;
+            return Ok(());
+        }
         let ours = origin == Origin::Inferred
             || t.at.netns == 0
             || self.cfg.own_netns.is_none_or(|own| own == t.at.netns);
@@ -387,11 +393,31 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 (Origin::Ebpf, None) => self.tally.apply(t),
             })
         };
-        if self.cfg.transitions.as_ref().is_some_and(|f| f.matches(t)) {
+        // FIN_WAIT2/CLOSING -> CLOSE is the socket entering TIME_WAIT (no event says so):
+        // shown as what it is, inferred, as polling shows it.
+        let into_time_wait =
+            origin == Origin::Ebpf && applied.is_some_and(|a| a.time_wait_inferred);
+        let (shown, shown_origin) = if into_time_wait {
+            (
+                Transition {
+                    new: TcpState::TimeWait,
+                    ..*t
+                },
+                Origin::Inferred,
+            )
+        } else {
+            (*t, origin)
+        };
+        if self
+            .cfg
+            .transitions
+            .as_ref()
+            .is_some_and(|f| f.matches(&shown))
+        {
             sink.transition(&TransitionEvent {
-                transition: t,
+                transition: &shown,
                 micros_in_old: applied.and_then(|a| a.micros_in_old),
-                origin,
+                origin: shown_origin,
                 clock: &self.clock,
             })?;
         }

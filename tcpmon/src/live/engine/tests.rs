@@ -171,9 +171,21 @@ fn transitions_move_the_tallies_and_become_records_in_order() {
         .iter()
         .map(|(t, _, _)| (t.at, t.old, t.new))
         .collect();
-    let sent: Vec<_> = life.iter().map(|t| (t.at, t.old, t.new)).collect();
+    // The client's FIN_WAIT2 -> CLOSE is shown as the TIME_WAIT it enters, inferred.
+    let sent: Vec<_> = life
+        .iter()
+        .map(|t| match (t.old, t.new) {
+            (FinWait2, Close) => (t.at, FinWait2, TimeWait),
+            _ => (t.at, t.old, t.new),
+        })
+        .collect();
     assert_eq!(seen, sent);
-    assert!(sink.transitions.iter().all(|(_, _, o)| *o == Origin::Ebpf));
+    let origins: Vec<Origin> = sink.transitions.iter().map(|(_, _, o)| *o).collect();
+    assert_eq!(
+        origins.iter().filter(|o| **o == Origin::Inferred).count(),
+        1,
+        "{origins:?}"
+    );
     // Time in the old state: ESTABLISHED -> FIN_WAIT1 came 3 µs after SYN_SENT -> ESTABLISHED.
     assert_eq!(sink.transitions[4].1, Some(3));
     engine.write_tally(&mut sink).unwrap();
@@ -243,6 +255,50 @@ fn per_ip_judges_live_connections_not_time_wait() {
         "both ends of each loopback connection count: {}",
         alert.message
     );
+}
+
+/// A socket "changing" to the state it is in is neither shown nor tallied, only counted;
+/// the inferred entry into TIME_WAIT is shown, and a TIME_WAIT filter finds it.
+#[test]
+fn self_transitions_are_counted_and_time_wait_entry_is_shown() {
+    let mut sink = RecordingSink::default();
+    let mut engine = Engine::start(
+        EngineConfig {
+            transitions: Some(TransitionFilter {
+                states: vec![TimeWait],
+                ..TransitionFilter::default()
+            }),
+            ..config()
+        }
+        .validate()
+        .expect("a valid config"),
+        FakeHost {
+            sockets: vec![socket(Listen, 80, 0, 1)],
+            ..FakeHost::default()
+        },
+        Some(FakeSource::default()),
+        mode(Mode::Ebpf),
+        &mut sink,
+    )
+    .unwrap();
+    let mut life = connection(100, SEC, 40000);
+    life.insert(
+        5,
+        transition(100, SEC + 4500, 40000, 80, FinWait1, FinWait1),
+    );
+    push(&mut engine, &life);
+    engine.drain(&mut sink).unwrap();
+    let shown: Vec<_> = sink
+        .transitions
+        .iter()
+        .map(|(t, _, o)| (t.old, t.new, *o))
+        .collect();
+    assert_eq!(shown, vec![(FinWait2, TimeWait, Origin::Inferred)]);
+    engine.write_tally(&mut sink).unwrap();
+    let tally = sink.last_tally();
+    assert_eq!(tally.received.self_transitions, 1);
+    assert_eq!(tally.received.transitions, 10);
+    assert_eq!(tally.inconsistencies, 0);
 }
 
 #[test]
