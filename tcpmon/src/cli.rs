@@ -145,8 +145,13 @@ impl NetnsArgs {
 impl SnapshotArgs {
     /// What the library's snapshot read is told: these flags, and what the command wants
     /// (`--info` asks for tcp_info to be shown).
+    /// Whether tcp_info is to be shown: asked with --info, or needed by --sort.
+    pub fn shows_info(&self) -> bool {
+        self.info || self.sort.is_some_and(|s| s != SortKey::Queue)
+    }
+
     pub fn read_options(&self, mut want: Want) -> ReadOptions {
-        if self.info {
+        if self.shows_info() {
             want.info = Info::Shown;
         }
         ReadOptions {

@@ -264,7 +264,7 @@ fn human_report_has_every_section() {
         "STATES",
         "LISTENERS (3)",
         "TOP REMOTE IPS",
-        "TOP LOCAL PORTS",
+        "TOP PORTS",
         "CLOSE_WAIT BY LEAK",
         "FINDINGS",
     ] {
@@ -418,4 +418,41 @@ fn owners_in_no_process_are_not_blamed_on_privilege() {
         "{hidden}"
     );
     assert!(!hidden.contains("root"), "{hidden}");
+}
+
+/// Flags that would do nothing in a command are usage errors that say why, not silently
+/// ignored.
+#[test]
+fn flags_a_command_would_ignore_are_usage_errors() {
+    for (args, says) in [
+        (
+            &["established", "--state", "TIME_WAIT"][..],
+            "`established` shows ESTABLISHED sockets only",
+        ),
+        (
+            &["per-port", "--state", "close-wait"][..],
+            "`per-port` shows ESTABLISHED sockets only",
+        ),
+        (
+            &["listen", "--state", "TIME_WAIT"][..],
+            "`listen` shows LISTEN",
+        ),
+        (&["states", "--sort", "rtt"][..], "`states` lists none"),
+        (
+            &["timewait", "--sort", "queue"][..],
+            "`timewait` lists none",
+        ),
+        (
+            &["established", "--sort", "rtt"][..],
+            "--sort rtt needs each connection's tcp_info",
+        ),
+        (&["per-ip", "--info"][..], "`per-ip` shows none"),
+    ] {
+        let out = tcpmon(args, "mixed").code(2).get_output().clone();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // What is meaningful still works: a state the command shows, a sort on queues.
+    tcpmon(&["listen", "--state", "syn-recv"], "mixed").success();
+    tcpmon(&["established", "--sort", "queue"], "mixed").success();
 }

@@ -29,7 +29,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
         &connections.items,
         "TIMER",
         NamespaceCells::of(&loaded).as_ref(),
-        args.info && loaded.summary.tcp_info,
+        args.shows_info() && loaded.summary.tcp_info,
     );
     one_list(
         out,

@@ -12,6 +12,7 @@ pub mod report;
 pub mod serve;
 pub mod states;
 pub mod timewait;
+mod usage;
 pub mod watch;
 
 use anyhow::Result;
@@ -19,17 +20,32 @@ use tcpmon::snapshot::{self, SnapshotRead, Want};
 
 use crate::cli::{Command, SnapshotArgs};
 
-/// Checks what clap cannot check flag by flag (a warning level above its critical one);
-/// the message is a usage error.
+/// Checks what clap cannot check flag by flag: a warning level above its critical one,
+/// and flags that would do nothing in this command (a usage error says so rather than
+/// ignoring them).
 pub fn check(command: &Command) -> Result<(), String> {
     let thresholds = match command {
-        Command::Report(a) => a.thresholds.thresholds(),
-        Command::Audit(a) => a.thresholds.thresholds(),
-        Command::Watch(a) => a.live.thresholds.thresholds(),
-        Command::Serve(a) => a.live.thresholds.thresholds(),
-        _ => return Ok(()),
+        Command::Report(a) => Some(a.thresholds.thresholds()),
+        Command::Audit(a) => Some(a.thresholds.thresholds()),
+        Command::Watch(a) => Some(a.live.thresholds.thresholds()),
+        Command::Serve(a) => Some(a.live.thresholds.thresholds()),
+        _ => None,
     };
-    thresholds.validate().map_err(|e| e.to_string())
+    if let Some(t) = thresholds {
+        t.validate().map_err(|e| e.to_string())?;
+    }
+    let (name, args) = match command {
+        Command::Report(a) => ("report", &a.snapshot),
+        Command::Audit(a) => ("audit", &a.snapshot),
+        Command::States(a) => ("states", a),
+        Command::Listen(a) => ("listen", a),
+        Command::Established(a) => ("established", a),
+        Command::PerIp(a) => ("per-ip", a),
+        Command::PerPort(a) => ("per-port", a),
+        Command::Timewait(a) => ("timewait", a),
+        Command::Watch(_) | Command::Serve(_) | Command::Generate(_) => return Ok(()),
+    };
+    usage::check_snapshot(name, args)
 }
 
 /// Reads the snapshot a command needs, as its flags say.

@@ -27,7 +27,11 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
         },
     )?;
     let per_port = Listed::cut(&loaded.summary.per_port, args.limit());
-    let title = format!("ESTABLISHED PER LOCAL PORT ({} ports)", per_port.total);
+    let title = format!(
+        "ESTABLISHED PER PORT ({} ports; in: accepted on a local port, out: made from ephemeral \
+         ports to a remote port)",
+        per_port.total
+    );
     one_list(
         out,
         &loaded,

@@ -105,7 +105,7 @@ pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Statu
     listed_section(
         out,
         style,
-        "TOP LOCAL PORTS (ESTABLISHED)",
+        "TOP PORTS (ESTABLISHED; in: local port, out: remote port of outgoing connections)",
         tables::per_port_table(&per_port.items, ns, args.snapshot.info && s.tcp_info),
         &per_port,
         "ports",

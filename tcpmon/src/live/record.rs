@@ -19,8 +19,8 @@ use crate::{
     ebpf::KernelCounters,
     host::{clock::Clock, diag::ListenerQueues},
     model::{
-        endpoint, CloseWaitSide, Origin, PortRange, Process, Severity, StateCounts, TcpState,
-        Transition,
+        endpoint, CloseWaitSide, Direction, Origin, PortRange, Process, Severity, StateCounts,
+        TcpState, Transition,
     },
 };
 
@@ -198,6 +198,8 @@ pub struct HalfOpenListener {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PortCountRecord {
     pub port: u16,
+    /// `in`: accepted on this local port; `out`: made toward this remote port.
+    pub direction: Direction,
     pub count: u64,
 }
 
@@ -430,7 +432,11 @@ impl TallyRecord {
             established_by_port: view
                 .established_by_port
                 .iter()
-                .map(|&(port, count)| PortCountRecord { port, count })
+                .map(|&(direction, port, count)| PortCountRecord {
+                    port,
+                    direction,
+                    count,
+                })
                 .collect(),
             listeners: view
                 .listeners

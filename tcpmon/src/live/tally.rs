@@ -29,8 +29,8 @@ use super::{
 use crate::{
     host::proc_net::Socket,
     model::{
-        canonical_ip, CloseWaitSide, HalfOpen, HalfOpenCounter, PortRange, StateCounts, TcpState,
-        Transition, Tuple,
+        canonical_ip, CloseWaitSide, Direction, HalfOpen, HalfOpenCounter, PortRange, StateCounts,
+        TcpState, Transition, Tuple,
     },
 };
 
@@ -131,7 +131,8 @@ pub struct TallyView {
     pub time_wait: u64,
     /// Listeners as (address, port) with how many sockets listen there (SO_REUSEPORT).
     pub listeners: Vec<(IpAddr, u16, u64)>,
-    pub established_by_port: Vec<(u16, u64)>,
+    /// ESTABLISHED by port and direction (see `model::Direction`), largest first.
+    pub established_by_port: Vec<(Direction, u16, u64)>,
     /// Live connections (ESTABLISHED and the handshakes) of the remote IPs with the most.
     pub per_ip_top: Vec<(IpAddr, u64)>,
     pub per_ip_tracked: usize,
@@ -175,7 +176,7 @@ pub struct Tally {
     per_ip: IpTable,
     /// TIME_WAIT entries per remote IP.
     per_ip_time_wait: IpTable,
-    established_by_port: FxHashMap<u16, u64>,
+    established_by_port: FxHashMap<(Direction, u16), u64>,
     listeners: FxHashMap<(IpAddr, u16), u64>,
     close_wait: FxHashMap<Tuple, CloseWaitEntry>,
     /// skaddr -> (state, entered at): for "time in old state".
@@ -254,7 +255,7 @@ impl Tally {
         let mut time_wait = Vec::new();
         let mut per_ip: HashMap<IpAddr, u64> = HashMap::new();
         let mut per_ip_time_wait: HashMap<IpAddr, u64> = HashMap::new();
-        let mut established_by_port: FxHashMap<u16, u64> = FxHashMap::default();
+        let mut established_by_port: FxHashMap<(Direction, u16), u64> = FxHashMap::default();
         let mut listeners: FxHashMap<(IpAddr, u16), u64> = FxHashMap::default();
         let mut close_wait = FxHashMap::default();
         let mut half_open: HashMap<(IpAddr, u16), HalfOpenCounter> = HashMap::new();
@@ -304,7 +305,10 @@ impl Tally {
                         .entry((tuple.local_ip, tuple.local_port))
                         .or_default() += 1
                 }
-                TcpState::Established => *established_by_port.entry(s.local_port).or_default() += 1,
+                TcpState::Established => {
+                    let key = Direction::of(s.local_port, s.remote_port, self.cfg.port_range);
+                    *established_by_port.entry(key).or_default() += 1;
+                }
                 TcpState::CloseWait => {
                     let kept = self.close_wait.get(&tuple).copied();
                     close_wait.insert(
@@ -543,18 +547,18 @@ impl Tally {
         }
 
         // ESTABLISHED per local port.
-        if t.new == Established {
-            *self
-                .established_by_port
-                .entry(tuple.local_port)
-                .or_default() += 1;
-        } else if t.old == Established {
-            match self.established_by_port.get_mut(&tuple.local_port) {
-                Some(n) if *n > 1 => *n -= 1,
-                Some(_) => {
-                    self.established_by_port.remove(&tuple.local_port);
+        if t.new == Established || t.old == Established {
+            let key = Direction::of(tuple.local_port, tuple.remote_port, self.cfg.port_range);
+            if t.new == Established {
+                *self.established_by_port.entry(key).or_default() += 1;
+            } else {
+                match self.established_by_port.get_mut(&key) {
+                    Some(n) if *n > 1 => *n -= 1,
+                    Some(_) => {
+                        self.established_by_port.remove(&key);
+                    }
+                    None => self.inconsistencies += 1,
                 }
-                None => self.inconsistencies += 1,
             }
         }
 
@@ -812,9 +816,10 @@ impl Tally {
         let mut established_by_port: Vec<_> = self
             .established_by_port
             .iter()
-            .map(|(p, n)| (*p, *n))
+            .map(|(&(direction, port), n)| (direction, port, *n))
             .collect();
-        established_by_port.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        established_by_port
+            .sort_unstable_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
         established_by_port.truncate(top);
         let mut half_open: Vec<_> = self
             .half_open
@@ -1133,7 +1138,7 @@ mod tests {
         t.apply(&tr(50, 2 * SEC + 1, (2, 80), (1, 5000), LastAck, Close));
         assert_eq!(t.per_ip(ip(1)), 1);
         assert!(t.close_wait().is_empty());
-        assert_eq!(t.view(5).established_by_port, vec![(80, 1)]);
+        assert_eq!(t.view(5).established_by_port, vec![(Direction::In, 80, 1)]);
     }
 
     #[test]

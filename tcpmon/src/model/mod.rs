@@ -21,7 +21,7 @@ pub use listed::Listed;
 pub use printable::{printable, printable_bytes};
 pub use refused::{Refused, RefusedProcess};
 pub use rule::{
-    at_least, listener_of, parse_net, severity, CloseWaitSide, EndpointFilter, HalfOpen,
+    at_least, listener_of, parse_net, severity, CloseWaitSide, Direction, EndpointFilter, HalfOpen,
     HalfOpenCounter, MAX_SOURCES,
 };
 pub use thresholds::{InvalidThresholds, Thresholds};

@@ -111,6 +111,37 @@ impl EndpointFilter {
     }
 }
 
+/// Which side of a connection a port count is about: `in` counts connections accepted
+/// on a local port, `out` counts connections made from an ephemeral local port, by the
+/// remote port they went to (a client's local ports say nothing, one per connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    /// The side of a connection between `local` and `remote` ports, and the port it is
+    /// counted under: outgoing when the local port is ephemeral and the remote one is
+    /// not, incoming otherwise. Decided from the tuple alone, so a live tally counts a
+    /// connection under the same port when it opens and when it closes.
+    pub fn of(local: u16, remote: u16, range: PortRange) -> (Self, u16) {
+        if range.contains(local) && !range.contains(remote) {
+            (Self::Out, remote)
+        } else {
+            (Self::In, local)
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+        }
+    }
+}
+
 /// Which of `listeners` (bound address, port) takes a request to `addr`: the listener on
 /// that very address first, then a wildcard of the same family, then any wildcard (a
 /// dual-stack `[::]` socket). One answer for the audit, the alerts and the series, so

@@ -1,7 +1,7 @@
 //! The snapshot tables: one function per table, rows in, a `Table` out. A table whose
 //! rows may come from several namespaces gets a NETNS column first.
 use tcpmon::{
-    model::{endpoint, CloseWaitSide, Process, TcpState},
+    model::{endpoint, CloseWaitSide, Direction, Process, TcpState},
     output::table::{thousands, Align, Table},
     snapshot::{
         analysis::{
@@ -145,7 +145,11 @@ pub fn per_ip_table(rows: &[IpCount], ns: Option<&NamespaceCells>) -> Table {
 }
 
 pub fn per_port_table(rows: &[PortCount], ns: Option<&NamespaceCells>, info: bool) -> Table {
-    let mut columns = vec![("LOCAL PORT", Align::Right), ("ESTABLISHED", Align::Right)];
+    let mut columns = vec![
+        ("PORT", Align::Right),
+        ("DIRECTION", Align::Left),
+        ("ESTABLISHED", Align::Right),
+    ];
     if info {
         columns.extend([
             ("RTT AVG", Align::Right),
@@ -160,7 +164,14 @@ pub fn per_port_table(rows: &[PortCount], ns: Option<&NamespaceCells>, info: boo
         rows,
         |r| r.netns,
         |r| {
-            let mut cells = vec![r.port.to_string(), thousands(r.established)];
+            let mut cells = vec![
+                r.port.to_string(),
+                match r.direction {
+                    Direction::In => "in (local)".to_owned(),
+                    Direction::Out => "out (remote)".to_owned(),
+                },
+                thousands(r.established),
+            ];
             if info {
                 let i = r.info.unwrap_or_default();
                 cells.extend([

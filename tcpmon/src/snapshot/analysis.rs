@@ -17,8 +17,8 @@ use crate::{
         process::Owners,
     },
     model::{
-        canonical_ip, listener_of, CloseWaitSide, EndpointFilter, Family, HalfOpenCounter,
-        PortRange, Process, Refused, StateCounts, TcpState,
+        canonical_ip, listener_of, CloseWaitSide, Direction, EndpointFilter, Family,
+        HalfOpenCounter, PortRange, Process, Refused, StateCounts, TcpState,
     },
 };
 
@@ -153,9 +153,12 @@ impl IpCount {
     }
 }
 
+/// ESTABLISHED connections of one port: accepted on a local port (`in`), or made toward
+/// a remote port from ephemeral local ports (`out`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PortCount {
     pub port: u16,
+    pub direction: Direction,
     pub established: u64,
     /// From tcp_info (netlink with --info): over its ESTABLISHED connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,7 +168,16 @@ pub struct PortCount {
     pub netns: Option<u64>,
 }
 
-/// A local port's ESTABLISHED connections as tcp_info sees them.
+impl PortCount {
+    /// Largest first, then incoming before outgoing, then by port.
+    pub fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
+        b.established
+            .cmp(&a.established)
+            .then((a.direction, a.port, a.netns).cmp(&(b.direction, b.port, b.netns)))
+    }
+}
+
+/// A port's ESTABLISHED connections as tcp_info sees them.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PortInfo {
     pub rtt_avg_ms: f64,
@@ -211,6 +223,15 @@ pub enum SortKey {
 }
 
 impl SortKey {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Rtt => "rtt",
+            Self::Retrans => "retrans",
+            Self::Queue => "queue",
+            Self::Bytes => "bytes",
+        }
+    }
+
     fn of(self, c: &Connection) -> f64 {
         let info = c.info.unwrap_or_default();
         match self {
@@ -340,7 +361,7 @@ pub struct Aggregator {
     skipped: Skipped,
     listeners: Vec<Socket>,
     per_ip: FxHashMap<IpAddr, IpCount>,
-    per_port: FxHashMap<u16, u64>,
+    per_port: FxHashMap<(Direction, u16), u64>,
     /// CLOSE_WAIT sockets: local port, remote, inode, unread bytes.
     close_wait: Vec<(u16, (IpAddr, u16), u64, u64)>,
     half_open: FxHashMap<(IpAddr, u16), HalfOpenCounter>,
@@ -356,10 +377,14 @@ pub struct Aggregator {
     /// Per remote IP: stuck connections, bytes queued.
     stuck: FxHashMap<IpAddr, (u64, u64)>,
     /// Per local port: connections with tcp_info, RTT sum and max, retransmits, queue.
-    port_info: FxHashMap<u16, (u64, f64, f64, u64, u64)>,
+    port_info: FxHashMap<(Direction, u16), (u64, f64, f64, u64, u64)>,
 }
 
 impl Aggregator {
+    fn range(&self) -> PortRange {
+        self.port_range.unwrap_or(PortRange::LINUX_DEFAULT)
+    }
+
     pub fn new(filter: Filter, collect: Collect, port_range: PortRange) -> Self {
         Self {
             filter,
@@ -420,7 +445,10 @@ impl Aggregator {
         let remote = canonical_ip(s.remote_ip);
         match s.state {
             TcpState::Listen => self.listeners.push(*s),
-            TcpState::Established => *self.per_port.entry(s.local_port).or_default() += 1,
+            TcpState::Established => {
+                let key = Direction::of(s.local_port, s.remote_port, self.range());
+                *self.per_port.entry(key).or_default() += 1;
+            }
             TcpState::CloseWait => self.close_wait.push((
                 s.local_port,
                 (s.remote_ip, s.remote_port),
@@ -529,7 +557,8 @@ impl Aggregator {
         entry.1 += u64::from(info.segs_out);
         entry.2 += u64::from(info.total_retrans);
         if s.state == TcpState::Established {
-            let port = self.port_info.entry(s.local_port).or_default();
+            let key = Direction::of(s.local_port, s.remote_port, self.range());
+            let port = self.port_info.entry(key).or_default();
             port.0 += 1;
             port.1 += info.rtt_ms;
             port.2 = port.2.max(info.rtt_ms);
@@ -601,25 +630,25 @@ impl Aggregator {
 
         let mut per_ip: Vec<IpCount> = self.per_ip.into_values().collect();
         per_ip.sort_unstable_by(IpCount::order);
-        let mut per_port: Vec<PortCount> =
-            self.per_port
-                .into_iter()
-                .map(|(port, established)| PortCount {
-                    info: self.port_info.get(&port).map(
-                        |&(n, rtt_sum, rtt_max, retrans, queue)| PortInfo {
-                            rtt_avg_ms: rtt_sum / n.max(1) as f64,
-                            rtt_max_ms: rtt_max,
-                            total_retrans: retrans,
-                            send_queue_bytes: queue,
-                        },
-                    ),
-                    port,
-                    established,
-                    netns: None,
-                })
-                .collect();
-        per_port
-            .sort_unstable_by(|a, b| b.established.cmp(&a.established).then(a.port.cmp(&b.port)));
+        let mut per_port: Vec<PortCount> = self
+            .per_port
+            .into_iter()
+            .map(|((direction, port), established)| PortCount {
+                info: self.port_info.get(&(direction, port)).map(
+                    |&(n, rtt_sum, rtt_max, retrans, queue)| PortInfo {
+                        rtt_avg_ms: rtt_sum / n.max(1) as f64,
+                        rtt_max_ms: rtt_max,
+                        total_retrans: retrans,
+                        send_queue_bytes: queue,
+                    },
+                ),
+                port,
+                direction,
+                established,
+                netns: None,
+            })
+            .collect();
+        per_port.sort_unstable_by(PortCount::order);
 
         let range = self.port_range.unwrap_or(PortRange::LINUX_DEFAULT);
         let listening: HashSet<u16> = listeners.iter().map(|l| l.port).collect();
@@ -765,9 +794,44 @@ mod tests {
             vec![PortCount {
                 netns: None,
                 port: 80,
+                direction: Direction::In,
                 established: 3,
                 info: None,
             }]
+        );
+    }
+
+    /// A client's connections are counted by the server port they go to, not by their
+    /// ephemeral local ports (one row each).
+    #[test]
+    fn per_port_counts_clients_by_the_port_they_connect_to() {
+        let mut sockets: Vec<Socket> = (0..50)
+            .map(|i| {
+                sock(
+                    TcpState::Established,
+                    "10.0.0.1",
+                    40000 + i,
+                    "192.0.2.7",
+                    5432,
+                )
+            })
+            .collect();
+        sockets.push(sock(
+            TcpState::Established,
+            "10.0.0.1",
+            443,
+            "192.0.2.8",
+            51000,
+        ));
+        let s = summarize(&sockets, Filter::default());
+        let rows: Vec<(Direction, u16, u64)> = s
+            .per_port
+            .iter()
+            .map(|p| (p.direction, p.port, p.established))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![(Direction::Out, 5432, 50), (Direction::In, 443, 1)]
         );
     }
 
@@ -804,8 +868,9 @@ mod tests {
         assert_eq!(rtts, [99.0, 98.0, 97.0, 96.0, 95.0]);
         assert_eq!(matched, 100);
         let summary = agg.finish(Some(&Owners::default()), &HashMap::new());
-        let port = summary.per_port.iter().find(|p| p.port == 40000).unwrap();
-        assert_eq!(port.info.unwrap().rtt_max_ms, 0.0);
+        let port = summary.per_port.iter().find(|p| p.port == 443).unwrap();
+        assert_eq!(port.direction, Direction::Out);
+        assert_eq!(port.info.unwrap().rtt_max_ms, 99.0);
         assert_eq!(summary.retransmits.len(), 1);
     }
 

@@ -6,7 +6,7 @@ use std::{collections::HashMap, io, path::PathBuf};
 
 use super::{
     analysis::{
-        Aggregator, CloseWaitGroup, Collect, Connection, Filter, IpCount, Summary,
+        Aggregator, CloseWaitGroup, Collect, Connection, Filter, IpCount, PortCount, Summary,
         MAX_SKIP_EXAMPLES,
     },
     listener_backlogs, Snapshot, SnapshotError,
@@ -420,11 +420,7 @@ pub fn merge(parts: &[NamespaceSummary]) -> Summary {
     out.listeners
         .sort_by_key(|l| (l.port, l.family, l.ip, l.netns));
     out.per_ip.sort_by(IpCount::order);
-    out.per_port.sort_by(|a, b| {
-        b.established
-            .cmp(&a.established)
-            .then((a.port, a.netns).cmp(&(b.port, b.netns)))
-    });
+    out.per_port.sort_by(PortCount::order);
     out.close_wait.sort_by(CloseWaitGroup::order);
     out.retransmits.sort_by(|a, b| {
         b.retrans_pct
