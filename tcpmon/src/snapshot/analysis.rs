@@ -188,6 +188,16 @@ pub struct PortInfo {
     pub send_queue_bytes: u64,
 }
 
+/// A port's tcp_info as it is summed up, before the averages.
+#[derive(Clone, Copy, Debug, Default)]
+struct PortInfoSum {
+    connections: u64,
+    rtt_sum_ms: f64,
+    rtt_max_ms: f64,
+    total_retrans: u64,
+    send_queue_bytes: u64,
+}
+
 /// One remote IP's connections as tcp_info sees them: how much they retransmit.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Retransmits {
@@ -377,7 +387,7 @@ pub struct Aggregator {
     /// Per remote IP: stuck connections, bytes queued.
     stuck: FxHashMap<IpAddr, (u64, u64)>,
     /// Per local port: connections with tcp_info, RTT sum and max, retransmits, queue.
-    port_info: FxHashMap<(Direction, u16), (u64, f64, f64, u64, u64)>,
+    port_info: FxHashMap<(Direction, u16), PortInfoSum>,
 }
 
 impl Aggregator {
@@ -559,11 +569,11 @@ impl Aggregator {
         if s.state == TcpState::Established {
             let key = Direction::of(s.local_port, s.remote_port, self.range());
             let port = self.port_info.entry(key).or_default();
-            port.0 += 1;
-            port.1 += info.rtt_ms;
-            port.2 = port.2.max(info.rtt_ms);
-            port.3 += u64::from(info.total_retrans);
-            port.4 += u64::from(s.tx_queue);
+            port.connections += 1;
+            port.rtt_sum_ms += info.rtt_ms;
+            port.rtt_max_ms = port.rtt_max_ms.max(info.rtt_ms);
+            port.total_retrans += u64::from(info.total_retrans);
+            port.send_queue_bytes += u64::from(s.tx_queue);
         }
     }
 
@@ -634,14 +644,12 @@ impl Aggregator {
             .per_port
             .into_iter()
             .map(|((direction, port), established)| PortCount {
-                info: self.port_info.get(&(direction, port)).map(
-                    |&(n, rtt_sum, rtt_max, retrans, queue)| PortInfo {
-                        rtt_avg_ms: rtt_sum / n.max(1) as f64,
-                        rtt_max_ms: rtt_max,
-                        total_retrans: retrans,
-                        send_queue_bytes: queue,
-                    },
-                ),
+                info: self.port_info.get(&(direction, port)).map(|sum| PortInfo {
+                    rtt_avg_ms: sum.rtt_sum_ms / sum.connections.max(1) as f64,
+                    rtt_max_ms: sum.rtt_max_ms,
+                    total_retrans: sum.total_retrans,
+                    send_queue_bytes: sum.send_queue_bytes,
+                }),
                 port,
                 direction,
                 established,
