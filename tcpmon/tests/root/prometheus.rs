@@ -232,12 +232,17 @@ fn prometheus_scrapes_serve_and_the_close_wait_rule_fires() {
         "promtool check metrics: {checked:?}"
     );
 
-    // tcpmon_connections per state, as Prometheus stored it, equals ss (read again each
-    // time: the scrape connection itself comes and goes).
+    // tcpmon_connections per state, with sockstat's TIME_WAIT correction, as Prometheus
+    // stored them, equals ss (read again each time: the scrape connection itself comes
+    // and goes).
     let started = Instant::now();
     loop {
         let expected = ss_states(&ns);
-        let result = query(&monitor, prom_addr, "sum by (state) (tcpmon_connections)");
+        let result = query(
+            &monitor,
+            prom_addr,
+            r#"sum by (state) (tcpmon_connections or label_replace(tcpmon_time_wait_sockstat_correction, "state", "time_wait", "", ""))"#,
+        );
         let got: BTreeMap<String, u64> = result
             .as_array()
             .unwrap()

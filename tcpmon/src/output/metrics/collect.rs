@@ -322,12 +322,11 @@ fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
     let connections = gauge_family::<StateLabels>(
         r,
         "tcpmon_connections",
-        "TCP sockets per state and address family (ipv4 includes v4-mapped IPv6; unknown is sockstat's TIME_WAIT correction)",
+        "TCP sockets per state and address family (ipv4 includes v4-mapped IPv6); TIME_WAIT that only sockstat knows of is tcpmon_time_wait_sockstat_correction",
     );
     for (family, counts) in [
         ("ipv4", &t.states_by_family.ipv4),
         ("ipv6", &t.states_by_family.ipv6),
-        ("unknown", &t.states_by_family.unknown),
     ] {
         for state in STATES {
             let mut n = counts.get(state);
@@ -342,6 +341,12 @@ fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
                 .set(to_i64(n));
         }
     }
+    gauge(
+        r,
+        "tcpmon_time_wait_sockstat_correction",
+        "TIME_WAIT sockets /proc/net/sockstat counts beyond those tcpmon saw enter (no family is known for them): add it to tcpmon_connections{state=\"time_wait\"} for the total",
+        to_i64(t.states_by_family.unknown.get(TcpState::TimeWait)),
+    );
     listener_metrics(r, t);
     namespace_metrics(r, t);
     close_wait_metrics(r, t);
