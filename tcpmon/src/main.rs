@@ -57,7 +57,7 @@ fn exit(result: anyhow::Result<Status>) -> ExitCode {
     match result {
         Ok(status) => status.into(),
         Err(e) => {
-            eprintln!("tcpmon: {}", stderr::error_chain(&e));
+            stderr::line(&format!("tcpmon: {}", stderr::error_chain(&e)));
             Status::Error.into()
         }
     }

@@ -18,6 +18,15 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     text
 }
 
+/// Writes `text` and a newline to stderr in one write, so that a line never interleaves
+/// with stdout's when both go to one pipe (`2>&1`).
+pub fn line(text: &str) {
+    use std::io::Write;
+    let line = format!("{text}\n");
+    // Nowhere left to report a failure to.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// Writes `text` to stderr only if it can without waiting long: the last words of a
 /// stop must not hang on a stderr nobody reads.
 pub fn stderr_line(text: &str) {

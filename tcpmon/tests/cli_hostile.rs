@@ -263,3 +263,62 @@ fn absurd_flag_values_are_usage_errors() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Every line tcpmon writes to stderr goes out in one write, so it cannot be cut by
+/// stdout's lines when both go to one pipe (`2>&1`): checked on the system calls.
+#[test]
+fn stderr_lines_are_written_whole() {
+    if !Path::new("/usr/bin/strace").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "strace is missing (cargo xtask setup installs it)"
+        );
+        eprintln!("SKIPPED: strace is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    // An error (a /proc root without the tables), and a poll watch's last line.
+    for args in [
+        &["states", "--proc-root", "/nonexistent"][..],
+        &["watch", "--mode", "poll", "--duration", "300ms", "--json"][..],
+    ] {
+        let status = Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-e",
+                "trace=write",
+                "-e",
+                "signal=none",
+                "-s",
+                "4096",
+                "-o",
+            ])
+            .arg(&trace)
+            .arg(env!("CARGO_BIN_EXE_tcpmon"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.code().is_some(), "{args:?}: {status}");
+        let text = std::fs::read_to_string(&trace).unwrap();
+        let to_stderr: Vec<&str> = text.lines().filter(|l| l.contains("write(2, ")).collect();
+        assert!(
+            !to_stderr.is_empty(),
+            "{args:?} wrote nothing to stderr:\n{text}"
+        );
+        for call in &to_stderr {
+            let body = call
+                .split_once("write(2, \"")
+                .and_then(|(_, rest)| rest.rsplit_once("\","))
+                .map(|(body, _)| body)
+                .unwrap_or_else(|| panic!("unexpected trace line {call}"));
+            assert!(
+                body.ends_with("\\n") && !body[..body.len() - 2].contains("\\n"),
+                "{args:?}: a write to stderr that is not one whole line: {call}"
+            );
+        }
+    }
+}

@@ -10,7 +10,7 @@ use crate::run_cmd;
 /// objects this kernel rejects (KERNEL_FACTS.md).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
-/// Debian packages the root tests drive: ss/ip, nft, hping3, setpriv.
+/// Debian packages the tests drive: ss/ip, nft, hping3, setpriv, strace, tmux, ...
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ss", "iproute2"),
     ("ip", "iproute2"),
@@ -26,6 +26,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("man", "man-db"),
     ("curl", "curl"),
+    ("strace", "strace"),
+    ("tmux", "tmux"),
 ];
 
 pub fn ensure_all(verbose: bool) -> Result<()> {
