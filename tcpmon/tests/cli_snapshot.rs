@@ -456,3 +456,33 @@ fn flags_a_command_would_ignore_are_usage_errors() {
     tcpmon(&["listen", "--state", "syn-recv"], "mixed").success();
     tcpmon(&["established", "--sort", "queue"], "mixed").success();
 }
+
+/// Findings carry what a program needs without parsing the message: the subject, the
+/// figure judged, its unit and thresholds, the process.
+#[test]
+fn findings_are_structured() {
+    let doc = json(&["audit", "--all"], "golden");
+    let findings = doc["findings"]["items"].as_array().unwrap();
+    let find = |rule: &str, subject: &str| {
+        findings
+            .iter()
+            .find(|f| f["rule"] == rule && f["subject"] == subject)
+            .unwrap_or_else(|| panic!("no {rule} finding about {subject}: {findings:#?}"))
+    };
+    let server = find("close_wait", "8080");
+    assert_eq!(server["value"], 3.0);
+    assert_eq!(server["unit"], "sockets");
+    assert_eq!(server["critical_above"], 100.0);
+    assert_eq!(server["process"]["comm"], "app");
+    assert_eq!(server["process"]["pid"], 400);
+    let client = find("close_wait", "203.0.113.9:6379");
+    assert_eq!(client["value"], 2.0);
+    assert_eq!(client["process"]["comm"], "worker");
+    let listener = find("wildcard_listener", "[::]:80");
+    assert_eq!(listener["process"]["comm"], "nginx");
+    let lines = find("unparsed_lines", "socket tables");
+    assert_eq!(
+        (lines["value"].as_f64(), lines["unit"].as_str()),
+        (Some(1.0), Some("lines"))
+    );
+}

@@ -3,8 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::analysis::Summary;
-use crate::model::{endpoint, severity, Severity, Thresholds};
+use crate::model::{endpoint, severity, Process, Severity, Thresholds};
 
+/// A finding: the rule, what it is about, the figure it judged against which thresholds,
+/// and a message. Programs read the structured fields; the message is for people.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub severity: Severity,
@@ -12,10 +14,70 @@ pub struct Finding {
     /// port_exhaustion, retransmits, stuck_send_queue, wildcard_listener, unparsed_lines,
     /// owners_hidden, netns_unread.
     pub rule: String,
+    /// What it is about: "total", a local port or remote ip:port (CLOSE_WAIT), a
+    /// listener, a remote IP, a destination, a namespace.
+    pub subject: String,
     pub message: String,
-    /// The network namespace (inode) it is in, when several were read.
+    /// The figure the rule judged, in `unit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// sockets, connections, percent_of_backlog, percent_of_range, percent_of_segments,
+    /// bytes, lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The thresholds `value` was judged against (strictly above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning_above: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_above: Option<f64>,
+    /// The process it is about, when known (a CLOSE_WAIT leak, a listener).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// The network namespace (inode) it is in, when several were read, and its owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_owner: Option<String>,
+}
+
+/// The structured part of a finding, as each rule fills it.
+#[derive(Default)]
+struct Facts {
+    subject: String,
+    value: Option<f64>,
+    unit: Option<&'static str>,
+    warning_above: Option<f64>,
+    critical_above: Option<f64>,
+    process: Option<Process>,
+}
+
+impl Facts {
+    fn about(subject: impl Into<String>) -> Self {
+        Self {
+            subject: subject.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The figure judged, and the thresholds it was judged against.
+    fn judged(mut self, value: f64, unit: &'static str, warn: f64, crit: f64) -> Self {
+        self.value = Some(value);
+        self.unit = Some(unit);
+        self.warning_above = Some(warn);
+        self.critical_above = Some(crit);
+        self
+    }
+
+    fn counted(mut self, value: f64, unit: &'static str) -> Self {
+        self.value = Some(value);
+        self.unit = Some(unit);
+        self
+    }
+
+    fn held_by(mut self, process: Option<&Process>) -> Self {
+        self.process = process.cloned();
+        self
+    }
 }
 
 /// Runs every rule; findings come back most severe first.
@@ -26,11 +88,18 @@ pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
 /// The rules over one namespace's summary; `place` names it in every message.
 fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let mut push = |severity, rule: &str, message: String| {
+    let mut push = |severity, rule: &str, facts: Facts, message: String| {
         findings.push(Finding {
             netns: place.map(|(inode, _)| inode),
+            netns_owner: place.map(|(_, label)| label.to_owned()),
             severity,
             rule: rule.into(),
+            subject: facts.subject,
+            value: facts.value,
+            unit: facts.unit.map(str::to_owned),
+            warning_above: facts.warning_above,
+            critical_above: facts.critical_above,
+            process: facts.process,
             message: match place {
                 // A CLOSE_WAIT finding names its place after the process that holds it.
                 Some((_, label)) if rule != "close_wait" => format!("In {label}: {message}"),
@@ -44,6 +113,12 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         push(
             sev,
             "time_wait",
+            Facts::about("total").judged(
+                tw as f64,
+                "sockets",
+                t.time_wait_warn as f64,
+                t.time_wait_crit as f64,
+            ),
             format!(
                 "{tw} sockets in TIME_WAIT (warning above {}, critical above {}): short-lived \
                  connections are closing faster than the 60 s TIME_WAIT drains them",
@@ -71,6 +146,9 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         push(
             cw_sev,
             "close_wait",
+            Facts::about(group.side.subject())
+                .judged(group.count as f64, "sockets", 0.0, t.close_wait_crit as f64)
+                .held_by(group.process.as_ref()),
             format!(
                 "{} CLOSE_WAIT socket{} {} held by {owner}: {}{}",
                 group.count,
@@ -100,6 +178,14 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             push(
                 sev,
                 "syn_flood",
+                Facts::about(endpoint(l.ip, l.port))
+                    .judged(
+                        pct,
+                        "percent_of_backlog",
+                        t.syn_backlog_warn_pct,
+                        t.syn_backlog_crit_pct,
+                    )
+                    .held_by(l.process.as_ref()),
                 format!(
                     "{} half-open (SYN_RECV) requests on listener {} = {:.0}% of {} {} \
                      from {} distinct source{}{}",
@@ -129,6 +215,12 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             Some(sev) => push(
                 sev,
                 "per_ip",
+                Facts::about(ip.ip.to_string()).judged(
+                    ip.active as f64,
+                    "connections",
+                    t.per_ip_warn as f64,
+                    t.per_ip_crit as f64,
+                ),
                 format!(
                     "remote {} holds {} live connections ({} established, {} in handshake; \
                      warning above {}, critical above {}); besides, {} TIME_WAIT and {} \
@@ -155,6 +247,12 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             push(
                 sev,
                 "port_exhaustion",
+                Facts::about(endpoint(dest.ip, dest.port)).judged(
+                    pct,
+                    "percent_of_range",
+                    t.port_exhaustion_warn_pct,
+                    t.port_exhaustion_crit_pct,
+                ),
                 format!(
                     "{} local ports ({} in TIME_WAIT) are tied up toward {} = {:.0}% of the \
                      ephemeral range {}-{}: new connections there will fail with EADDRNOTAVAIL",
@@ -178,6 +276,12 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
             push(
                 sev,
                 "retransmits",
+                Facts::about(r.ip.to_string()).judged(
+                    r.retrans_pct,
+                    "percent_of_segments",
+                    t.retrans_warn_pct,
+                    t.retrans_crit_pct,
+                ),
                 format!(
                     "connections to {} retransmit {:.1}% of their segments ({} of {} over {} \
                      connection{}; warning above {}%): loss or congestion on the path",
@@ -202,6 +306,12 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
                 Severity::Warning
             },
             "stuck_send_queue",
+            Facts::about(s.ip.to_string()).judged(
+                s.queued_bytes as f64,
+                "bytes",
+                0.0,
+                t.stuck_crit_bytes as f64,
+            ),
             format!(
                 "{} connection{} to {} cannot send: the peer advertises a zero window (it is \
                  not reading) with {} bytes queued",
@@ -222,6 +332,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         push(
             Severity::Info,
             "wildcard_listener",
+            Facts::about(endpoint(l.ip, l.port)).held_by(l.process.as_ref()),
             format!(
                 "listening on all {} addresses: {}{owner}",
                 l.family.name(),
@@ -234,6 +345,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         push(
             Severity::Warning,
             "unparsed_lines",
+            Facts::about("socket tables").counted(summary.skipped.count as f64, "lines"),
             format!(
                 "{} line{} of /proc/net/tcp{{,6}} could not be decoded and {} not counted",
                 summary.skipped.count,
@@ -250,6 +362,7 @@ fn audit_in(summary: &Summary, t: &Thresholds, place: Option<(u64, &str)>) -> Ve
         push(
             Severity::Info,
             "owners_hidden",
+            Facts::about("owners").counted(summary.owners_unknown as f64, "sockets"),
             format!(
                 "the owning process of {} listener/CLOSE_WAIT socket{} was not found: {}",
                 summary.owners_unknown,
@@ -297,11 +410,18 @@ pub fn audit_namespaces(
     findings.extend(unread.iter().map(|(inode, owner, reason)| Finding {
         severity: Severity::Warning,
         rule: "netns_unread".into(),
+        subject: inode.to_string(),
         message: format!(
             "network namespace {inode} ({}) was not read and its sockets were not judged: {reason}",
             crate::model::printable(owner)
         ),
+        value: None,
+        unit: None,
+        warning_above: None,
+        critical_above: None,
+        process: None,
         netns: Some(*inode),
+        netns_owner: Some(owner.clone()),
     }));
     // Stable: within a severity, the largest namespace's findings come first.
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
