@@ -103,10 +103,15 @@ pub struct SnapshotArgs {
     /// congestion window, bytes, from tcp_info (netlink).
     #[arg(long)]
     pub info: bool,
-    /// Order listed connections by this, largest first (rtt, retrans and bytes need
-    /// --info).
+    /// Order listed connections by this, largest first (rtt, retrans and bytes read
+    /// and show tcp_info).
     #[arg(long, value_name = "KEY", value_parser = parse_sort)]
     pub sort: Option<SortKey>,
+    /// Name the process holding each connection listed (`established`; like `ss -p`: a
+    /// walk of every process's file descriptors, which other users' processes need root
+    /// for).
+    #[arg(short = 'p', long)]
+    pub processes: bool,
 }
 
 /// `--source`.
@@ -154,6 +159,7 @@ impl SnapshotArgs {
         if self.shows_info() {
             want.info = Info::Shown;
         }
+        want.connection_owners |= self.processes;
         ReadOptions {
             proc_root: self.proc_root(),
             source: match self.source {

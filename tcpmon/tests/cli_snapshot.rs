@@ -486,3 +486,28 @@ fn findings_are_structured() {
         (Some(1.0), Some("lines"))
     );
 }
+
+/// `established -p` names the process of every connection it lists, in text and JSON.
+#[test]
+fn established_names_each_connection_s_process() {
+    let doc = json(&["established", "--processes", "--all"], "golden");
+    let items = doc["established"]["items"].as_array().unwrap();
+    let of_port = |port: u64| -> Vec<&Value> {
+        items
+            .iter()
+            .filter(|c| c["local_port"] == port)
+            .map(|c| &c["process"])
+            .collect()
+    };
+    assert!(of_port(8080)
+        .iter()
+        .all(|p| p["comm"] == "app" && p["pid"] == 400));
+    assert_eq!(of_port(41000)[0]["comm"], "worker");
+    assert!(
+        of_port(22).iter().all(|p| p.is_null()),
+        "no process holds them in the fixture"
+    );
+    // Without it, no walk of the processes and no field.
+    let doc = json(&["established", "--all"], "golden");
+    assert!(doc["established"]["items"][0].get("process").is_none());
+}

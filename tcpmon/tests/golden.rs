@@ -69,6 +69,11 @@ fn established_cut() {
 }
 
 #[test]
+fn established_with_processes() {
+    golden("established_processes", &["established", "-p"], 0);
+}
+
+#[test]
 fn per_ip() {
     golden("per_ip", &["per-ip"], 0);
 }

@@ -30,6 +30,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
         "TIMER",
         NamespaceCells::of(&loaded).as_ref(),
         args.shows_info() && loaded.summary.tcp_info,
+        args.processes,
     );
     one_list(
         out,

@@ -121,7 +121,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, style: Style) -> Result<Sta
         out,
         style,
         "TIME_WAIT SOCKETS",
-        connections_table(&loaded.connections.items, "EXPIRES IN", ns, false),
+        connections_table(&loaded.connections.items, "EXPIRES IN", ns, false, false),
         &loaded.connections,
         "sockets",
     )?;

@@ -42,6 +42,12 @@ pub fn check_snapshot(command: &str, args: &SnapshotArgs) -> Result<(), String> 
             ));
         }
     }
+    if args.processes && command != "established" {
+        return Err(format!(
+            "--processes names the holder of each connection `established` lists; \
+             `{command}` lists none (listeners and CLOSE_WAIT are named anyway)"
+        ));
+    }
     if args.info && !matches!(command, "established" | "per-port" | "report") {
         return Err(format!(
             "--info shows tcp_info in `established`, `per-port` and `report`; `{command}` \

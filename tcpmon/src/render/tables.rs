@@ -269,11 +269,13 @@ pub fn close_wait_table(rows: &[CloseWaitGroup], ns: Option<&NamespaceCells>) ->
     )
 }
 
+/// Connections, with their tcp_info when `info` and their process when `processes`.
 pub fn connections_table(
     rows: &[Connection],
     timer_title: &'static str,
     ns: Option<&NamespaceCells>,
     info: bool,
+    processes: bool,
 ) -> Table {
     let mut columns = vec![
         ("LOCAL", Align::Left),
@@ -292,6 +294,9 @@ pub fn connections_table(
             ("RECEIVED", Align::Right),
             ("DELIVERY", Align::Right),
         ]);
+    }
+    if processes {
+        columns.push(("PROCESS", Align::Left));
     }
     tagged_table(
         ns,
@@ -320,6 +325,9 @@ pub fn connections_table(
                     ]),
                     None => cells.extend(std::iter::repeat_n("-".to_owned(), 6)),
                 }
+            }
+            if processes {
+                cells.push(process_cell(c.process.as_ref()));
             }
             cells
         },

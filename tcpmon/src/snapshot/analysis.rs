@@ -310,6 +310,9 @@ pub struct Connection {
     /// From tcp_info (netlink with --info).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<TcpInfo>,
+    /// The process holding it (with `--processes`), when visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
 }
 
 /// Everything one snapshot says, after filtering.
@@ -357,6 +360,8 @@ pub struct Collect {
     pub connection_limit: Option<usize>,
     /// Keep the `connection_limit` largest by this, not the first ones.
     pub sort: Option<SortKey>,
+    /// Name the owning process of every connection kept (like `ss -p`).
+    pub owners: bool,
 }
 
 /// The first pass: everything except process owners, which need the inodes it finds.
@@ -513,6 +518,7 @@ impl Aggregator {
                     uid: s.uid,
                     inode: s.inode,
                     timer_secs: (s.timer != 0).then_some(s.timer_secs()),
+                    process: None,
                 });
                 self.trim_sorted(false);
             }
@@ -579,18 +585,31 @@ impl Aggregator {
 
     /// Inodes whose owning process the summary shows: listeners and CLOSE_WAIT sockets.
     pub fn wanted_owners(&self) -> HashSet<u64> {
+        let kept = self
+            .connections
+            .iter()
+            .filter(|_| self.collect.owners)
+            .map(|c| c.inode);
         self.listeners
             .iter()
             .map(|l| l.inode)
             .chain(self.close_wait.iter().map(|&(_, _, inode, _)| inode))
+            .chain(kept)
             .filter(|&inode| inode != 0)
             .collect()
     }
 
-    /// Connections collected per [`Collect`], and how many matched in all.
-    pub fn take_connections(&mut self) -> (Vec<Connection>, u64) {
+    /// Connections collected per [`Collect`] (their owners named from `owners` when it
+    /// asks), and how many matched in all.
+    pub fn take_connections(&mut self, owners: Option<&Owners>) -> (Vec<Connection>, u64) {
         self.trim_sorted(true);
-        (std::mem::take(&mut self.connections), self.connections_seen)
+        let mut connections = std::mem::take(&mut self.connections);
+        if let (true, Some(owners)) = (self.collect.owners, owners) {
+            for c in &mut connections {
+                c.process = owners.by_inode.get(&c.inode).cloned();
+            }
+        }
+        (connections, self.connections_seen)
     }
 
     /// Completes the summary with what the first pass could not know: owning processes
@@ -851,6 +870,7 @@ mod tests {
                 connections_of: vec![TcpState::Established],
                 connection_limit: Some(5),
                 sort: Some(SortKey::Rtt),
+                owners: false,
             },
             PortRange::LINUX_DEFAULT,
         );
@@ -871,7 +891,7 @@ mod tests {
                 }),
             );
         }
-        let (kept, matched) = agg.take_connections();
+        let (kept, matched) = agg.take_connections(None);
         let rtts: Vec<f64> = kept.iter().map(|c| c.info.unwrap().rtt_ms).collect();
         assert_eq!(rtts, [99.0, 98.0, 97.0, 96.0, 95.0]);
         assert_eq!(matched, 100);

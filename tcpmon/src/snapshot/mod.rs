@@ -217,7 +217,7 @@ pub fn summarize_netlink(
         },
     )?;
     let found = owners.then(|| process::find_owners(root, &agg.wanted_owners()));
-    let (connections, matched) = agg.take_connections();
+    let (connections, matched) = agg.take_connections(found.as_ref());
     let mut summary = agg.finish(found.as_ref(), &backlogs);
     summary.somaxconn = root.somaxconn();
     Ok((summary, connections, matched, read))
@@ -260,7 +260,7 @@ pub fn summarize_with(
         agg.add_row(&row);
     }
     let found = owners.then(|| process::find_owners(root, &agg.wanted_owners()));
-    let (connections, matched) = agg.take_connections();
+    let (connections, matched) = agg.take_connections(found.as_ref());
     let mut summary = agg.finish(found.as_ref(), &listener_backlogs(root));
     summary.somaxconn = root.somaxconn();
     (summary, connections, matched)

@@ -265,7 +265,7 @@ pub fn summarize(
     aggregators
         .iter_mut()
         .map(|(ns, agg)| {
-            let (mut connections, matched) = agg.take_connections();
+            let (mut connections, matched) = agg.take_connections(found.as_ref());
             let agg = std::mem::take(agg);
             let mut summary = agg.finish(found.as_ref(), &ns.backlogs);
             summary.somaxconn = ns.somaxconn;

@@ -53,6 +53,8 @@ pub struct Want {
     pub only: Vec<TcpState>,
     /// Name the processes behind listeners and CLOSE_WAIT sockets (a walk of /proc/PID/fd).
     pub owners: bool,
+    /// Name the process behind every connection kept too (implies `owners`).
+    pub connection_owners: bool,
     /// Each connection's tcp_info (netlink only).
     pub info: Info,
 }
@@ -69,6 +71,11 @@ pub enum Info {
 }
 
 impl Want {
+    /// Whether any owner is to be looked for (a walk of every process's fds).
+    pub fn any_owners(&self) -> bool {
+        self.owners || self.connection_owners
+    }
+
     /// What the audit judges: owners name the processes in findings, tcp_info feeds the
     /// retransmit and stuck-peer rules.
     pub fn audit() -> Self {
@@ -146,6 +153,7 @@ pub fn read(options: &ReadOptions) -> Result<SnapshotRead, ReadError> {
         connections_of: options.want.connections.clone(),
         connection_limit: options.limit,
         sort: options.sort,
+        owners: options.want.connection_owners,
     };
     let (filter, only) = narrowed(&options.filter, &options.want.only);
     let selection = match &options.netns {
@@ -206,7 +214,7 @@ fn read_own(
             root,
             filter.clone(),
             collect.clone(),
-            options.want.owners,
+            options.want.any_owners(),
             info != Info::No,
         ) {
             Ok((summary, connections, matched, read)) => {
@@ -246,7 +254,7 @@ fn read_own(
     }
     let snapshot = Snapshot::read(root)?;
     let (summary, connections, matched) =
-        super::summarize_with(&snapshot, filter, collect, options.want.owners);
+        super::summarize_with(&snapshot, filter, collect, options.want.any_owners());
     Ok(SnapshotRead {
         proc_root: root.path().to_path_buf(),
         source: SourceKind::Proc,
@@ -276,7 +284,7 @@ fn read_namespaces(
         &netns::run_netns(root),
         filter,
         collect,
-        options.want.owners,
+        options.want.any_owners(),
     );
     if loaded.parts.is_empty() {
         let why: Vec<String> = loaded
