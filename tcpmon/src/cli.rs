@@ -19,9 +19,12 @@ use tcpmon::{
 #[command(
     name = "tcpmon",
     version,
-    about = "TCP connection monitor: /proc snapshots (no privileges) and live eBPF state transitions",
-    after_help = "Snapshot commands read /proc/net/tcp and /proc/net/tcp6 once per run.\n\
-                  `tcpmon watch` needs root (or CAP_BPF + CAP_PERFMON) for eBPF; without it, it polls."
+    about = "TCP connection monitor: socket snapshots, live state transitions (eBPF), alerts and a Prometheus exporter",
+    after_help = "Snapshot commands read the sockets once through netlink sock_diag (what ss reads), \
+                  or /proc/net/tcp{,6} where netlink is not available; no privileges needed, \
+                  except to name other users' processes.\n\
+                  `tcpmon watch` and `tcpmon serve` need root (or CAP_BPF + CAP_PERFMON) for eBPF; \
+                  without it, they poll."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -75,7 +78,7 @@ pub struct SnapshotArgs {
     #[arg(long)]
     pub all: bool,
     /// Only sockets in these states (repeatable or comma-separated; ss names work too).
-    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = state_names())]
     pub state: Vec<TcpState>,
     /// Only sockets whose local or remote port is PORT.
     #[arg(long, value_name = "PORT")]
@@ -105,7 +108,7 @@ pub struct SnapshotArgs {
     pub info: bool,
     /// Order listed connections by this, largest first (rtt, retrans and bytes read
     /// and show tcp_info).
-    #[arg(long, value_name = "KEY", value_parser = parse_sort)]
+    #[arg(long, value_name = "KEY", value_parser = sort_keys())]
     pub sort: Option<SortKey>,
     /// Name the process holding each connection listed (`established`; like `ss -p`: a
     /// walk of every process's file descriptors, which other users' processes need root
@@ -199,21 +202,93 @@ impl SnapshotArgs {
     }
 }
 
-fn parse_sort(text: &str) -> Result<SortKey, String> {
-    match text {
-        "rtt" => Ok(SortKey::Rtt),
-        "retrans" => Ok(SortKey::Retrans),
-        "queue" => Ok(SortKey::Queue),
-        "bytes" => Ok(SortKey::Bytes),
-        _ => Err(format!("'{text}' is not one of rtt, retrans, queue, bytes")),
+/// A flag value from a fixed list: the names are offered to `--help`, the man pages and
+/// the shell completions, while `parse` may accept more spellings (any case, kernel
+/// names).
+#[derive(Clone)]
+pub struct Named<T> {
+    names: &'static [&'static str],
+    parse: fn(&str) -> Option<T>,
+    what: &'static str,
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Named<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        (self.parse)(&text).ok_or_else(|| {
+            let flag = arg.map(|a| a.to_string()).unwrap_or_default();
+            let message = format!(
+                "invalid value '{text}' for '{flag}': not a {}; one of {}\n",
+                self.what,
+                self.names.join(", ")
+            );
+            clap::Error::raw(clap::error::ErrorKind::InvalidValue, message).with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.names
+                .iter()
+                .map(|name| clap::builder::PossibleValue::new(*name)),
+        ))
     }
 }
 
-pub fn parse_state(text: &str) -> Result<TcpState, String> {
-    TcpState::parse_name(text).ok_or_else(|| {
-        let names: Vec<&str> = TcpState::ALL.iter().map(|s| s.name()).collect();
-        format!("unknown state '{text}'; one of {}", names.join(", "))
-    })
+/// The ss spellings of the states, in kernel order; `TcpState::parse_name` also takes
+/// the kernel's (`TIME_WAIT`) and any case.
+const STATE_NAMES: &[&str] = &[
+    "established",
+    "syn-sent",
+    "syn-recv",
+    "fin-wait1",
+    "fin-wait2",
+    "time-wait",
+    "close",
+    "close-wait",
+    "last-ack",
+    "listen",
+    "closing",
+    "new-syn-recv",
+];
+
+fn state_names() -> Named<TcpState> {
+    Named {
+        names: STATE_NAMES,
+        parse: TcpState::parse_name,
+        what: "TCP state",
+    }
+}
+
+fn sort_keys() -> Named<SortKey> {
+    Named {
+        names: &["rtt", "retrans", "queue", "bytes"],
+        parse: |text| match text {
+            "rtt" => Some(SortKey::Rtt),
+            "retrans" => Some(SortKey::Retrans),
+            "queue" => Some(SortKey::Queue),
+            "bytes" => Some(SortKey::Bytes),
+            _ => None,
+        },
+        what: "sort key",
+    }
+}
+
+fn severities() -> Named<Severity> {
+    Named {
+        names: &["info", "warning", "critical"],
+        parse: |text| text.parse().ok(),
+        what: "severity",
+    }
 }
 
 /// A percentage, 0 to 100.
@@ -244,7 +319,8 @@ pub struct ThresholdArgs {
     /// TIME_WAIT sockets above which it is critical.
     #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.time_wait_crit)]
     pub time_wait_crit: u64,
-    /// CLOSE_WAIT sockets on one local port above which it is critical.
+    /// CLOSE_WAIT sockets of one leak (a listener's port, or one client process toward
+    /// one remote ip:port) above which it is critical.
     #[arg(long, visible_alias = "close-wait-count", value_name = "N",
           default_value_t = Thresholds::DEFAULT.close_wait_crit)]
     pub close_wait_crit: u64,
@@ -256,10 +332,11 @@ pub struct ThresholdArgs {
     #[arg(long, value_name = "PCT", value_parser = parse_pct,
           default_value_t = Thresholds::DEFAULT.syn_backlog_crit_pct)]
     pub syn_backlog_crit: f64,
-    /// Connections from one remote IP above which to warn.
+    /// Live connections (established or in the handshake) with one remote IP above which
+    /// to warn; TIME_WAIT is shown apart, not judged.
     #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.per_ip_warn)]
     pub per_ip_warn: u64,
-    /// Connections from one remote IP above which it is critical.
+    /// Live connections with one remote IP above which it is critical.
     #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.per_ip_crit)]
     pub per_ip_crit: u64,
     /// Local ports tied up toward one remote ip:port, % of the ephemeral range, to warn.
@@ -370,7 +447,7 @@ pub struct AuditArgs {
     #[command(flatten)]
     pub thresholds: AuditThresholdArgs,
     /// Exit 1 when a finding is at least this severe.
-    #[arg(long, default_value = "critical", value_name = "SEVERITY")]
+    #[arg(long, default_value = "critical", value_name = "SEVERITY", value_parser = severities())]
     pub fail_on: Severity,
 }
 
@@ -517,7 +594,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "ADDR|CIDR", value_parser = parse_net)]
     pub ip: Option<ipnet::IpNet>,
     /// Only transitions into or out of these states.
-    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = state_names())]
     pub state: Vec<TcpState>,
     /// Entries of each list in a tally (remote IPs, ports, destinations).
     #[arg(long, value_name = "N", default_value_t = 5,
@@ -575,6 +652,38 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offered_state_names_are_every_state_once() {
+        let parsed: Vec<TcpState> = STATE_NAMES
+            .iter()
+            .map(|n| TcpState::parse_name(n).unwrap_or_else(|| panic!("{n}")))
+            .collect();
+        assert_eq!(parsed, TcpState::ALL.to_vec());
+    }
+
+    #[test]
+    fn named_values_parse_leniently_and_refuse_with_the_list() {
+        let ok =
+            Cli::try_parse_from(["tcpmon", "states", "--state", "TIME_WAIT,syn-recv"]).unwrap();
+        let Command::States(args) = ok.command else {
+            panic!("states")
+        };
+        assert_eq!(args.state, vec![TcpState::TimeWait, TcpState::SynRecv]);
+        let err = Cli::try_parse_from(["tcpmon", "states", "--state", "open"]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("'open'") && text.contains("time-wait"),
+            "{text}"
+        );
+        let err = Cli::try_parse_from(["tcpmon", "audit", "--fail-on", "loud"]).unwrap_err();
+        assert!(err.to_string().contains("info, warning, critical"), "{err}");
+        let err = Cli::try_parse_from(["tcpmon", "established", "--sort", "age"]).unwrap_err();
+        assert!(
+            err.to_string().contains("rtt, retrans, queue, bytes"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn durations_parse_within_bounds() {
