@@ -2,6 +2,7 @@
 //! installed here, idempotently, so `cargo xtask run` and `cargo xtask test` are the only
 //! two commands a newcomer has to know.
 mod fuzz;
+mod image;
 mod package;
 mod setup;
 
@@ -48,6 +49,9 @@ enum Task {
     /// Build the Debian package (target/debian/): binary, man pages, completions, the
     /// systemd unit, the Prometheus rules.
     Package,
+    /// Build the container image the DaemonSet runs (buildah, deploy/container/), check
+    /// it runs, and write it as an OCI archive to target/dist/.
+    Image,
     /// Fuzz the parsers, the decoder and the ring walkers (cargo-fuzz, nightly), each
     /// target for --seconds, from its committed corpus; reports executions and crashes.
     Fuzz {
@@ -91,6 +95,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Task::Fuzz { seconds, targets } => fuzz::run(&root, seconds, &targets)?,
         Task::Package => {
             package::build(&root)?;
+        }
+        Task::Image => {
+            setup::ensure_all(false)?;
+            let deb = package::build(&root)?;
+            image::build_and_check(&root, &deb)?;
         }
         Task::Test => test(&root)?,
         Task::Bench { args } => {
@@ -217,8 +226,9 @@ fn test(root: &Path) -> Result<()> {
     if unsafe { libc::geteuid() } == 0 {
         let deb = package::build(root)?;
         package::install_and_check(root, &deb)?;
+        image::build_and_check(root, &deb)?;
     } else if ci {
-        bail!("the package checks need root (CI=true)");
+        bail!("the package and image checks need root (CI=true)");
     } else {
         eprintln!("SKIPPED package install checks: they need root");
     }

@@ -54,6 +54,7 @@ pub fn install_and_check(root: &Path, deb: &Path) -> Result<()> {
     if !version.starts_with("tcpmon ") {
         bail!("tcpmon --version said {version:?}");
     }
+    check_contents(deb)?;
     run_cmd(Command::new("man").args(["-w", "tcpmon"]))?;
     run_cmd(Command::new("man").args(["-w", "tcpmon-serve"]))?;
     run_cmd(
@@ -70,5 +71,40 @@ pub fn install_and_check(root: &Path, deb: &Path) -> Result<()> {
             .current_dir(root.join("deploy/prometheus")),
     )?;
     eprintln!("xtask: package installed and checked ({})", version.trim());
+    Ok(())
+}
+
+/// What a packager would reject: debug symbols in the shipped binary, placeholder
+/// addresses, missing licenses.
+fn check_contents(deb: &Path) -> Result<()> {
+    let sections = Command::new("readelf")
+        .args(["-S", "-W", "/usr/bin/tcpmon"])
+        .output()
+        .context("running readelf")?;
+    if String::from_utf8_lossy(&sections.stdout).contains(".debug_info") {
+        bail!("/usr/bin/tcpmon carries debug symbols: the package must ship it stripped");
+    }
+    let control = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(deb)
+        .output()
+        .context("reading the package's control fields")?;
+    let control = String::from_utf8_lossy(&control.stdout).into_owned();
+    let unit = std::fs::read_to_string("/lib/systemd/system/tcpmon.service")?;
+    for (what, text) in [("control file", &control), ("unit", &unit)] {
+        for placeholder in ["example.invalid", "example.com", "github.com/tcpmon"] {
+            if text.contains(placeholder) {
+                bail!("the package's {what} holds a placeholder ({placeholder})");
+            }
+        }
+    }
+    for license in ["copyright", "LICENSE-MIT", "LICENSE-APACHE"] {
+        let path = Path::new("/usr/share/doc/tcpmon").join(license);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if text.trim().is_empty() {
+            bail!("{} is empty", path.display());
+        }
+    }
     Ok(())
 }

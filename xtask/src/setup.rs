@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("strace", "strace"),
     ("tmux", "tmux"),
+    ("buildah", "buildah"),
+    ("readelf", "binutils"),
 ];
 
 pub fn ensure_all(verbose: bool) -> Result<()> {

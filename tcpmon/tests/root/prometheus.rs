@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{require_root, tcpmon_bin, Netns};
+use crate::harness::{require_root, tcpmon_bin, Holder, Netns};
 
 /// A child killed (and reaped) on drop, also when the test panics.
 struct Killed(Child);
@@ -381,5 +381,115 @@ fn serve_works_with_exactly_the_units_capabilities() {
     assert!(status.success(), "{status}: {err}");
     // Every feature on: no note at all.
     let notes: Vec<&str> = err.lines().filter(|l| l.contains("note:")).collect();
+    assert!(notes.is_empty(), "{notes:?}");
+}
+
+/// The DaemonSet's container, as a runtime starts it: uid 0 with only the capabilities
+/// the manifest adds, its args (`--all-netns` included), in the node's namespace, with a
+/// pod beside it.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn serve_works_with_exactly_the_daemonsets_capabilities_and_args() {
+    if !require_root("serve_works_with_exactly_the_daemonsets_capabilities_and_args") {
+        return;
+    }
+    let manifest =
+        std::fs::read_to_string(workspace().join("deploy/kubernetes/daemonset.yaml")).unwrap();
+    let caps: Vec<String> = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("add: ["))
+        .expect("capabilities: add: [...]")
+        .trim_end_matches(']')
+        .split(',')
+        .map(|c| format!("+{}", c.trim().trim_matches('"').to_ascii_lowercase()))
+        .collect();
+    let list = format!("-all,{}", caps.join(","));
+    let args: Vec<String> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .map(|a| {
+            a.replace("$(NODE_IP)", "127.0.0.1")
+                .replace(":29827", ":29831")
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == "--all-netns"), "{args:?}");
+    let node = Netns::new("node");
+    let pod = Netns::new("pod");
+    // A pod's namespace is held by its pause process: without CAP_SYS_ADMIN, tcpmon
+    // reads a namespace through a process inside it.
+    let mut pause = pod.command("sleep");
+    pause.arg("600");
+    let _pause = Holder::spawn(pause);
+    let _sockets = population(&pod);
+    let _tracefs = SystemdLikeTracefs::ensure();
+    let child = node.run(move || {
+        Command::new("setpriv")
+            .args([
+                &format!("--inh-caps={list}"),
+                &format!("--ambient-caps={list}"),
+                &format!("--bounding-set={list}"),
+            ])
+            .arg(tcpmon_bin())
+            .args(&args)
+            .args(["--interval", "500ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    let mut serve = Killed(child);
+    let addr: SocketAddr = "127.0.0.1:29831".parse().unwrap();
+    let pod_series = format!("tcpmon_netns_connections{{netns=\"{}\"", pod.inode());
+    let started = Instant::now();
+    let body = loop {
+        let (status, body) = http_get(&node, addr, "/metrics");
+        if status == 200
+            && body
+                .lines()
+                .any(|l| l.starts_with(&pod_series) && l.contains("state=\"close_wait\""))
+        {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pod's namespace is not tallied: {body}"
+        );
+        thread::sleep(Duration::from_millis(300));
+    };
+    let close_wait = body
+        .lines()
+        .find(|l| l.starts_with(&pod_series) && l.contains("state=\"close_wait\""))
+        .unwrap();
+    assert!(close_wait.ends_with(" 120"), "{close_wait}");
+    assert!(
+        close_wait.contains(&format!("ip netns {}", pod.name)),
+        "{close_wait}"
+    );
+    assert!(
+        body.contains(r#"tcpmon_mode_info{mode="ebpf"} 1"#),
+        "{body}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    let status = serve.0.wait().unwrap();
+    let mut err = String::new();
+    serve
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    // Every feature on; the notes left say what --all-netns is, and that namespaces no
+    // process holds (this test's node) are not entered without CAP_SYS_ADMIN.
+    let notes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("note:"))
+        .filter(|l| !l.contains("every network namespace is tallied on its own"))
+        .filter(|l| !l.contains("held only by a bind mount cannot be entered"))
+        .collect();
     assert!(notes.is_empty(), "{notes:?}");
 }
