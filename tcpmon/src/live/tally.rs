@@ -200,15 +200,6 @@ fn live(state: TcpState) -> bool {
     !matches!(state, TcpState::Close)
 }
 
-/// The states of a live connection, as the per-IP tally (and rule) counts them:
-/// ESTABLISHED and the handshakes.
-pub fn active(state: TcpState) -> bool {
-    matches!(
-        state,
-        TcpState::Established | TcpState::SynSent | TcpState::SynRecv
-    )
-}
-
 impl Tally {
     /// An empty tally (everything zero), e.g. before the first snapshot.
     pub fn new(cfg: TallyConfig) -> Self {
@@ -326,11 +317,11 @@ impl Tally {
                 _ => {}
             }
             if !tuple.remote_ip.is_unspecified() {
-                if active(s.state) && !request_sock {
+                if s.state.is_live_connection() && !request_sock {
                     *per_ip.entry(tuple.remote_ip).or_default() += 1;
-                } else if s.state == TcpState::TimeWait
-                    || (s.inode == 0 && s.state == TcpState::FinWait2)
-                {
+                } else if s.state == TcpState::TimeWait {
+                    // The kernel's FIN_WAIT2 mini-sockets are counted as FIN_WAIT2 in
+                    // the states, so not here: per IP as in the totals and in `per-ip`.
                     *per_ip_time_wait.entry(tuple.remote_ip).or_default() += 1;
                 }
             }
@@ -517,8 +508,8 @@ impl Tally {
 
         // Per remote IP: live connections, from the first handshake state until they
         // leave ESTABLISHED (TIME_WAIT is counted apart, while it is held).
-        let was_active = !child_born && active(t.old);
-        if was_active != active(t.new) && !tuple.remote_ip.is_unspecified() {
+        let was_active = !child_born && t.old.is_live_connection();
+        if was_active != t.new.is_live_connection() && !tuple.remote_ip.is_unspecified() {
             if was_active {
                 if !self.per_ip.remove(tuple.remote_ip) {
                     self.inconsistencies += 1;
@@ -618,7 +609,7 @@ impl Tally {
     /// Adds (`sign` 1) or takes away (-1) a TIME_WAIT entry's share of the per-state,
     /// per-destination and per-IP counts.
     fn count_time_wait(&mut self, tuple: Tuple, entry: TimeWaitEntry, sign: i64) {
-        if !tuple.remote_ip.is_unspecified() {
+        if !tuple.remote_ip.is_unspecified() && !entry.fin_wait2 {
             if sign > 0 {
                 self.per_ip_time_wait.add(tuple.remote_ip);
             } else if !self.per_ip_time_wait.remove(tuple.remote_ip) {
@@ -1100,6 +1091,26 @@ mod tests {
                 .micros_in_old,
             None
         );
+    }
+
+    #[test]
+    fn per_ip_time_wait_counts_what_the_states_call_time_wait() {
+        let mut t = Tally::new(TallyConfig::default());
+        // An orphaned FIN_WAIT2 socket the kernel already turned into a mini-socket
+        // (no inode) and a TIME_WAIT one, toward the same IP.
+        t.reconcile(
+            &[
+                socket(FinWait2, (2, 40000), (1, 80), 0),
+                socket(TimeWait, (2, 40001), (1, 80), 0),
+            ],
+            0,
+        );
+        assert_eq!((count(&t, FinWait2), count(&t, TimeWait)), (1, 1));
+        assert_eq!(t.per_ip_time_wait(ip(1)), 1);
+        assert_eq!(t.view(5).per_ip_time_wait_top, vec![(ip(1), 1)]);
+        t.expire(TIME_WAIT_NS + 1);
+        assert_eq!(t.per_ip_time_wait(ip(1)), 0);
+        assert_eq!(t.view(5).inconsistencies, 0);
     }
 
     #[test]

@@ -108,6 +108,13 @@ impl TcpState {
         }
     }
 
+    /// A live connection, as every per-IP count and rule judges it: ESTABLISHED and the
+    /// handshakes (a SYN_RECV request socket is a half-open request instead, judged by
+    /// the SYN-flood rule). TIME_WAIT and the closing states are not.
+    pub const fn is_live_connection(self) -> bool {
+        matches!(self, Self::Established | Self::SynSent | Self::SynRecv)
+    }
+
     /// Index 0..12 for dense per-state arrays.
     pub const fn index(self) -> usize {
         self as usize - 1

@@ -132,17 +132,20 @@ impl IpCount {
     /// Counts one socket.
     pub fn add(&mut self, s: &Socket) {
         self.total += 1;
+        // Request sockets have no inode.
+        let request = matches!(s.state, TcpState::SynRecv | TcpState::NewSynRecv) && s.inode == 0;
+        if s.state.is_live_connection() && !request {
+            self.active += 1;
+        }
         match s.state {
             TcpState::Established => self.established += 1,
             TcpState::SynSent => self.syn_sent += 1,
-            // Request sockets have no inode.
-            TcpState::SynRecv | TcpState::NewSynRecv if s.inode == 0 => self.half_open += 1,
+            TcpState::SynRecv | TcpState::NewSynRecv if request => self.half_open += 1,
             TcpState::SynRecv | TcpState::NewSynRecv => self.syn_recv += 1,
             TcpState::TimeWait => self.time_wait += 1,
             TcpState::CloseWait => self.close_wait += 1,
             _ => self.other += 1,
         }
-        self.active = self.established + self.syn_sent + self.syn_recv;
     }
 
     /// Largest first: by live connections, then by every socket, then by address.
