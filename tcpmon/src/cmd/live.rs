@@ -20,6 +20,9 @@ pub enum SayMode {
     /// Only when eBPF could not load and `--mode auto` fell back to polling (the
     /// command's own output shows the mode otherwise).
     WhenFallenBack,
+    /// Never: the command's output says it where the person reads stderr too (text on
+    /// the terminal).
+    Never,
 }
 
 /// How a run ended.
@@ -60,7 +63,7 @@ pub async fn run<K: Sink>(
     for note in &mode.notes {
         stderr_line(&format!("tcpmon: note: {note}"));
     }
-    if say_mode == SayMode::Always || mode.fell_back {
+    if say_mode == SayMode::Always || (say_mode == SayMode::WhenFallenBack && mode.fell_back) {
         stderr_line(&format!("tcpmon: {}", mode.reason));
     }
     let ran = engine.run(&mut sink, until(stop, live.duration)).await;

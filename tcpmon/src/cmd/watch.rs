@@ -43,14 +43,18 @@ async fn watch<K: Sink>(
     stop: &Stop,
     into_output: impl FnOnce(K) -> Option<QueuedStdout>,
 ) -> Result<Status> {
-    let Some(ended) = live::run(
-        &args.live,
-        args.engine_config(),
-        sink,
-        stop,
-        SayMode::WhenFallenBack,
-    )
-    .await?
+    // Text on a terminal already shows the fallback, where stderr shows too; elsewhere
+    // (a file, a pipe, JSON) stderr must say it.
+    let on_one_terminal = {
+        use std::io::IsTerminal as _;
+        !args.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+    };
+    let say_mode = if on_one_terminal {
+        SayMode::Never
+    } else {
+        SayMode::WhenFallenBack
+    };
+    let Some(ended) = live::run(&args.live, args.engine_config(), sink, stop, say_mode).await?
     else {
         return Ok(Status::Error);
     };

@@ -45,7 +45,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc
 /// Why the live engine cannot run; each message is one line an operator can act on.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("this tcpmon was built without its eBPF program (AYA_BUILD_SKIP); rebuild with `cargo xtask build-ebpf`")]
+    #[error("this tcpmon was built without its eBPF program (AYA_BUILD_SKIP=1); build it with the eBPF toolchain (`cargo xtask run` installs it) for live transitions")]
     NoObject,
     #[error("not permitted to load eBPF ({0}): run as root, or grant CAP_BPF and CAP_PERFMON")]
     Permission(String),

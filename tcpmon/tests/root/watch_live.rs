@@ -604,6 +604,21 @@ fn without_privileges_it_falls_back_to_polling() {
     assert_eq!(mode["mode"], "poll");
     let tally = records(&lines, "tally").last().unwrap();
     assert_eq!(tally["states"]["LISTEN"], 1);
+    // On a terminal (stdout and stderr the same screen) the fallback is said once too.
+    let shown = ns
+        .command("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
+             --bounding-set=-all {} watch --duration 1500ms --quiet-transitions",
+            tcpmon_bin().display()
+        ))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{shown:?}");
+    assert_eq!(screen.matches("eBPF unavailable").count(), 1, "{screen}");
     // Forcing eBPF without privileges is an error, not a fallback.
     let forced = unprivileged(&ns, &["watch", "--mode", "ebpf", "--duration", "1s"]);
     assert_eq!(forced.status.code(), Some(2));
