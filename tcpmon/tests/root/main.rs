@@ -2,6 +2,7 @@
 //! Run with `cargo xtask test` (one at a time: they share kernel state). Each test
 //! isolates itself in a private network namespace and filters by it.
 mod agent;
+mod agree;
 mod harness;
 mod netns;
 mod prometheus;

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::harness::{require_root, tcpmon_bin, Holder, Netns};
 
 /// A child killed (and reaped) on drop, also when the test panics.
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -31,7 +31,7 @@ fn workspace() -> PathBuf {
 }
 
 /// GET `path` from `addr` inside `ns` (through a thread that entered it).
-fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> (u16, String) {
     let path = path.to_owned();
     ns.run(move || {
         let Ok(mut s) = TcpStream::connect(addr) else {
