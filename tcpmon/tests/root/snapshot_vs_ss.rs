@@ -162,27 +162,45 @@ fn counts_match_ss_through(ns: &Netns, source: &str) {
     assert_eq!(per_ip, ss_per_ip);
     assert_eq!(per_ip["127.0.0.1"], 2 * 20 + 2 * 5 + 15 + 14);
 
-    // Per local port, ESTABLISHED only.
-    let mut ss_per_port: BTreeMap<u64, u64> = BTreeMap::new();
-    for (state, local, _) in &rows {
+    // Per service port, ESTABLISHED only: inbound by local port, outbound (from an
+    // ephemeral port to a non-ephemeral one) by remote port.
+    let range = ns.exec_ok(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
+    let (low, high): (u64, u64) = {
+        let mut bounds = range.split_whitespace().map(|b| b.parse().unwrap());
+        (bounds.next().unwrap(), bounds.next().unwrap())
+    };
+    let ephemeral = |port: u64| (low..=high).contains(&port);
+    let port_of = |endpoint: &str| -> u64 { endpoint.rsplit_once(':').unwrap().1.parse().unwrap() };
+    let mut ss_per_port: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    for (state, local, peer) in &rows {
         if state == "ESTABLISHED" {
-            *ss_per_port
-                .entry(local.rsplit_once(':').unwrap().1.parse().unwrap())
-                .or_default() += 1;
+            let (local, remote) = (port_of(local), port_of(peer));
+            let key = if ephemeral(local) && !ephemeral(remote) {
+                ("out".to_owned(), remote)
+            } else {
+                ("in".to_owned(), local)
+            };
+            *ss_per_port.entry(key).or_default() += 1;
         }
     }
-    let per_port: BTreeMap<u64, u64> = report["per_port"]["items"]
+    let per_port: BTreeMap<(String, u64), u64> = report["per_port"]["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| {
             (
-                p["port"].as_u64().unwrap(),
+                (
+                    p["direction"].as_str().unwrap().to_owned(),
+                    p["port"].as_u64().unwrap(),
+                ),
                 p["established"].as_u64().unwrap(),
             )
         })
         .collect();
     assert_eq!(per_port, ss_per_port);
+    // Our population: 35 connections in, the same 35 out, from ephemeral ports.
+    assert_eq!(per_port.values().sum::<u64>(), 70);
+    assert_eq!(per_port[&("out".to_owned(), 8001)], 20);
 
     // Owners: root sees this test process behind the listeners and CLOSE_WAIT sockets.
     let me = u64::from(std::process::id());
