@@ -295,6 +295,23 @@ fn prometheus_scrapes_serve_and_the_close_wait_rule_fires() {
     }
 }
 
+/// Stops `serve` with SIGTERM, checks it exited 0, and returns its stderr.
+fn terminate(mut serve: Killed) -> String {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    let status = serve.0.wait().unwrap();
+    let mut err = String::new();
+    serve
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    err
+}
+
 #[test]
 #[ignore = "needs root: run by `cargo xtask test`"]
 fn serve_works_with_exactly_the_units_capabilities() {
@@ -341,7 +358,7 @@ fn serve_works_with_exactly_the_units_capabilities() {
             .spawn()
             .unwrap()
     });
-    let mut serve = Killed(child);
+    let serve = Killed(child);
     let addr: SocketAddr = "127.0.0.1:29830".parse().unwrap();
     let started = Instant::now();
     let body = loop {
@@ -367,18 +384,7 @@ fn serve_works_with_exactly_the_units_capabilities() {
             && l.contains(&pid)),
         "{body}"
     );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
-    let status = serve.0.wait().unwrap();
-    let mut err = String::new();
-    serve
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{status}: {err}");
+    let err = terminate(serve);
     // Every feature on: no note at all.
     let notes: Vec<&str> = err.lines().filter(|l| l.contains("note:")).collect();
     assert!(notes.is_empty(), "{notes:?}");
@@ -439,7 +445,7 @@ fn serve_works_with_exactly_the_daemonsets_capabilities_and_args() {
             .spawn()
             .unwrap()
     });
-    let mut serve = Killed(child);
+    let serve = Killed(child);
     let addr: SocketAddr = "127.0.0.1:29831".parse().unwrap();
     let pod_series = format!("tcpmon_netns_connections{{netns=\"{}\"", pod.inode());
     let started = Instant::now();
@@ -471,18 +477,7 @@ fn serve_works_with_exactly_the_daemonsets_capabilities_and_args() {
         body.contains(r#"tcpmon_mode_info{mode="ebpf"} 1"#),
         "{body}"
     );
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
-    let status = serve.0.wait().unwrap();
-    let mut err = String::new();
-    serve
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "{status}: {err}");
+    let err = terminate(serve);
     // Every feature on; the notes left say what --all-netns is, and that namespaces no
     // process holds (this test's node) are not entered without CAP_SYS_ADMIN.
     let notes: Vec<&str> = err

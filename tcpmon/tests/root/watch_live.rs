@@ -322,15 +322,9 @@ fn close_wait_leak_is_alerted_with_port_and_process() {
     watcher.stop();
 }
 
-#[test]
-#[ignore = "needs root: run by `cargo xtask test`"]
-fn syn_flood_is_alerted_within_two_seconds_and_clears() {
-    if !require_root("syn_flood_is_alerted_within_two_seconds_and_clears") {
-        return;
-    }
-    let ns = Netns::new("syn");
-    // Drop our own RSTs so hping3's spoofed handshakes stay half-open, and let request
-    // sockets give up after one SYN-ACK retransmit so the flood drains quickly.
+/// Drops the namespace's outgoing RSTs (an nftables table that goes with the namespace),
+/// so that spoofed handshakes stay half-open.
+fn drop_own_resets(ns: &Netns) {
     let rules = "table inet tcpmon_test {\n  chain out {\n    type filter hook output priority 0;\n    tcp flags rst drop\n  }\n}\n";
     let mut nft = ns
         .command("nft")
@@ -341,6 +335,18 @@ fn syn_flood_is_alerted_within_two_seconds_and_clears() {
     std::io::Write::write_all(nft.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
     drop(nft.stdin.take());
     assert!(nft.wait().unwrap().success());
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn syn_flood_is_alerted_within_two_seconds_and_clears() {
+    if !require_root("syn_flood_is_alerted_within_two_seconds_and_clears") {
+        return;
+    }
+    let ns = Netns::new("syn");
+    // Drop our own RSTs so hping3's spoofed handshakes stay half-open, and let request
+    // sockets give up after one SYN-ACK retransmit so the flood drains quickly.
+    drop_own_resets(&ns);
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_synack_retries=1"]);
     let listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 8080)).unwrap());
     let watcher = watch(&ns, &[]);
@@ -449,16 +455,7 @@ fn syns_answered_with_cookies_are_counted() {
     let ns = Netns::new("cookies");
     // Our own RSTs and the replies to hping3's SYN-ACKs are dropped, so requests stay
     // half-open and the small queue fills at once.
-    let rules = "table inet tcpmon_test {\n  chain out {\n    type filter hook output priority 0;\n    tcp flags rst drop\n  }\n}\n";
-    let mut nft = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(nft.stdin.as_mut().unwrap(), rules.as_bytes()).unwrap();
-    drop(nft.stdin.take());
-    assert!(nft.wait().unwrap().success());
+    drop_own_resets(&ns);
     ns.exec_ok(&["sysctl", "-qw", "net.ipv4.tcp_syncookies=1"]);
     let listener = ns.run(|| {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();

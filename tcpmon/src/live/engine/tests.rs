@@ -257,15 +257,16 @@ fn per_ip_judges_live_connections_not_time_wait() {
     );
 }
 
-/// A socket "changing" to the state it is in is neither shown nor tallied, only counted;
-/// the inferred entry into TIME_WAIT is shown, and a TIME_WAIT filter finds it.
-#[test]
-fn self_transitions_are_counted_and_time_wait_entry_is_shown() {
-    let mut sink = RecordingSink::default();
-    let mut engine = Engine::start(
+/// An eBPF-mode engine over a host with one listener on port 80, showing transitions
+/// into or out of `states` only.
+fn listening_engine_showing(
+    states: Vec<TcpState>,
+    sink: &mut RecordingSink,
+) -> Engine<FakeHost, FakeSource> {
+    Engine::start(
         EngineConfig {
             transitions: Some(TransitionFilter {
-                states: vec![TimeWait],
+                states,
                 ..TransitionFilter::default()
             }),
             ..config()
@@ -278,9 +279,17 @@ fn self_transitions_are_counted_and_time_wait_entry_is_shown() {
         },
         Some(FakeSource::default()),
         mode(Mode::Ebpf),
-        &mut sink,
+        sink,
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A socket "changing" to the state it is in is neither shown nor tallied, only counted;
+/// the inferred entry into TIME_WAIT is shown, and a TIME_WAIT filter finds it.
+#[test]
+fn self_transitions_are_counted_and_time_wait_entry_is_shown() {
+    let mut sink = RecordingSink::default();
+    let mut engine = listening_engine_showing(vec![TimeWait], &mut sink);
     let mut life = connection(100, SEC, 40000);
     life.insert(
         5,
@@ -304,25 +313,7 @@ fn self_transitions_are_counted_and_time_wait_entry_is_shown() {
 #[test]
 fn a_filter_shows_some_transitions_and_tallies_all() {
     let mut sink = RecordingSink::default();
-    let mut engine = Engine::start(
-        EngineConfig {
-            transitions: Some(TransitionFilter {
-                states: vec![CloseWait],
-                ..TransitionFilter::default()
-            }),
-            ..config()
-        }
-        .validate()
-        .expect("a valid config"),
-        FakeHost {
-            sockets: vec![socket(Listen, 80, 0, 1)],
-            ..FakeHost::default()
-        },
-        Some(FakeSource::default()),
-        mode(Mode::Ebpf),
-        &mut sink,
-    )
-    .unwrap();
+    let mut engine = listening_engine_showing(vec![CloseWait], &mut sink);
     push(&mut engine, &connection(100, SEC, 40000));
     engine.drain(&mut sink).unwrap();
     let shown: Vec<(TcpState, TcpState)> = sink
