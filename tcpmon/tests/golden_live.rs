@@ -4,7 +4,7 @@
 //! reviewed insta snapshots. The engine runs over the fake host and source, whose clocks
 //! are fixed, so nothing needs scrubbing. A last test holds docs/METRICS.md and the
 //! exposition to each other.
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
 
 use tcpmon::{
     ebpf::decode::encode_transition,
@@ -24,7 +24,10 @@ use tcpmon::{
     },
     output::{
         live::TextSink,
-        metrics::{encode, Format, MetricsSink, ProcessUsage, Published},
+        metrics::{
+            encode, with_scrape_figures, Format, HttpFigures, MetricsSink, ProcessUsage, Published,
+            ScrapeFigures,
+        },
         table::Style,
     },
 };
@@ -282,7 +285,21 @@ fn exposition(format: Format) -> String {
         resident_bytes: 24 << 20,
         start_time_seconds: 1_800_000_000.0,
     };
-    encode(&published.latest().1, usage, format)
+    let figures = ScrapeFigures {
+        tally_age: Duration::from_millis(400),
+        http: HttpFigures {
+            open: 2,
+            refused: 3,
+            evicted: 40,
+            stalled: 5,
+            accept_errors: 0,
+        },
+    };
+    with_scrape_figures(
+        &encode(&published.latest().1, usage, format),
+        &figures,
+        format,
+    )
 }
 
 /// The exposition with each metric's samples sorted: prometheus-client keeps a family's

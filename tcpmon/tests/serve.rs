@@ -22,6 +22,13 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The tests that load a server run one at a time: on two cores, two floods at once
+/// would measure each other.
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Server {
     child: Child,
     addr: SocketAddr,
@@ -29,11 +36,16 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
             .args(["serve", "--mode", "poll", "--interval", "200ms", "--listen"])
             .arg(addr.to_string())
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -139,6 +151,7 @@ fn endpoints_answer_and_negotiate_the_format() {
 
 #[test]
 fn a_scrape_storm_gets_answers_and_leaves_memory_flat() {
+    let _alone = heavy();
     let server = Server::start(&[]);
     // Warm up (the first encodings, the allocator's arenas).
     for _ in 0..50 {
@@ -271,4 +284,279 @@ fn a_taken_port_is_a_clear_error() {
     assert!(err.starts_with("tcpmon: listening on 127.0.0.1:"), "{err}");
     assert!(err.contains("Address already in use"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// How an attacker holds connections.
+#[derive(Clone, Copy)]
+enum Flood {
+    /// Connects and sends nothing.
+    Idle,
+    /// Pipelines `GET /metrics` and never reads an answer.
+    PipelineNeverRead,
+}
+
+/// `n` connections of `kind` from `source`, each re-opened as soon as the server closes
+/// it, until `stop`; returns how many connects were made.
+fn flood(
+    addr: SocketAddr,
+    source: std::net::Ipv4Addr,
+    n: usize,
+    kind: Flood,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<usize> {
+    use socket2::{Domain, Socket, Type};
+    let connect = move || -> Option<TcpStream> {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+        socket.bind(&SocketAddr::from((source, 0)).into()).ok()?;
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(1))
+            .ok()?;
+        let stream: TcpStream = socket.into();
+        stream.set_nonblocking(true).ok()?;
+        Some(stream)
+    };
+    thread::spawn(move || {
+        let mut connects = 0;
+        let mut held: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+        let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        while !stop.load(Ordering::Relaxed) {
+            for slot in held.iter_mut() {
+                let alive = match slot {
+                    None => false,
+                    Some(s) => match kind {
+                        // A closed connection reads as end of file or an error.
+                        Flood::Idle => matches!(
+                            s.peek(&mut [0u8; 1]),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                        ),
+                        Flood::PipelineNeverRead => match s.write(request) {
+                            Ok(_) => true,
+                            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                        },
+                    },
+                };
+                if !alive {
+                    *slot = connect();
+                    connects += 1;
+                }
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        connects
+    })
+}
+
+/// Scrapes `/healthz` and `/metrics` in turn every 250 ms for `run`, each given 2 s;
+/// (answered with 200, tried, slowest answer).
+fn scrape_during(addr: SocketAddr, run: Duration) -> (usize, usize, Duration) {
+    let (mut ok, mut tried, mut slowest) = (0, 0, Duration::ZERO);
+    let started = Instant::now();
+    while started.elapsed() < run {
+        let path = if tried % 2 == 0 {
+            "/healthz"
+        } else {
+            "/metrics"
+        };
+        let asked = Instant::now();
+        let answered = thread::scope(|scope| {
+            let handle = scope.spawn(|| get(addr, path).0);
+            loop {
+                if handle.is_finished() {
+                    break handle.join().unwrap() == 200;
+                }
+                if asked.elapsed() > Duration::from_secs(2) {
+                    // Too slow counts as failed; the request ends on its own timeout.
+                    break false;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        tried += 1;
+        if answered {
+            ok += 1;
+            slowest = slowest.max(asked.elapsed());
+        }
+        thread::sleep(Duration::from_millis(250).saturating_sub(asked.elapsed()));
+    }
+    (ok, tried, slowest)
+}
+
+fn scrapes_survive(kind: Flood, attackers: usize, source: std::net::Ipv4Addr) {
+    let _alone = heavy();
+    let server = Server::start(&[]);
+    let before = server.rss_kib();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attack = flood(server.addr, source, attackers, kind, Arc::clone(&stop));
+    // Let the flood fill every slot it can.
+    thread::sleep(Duration::from_secs(2));
+    let (ok, tried, slowest) = scrape_during(server.addr, Duration::from_secs(8));
+    let during = server.rss_kib();
+    stop.store(true, Ordering::Relaxed);
+    let connects = attack.join().unwrap();
+    let recovered = Instant::now();
+    while get(server.addr, "/healthz").0 != 200 {
+        assert!(recovered.elapsed() < Duration::from_secs(5), "no recovery");
+    }
+    eprintln!(
+        "{attackers} attackers from {source}: {ok}/{tried} scrapes answered, slowest {slowest:?}, \
+         {connects} attacker connects, RSS {before} -> {during} KiB, recovered in {:?}",
+        recovered.elapsed()
+    );
+    assert_eq!(ok, tried, "scrapes failed during the flood");
+    assert!(during < before + 64 * 1024, "RSS {before} -> {during} KiB");
+}
+
+#[test]
+fn clients_pipelining_and_never_reading_do_not_stop_scrapes() {
+    scrapes_survive(
+        Flood::PipelineNeverRead,
+        80,
+        std::net::Ipv4Addr::new(127, 0, 0, 2),
+    );
+}
+
+#[test]
+fn a_flood_of_idle_connections_does_not_stop_scrapes() {
+    scrapes_survive(Flood::Idle, 190, std::net::Ipv4Addr::new(127, 0, 0, 3));
+}
+
+#[test]
+fn a_flood_from_the_scrapers_own_address_does_not_stop_scrapes() {
+    scrapes_survive(Flood::Idle, 190, std::net::Ipv4Addr::LOCALHOST);
+}
+
+/// A shared object that shifts the wall clock (CLOCK_REALTIME, as `SystemTime` reads it)
+/// by the seconds written in the file named by `CLOCK_SHIFT_FILE`, read at every call.
+fn clock_shim(dir: &std::path::Path) -> std::path::PathBuf {
+    let source = dir.join("shift.c");
+    std::fs::write(
+        &source,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(id, ts);
+    if (r == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) {
+        const char *path = getenv("CLOCK_SHIFT_FILE");
+        FILE *f = path ? fopen(path, "r") : NULL;
+        long shift = 0;
+        if (f) { if (fscanf(f, "%ld", &shift) != 1) shift = 0; fclose(f); }
+        ts->tv_sec += shift;
+    }
+    return r;
+}
+"#,
+    )
+    .unwrap();
+    let object = dir.join("libshift.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&object)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(built.success(), "cc failed");
+    object
+}
+
+/// Stops one thread of another process (ptrace: the others run on) until dropped.
+struct FrozenThread(libc::pid_t);
+
+impl FrozenThread {
+    fn freeze(tid: libc::pid_t) -> Self {
+        // SAFETY: ptrace and waitpid on a thread of our own child; the requests take no
+        // pointers.
+        unsafe {
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "PTRACE_SEIZE: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid);
+        }
+        Self(tid)
+    }
+}
+
+impl Drop for FrozenThread {
+    fn drop(&mut self) {
+        // SAFETY: as above; the thread is in a ptrace stop.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
+}
+
+fn healthz_during(addr: SocketAddr, run: Duration) -> Vec<(u16, String)> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < run {
+        seen.push(get(addr, "/healthz"));
+        thread::sleep(Duration::from_millis(200));
+    }
+    seen
+}
+
+fn tally_age(addr: SocketAddr) -> f64 {
+    let (_, body) = get(addr, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("tcpmon_last_tally_age_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tally age in {body}"))
+}
+
+#[test]
+fn a_frozen_engine_shows_whatever_the_wall_clock_does() {
+    let _alone = heavy();
+    let dir = tempfile::tempdir().unwrap();
+    let shim = clock_shim(dir.path());
+    let shift = dir.path().join("shift");
+    std::fs::write(&shift, "0").unwrap();
+    let server = Server::start_with_env(
+        &[],
+        &[
+            ("LD_PRELOAD", shim.as_os_str()),
+            ("CLOCK_SHIFT_FILE", shift.as_os_str()),
+        ],
+    );
+    // The wall clock jumps ahead, then back: the engine is fine, and says so.
+    for step in ["600", "-600"] {
+        std::fs::write(&shift, step).unwrap();
+        let seen = healthz_during(server.addr, Duration::from_secs(3));
+        assert!(seen.iter().all(|(s, _)| *s == 200), "step {step}: {seen:?}");
+        assert!(tally_age(server.addr) < 2.0, "step {step}");
+    }
+    // The engine (the main thread) freezes while the HTTP thread answers: /healthz and
+    // the tally's age say so, whatever the wall clock says.
+    let frozen = FrozenThread::freeze(server.child.id() as libc::pid_t);
+    let started = Instant::now();
+    while get(server.addr, "/healthz").0 != 503 {
+        assert!(started.elapsed() < Duration::from_secs(6), "still healthy");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let noticed = started.elapsed();
+    std::fs::write(&shift, "600").unwrap();
+    let seen = healthz_during(server.addr, Duration::from_secs(1));
+    assert!(
+        seen.iter()
+            .all(|(s, body)| *s == 503 && body.contains("the engine is stuck")),
+        "{seen:?}"
+    );
+    assert!(tally_age(server.addr) > 2.5);
+    drop(frozen);
+    let thawed = Instant::now();
+    while get(server.addr, "/healthz").0 != 200 {
+        assert!(thawed.elapsed() < Duration::from_secs(5), "never recovered");
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "frozen engine: /healthz 503 after {noticed:?}, healthy {:?} after thawing",
+        thawed.elapsed()
+    );
 }

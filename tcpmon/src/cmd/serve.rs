@@ -32,6 +32,9 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
         Arc::clone(&published),
         args.live.interval,
     ));
+    // Scrapes get a bounded share of the fds; the engine keeps the rest.
+    let fd_limit = tcpmon::host::limits::raise_open_files().unwrap_or(1024);
+    let max_connections = http::max_connections(fd_limit);
     let (stop_http, stop_rx) = watch::channel(false);
     let server = thread::Builder::new()
         .name("tcpmon-http".into())
@@ -41,7 +44,7 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
                 .build()?;
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                http::serve(listener, state, stop_rx).await;
+                http::serve(listener, state, max_connections, stop_rx).await;
                 Ok(())
             })
         })

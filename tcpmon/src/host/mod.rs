@@ -6,6 +6,7 @@ pub mod caps;
 pub mod clock;
 pub mod diag;
 pub mod kstats;
+pub mod limits;
 pub mod netns;
 pub mod priority;
 pub mod proc_net;

@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{MetricsSnapshot, ProcessUsage, MAX_LISTENERS};
+use super::{MetricsSnapshot, ProcessUsage, ScrapeFigures, MAX_LISTENERS};
 use crate::{
     live::record::{IpCountRecord, TallyRecord},
     model::{printable, CloseWaitSide, Process, TcpState},
@@ -176,6 +176,50 @@ fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The series that move between publications, read at each scrape.
+pub fn scrape_registry(figures: &ScrapeFigures) -> Registry {
+    let mut r = Registry::default();
+    // No tally yet: the age of the engine's start stands in, so a start that never
+    // completes shows too.
+    float_gauge(
+        &mut r,
+        "tcpmon_last_tally_age_seconds",
+        "Seconds since the engine published its last tally (or since it started, before the first), on the monotonic clock: a stuck engine shows here while /metrics keeps serving its last figures",
+        figures.tally_age.as_secs_f64(),
+    );
+    gauge(
+        &mut r,
+        "tcpmon_http_connections",
+        "HTTP connections open now",
+        to_i64(figures.http.open),
+    );
+    counter(
+        &mut r,
+        "tcpmon_http_connections_refused",
+        "HTTP connections closed at once because every connection of their address (or of the server) was busy",
+        figures.http.refused,
+    );
+    counter(
+        &mut r,
+        "tcpmon_http_connections_evicted",
+        "HTTP connections closed to make room for a newcomer: idle ones, or ones that stalled",
+        figures.http.evicted,
+    );
+    counter(
+        &mut r,
+        "tcpmon_http_connections_stalled",
+        "HTTP connections closed after moving no byte for 10 s",
+        figures.http.stalled,
+    );
+    counter(
+        &mut r,
+        "tcpmon_http_accept_errors",
+        "Connections the HTTP side failed to accept (out of file descriptors, most likely)",
+        figures.http.accept_errors,
+    );
+    r
 }
 
 /// Every metric of `snapshot`, and of this process's `usage`, in a fresh registry.

@@ -13,7 +13,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use prometheus_client::encoding::text;
@@ -28,7 +28,7 @@ use crate::{
     model::Severity,
 };
 
-pub use self::collect::registry;
+pub use self::collect::{registry, scrape_registry};
 pub use crate::host::process::ProcessUsage;
 
 mod collect;
@@ -78,6 +78,19 @@ pub struct MetricsSnapshot {
     pub events: Vec<RecentEvent>,
     /// The engine ended (and why), when it did.
     pub stopped: Option<String>,
+    /// When the sink began, and when it received the last tally, on the monotonic
+    /// clock: ages measured from these do not move when the wall clock is stepped.
+    pub started_at: Option<Instant>,
+    pub tally_at: Option<Instant>,
+}
+
+impl MetricsSnapshot {
+    /// Since the last tally (since the start, before the first), at `now`.
+    pub fn tally_age(&self, now: Instant) -> Option<std::time::Duration> {
+        self.tally_at
+            .or(self.started_at)
+            .map(|at| now.saturating_duration_since(at))
+    }
 }
 
 /// What the HTTP side reads; the engine thread writes it once per tally.
@@ -111,6 +124,8 @@ pub struct MetricsSink {
     events: std::collections::VecDeque<RecentEvent>,
     stopped: Option<String>,
     tally: Option<TallyRecord>,
+    started_at: Instant,
+    tally_at: Option<Instant>,
 }
 
 impl MetricsSink {
@@ -123,10 +138,14 @@ impl MetricsSink {
             events: std::collections::VecDeque::new(),
             stopped: None,
             tally: None,
+            started_at: Instant::now(),
+            tally_at: None,
         }
     }
 
     fn publish(&mut self) {
+        // Record times are the engine's start plus its monotonic clock, so a step of the
+        // wall clock does not age events.
         if let Some(now) = self.tally.as_ref().map(|t| t.time.0) {
             let horizon = now - std::time::Duration::from_secs(RECENT_EVENTS_SECS);
             while self.events.front().is_some_and(|e| e.time.0 < horizon) {
@@ -150,6 +169,8 @@ impl MetricsSink {
             active_omitted: self.active.len().saturating_sub(MAX_ACTIVE_ALERTS) as u64,
             events: self.events.iter().cloned().collect(),
             stopped: self.stopped.clone(),
+            started_at: Some(self.started_at),
+            tally_at: self.tally_at,
         });
     }
 }
@@ -215,6 +236,7 @@ impl Sink for MetricsSink {
 
     fn tally(&mut self, record: &TallyRecord) -> io::Result<()> {
         self.tally = Some(record.clone());
+        self.tally_at = Some(Instant::now());
         self.publish();
         Ok(())
     }
@@ -262,6 +284,47 @@ impl Format {
             Self::OpenMetrics
         } else {
             Self::Prometheus
+        }
+    }
+}
+
+/// Figures that move between publications, so they are read at every scrape instead of
+/// cached with the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ScrapeFigures {
+    /// Since the last tally was published (since the engine started, before the first).
+    pub tally_age: std::time::Duration,
+    pub http: HttpFigures,
+}
+
+/// What the HTTP side did with its connections, since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpFigures {
+    pub open: u64,
+    pub refused: u64,
+    pub evicted: u64,
+    pub stalled: u64,
+    pub accept_errors: u64,
+}
+
+/// `exposition` (from [`encode`]) with `figures` added, in the same format.
+pub fn with_scrape_figures(exposition: &str, figures: &ScrapeFigures, format: Format) -> String {
+    let mut extra = String::with_capacity(2048);
+    // Writing into a String cannot fail.
+    let _ = text::encode(&mut extra, &scrape_registry(figures));
+    match format {
+        Format::OpenMetrics => {
+            let body = exposition.strip_suffix("# EOF\n").unwrap_or(exposition);
+            let mut out = String::with_capacity(body.len() + extra.len());
+            out.push_str(body);
+            out.push_str(&extra);
+            out
+        }
+        Format::Prometheus => {
+            let mut out = String::with_capacity(exposition.len() + extra.len());
+            out.push_str(exposition);
+            out.push_str(&prometheus_text(&extra));
+            out
         }
     }
 }
