@@ -110,6 +110,11 @@ impl Namespaces {
             .collect();
         for inode in gone {
             if let Some(scope) = self.tracked.remove(&inode) {
+                events.extend(ended(
+                    scope.detector,
+                    &scope.namespace,
+                    "the network namespace is gone",
+                ));
                 events.push(event(
                     "netns_gone",
                     Severity::Info,
@@ -285,6 +290,12 @@ impl Namespaces {
                         self.unreadable.insert(inode);
                     }
                     if let Some(scope) = self.tracked.remove(&inode) {
+                        let why = if failure.gone {
+                            "the network namespace is gone"
+                        } else {
+                            "the network namespace can no longer be read"
+                        };
+                        events.extend(ended(scope.detector, &scope.namespace, why));
                         events.push(event(
                             if failure.gone {
                                 "netns_gone"
@@ -450,6 +461,16 @@ fn owner_text(ns: &Namespace) -> String {
     }
 }
 
+/// The cleared alerts of a namespace no longer tallied: nothing would clear them later.
+fn ended(mut detector: Detector, ns: &Namespace, why: &str) -> Vec<Alert> {
+    let owner = owner_text(ns);
+    detector
+        .end_all(why)
+        .into_iter()
+        .map(|a| a.in_namespace(ns.inode, &owner))
+        .collect()
+}
+
 fn event(rule: &'static str, severity: Severity, ns: &Namespace, message: String) -> Alert {
     Alert {
         status: Status::Event,
@@ -473,6 +494,7 @@ mod tests {
     };
 
     const NS: u64 = 4_026_532_900;
+    const SEC: u64 = 1_000_000_000;
 
     fn lo() -> IpAddr {
         IpAddr::from([127, 0, 0, 1])
@@ -534,6 +556,47 @@ mod tests {
         // What happened before the read began is not a correction.
         assert_eq!(tally.reconcile_error, Some(0));
         assert_eq!(tally.transitions, 1);
+    }
+
+    /// Nothing evaluates a namespace once it is dropped, so its alerts end with it.
+    #[test]
+    fn the_alerts_of_a_namespace_that_goes_end_with_it() {
+        let mut ns = Namespaces::new(8, None, TallyConfig::default(), Thresholds::DEFAULT);
+        ns.update(vec![namespace()], |_| None);
+        ns.open_window(&[namespace()]);
+        let leak = vec![
+            Socket::new(Listen, (lo(), 8080), (IpAddr::from([0, 0, 0, 0]), 0), 10),
+            Socket::new(CloseWait, (lo(), 8080), (lo(), 40000), 11),
+        ];
+        ns.reconcile(&[(NS, 5, Ok(leak))], true);
+        let raised = ns.evaluate(SEC, 1.0, |_| None);
+        assert_eq!(
+            raised
+                .iter()
+                .map(|a| (a.status, a.rule, a.subject.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(Status::Raised, "close_wait", "8080 in netns 4026532900")]
+        );
+        assert_eq!(ns.active_alerts().count(), 1);
+        let events = ns.update(vec![], |_| None);
+        let ended: Vec<_> = events
+            .iter()
+            .map(|a| (a.status, a.rule, a.subject.as_str(), a.netns))
+            .collect();
+        assert_eq!(
+            ended,
+            vec![
+                (
+                    Status::Cleared,
+                    "close_wait",
+                    "8080 in netns 4026532900",
+                    Some(NS)
+                ),
+                (Status::Event, "netns_gone", "4026532900", Some(NS)),
+            ]
+        );
+        assert!(events[0].message.contains("the network namespace is gone"));
+        assert_eq!(ns.active_alerts().count(), 0);
     }
 
     #[test]

@@ -259,6 +259,23 @@ impl Detector {
             .map(|((rule, subject), (sev, _))| (*rule, subject.as_str(), *sev))
     }
 
+    /// Ends every active alert (what they are about is no longer watched): one cleared
+    /// alert each, saying `why`.
+    pub fn end_all(&mut self, why: &str) -> Vec<Alert> {
+        std::mem::take(&mut self.active)
+            .into_iter()
+            .map(|((rule, subject), (severity, _))| Alert {
+                status: Status::Cleared,
+                severity,
+                rule,
+                subject,
+                message: format!("cleared: {why}"),
+                netns: None,
+                owner: None,
+            })
+            .collect()
+    }
+
     /// A listener appeared: reported once, as it happens.
     pub fn new_listener(&self, ip: IpAddr, port: u16, by: Option<&Process>) -> Alert {
         let who = by.map(|p| format!(" by {p}")).unwrap_or_default();

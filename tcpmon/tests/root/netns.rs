@@ -537,3 +537,106 @@ fn watch_tallies_every_namespace_follows_them_and_names_them_in_alerts() {
     crate::harness::check_schema(&lines);
     drop((listener_a, kept_a, leak));
 }
+
+/// Namespaces come with a CLOSE_WAIT leak (alerted at once) and go, round after round:
+/// when one goes, so do its alerts, in /alerts and in the series.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn the_alerts_of_deleted_namespaces_end_with_them() {
+    use crate::prometheus::{http_get, Killed};
+    if !require_root("the_alerts_of_deleted_namespaces_end_with_them") {
+        return;
+    }
+    let home = Netns::new("gone-home");
+    let child = home
+        .command(tcpmon_bin().to_str().unwrap())
+        .args(["serve", "--all-netns", "--listen", "127.0.0.1:29833"])
+        .args(["--interval", "500ms", "--reconcile-interval", "1s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Killed(child);
+    let addr = "127.0.0.1:29833".parse().unwrap();
+    let alerts = || -> Value {
+        let (_, body) = http_get(&home, addr, "/alerts");
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    };
+    let leaks_alerted = |inodes: &[u64]| -> usize {
+        let doc = alerts();
+        doc["alerts"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|a| {
+                    a["rule"] == "close_wait"
+                        && inodes
+                            .iter()
+                            .any(|i| a["subject"] == format!("7400 in netns {i}"))
+                })
+                .count()
+        })
+    };
+    for round in 0..3 {
+        let namespaces: Vec<Netns> = (0..10).map(|_| Netns::new("gone")).collect();
+        let inodes: Vec<u64> = namespaces.iter().map(Netns::inode).collect();
+        let leaks: Vec<_> = namespaces
+            .iter()
+            .map(|ns| {
+                ns.run(|| {
+                    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 7400)).unwrap();
+                    let held: Vec<TcpStream> = (0..3)
+                        .map(|_| {
+                            let client = TcpStream::connect((Ipv4Addr::LOCALHOST, 7400)).unwrap();
+                            listener.accept().unwrap().0
+                        })
+                        .collect();
+                    (listener, held)
+                })
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        while leaks_alerted(&inodes) < inodes.len() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "round {round}: not every leak alerted: {}",
+                alerts()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // Sockets and namespaces go at once.
+        drop(leaks);
+        drop(namespaces);
+        let started = std::time::Instant::now();
+        loop {
+            let doc = alerts();
+            // Inodes are reused from round to round: a namespace is gone when its last
+            // event says so.
+            let events = doc["events"].as_array().cloned().unwrap_or_default();
+            let gone = inodes
+                .iter()
+                .filter(|i| {
+                    events
+                        .iter()
+                        .rev()
+                        .find(|e| e["subject"] == i.to_string())
+                        .is_some_and(|e| e["rule"] == "netns_gone")
+                })
+                .count();
+            if gone == inodes.len() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "round {round}: namespaces not said gone: {doc}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(leaks_alerted(&inodes), 0, "round {round}: {}", alerts());
+        let (_, metrics) = http_get(&home, addr, "/metrics");
+        for inode in &inodes {
+            assert!(
+                !metrics.contains(&format!("in netns {inode}\"")),
+                "round {round}: a series of {inode} left"
+            );
+        }
+    }
+}
