@@ -586,7 +586,10 @@ fn the_alerts_of_deleted_namespaces_end_with_them() {
                     let held: Vec<TcpStream> = (0..3)
                         .map(|_| {
                             let client = TcpStream::connect((Ipv4Addr::LOCALHOST, 7400)).unwrap();
-                            listener.accept().unwrap().0
+                            let (server, _) = listener.accept().unwrap();
+                            // The peer closes: the server's end is in CLOSE_WAIT.
+                            drop(client);
+                            server
                         })
                         .collect();
                     (listener, held)
