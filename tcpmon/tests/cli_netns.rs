@@ -438,3 +438,89 @@ fn listing_commands_carry_the_namespace() {
         "{line}"
     );
 }
+
+/// An LXC container named with terminal escapes, and a process whose cgroup path runs to
+/// thousands of characters: every text view shows them escaped and cut, JSON exactly.
+#[test]
+fn hostile_owner_names_are_escaped_and_cut_in_every_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc = dir.path().join("proc");
+    let hostile = "\u{1b}]0;PWN\u{7}\u{1b}[2J";
+    let lxc_cgroup = format!("0::/lxc/{hostile}\n");
+    let long_cgroup = format!("0::/{}\n", "deep/".repeat(720));
+    let listener = |port: u16, inode| {
+        row(
+            0,
+            &format!("00000000:{port:04X}"),
+            "00000000:0000",
+            "0A",
+            inode,
+        ) + &row(1, "0100007F:1F90", "0100007F:9C40", "01", inode + 1)
+    };
+    for (pid, netns, cgroup, tcp) in [
+        (
+            1,
+            4026531840,
+            "0::/init.scope\n".to_owned(),
+            listener(22, 5001),
+        ),
+        (300, 4026532300, lxc_cgroup, listener(8080, 7001)),
+        (400, 4026532400, long_cgroup, listener(9090, 8001)),
+    ] {
+        add(
+            &proc,
+            &Process {
+                pid,
+                netns,
+                cgroup: &cgroup,
+                comm: "app",
+                hostname: None,
+                tcp: &tcp,
+                sockets: &[],
+            },
+        );
+    }
+    for command in [
+        "report",
+        "states",
+        "listen",
+        "established",
+        "per-ip",
+        "per-port",
+        "audit",
+    ] {
+        let out = run(&dir, &[command, "--all-netns", "--all"])
+            .get_output()
+            .clone();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{command}: {text:?}"
+        );
+        let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        assert!(widest < 400, "{command}: a line of {widest} columns");
+    }
+    let report = run(&dir, &["report", "--all-netns"])
+        .get_output()
+        .stdout
+        .clone();
+    let report = String::from_utf8(report).unwrap();
+    assert!(
+        report.contains("lxc container \\e]0;PWN\\x07\\e[2J"),
+        "{report}"
+    );
+    assert!(report.contains("cgroup /deep/deep/"), "{report}");
+    assert!(report.contains('…'), "{report}");
+    let doc = json(&dir, &["states", "--all-netns"]);
+    assert_eq!(
+        namespace(&doc, 4026532300)["owner"]["container"]["id"],
+        hostile
+    );
+    assert_eq!(
+        namespace(&doc, 4026532400)["owner"]["cgroup"]
+            .as_str()
+            .unwrap()
+            .len(),
+        3600
+    );
+}

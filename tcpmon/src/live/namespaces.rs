@@ -455,7 +455,10 @@ impl Namespaces {
 fn owner_text(ns: &Namespace) -> String {
     match &ns.name {
         Some(name) if matches!(ns.owner, crate::model::owner::Owner::Unknown { .. }) => {
-            format!("ip netns {}", crate::model::printable(name))
+            format!(
+                "ip netns {}",
+                crate::model::printable_clipped(name, crate::model::owner::SHOWN_NAME_MAX)
+            )
         }
         _ => ns.owner.to_string(),
     }

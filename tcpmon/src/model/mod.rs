@@ -18,7 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use listed::Listed;
-pub use printable::{printable, printable_bytes};
+pub use printable::{printable, printable_bytes, printable_clipped};
 pub use refused::{Refused, RefusedProcess};
 pub use rule::{
     at_least, listener_of, parse_net, severity, CloseWaitSide, Direction, EndpointFilter, HalfOpen,

@@ -36,6 +36,21 @@ pub struct Container {
     pub id: String,
 }
 
+/// Characters of a name or path shown in text before it is cut with an ellipsis.
+pub const SHOWN_NAME_MAX: usize = 64;
+pub const SHOWN_PATH_MAX: usize = 120;
+
+impl Container {
+    /// The id as text shows it: 12 hex digits, as `docker ps` does, or an LXC name made
+    /// printable (its owner chose it) and cut when long.
+    pub fn shown(&self) -> String {
+        match self.runtime {
+            Runtime::Lxc => super::printable_clipped(&self.id, SHOWN_NAME_MAX).into_owned(),
+            _ => super::printable_clipped(short(&self.id), 12).into_owned(),
+        }
+    }
+}
+
 /// Who owns a namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -83,9 +98,11 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+/// Text shows every field escaped (they come from paths and files others control) and
+/// cut when long.
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let printable = |s: &str| super::printable(s).into_owned();
+        let printable = |s: &str| super::printable_clipped(s, SHOWN_NAME_MAX).into_owned();
         match self {
             Self::Host => f.write_str("host"),
             Self::Pod {
@@ -95,10 +112,10 @@ impl fmt::Display for Owner {
             } => {
                 match name {
                     Some(name) => write!(f, "pod {}", printable(name))?,
-                    None => write!(f, "pod uid {uid}")?,
+                    None => write!(f, "pod uid {}", printable(uid))?,
                 }
                 if let Some(c) = container {
-                    write!(f, " (container {})", short(&c.id))?;
+                    write!(f, " (container {})", c.shown())?;
                 }
                 Ok(())
             }
@@ -107,7 +124,7 @@ impl fmt::Display for Owner {
                     f,
                     "{} container {}",
                     container.runtime.name(),
-                    short(&container.id)
+                    container.shown()
                 )?;
                 if let Some(name) = name {
                     write!(f, " ({})", printable(name))?;
@@ -115,7 +132,11 @@ impl fmt::Display for Owner {
                 Ok(())
             }
             Self::Service { unit } => write!(f, "service {}", printable(unit)),
-            Self::Unknown { cgroup } => write!(f, "cgroup {}", printable(cgroup)),
+            Self::Unknown { cgroup } => write!(
+                f,
+                "cgroup {}",
+                super::printable_clipped(cgroup, SHOWN_PATH_MAX)
+            ),
         }
     }
 }
@@ -272,6 +293,55 @@ pub fn owner_of_cgroup(content: &str) -> Owner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every name and path in an owner comes from someone else: text shows each escaped
+    /// and bounded, for every kind of owner.
+    #[test]
+    fn hostile_names_are_escaped_and_bounded_in_text() {
+        let hostile = "\x1b]0;PWN\x07\x1b[2J\u{202e}x";
+        let long = "/".to_owned() + &"a".repeat(3600);
+        let owners = [
+            owner_of_path(&format!("/lxc/{hostile}")),
+            owner_of_path(&format!("/lxc.payload.{hostile}")),
+            owner_of_path(&format!("/lxc/{}", "n".repeat(500))),
+            owner_of_path(&format!("/system.slice/{hostile}.service")),
+            owner_of_path(&format!("/weird/{hostile}")),
+            owner_of_path(&long),
+            owner_of_path(&format!("/system.slice/docker-{}.scope", "a".repeat(64)))
+                .named(Some(hostile.to_owned())),
+            owner_of_path("/kubepods.slice/kubepods-pod0f1e2d3c_4b5a_6978_8a9b_0c1d2e3f4a5b.slice")
+                .named(Some(hostile.to_owned())),
+        ];
+        let kinds: std::collections::BTreeSet<&str> = owners
+            .iter()
+            .map(|o| match o {
+                Owner::Host => "host",
+                Owner::Pod { .. } => "pod",
+                Owner::Container { container, .. } => container.runtime.name(),
+                Owner::Service { .. } => "service",
+                Owner::Unknown { .. } => "unknown",
+            })
+            .collect();
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
+        for owner in &owners {
+            let text = owner.to_string();
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c)),
+                "{text:?}"
+            );
+            assert!(
+                text.chars().count() <= 160,
+                "{} characters: {text}",
+                text.len()
+            );
+        }
+        // The JSON keeps them whole.
+        let json = serde_json::to_string(&owners[0]).unwrap();
+        assert!(json.contains("\\u001b]0;PWN\\u0007"), "{json}");
+        assert!(serde_json::to_string(&owners[5]).unwrap().len() > 3600);
+    }
 
     const ID: &str = "3f2a8c1e9b7d4f6a0c5e2b8d1f4a7c9e3b6d0f2a5c8e1b4d7f0a3c6e9b2d5f8a";
     const UID: &str = "0d3b8f2a-1c4e-4f6a-9b7d-2e5c8a1f4b7d";

@@ -23,6 +23,19 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`printable`], cut to `max` characters with an ellipsis: for text that may be
+/// arbitrarily long (a cgroup path, an LXC container's name) in a table cell or a label.
+/// JSON carries it whole.
+pub fn printable_clipped(text: &str, max: usize) -> Cow<'_, str> {
+    let shown = printable(text);
+    if shown.chars().count() <= max {
+        return shown;
+    }
+    let mut out: String = shown.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    Cow::Owned(out)
+}
+
 fn push_char(out: &mut String, c: char) {
     match c {
         '\x1b' => out.push_str("\\e"),

@@ -442,7 +442,12 @@ pub fn merge(parts: &[NamespaceSummary]) -> Summary {
 pub fn label(ns: &Namespace) -> String {
     let id = ns.name.as_ref().map_or_else(
         || format!("netns {}", ns.inode),
-        |n| format!("netns {}", crate::model::printable(n)),
+        |n| {
+            format!(
+                "netns {}",
+                crate::model::printable_clipped(n, crate::model::owner::SHOWN_NAME_MAX)
+            )
+        },
     );
     match &ns.owner {
         Owner::Host => format!("the host namespace ({id})"),
@@ -454,27 +459,24 @@ pub fn label(ns: &Namespace) -> String {
 /// How a namespace is named in a table cell: its `ip netns` name, else its owner in a
 /// few characters ("host", "pod web-7d9", "docker 3f2a9c1b7e44"), else its inode.
 pub fn short_label(ns: &Namespace) -> String {
+    let clipped = |text: &str| {
+        crate::model::printable_clipped(text, crate::model::owner::SHOWN_NAME_MAX).into_owned()
+    };
     if let Some(name) = &ns.name {
-        return crate::model::printable(name).into_owned();
+        return clipped(name);
     }
     match &ns.owner {
         Owner::Host => "host".into(),
-        Owner::Pod { name: Some(n), .. } => format!("pod {}", crate::model::printable(n)),
-        Owner::Pod { uid, .. } => format!("pod {}", uid.get(..8).unwrap_or(uid)),
+        Owner::Pod { name: Some(n), .. } => format!("pod {}", clipped(n)),
+        Owner::Pod { uid, .. } => format!("pod {}", clipped(uid.get(..8).unwrap_or(uid))),
         Owner::Container {
             container,
             name: Some(n),
-        } => format!(
-            "{} {}",
-            container.runtime.name(),
-            crate::model::printable(n)
-        ),
-        Owner::Container { container, .. } => format!(
-            "{} {}",
-            container.runtime.name(),
-            container.id.get(..12).unwrap_or(&container.id)
-        ),
-        Owner::Service { unit } => crate::model::printable(unit).into_owned(),
+        } => format!("{} {}", container.runtime.name(), clipped(n)),
+        Owner::Container { container, .. } => {
+            format!("{} {}", container.runtime.name(), container.shown())
+        }
+        Owner::Service { unit } => clipped(unit),
         Owner::Unknown { .. } => ns.inode.to_string(),
     }
 }
