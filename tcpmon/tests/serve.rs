@@ -560,3 +560,68 @@ fn a_frozen_engine_shows_whatever_the_wall_clock_does() {
         thawed.elapsed()
     );
 }
+
+/// With few file descriptors, held HTTP connections cannot take those the engine reads
+/// the socket table with: it keeps reading, and /healthz keeps answering.
+#[test]
+fn held_connections_cannot_starve_the_engine_of_file_descriptors() {
+    use std::os::unix::process::CommandExt as _;
+    let _alone = heavy();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tcpmon"));
+    command
+        .args(["serve", "--mode", "poll", "--interval", "200ms", "--listen"])
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child yet.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Server {
+        child: command.spawn().unwrap(),
+        addr,
+    };
+    let started = Instant::now();
+    while get(addr, "/healthz").0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(15), "never healthy");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // 60 connections held from six addresses, each re-opened as it is closed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let floods: Vec<_> = (2..8)
+        .map(|last| {
+            flood(
+                addr,
+                std::net::Ipv4Addr::new(127, 0, 0, last),
+                10,
+                Flood::Idle,
+                Arc::clone(&stop),
+            )
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(4));
+    let (ok, tried, _) = scrape_during(addr, Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for f in floods {
+        f.join().unwrap();
+    }
+    assert!(server.child.try_wait().unwrap().is_none(), "serve exited");
+    assert_eq!(ok, tried, "scrapes failed");
+    let (_, metrics) = get(addr, "/metrics");
+    assert!(
+        metrics.contains("tcpmon_socket_read_failures_total 0"),
+        "{metrics}"
+    );
+    let (_, alerts) = get(addr, "/alerts");
+    assert!(!alerts.contains("socket_read"), "{alerts}");
+}

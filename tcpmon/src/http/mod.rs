@@ -430,10 +430,15 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// HTTP connections at most, from the process's fd limit: a quarter of it, so that
-/// scrapes cannot take the fds the engine needs, and no more than 256.
+/// File descriptors kept for the engine whatever the HTTP side holds: its rings, netlink
+/// sockets, the files of a socket-table read, other namespaces' reads.
+pub const ENGINE_FDS: u64 = 64;
+
+/// HTTP connections at most, from the process's fd limit: half of what the engine's share
+/// leaves (each connection may briefly need a second fd while a newer one is accepted),
+/// at least 4 and at most 256.
 pub fn max_connections(fd_limit: u64) -> usize {
-    usize::try_from((fd_limit / 4).clamp(16, 256)).unwrap_or(256)
+    usize::try_from((fd_limit.saturating_sub(ENGINE_FDS) / 2).clamp(4, 256)).unwrap_or(256)
 }
 
 /// Binds `addr` (here, so that an address in use is an error before anything starts).

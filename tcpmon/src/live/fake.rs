@@ -34,6 +34,8 @@ pub struct FakeHost {
     pub sockets: Vec<Socket>,
     /// Socket table reads so far.
     pub socket_reads: usize,
+    /// The next this many reads of the socket table fail (out of file descriptors).
+    pub failing_reads: usize,
     pub sockstat_time_wait: Option<u64>,
     pub syn_counters: Option<SynCounters>,
     pub opens: Option<Opens>,
@@ -60,6 +62,7 @@ impl Default for FakeHost {
             wall_at_start: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
             sockets: Vec::new(),
             socket_reads: 0,
+            failing_reads: 0,
             sockstat_time_wait: None,
             syn_counters: None,
             opens: None,
@@ -87,6 +90,13 @@ impl Host for FakeHost {
 
     fn sockets(&mut self) -> Result<Vec<Socket>, SnapshotError> {
         self.socket_reads += 1;
+        if self.failing_reads > 0 {
+            self.failing_reads -= 1;
+            return Err(SnapshotError::Read {
+                path: "/proc/net/tcp".into(),
+                source: io::Error::from_raw_os_error(libc::EMFILE),
+            });
+        }
         Ok(self.sockets.clone())
     }
 

@@ -30,6 +30,9 @@ pub struct Received {
     /// Openings the kernel counted that never arrived as events, beyond what the loss
     /// counters explain: silent loss, estimated (a lower bound).
     pub unaccounted: u64,
+    /// Reads of the socket table that failed after the baseline (retried with backoff).
+    #[serde(default)]
+    pub socket_read_failures: u64,
 }
 
 /// Events lost, every cause.

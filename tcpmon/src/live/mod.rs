@@ -32,6 +32,7 @@ mod ip_table;
 pub mod loss;
 pub mod namespaces;
 pub mod poll;
+mod read_health;
 pub mod record;
 pub mod rules;
 pub mod source;

@@ -21,6 +21,7 @@ use super::{
     loss::{self, LossTracker, Received},
     namespaces::Namespaces,
     poll,
+    read_health::ReadHealth,
     record::{
         ActiveAlert, AlertRecord, ModeRecord, SummaryRecord, SynCounterState, TallyInputs,
         TallyRecord, Timestamp, TransitionEvent, SCHEMA_VERSION,
@@ -152,6 +153,8 @@ pub struct Engine<H: Host, S: EventSource> {
     others: Option<Namespaces>,
     /// When and how they are read.
     others_io: others::OthersIo,
+    /// Socket-table reads after the baseline that failed, and the wait before the next.
+    reads: ReadHealth,
 }
 
 impl<H: Host, S: EventSource> Engine<H, S> {
@@ -217,6 +220,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             problems: Vec::new(),
             others,
             others_io: others::OthersIo::new(now),
+            reads: ReadHealth::default(),
         };
         engine.host.release_memory();
         if engine.source.is_some() {
@@ -269,6 +273,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             .active()
             .map(|(rule, subject, severity)| (rule, subject.to_owned(), severity))
             .chain(self.others.iter().flat_map(Namespaces::active_alerts))
+            .chain(self.reads.active())
     }
 
     pub fn host(&self) -> &H {
@@ -447,7 +452,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
 
     /// Polling: diffs a new snapshot against the previous one into inferred transitions.
     fn poll_once(&mut self, sink: &mut impl Sink) -> Result<(), EngineError> {
-        let sockets = self.reconcile(Reason::Poll, sink)?;
+        let Some(sockets) = self.reconcile_if_readable(Reason::Poll, sink)? else {
+            return Ok(());
+        };
         let now = poll::Index::new(&sockets);
         let ts = self.host.now_ns();
         let had_sockets = !self.previous.is_empty();
@@ -498,7 +505,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         }
         // Loss makes the live counts drift: rebuild them from a snapshot.
         if self.loss.reconcile_due(self.lost(), now) {
-            self.reconcile(Reason::Loss, sink)?;
+            self.reconcile_if_readable(Reason::Loss, sink)?;
         }
         // A CLOSE_WAIT port about to be alerted whose owner is not known yet: look it up
         // now rather than at the next periodic reconciliation, so the alert names the
@@ -515,7 +522,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             && now.saturating_sub(self.owners.last_lookup_ns) >= OWNER_LOOKUP_GAP_NS
         {
             self.owners.last_lookup_ns = now;
-            self.reconcile(Reason::Owners, sink)?;
+            self.reconcile_if_readable(Reason::Owners, sink)?;
             view = self.tally.view(DETECTOR_TOP);
         }
         // The maps are lent to the detector for this evaluation, not copied.
@@ -766,7 +773,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 }
                 _ = tally_tick.tick() => self.write_tally(sink)?,
                 _ = reconcile_tick.tick(), if !polling => {
-                    self.reconcile(Reason::Periodic, sink)?;
+                    self.reconcile_if_readable(Reason::Periodic, sink)?;
                 }
                 () = &mut stop => return Ok(()),
             }
@@ -780,6 +787,7 @@ fn local_of(at: &Endpoints) -> (IpAddr, u16) {
 }
 
 mod others;
+mod reads;
 mod syn;
 #[cfg(test)]
 mod tests;

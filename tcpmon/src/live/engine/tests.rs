@@ -1125,3 +1125,66 @@ mod other_namespaces {
         assert_eq!(tallied(&sink, DOCKER).unwrap().reconcile_error, Some(0));
     }
 }
+
+/// Out of file descriptors for a while: the periodic reads fail, are retried with a
+/// growing wait, alerted once and cleared when a read works; the engine runs on.
+#[test]
+fn failing_reads_are_retried_and_reported_never_fatal() {
+    let mut sink = RecordingSink::default();
+    let mut engine = ebpf_engine(
+        FakeHost {
+            sockets: vec![socket(Listen, 80, 0, 1)],
+            ..FakeHost::default()
+        },
+        &mut sink,
+    );
+    engine.host_mut().failing_reads = 3;
+    let reads_before = engine.host().socket_reads;
+    assert!(engine
+        .reconcile_if_readable(Reason::Periodic, &mut sink)
+        .unwrap()
+        .is_none());
+    let raised = sink.alerts.last().unwrap().clone();
+    assert_eq!(
+        (raised.rule, raised.status),
+        ("socket_read", Status::Raised)
+    );
+    assert!(raised.message.contains("os error 24"), "{}", raised.message);
+    // Within the wait nothing is read; after it, the read is tried (and fails again).
+    engine
+        .reconcile_if_readable(Reason::Loss, &mut sink)
+        .unwrap();
+    assert_eq!(engine.host().socket_reads, reads_before + 1);
+    for _ in 0..2 {
+        engine.host_mut().now_ns += 60 * SEC;
+        engine
+            .reconcile_if_readable(Reason::Periodic, &mut sink)
+            .unwrap();
+    }
+    assert_eq!(engine.host().socket_reads, reads_before + 3);
+    assert_eq!(
+        sink.alerts
+            .iter()
+            .filter(|a| a.rule == "socket_read")
+            .count(),
+        1,
+        "one alert per streak"
+    );
+    engine.write_tally(&mut sink).unwrap();
+    assert_eq!(sink.last_tally().received.socket_read_failures, 3);
+    assert!(sink
+        .last_tally()
+        .alerts_active
+        .iter()
+        .any(|a| a.rule == "socket_read"));
+    engine.host_mut().now_ns += 60 * SEC;
+    let read = engine
+        .reconcile_if_readable(Reason::Periodic, &mut sink)
+        .unwrap();
+    assert_eq!(read.map(|s| s.len()), Some(1));
+    let cleared = sink.alerts.last().unwrap();
+    assert_eq!(
+        (cleared.rule, cleared.status),
+        ("socket_read", Status::Cleared)
+    );
+}

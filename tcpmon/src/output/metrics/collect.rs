@@ -564,6 +564,12 @@ fn self_metrics(r: &mut Registry, t: &TallyRecord) {
         "Times the tallies were rebuilt from a snapshot of the socket table",
         t.reconciliations,
     );
+    counter(
+        r,
+        "tcpmon_socket_read_failures",
+        "Reads of the socket table that failed after the start (out of file descriptors, say), each retried with a growing wait; the socket_read alert is active while they fail",
+        t.received.socket_read_failures,
+    );
     gauge(
         r,
         "tcpmon_reconcile_last_correction_sockets",
