@@ -86,6 +86,30 @@ pub fn parse_ns_link(link: &str) -> Option<u64> {
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// Processes under `proc_root` in the namespace `inode` now, lowest pid first, at most
+/// [`PIDS_KEPT`]: when the processes a namespace was found through have exited, another
+/// may hold it still.
+pub fn holders(proc_root: &ProcRoot, inode: u64) -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_dir(proc_root.path())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids.into_iter()
+        .filter(|pid| {
+            fs::read_link(proc_root.pid_dir(*pid).join("ns/net"))
+                .ok()
+                .and_then(|l| l.to_str().and_then(parse_ns_link))
+                == Some(inode)
+        })
+        .take(PIDS_KEPT)
+        .collect()
+}
+
 /// Every network namespace under `proc_root` (from its processes) and under
 /// `run_netns` (`ip netns` bind mounts, which may hold no process), with its owner.
 pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
@@ -162,7 +186,7 @@ pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
 }
 
 /// `ip netns` names by namespace inode (the first name, when several bind the same).
-fn named_namespaces(run_netns: &Path) -> BTreeMap<u64, String> {
+pub fn named_namespaces(run_netns: &Path) -> BTreeMap<u64, String> {
     let mut out = BTreeMap::new();
     let Ok(entries) = fs::read_dir(run_netns) else {
         return out;

@@ -129,7 +129,12 @@ impl Namespaces {
         self.over_limit.retain(|inode| present.contains(inode));
         self.unreadable.retain(|inode| present.contains(inode));
         for ns in found {
-            if self.tracked.contains_key(&ns.inode) || self.unreadable.contains(&ns.inode) {
+            if let Some(scope) = self.tracked.get_mut(&ns.inode) {
+                // The processes it is read through change: keep the ones holding it now.
+                scope.namespace.access = ns.access;
+                continue;
+            }
+            if self.unreadable.contains(&ns.inode) {
                 continue;
             }
             if self.tracked.len() >= self.max {
@@ -559,6 +564,23 @@ mod tests {
         // What happened before the read began is not a correction.
         assert_eq!(tally.reconcile_error, Some(0));
         assert_eq!(tally.transitions, 1);
+    }
+
+    /// A namespace is read through the processes holding it now, not those it was
+    /// first found through (they may exit while others hold it).
+    #[test]
+    fn discovery_refreshes_the_processes_a_namespace_is_read_through() {
+        let mut ns = Namespaces::new(8, None, TallyConfig::default(), Thresholds::DEFAULT);
+        ns.update(vec![namespace()], |_| None);
+        let moved = Namespace {
+            access: Access::Pids(vec![42, 43]),
+            ..namespace()
+        };
+        assert!(
+            ns.update(vec![moved], |_| None).is_empty(),
+            "not new, not gone"
+        );
+        assert_eq!(ns.all()[0].access, Access::Pids(vec![42, 43]));
     }
 
     /// Nothing evaluates a namespace once it is dropped, so its alerts end with it.

@@ -110,8 +110,20 @@ pub fn read_one(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Result<Sna
                 reason: "no process left in it".into(),
                 gone: true,
             };
-            for pid in pids {
-                match Snapshot::read(&ProcRoot::new(root.pid_dir(*pid))) {
+            // The processes it was found through first; if they have all exited, any
+            // that holds it now (a namespace is gone when nothing holds it, not when
+            // its first processes exit).
+            let later = || {
+                crate::host::netns::holders(root, ns.inode)
+                    .into_iter()
+                    .filter(|p| !pids.contains(p))
+            };
+            for pid in pids
+                .iter()
+                .copied()
+                .chain(std::iter::once_with(later).flatten())
+            {
+                match Snapshot::read(&ProcRoot::new(root.pid_dir(pid))) {
                     Ok(snapshot) => return Ok(snapshot),
                     // The process exited: try the next one of the namespace.
                     Err(SnapshotError::Read { source, .. })
@@ -123,6 +135,17 @@ pub fn read_one(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Result<Sna
                         };
                     }
                     Err(e) => last = failed(&e),
+                }
+            }
+            // No process holds it any more; an `ip netns` bind mount still may.
+            if last.gone {
+                let run = crate::host::netns::run_netns(root);
+                if let Some(name) = crate::host::netns::named_namespaces(&run).get(&ns.inode) {
+                    let entered = Namespace {
+                        access: Access::Enter(run.join(name)),
+                        ..ns.clone()
+                    };
+                    return read_one(root, &entered, own);
                 }
             }
             Err(last)
@@ -478,5 +501,43 @@ pub fn short_label(ns: &Namespace) -> String {
         }
         Owner::Service { unit } => clipped(unit),
         Owner::Unknown { .. } => ns.inode.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, os::unix::fs::symlink};
+
+    use super::*;
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    /// The processes a namespace was found through have exited; another holds it now.
+    #[test]
+    fn a_namespace_is_read_through_any_process_still_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        let holder = proc.join("200");
+        fs::create_dir_all(holder.join("ns")).unwrap();
+        fs::create_dir_all(holder.join("net")).unwrap();
+        symlink("net:[4026532500]", holder.join("ns/net")).unwrap();
+        let row = "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 7001 1 0 100 0 0 10 0\n";
+        fs::write(holder.join("net/tcp"), format!("{HEADER}{row}")).unwrap();
+        fs::write(holder.join("net/tcp6"), HEADER).unwrap();
+        let ns = Namespace {
+            inode: 4026532500,
+            name: None,
+            owner: Owner::Unknown {
+                cgroup: "/x".into(),
+            },
+            access: Access::Pids(vec![100, 101]),
+        };
+        let root = ProcRoot::new(&proc);
+        let snapshot = read_one(&root, &ns, None).expect("read through pid 200");
+        assert_eq!(snapshot.sockets().count(), 1);
+        // Nothing holds it at all: gone.
+        fs::remove_dir_all(&holder).unwrap();
+        let failure = read_one(&root, &ns, None).unwrap_err();
+        assert!(failure.gone, "{failure:?}");
     }
 }

@@ -643,3 +643,79 @@ fn the_alerts_of_deleted_namespaces_end_with_them() {
         }
     }
 }
+
+/// An unnamed namespace found through one process, then joined by another: when the
+/// first exits, the namespace is still there, read through the other, never said gone.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn a_namespace_outlives_the_process_it_was_found_through() {
+    if !require_root("a_namespace_outlives_the_process_it_was_found_through") {
+        return;
+    }
+    let first = Holder::spawn({
+        let mut c = Command::new("unshare");
+        c.args(["-n", "sleep", "600"]);
+        c
+    });
+    let inode = first.inode();
+    let ns_path = first.ns_path();
+    let _leak = run_in(ns_path.clone(), || {
+        Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        close_wait_leak(8090, 41)
+    });
+    let home = Netns::new("outlive-home");
+    let watcher = crate::harness::Watcher::start(
+        Some(&home),
+        &[
+            "watch",
+            "--json",
+            "--quiet-transitions",
+            "--all-netns",
+            "--tally-interval",
+            "500ms",
+            "--reconcile-interval",
+            "1s",
+        ],
+        |line| line.contains("\"type\":\"mode\""),
+    );
+    let close_wait_of = |lines: &[String]| {
+        crate::harness::records(lines, "tally")
+            .last()
+            .and_then(|t| namespace_tally(&t, inode))
+            .map(|n| nonzero_states(&n).get("CLOSE_WAIT").copied().unwrap_or(0))
+    };
+    let started = std::time::Instant::now();
+    while close_wait_of(&watcher.lines()) != Some(41) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never tallied: {:?}",
+            watcher.lines().last()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Another process joins it after it was found; the one it was found through exits;
+    // several reconciliations and discoveries follow.
+    let second = Holder::spawn({
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", first.ns_path()))
+            .args(["sleep", "600"]);
+        c
+    });
+    assert_eq!(second.inode(), inode);
+    drop(first);
+    std::thread::sleep(Duration::from_secs(4));
+    let (lines, status) = watcher.stop();
+    assert!(status.success());
+    let gone: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.contains("\"rule\":\"netns_gone\"") && l.contains(&format!("\"netns\":{inode}"))
+        })
+        .collect();
+    assert!(gone.is_empty(), "said gone while held: {gone:?}");
+    assert_eq!(close_wait_of(&lines), Some(41));
+    drop(second);
+}
