@@ -134,8 +134,8 @@ pub struct NetnsArgs {
     pub all_netns: bool,
     /// This network namespace (repeatable): a pid, /proc/PID/ns/net, /run/netns/NAME or
     /// an `ip netns` name.
-    #[arg(long, value_name = "SPEC")]
-    pub netns: Vec<String>,
+    #[arg(long, value_name = "SPEC", value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub netns: Vec<std::ffi::OsString>,
 }
 
 impl NetnsArgs {

@@ -524,3 +524,22 @@ fn hostile_owner_names_are_escaped_and_cut_in_every_view() {
         3600
     );
 }
+
+/// `--source netlink` cannot read other namespaces: refused with the reason, as with
+/// `--proc-root`, never silently read through /proc.
+#[test]
+fn netlink_with_other_namespaces_is_refused_with_the_reason() {
+    let dir = build();
+    for netns in [&["--all-netns"][..], &["--netns", "200"][..]] {
+        let mut args = vec!["states", "--source", "netlink"];
+        args.extend_from_slice(netns);
+        let out = run(&dir, &args).failure().code(2).get_output().clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--source netlink reads tcpmon's own network namespace")
+                && err.contains("use --source auto or proc"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}

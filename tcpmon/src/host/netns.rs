@@ -3,8 +3,9 @@
 //! through processes and `ip netns` bind mounts, each attributed to its owner.
 use std::{
     collections::BTreeMap,
+    ffi::{OsStr, OsString},
     fs, io,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
 };
 
@@ -14,7 +15,7 @@ use super::{
 };
 use crate::model::{
     owner::{owner_of_cgroup, Owner},
-    Refused,
+    printable_bytes, Refused,
 };
 
 /// The network namespace inode of this process.
@@ -157,13 +158,13 @@ pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
             };
             Namespace {
                 inode,
-                name: names.get(&inode).cloned(),
+                name: names.get(&inode).map(|(name, _)| name.clone()),
                 owner,
                 access: Access::Pids(pids),
             }
         })
         .collect();
-    for (inode, name) in &names {
+    for (inode, (name, path)) in &names {
         if !namespaces.iter().any(|n| n.inode == *inode) {
             namespaces.push(Namespace {
                 inode: *inode,
@@ -171,7 +172,7 @@ pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
                 owner: Owner::Unknown {
                     cgroup: "(no process: an ip netns bind mount)".into(),
                 },
-                access: Access::Enter(run_netns.join(name)),
+                access: Access::Enter(path.clone()),
             });
         }
     }
@@ -185,8 +186,10 @@ pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
     }
 }
 
-/// `ip netns` names by namespace inode (the first name, when several bind the same).
-pub fn named_namespaces(run_netns: &Path) -> BTreeMap<u64, String> {
+/// `ip netns` names by namespace inode (the first name, when several bind the same):
+/// the name as text (bytes that are not UTF-8 replaced, so it can be shown) and the
+/// bind mount's real path.
+pub fn named_namespaces(run_netns: &Path) -> BTreeMap<u64, (String, PathBuf)> {
     let mut out = BTreeMap::new();
     let Ok(entries) = fs::read_dir(run_netns) else {
         return out;
@@ -194,11 +197,9 @@ pub fn named_namespaces(run_netns: &Path) -> BTreeMap<u64, String> {
     let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let Some(name) = entry.file_name().to_str().map(String::from) else {
-            continue;
-        };
+        let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(inode) = nsfs_inode(&entry.path()) {
-            out.entry(inode).or_insert(name);
+            out.entry(inode).or_insert((name, entry.path()));
         }
     }
     out
@@ -257,7 +258,7 @@ pub fn run_netns(root: &ProcRoot) -> PathBuf {
 }
 
 /// Every namespace `specs` name (see [`resolve_spec`]), each once.
-pub fn resolve_specs(specs: &[String], root: &ProcRoot) -> Result<Vec<(u64, PathBuf)>, String> {
+pub fn resolve_specs(specs: &[OsString], root: &ProcRoot) -> Result<Vec<(u64, PathBuf)>, String> {
     let run = run_netns(root);
     let mut wanted: Vec<(u64, PathBuf)> = Vec::new();
     for spec in specs {
@@ -270,31 +271,98 @@ pub fn resolve_specs(specs: &[String], root: &ProcRoot) -> Result<Vec<(u64, Path
 }
 
 /// What `--netns` names: a pid, a path to an nsfs file (/proc/PID/ns/net,
-/// /run/netns/NAME) or an `ip netns` name; its inode and the path that names it.
+/// /run/netns/NAME) or an `ip netns` name (any bytes); its inode and the path that names
+/// it. On this machine the file is opened and asked what it is (a symlink that only
+/// looks like one, or another kind of namespace, is refused); inside another /proc tree
+/// a process's link is taken at its word, as nothing there can be opened.
 pub fn resolve_spec(
-    spec: &str,
+    spec: &OsStr,
     proc_root: &ProcRoot,
     run_netns: &Path,
 ) -> Result<(u64, PathBuf), String> {
-    let path = if let Ok(pid) = spec.parse::<u32>() {
-        proc_root.pid_dir(pid).join("ns/net")
-    } else if spec.contains('/') {
-        PathBuf::from(spec)
-    } else {
-        run_netns.join(spec)
+    let shown = printable_bytes(spec.as_bytes());
+    let pid = spec.to_str().and_then(|s| s.parse::<u32>().ok());
+    let path = match pid {
+        Some(pid) => proc_root.pid_dir(pid).join("ns/net"),
+        None if spec.as_bytes().contains(&b'/') => PathBuf::from(spec),
+        None => run_netns.join(spec),
     };
-    if let Ok(link) = fs::read_link(&path) {
-        if let Some(inode) = link.to_str().and_then(parse_ns_link) {
-            return Ok((inode, path));
+    let shown_path = printable_bytes(path.as_os_str().as_bytes()).into_owned();
+    let usage = "give a pid, /proc/PID/ns/net, /run/netns/NAME or an ip netns name";
+    // Another /proc tree's links name namespaces of that machine: taken at their word.
+    if !proc_root.is_own() && path.starts_with(proc_root.path()) {
+        return fs::read_link(&path)
+            .ok()
+            .and_then(|link| link.to_str().and_then(parse_ns_link))
+            .map(|inode| (inode, path))
+            .ok_or_else(|| {
+                format!("--netns {shown}: {shown_path} is not a network namespace link ({usage})")
+            });
+    }
+    match open_namespace(&path) {
+        Ok((kind, inode)) if kind == libc::CLONE_NEWNET => Ok((inode, path)),
+        Ok((kind, _)) => Err(format!(
+            "--netns {shown}: {shown_path} is a {} namespace, not a network namespace",
+            namespace_kind(kind)
+        )),
+        Err(None) => Err(format!(
+            "--netns {shown}: {shown_path} is not a namespace file ({usage})"
+        )),
+        Err(Some(e)) => {
+            let why = match e.raw_os_error() {
+                Some(libc::ENOENT) => " (no such process, file or ip netns name)",
+                Some(libc::EACCES | libc::EPERM) if pid.is_some() => {
+                    " (another user's process: looking into it needs CAP_SYS_PTRACE)"
+                }
+                _ => "",
+            };
+            Err(format!(
+                "--netns {shown}: cannot open {shown_path}: {e}{why}"
+            ))
         }
     }
-    match nsfs_inode(&path) {
-        Some(inode) => Ok((inode, path)),
-        None => Err(format!(
-            "--netns {spec}: {} is not a network namespace (give a pid, /proc/PID/ns/net, \
-             /run/netns/NAME or an ip netns name)",
-            path.display()
-        )),
+}
+
+/// Opens `path` and asks the kernel what it is: (CLONE_NEW* type, inode) of an nsfs
+/// file; `Err(None)` for any other file, `Err(Some)` when it cannot be opened.
+fn open_namespace(path: &Path) -> Result<(libc::c_int, u64), Option<io::Error>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    // _IO(0xb7, 0x3): the namespace's CLONE_NEW* type.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // O_NONBLOCK: a FIFO named like a namespace fails at once instead of blocking.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(Some)?;
+    // SAFETY: fstatfs fills the struct for an open fd.
+    let mut fs_info: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs_info) } != 0 {
+        return Err(Some(io::Error::last_os_error()));
+    }
+    if fs_info.f_type as i64 != NSFS_MAGIC {
+        return Err(None);
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    if kind < 0 {
+        return Err(Some(io::Error::last_os_error()));
+    }
+    let inode = file.metadata().map_err(Some)?.ino();
+    Ok((kind, inode))
+}
+
+fn namespace_kind(kind: libc::c_int) -> &'static str {
+    match kind {
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWUTS => "UTS",
+        libc::CLONE_NEWIPC => "IPC",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWPID => "PID",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        libc::CLONE_NEWTIME => "time",
+        _ => "different",
     }
 }
 
@@ -344,12 +412,48 @@ mod tests {
         }
         assert!(matches!(&ours.access, Access::Pids(p) if !p.is_empty()));
         let run = Path::new("/run/netns");
-        let by_pid = resolve_spec(&std::process::id().to_string(), &ProcRoot::host(), run);
+        let resolve = |spec: &str| resolve_spec(OsStr::new(spec), &ProcRoot::host(), run);
+        let by_pid = resolve(&std::process::id().to_string());
         assert_eq!(by_pid.map(|(inode, _)| inode), Ok(own));
-        let by_path = resolve_spec("/proc/self/ns/net", &ProcRoot::host(), run);
+        let by_path = resolve("/proc/self/ns/net");
         assert_eq!(by_path.map(|(inode, _)| inode), Ok(own));
-        let err = resolve_spec("no-such-name", &ProcRoot::host(), run).unwrap_err();
+        let err = resolve("no-such-name").unwrap_err();
         assert!(err.contains("/run/netns/no-such-name"), "{err}");
+        assert!(err.contains("No such file"), "{err}");
         assert_eq!(nsfs_inode(Path::new("/etc/hostname")), None);
+    }
+
+    /// `--netns` accepts only what the kernel says is a network namespace, says why it
+    /// refuses with the real cause, and shows the spec escaped.
+    #[test]
+    fn namespace_specs_are_checked_through_the_opened_file() {
+        let run = Path::new("/run/netns");
+        let resolve = |spec: &OsStr| resolve_spec(spec, &ProcRoot::host(), run);
+        let err = resolve(OsStr::new("/proc/self/ns/mnt")).unwrap_err();
+        assert!(
+            err.contains("is a mount namespace, not a network namespace"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // A symlink whose text looks like a namespace is not one.
+        let fake = dir.path().join("fake");
+        std::os::unix::fs::symlink("net:[4026531840]", &fake).unwrap();
+        let err = resolve(fake.as_os_str()).unwrap_err();
+        assert!(
+            err.contains("cannot open") && err.contains("No such file"),
+            "{err}"
+        );
+        // A FIFO is refused at once, not waited on.
+        let fifo = dir.path().join("fifo");
+        let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+        let err = resolve(fifo.as_os_str()).unwrap_err();
+        assert!(err.contains("is not a namespace file"), "{err}");
+        // Bytes that are not text, and terminal escapes, are shown escaped.
+        let hostile = OsStr::from_bytes(b"evil\x1b[2J\xff");
+        let err = resolve(hostile).unwrap_err();
+        assert!(err.starts_with("--netns evil\\e[2J\\xff:"), "{err}");
+        assert!(!err.contains('\x1b'), "{err}");
     }
 }

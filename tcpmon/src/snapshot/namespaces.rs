@@ -140,9 +140,9 @@ pub fn read_one(root: &ProcRoot, ns: &Namespace, own: Option<u64>) -> Result<Sna
             // No process holds it any more; an `ip netns` bind mount still may.
             if last.gone {
                 let run = crate::host::netns::run_netns(root);
-                if let Some(name) = crate::host::netns::named_namespaces(&run).get(&ns.inode) {
+                if let Some((_, path)) = crate::host::netns::named_namespaces(&run).get(&ns.inode) {
                     let entered = Namespace {
-                        access: Access::Enter(run.join(name)),
+                        access: Access::Enter(path.clone()),
                         ..ns.clone()
                     };
                     return read_one(root, &entered, own);

@@ -40,7 +40,7 @@ pub enum NetnsChoice {
     /// Every namespace on the host.
     All,
     /// These: each a pid, a path to an nsfs file or an `ip netns` name.
-    Specs(Vec<String>),
+    Specs(Vec<std::ffi::OsString>),
 }
 
 /// What the caller will show, so the read does only the work that needs.
@@ -117,6 +117,12 @@ pub enum ReadError {
          --source proc with --proc-root"
     )]
     NetlinkElsewhere,
+    #[error(
+        "--source netlink reads tcpmon's own network namespace; other namespaces are read \
+         through /proc (netlink would mean entering each): use --source auto or proc with \
+         --netns and --all-netns"
+    )]
+    NetlinkOtherNamespaces,
     #[error("reading the socket tables through netlink")]
     Netlink(#[source] DumpError),
     #[error("reading the socket tables")]
@@ -156,6 +162,9 @@ pub fn read(options: &ReadOptions) -> Result<SnapshotRead, ReadError> {
         owners: options.want.connection_owners,
     };
     let (filter, only) = narrowed(&options.filter, &options.want.only);
+    if options.source == SourceChoice::Netlink && options.netns != NetnsChoice::Own {
+        return Err(ReadError::NetlinkOtherNamespaces);
+    }
     let selection = match &options.netns {
         NetnsChoice::Own => None,
         NetnsChoice::All => Some(Selection::All),
@@ -309,13 +318,6 @@ fn read_namespaces(
         connections.truncate(limit);
     }
     let mut notes = Vec::new();
-    if options.source == SourceChoice::Netlink {
-        notes.push(
-            "--source netlink reads tcpmon's own namespace only: other namespaces were read \
-             through /proc"
-                .into(),
-        );
-    }
     if options.want.info == Info::Shown {
         notes.push(
             "--info reads tcp_info through netlink, in tcpmon's own namespace only: not shown \
@@ -478,6 +480,16 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, ReadError::NetlinkElsewhere), "{err}");
+        // Other namespaces as another /proc: refused the same way, not read otherwise.
+        for netns in [NetnsChoice::All, NetnsChoice::Specs(vec!["1".into()])] {
+            let err = read(&ReadOptions {
+                source: SourceChoice::Netlink,
+                netns,
+                ..ReadOptions::default()
+            })
+            .unwrap_err();
+            assert!(matches!(err, ReadError::NetlinkOtherNamespaces), "{err}");
+        }
         let err = read(&ReadOptions {
             proc_root: ProcRoot::new("/nonexistent"),
             ..ReadOptions::default()

@@ -719,3 +719,72 @@ fn a_namespace_outlives_the_process_it_was_found_through() {
     assert_eq!(close_wait_of(&lines), Some(41));
     drop(second);
 }
+
+/// An `ip netns` name that is not UTF-8 is listed (shown escaped) and can be named with
+/// `--netns`; a namespace another user's process holds is refused with the real cause.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn namespace_names_of_any_bytes_and_honest_refusals() {
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt as _};
+    if !require_root("namespace_names_of_any_bytes_and_honest_refusals") {
+        return;
+    }
+    let name = OsStr::from_bytes(b"tcpmon-bytes-\xff\xfe");
+    let added = Command::new("ip")
+        .args(["netns", "add"])
+        .arg(name)
+        .status()
+        .unwrap();
+    assert!(added.success());
+    struct Delete<'a>(&'a OsStr);
+    impl Drop for Delete<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete"])
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _delete = Delete(name);
+    let inode = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(std::path::Path::new("/run/netns").join(name))
+            .unwrap()
+            .ino()
+    };
+    let doc = tcpmon_json(&["states", "--all-netns"]);
+    let listed = doc["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["inode"] == inode)
+        .unwrap_or_else(|| panic!("not listed: {}", doc["namespaces"]));
+    assert_eq!(listed["name"], "tcpmon-bytes-\u{fffd}\u{fffd}");
+    let out = Command::new(tcpmon_bin())
+        .args(["states", "--json", "--netns"])
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["namespaces"][0]["inode"], inode);
+    // As nobody: pid 1's namespace cannot be opened, and the error says why.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(tcpmon_bin())
+        .args(["states", "--netns", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open /proc/1/ns/net: Permission denied")
+            && err.contains("CAP_SYS_PTRACE"),
+        "{err}"
+    );
+}
