@@ -4,6 +4,7 @@
 //! tests fake).
 pub mod caps;
 pub mod clock;
+pub mod deadline;
 pub mod diag;
 pub mod kstats;
 pub mod limits;

@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     caps::{self, Capability},
-    read, ProcRoot,
+    deadline, read, ProcRoot,
 };
 use crate::model::{
     owner::{owner_of_cgroup, Owner},
@@ -235,15 +235,18 @@ fn owner_of_pid(proc_root: &ProcRoot, pid: u32) -> Owner {
     }
     // The container's own /etc/hostname (a pod's is its name), resolved inside its root:
     // the container controls that file and may make it a link to anything.
-    let hostname = read::small_text_in_root(&dir.join("root"), "etc/hostname", 256)
-        .ok()
-        .and_then(|h| h.lines().next().map(|l| l.trim().to_owned()))
-        .filter(|h| !h.is_empty() && h.len() <= 253)
-        // Docker's default hostname is the short id, which the owner already shows.
-        .filter(|h| match &owner {
-            Owner::Container { container, .. } => !container.id.starts_with(h.as_str()),
-            _ => true,
-        });
+    // Its root may be a filesystem whose server never answers: read within a deadline,
+    // off this thread (see `deadline`).
+    let hostname =
+        deadline::small_text_in_root(&dir.join("root"), "etc/hostname", 256, deadline::DEADLINE)
+            .ok()
+            .and_then(|h| h.lines().next().map(|l| l.trim().to_owned()))
+            .filter(|h| !h.is_empty() && h.len() <= 253)
+            // Docker's default hostname is the short id, which the owner already shows.
+            .filter(|h| match &owner {
+                Owner::Container { container, .. } => !container.id.starts_with(h.as_str()),
+                _ => true,
+            });
     owner.named(hostname)
 }
 

@@ -68,6 +68,10 @@ pub trait Host {
     fn namespace_time_wait(&mut self, ns: &Namespace) -> Option<u64>;
     /// Another namespace's ephemeral port range, when it can be read (from inside).
     fn namespace_port_range(&mut self, ns: &Namespace) -> Option<PortRange>;
+    /// Container roots whose reads did not answer (see `host::deadline`).
+    fn unanswered_roots(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
 }
 
 /// The real machine: files under a /proc root, sock_diag in tcpmon's own namespace.
@@ -146,6 +150,13 @@ impl Host for SystemHost {
 
     fn own_namespace(&mut self) -> Option<u64> {
         netns::own_inode().ok().map(u64::from)
+    }
+
+    fn unanswered_roots(&self) -> Vec<std::path::PathBuf> {
+        crate::host::deadline::unanswered()
+            .into_iter()
+            .filter(|r| r.starts_with(self.proc.path()))
+            .collect()
     }
 
     fn namespaces(&mut self) -> Vec<Namespace> {

@@ -325,6 +325,7 @@ fn read_namespaces(
                 .into(),
         );
     }
+    notes.extend(unanswered_notes(root));
     Ok(SnapshotRead {
         proc_root: root.path().to_path_buf(),
         source: SourceKind::Proc,
@@ -340,6 +341,25 @@ fn read_namespaces(
         connections: Listed::from_parts(connections, matched as usize),
         namespaces: Some(loaded),
     })
+}
+
+/// Containers whose root did not answer a read (their hostname was not learned).
+pub fn unanswered_notes(root: &ProcRoot) -> Vec<String> {
+    crate::host::deadline::unanswered()
+        .into_iter()
+        .filter(|r| r.starts_with(root.path()))
+        .map(|r| {
+            format!(
+                "{} did not answer within {} ms (a FUSE or network filesystem whose server is \
+                 stuck?): its namespace is named without its hostname, and it is not read \
+                 again until it answers",
+                crate::model::printable_bytes(std::os::unix::ffi::OsStrExt::as_bytes(
+                    r.as_os_str()
+                )),
+                crate::host::deadline::DEADLINE.as_millis()
+            )
+        })
+        .collect()
 }
 
 impl SnapshotRead {

@@ -788,3 +788,123 @@ fn namespace_names_of_any_bytes_and_honest_refusals() {
         "{err}"
     );
 }
+
+/// A container whose /etc is a FUSE filesystem that never answers (its server is stuck):
+/// its hostname is given up after a deadline, said in a note, and neither a snapshot
+/// nor the live engine waits on it.
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn a_container_root_that_never_answers_stalls_nothing() {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    if !require_root("a_container_root_that_never_answers_stalls_nothing") {
+        return;
+    }
+    // The FUSE connection: opened here, never read, so every request waits.
+    // SAFETY: open(2) of a device; the fd is owned below.
+    let fuse = unsafe {
+        let fd = libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR);
+        assert!(fd >= 0, "/dev/fuse: {}", std::io::Error::last_os_error());
+        OwnedFd::from_raw_fd(fd)
+    };
+    // Made before the container so that it is removed after it, even on failure.
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4).map(std::path::PathBuf::from))
+        .expect("a cgroup2 mount");
+    struct Cgroup(std::path::PathBuf);
+    impl Drop for Cgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let id = "5ca1ab1e".repeat(8);
+    let cgroup = Cgroup(cgroup2.join(format!("system.slice/docker-{id}.scope")));
+    std::fs::create_dir_all(&cgroup.0).unwrap();
+    // A "container": its own network and mount namespaces, with /etc on that FUSE
+    // mount, in a Docker-shaped cgroup (so its hostname is looked for).
+    let container = Holder::spawn({
+        let mut c = Command::new("unshare");
+        c.args(["-n", "-m", "--propagation", "private", "sleep", "600"]);
+        c
+    });
+    let fd = fuse.as_raw_fd();
+    let mut mount = Command::new("nsenter");
+    mount
+        .args(["-t", &container.pid().to_string(), "-m"])
+        .args(["mount", "-i", "-t", "fuse", "-o"])
+        .arg(format!("fd={fd},rootmode=40000,user_id=0,group_id=0"))
+        .args(["none", "/etc"]);
+    // SAFETY: in the child before exec: only fcntl, to let the fd through exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        mount.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    assert!(mount.status().unwrap().success(), "mounting the FUSE /etc");
+    std::fs::write(cgroup.0.join("cgroup.procs"), container.pid().to_string()).unwrap();
+
+    // A snapshot: answered in well under the old wait (forever), with a note.
+    let started = std::time::Instant::now();
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(tcpmon_bin())
+        .args(["report", "--all-netns"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(5), "report took {took:?}");
+    assert!(text.contains("docker container 5ca1ab1e5ca1"), "{text}");
+    // The note heads the report, with the other notes on how it was read.
+    assert!(
+        text.contains(&format!(
+            "note: /proc/{}/root did not answer",
+            container.pid()
+        )),
+        "{text}\n{err}"
+    );
+    // The live engine: starts, tallies, says it once, and stops at once.
+    let home = Netns::new("fuse-home");
+    let watcher = crate::harness::Watcher::start(
+        Some(&home),
+        &[
+            "watch",
+            "--json",
+            "--quiet-transitions",
+            "--all-netns",
+            "--tally-interval",
+            "500ms",
+        ],
+        |line| line.contains("\"type\":\"mode\""),
+    );
+    watcher.wait_for(Duration::from_secs(5), "a tally", |l| {
+        l.contains("\"type\":\"tally\"")
+    });
+    let stopping = std::time::Instant::now();
+    let (lines, status) = watcher.stop();
+    assert!(status.success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let said: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"rule\":\"owner_unanswered\""))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    eprintln!(
+        "FUSE-stuck container: report in {took:?}, watch stopped in {:?}",
+        stopping.elapsed()
+    );
+    drop(container);
+    // Aborts the connection: the reads still waiting end with an error.
+    drop(fuse);
+}

@@ -23,6 +23,8 @@ pub(super) struct OthersIo {
     pub(super) read: Option<Reading>,
     /// When a CLOSE_WAIT alert last asked for its owner at once.
     pub(super) last_owner_lookup_ns: Option<u64>,
+    /// Container roots that did not answer a read, already said.
+    pub(super) unanswered_said: std::collections::BTreeSet<std::path::PathBuf>,
 }
 
 impl OthersIo {
@@ -32,6 +34,7 @@ impl OthersIo {
             last_owners_ns: None,
             read: None,
             last_owner_lookup_ns: None,
+            unanswered_said: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -58,6 +61,17 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let found = self.host.namespaces();
         let host = &mut self.host;
         let mut events = others.update(found, |ns| host.namespace_port_range(ns));
+        // A container whose root never answered: said once (discovery went on without
+        // its hostname, and without waiting for it again).
+        let unanswered = self.host.unanswered_roots();
+        self.others_io
+            .unanswered_said
+            .retain(|r| unanswered.contains(r));
+        for root in unanswered {
+            if self.others_io.unanswered_said.insert(root.clone()) {
+                events.push(unanswered_event(&root));
+            }
+        }
         events.extend(self.reconcile_others(true, inline, sink)?);
         Ok(events)
     }
@@ -235,5 +249,22 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             alerts.extend(self.discover_namespaces(false, sink)?);
         }
         Ok(alerts)
+    }
+}
+
+fn unanswered_event(root: &std::path::Path) -> Alert {
+    use std::os::unix::ffi::OsStrExt as _;
+    let shown = crate::model::printable_bytes(root.as_os_str().as_bytes()).into_owned();
+    Alert {
+        status: crate::live::rules::Status::Event,
+        severity: crate::model::Severity::Warning,
+        rule: "owner_unanswered",
+        subject: shown.clone(),
+        message: format!(
+            "{shown} did not answer a read within {} ms (a FUSE or network filesystem whose server is stuck?): its namespace is named without its hostname, and the engine does not wait for it again",
+            crate::host::deadline::DEADLINE.as_millis()
+        ),
+        netns: None,
+        owner: None,
     }
 }
