@@ -102,8 +102,8 @@ pub struct QueuedStdout {
     chunk: Vec<u8>,
     queue: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
-    /// The writer thread's error (EPIPE: the reader went away).
-    failed: Arc<Mutex<Option<io::ErrorKind>>>,
+    /// The writer thread's error (EPIPE: the reader went away; ENOSPC: a full disk).
+    failed: Arc<Mutex<Option<io::Error>>>,
     stop: Stop,
 }
 
@@ -121,7 +121,7 @@ impl QueuedStdout {
             .spawn(move || {
                 for chunk in rx {
                     if let Err(e) = file.write_all(&chunk) {
-                        *failed_w.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.kind());
+                        *failed_w.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         return;
                     }
                 }
@@ -135,9 +135,13 @@ impl QueuedStdout {
         })
     }
 
+    /// The writer's error, as it was (the OS error and its text).
     fn check_failed(&self) -> io::Result<()> {
-        match *self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(kind) => Err(io::Error::new(kind, "writing to standard output")),
+        match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
             None => Ok(()),
         }
     }
@@ -181,20 +185,27 @@ impl QueuedStdout {
     }
 
     /// Waits for what is queued to be written: without limit while no stop was asked
-    /// for, then for the grace period. Whether everything was written.
-    pub fn finish(mut self) -> bool {
-        let handed = self.hand_over().is_ok();
+    /// for, then for the grace period. Why not everything was written, when it was not.
+    pub fn finish(mut self) -> io::Result<()> {
+        let handed = self.hand_over();
         drop(self.queue.take());
         let Some(writer) = self.writer.take() else {
             return handed;
         };
         loop {
             if writer.is_finished() {
-                return handed && writer.join().is_ok() && self.check_failed().is_ok();
+                if writer.join().is_err() {
+                    return Err(io::Error::other("the output thread panicked"));
+                }
+                // The writer's own error says most (ENOSPC, EPIPE); then the hand-over's.
+                return self.check_failed().and(handed);
             }
             if self.stop.expired(STOP_GRACE) {
                 // The reader is stuck; the thread stays blocked and ends with the process.
-                return false;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "standard output is not being read",
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -271,7 +282,7 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         let waited = started.elapsed();
         assert!(waited < STOP_GRACE * 2, "{waited:?}");
-        assert!(!out.finish(), "the queue could not be written");
+        assert!(out.finish().is_err(), "the queue could not be written");
     }
 
     #[test]
@@ -282,7 +293,7 @@ mod tests {
         for i in 0..10_000u32 {
             writeln!(out, "line {i}").unwrap();
         }
-        assert!(out.finish());
+        assert!(out.finish().is_ok());
         let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 10_000);
         assert!(text.ends_with("line 9999\n"));

@@ -322,3 +322,30 @@ fn stderr_lines_are_written_whole() {
         }
     }
 }
+
+/// A full disk under `watch > file` is said as such (exit 2), not as a slow reader.
+#[test]
+fn a_full_disk_is_said_as_such() {
+    let child = tcpmon()
+        .args([
+            "watch",
+            "--mode",
+            "poll",
+            "--interval",
+            "200ms",
+            "--duration",
+            "1s",
+        ])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the output was not all written: No space left on device (os error 28)"),
+        "{err}"
+    );
+    assert!(!err.contains("stopped reading"), "{err}");
+}

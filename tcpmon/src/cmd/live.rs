@@ -97,14 +97,38 @@ fn until(stop: &Stop, duration: Option<std::time::Duration>) -> impl Future<Outp
     }
 }
 
+/// What the exit line says of output that was not all written.
+fn output_loss(output: &std::io::Result<()>) -> String {
+    use std::io::ErrorKind;
+    match output {
+        Ok(()) => String::new(),
+        Err(e) => match e.kind() {
+            ErrorKind::BrokenPipe => "; the output was cut short (its reader went away)".into(),
+            ErrorKind::TimedOut | ErrorKind::Interrupted => {
+                "; the output was not all written (its reader stopped reading)".into()
+            }
+            _ => format!("; the output was not all written: {e}"),
+        },
+    }
+}
+
 impl Seen {
-    /// The last line on stderr: what the run saw, and what it lost and why.
-    pub fn say(&self, output_complete: bool) {
+    /// The last line on stderr: what the run saw, and what it lost and why; `output`:
+    /// whether everything was written, or why not.
+    pub fn say(&self, output: &std::io::Result<()>) {
         let reconciliations = self.reconciliations;
         stderr_line(&format!(
-            "tcpmon: detached ({} mode): {} transitions, {} lost {}, {reconciliations} reconciliation{}{}{}",
+            "tcpmon: detached ({} mode): {} transitions{}, {} lost {}, {reconciliations} reconciliation{}{}{}",
             self.mode.name(),
             self.received.transitions,
+            if self.received.foreign > 0 {
+                format!(
+                    " in tcpmon's namespace and {} in others",
+                    self.received.foreign
+                )
+            } else {
+                String::new()
+            },
             self.lost,
             if self.mode == Mode::Ebpf {
                 loss_breakdown(&self.kernel, &self.received)
@@ -120,11 +144,7 @@ impl Seen {
             } else {
                 String::new()
             },
-            if output_complete {
-                ""
-            } else {
-                "; the output was not all written (its reader stopped reading)"
-            }
+            output_loss(output)
         ));
     }
 }

@@ -68,7 +68,7 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
         else {
             return Ok(Status::Error);
         };
-        ended.seen.say(true);
+        ended.seen.say(&Ok(()));
         ended.result?;
         Ok::<_, anyhow::Error>(Status::Clean)
     });

@@ -58,8 +58,11 @@ async fn watch<K: Sink>(
     else {
         return Ok(Status::Error);
     };
-    let complete = into_output(ended.sink).is_some_and(QueuedStdout::finish);
-    ended.seen.say(complete);
+    let written = into_output(ended.sink).map_or_else(
+        || Err(std::io::Error::other("the output could not be recovered")),
+        QueuedStdout::finish,
+    );
+    ended.seen.say(&written);
     match ended.result {
         Ok(()) => Ok(Status::Clean),
         // The reader went away (`watch | head`), or stopped reading during a stop: the

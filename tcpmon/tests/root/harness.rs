@@ -342,7 +342,13 @@ impl Watcher {
     }
 
     /// SIGTERM, wait for exit, and return every stdout line.
-    pub fn stop(mut self) -> (Vec<String>, std::process::ExitStatus) {
+    pub fn stop(self) -> (Vec<String>, std::process::ExitStatus) {
+        let (lines, status, _) = self.stop_with_stderr();
+        (lines, status)
+    }
+
+    /// [`Watcher::stop`], with everything written to stderr.
+    pub fn stop_with_stderr(mut self) -> (Vec<String>, std::process::ExitStatus, String) {
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
@@ -358,7 +364,7 @@ impl Watcher {
         // Let the reader thread drain the pipe.
         thread::sleep(Duration::from_millis(200));
         let lines = self.lines.lock().unwrap().clone();
-        (lines, status)
+        (lines, status, self.stderr())
     }
 }
 

@@ -528,8 +528,14 @@ fn watch_tallies_every_namespace_follows_them_and_names_them_in_alerts() {
         l.contains("\"rule\":\"netns_gone\"") && l.contains(&format!("\"netns\":{b_inode}"))
     });
     std::thread::sleep(Duration::from_millis(1200));
-    let (lines, status) = watcher.stop();
+    let (lines, status, stderr) = watcher.stop_with_stderr();
     assert!(status.success());
+    // The exit line counts the other namespaces' transitions too.
+    let exit_line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        exit_line.contains(" in tcpmon's namespace and ") && exit_line.contains(" in others"),
+        "{exit_line}"
+    );
     let last = crate::harness::records(&lines, "tally").last().unwrap();
     assert!(namespace_tally(&last, b_inode).is_none(), "{last}");
     assert!(namespace_tally(&last, a.inode()).is_some());

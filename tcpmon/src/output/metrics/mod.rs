@@ -268,22 +268,27 @@ impl Format {
     /// What to answer a request's `Accept` header with: OpenMetrics when it is asked
     /// for (and not refused with q=0), the Prometheus text format otherwise.
     pub fn negotiate(accept: Option<&str>) -> Self {
-        let wants_openmetrics = accept.is_some_and(|accept| {
-            accept.split(',').any(|part| {
-                let mut params = part.split(';').map(str::trim);
-                let media = params.next().unwrap_or_default();
-                let refused = params.any(|p| {
-                    p.strip_prefix("q=")
-                        .and_then(|q| q.parse::<f64>().ok())
-                        .is_some_and(|q| q <= 0.0)
-                });
-                media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-            })
-        });
-        if wants_openmetrics {
-            Self::OpenMetrics
-        } else {
-            Self::Prometheus
+        // The highest q each format is given (a media range without q has 1; a range that
+        // names neither gives the text format its q, as the default).
+        let (mut openmetrics, mut text) = (None::<f64>, None::<f64>);
+        for part in accept.unwrap_or_default().split(',') {
+            let mut params = part.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default().to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.strip_prefix("q="))
+                .find_map(|q| q.parse::<f64>().ok())
+                .filter(|q| q.is_finite())
+                .unwrap_or(1.0);
+            let best = |current: Option<f64>| Some(current.map_or(q, |c| c.max(q)));
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = best(openmetrics),
+                "text/plain" | "text/*" | "*/*" => text = best(text),
+                _ => {}
+            }
+        }
+        match (openmetrics, text) {
+            (Some(om), text) if om > 0.0 && om >= text.unwrap_or(0.0) => Self::OpenMetrics,
+            _ => Self::Prometheus,
         }
     }
 }
@@ -458,6 +463,19 @@ mod tests {
         assert_eq!(
             Format::negotiate(Some("application/openmetrics-text;q=0, text/plain")),
             Format::Prometheus
+        );
+        // The q-values decide: the text format preferred here.
+        assert_eq!(
+            Format::negotiate(Some("text/plain;q=1, application/openmetrics-text;q=0.1")),
+            Format::Prometheus
+        );
+        assert_eq!(
+            Format::negotiate(Some("text/plain;q=0.2, application/openmetrics-text;q=0.9")),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text")),
+            Format::OpenMetrics
         );
     }
 
