@@ -311,9 +311,12 @@ pub fn resolve_spec(
         Err(None) => Err(format!(
             "--netns {shown}: {shown_path} is not a namespace file ({usage})"
         )),
+        Err(Some(e)) if e.raw_os_error() == Some(libc::ENOENT) => Err(format!(
+            "--netns {shown}: not a network namespace: {shown_path} does not exist \
+             (no such process, file or ip netns name)"
+        )),
         Err(Some(e)) => {
             let why = match e.raw_os_error() {
-                Some(libc::ENOENT) => " (no such process, file or ip netns name)",
                 Some(libc::EACCES | libc::EPERM) if pid.is_some() => {
                     " (another user's process: looking into it needs CAP_SYS_PTRACE)"
                 }
@@ -422,7 +425,8 @@ mod tests {
         assert_eq!(by_path.map(|(inode, _)| inode), Ok(own));
         let err = resolve("no-such-name").unwrap_err();
         assert!(err.contains("/run/netns/no-such-name"), "{err}");
-        assert!(err.contains("No such file"), "{err}");
+        assert!(err.contains("not a network namespace"), "{err}");
+        assert!(err.contains("does not exist"), "{err}");
         assert_eq!(nsfs_inode(Path::new("/etc/hostname")), None);
     }
 
@@ -443,7 +447,7 @@ mod tests {
         std::os::unix::fs::symlink("net:[4026531840]", &fake).unwrap();
         let err = resolve(fake.as_os_str()).unwrap_err();
         assert!(
-            err.contains("cannot open") && err.contains("No such file"),
+            err.contains("not a network namespace") && err.contains("does not exist"),
             "{err}"
         );
         // A FIFO is refused at once, not waited on.
