@@ -54,6 +54,9 @@ pub enum Command {
     /// The live engine as a node agent: Prometheus metrics, health and active alerts
     /// over HTTP (loopback unless told otherwise).
     Serve(ServeArgs),
+    /// A live dashboard in the terminal: states, listeners, peers, CLOSE_WAIT, alerts and
+    /// namespaces from the engine, redrawn every --interval (? shows the keys).
+    Top(TopArgs),
     /// Write the man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -553,6 +556,7 @@ impl LiveArgs {
             own_netns: None,
             top,
             max_netns: self.all_netns.then_some(self.max_netns as usize),
+            namespace_detail: false,
         }
     }
 
@@ -646,6 +650,29 @@ impl ServeArgs {
     pub fn engine_config(&self) -> EngineConfig {
         self.live
             .engine_config(self.live.interval, self.top as usize, None)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// Rows kept per list (listeners are all kept): remote IPs, CLOSE_WAIT leaks.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub top: u32,
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+impl TopArgs {
+    /// A tally every `--interval` (each one redraws the screen), no transition shown,
+    /// and with `--all-netns` each namespace's lists too (for its scope).
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            namespace_detail: self.live.all_netns,
+            ..self
+                .live
+                .engine_config(self.live.interval, self.top as usize, None)
+        }
     }
 }
 

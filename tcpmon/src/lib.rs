@@ -32,3 +32,4 @@ pub mod live;
 pub mod model;
 pub mod output;
 pub mod snapshot;
+pub mod top;

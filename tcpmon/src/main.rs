@@ -32,6 +32,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Watch(args) => return exit(cmd::watch::run(args, style)),
         Command::Serve(args) => return exit(cmd::serve::run(args)),
+        Command::Top(args) => return exit(cmd::top::run(args)),
         Command::Generate(args) => return exit(cmd::generate::run(args)),
         _ => {}
     }
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
         Command::PerPort(a) => cmd::per_port::run(a, &mut out, style),
         Command::Timewait(a) => cmd::timewait::run(a, &mut out, style),
         Command::Audit(a) => cmd::audit::run(a, &mut out, style),
-        Command::Watch(_) | Command::Serve(_) | Command::Generate(_) => {
+        Command::Watch(_) | Command::Serve(_) | Command::Top(_) | Command::Generate(_) => {
             unreachable!("handled above")
         }
     };

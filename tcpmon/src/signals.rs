@@ -4,7 +4,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     thread,
     time::{Duration, Instant},
@@ -76,6 +76,24 @@ impl Stop {
     }
 }
 
+/// What runs before a forced exit (`top` puts the terminal back).
+static BEFORE_FORCED_EXIT: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what runs before a forced exit (a second signal, a stop past its deadline).
+pub fn before_forced_exit(f: fn()) {
+    let _ = BEFORE_FORCED_EXIT.set(f);
+}
+
+/// Ends the process now, after saying why.
+fn forced_exit(why: &str, code: i32) -> ! {
+    if let Some(f) = BEFORE_FORCED_EXIT.get() {
+        f();
+    }
+    stderr_line(why);
+    // SAFETY: _exit ends the process without running anything else, which is the point.
+    unsafe { libc::_exit(code) }
+}
+
 /// Turns SIGINT, SIGTERM and SIGHUP into stop requests, from now on.
 pub fn install(stop: &Stop) -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -86,20 +104,16 @@ pub fn install(stop: &Stop) -> std::io::Result<()> {
             let mut first = true;
             for signal in signals.forever() {
                 if !first {
-                    stderr_line("tcpmon: second signal: exiting now");
-                    // SAFETY: _exit ends the process without running anything else,
-                    // which is the point.
-                    unsafe { libc::_exit(128 + signal) };
+                    forced_exit("tcpmon: second signal: exiting now", 128 + signal);
                 }
                 first = false;
                 stop.request();
                 thread::spawn(|| {
                     thread::sleep(DEADLINE);
-                    stderr_line(
+                    forced_exit(
                         "tcpmon: could not stop cleanly in time; exiting (the kernel detaches the programs)",
+                        1,
                     );
-                    // SAFETY: as above.
-                    unsafe { libc::_exit(1) };
                 });
             }
         })?;

@@ -23,6 +23,9 @@ pub enum SayMode {
     /// Never: the command's output says it where the person reads stderr too (text on
     /// the terminal).
     Never,
+    /// Nothing at all, notes included: the screen shows them (`top`, which owns the
+    /// terminal).
+    Nothing,
 }
 
 /// How a run ended.
@@ -42,6 +45,12 @@ pub struct Seen {
     pub reconciliations: u64,
 }
 
+/// An engine started, not yet running.
+pub struct Started {
+    engine: live::Engine<live::host::SystemHost, live::source::EbpfSource>,
+    mode: live::record::ModeRecord,
+}
+
 /// Runs the engine over `sink` until `stop` (or `--duration`); `None` when eBPF was
 /// required (`--mode ebpf`) and could not load, which has been said.
 pub async fn run<K: Sink>(
@@ -51,7 +60,21 @@ pub async fn run<K: Sink>(
     stop: &Stop,
     say_mode: SayMode,
 ) -> Result<Option<Ended<K>>> {
-    let mut engine = match live::start(config, &live.source_options(), &mut sink) {
+    let Some(started) = start(live, config, &mut sink, say_mode)? else {
+        return Ok(None);
+    };
+    Ok(Some(run_started(started, live, sink, stop).await))
+}
+
+/// Starts the engine (loads eBPF or falls back, reads the baseline) and says what
+/// `say_mode` asks on stderr; `None` as for [`run`].
+pub fn start<K: Sink>(
+    live: &LiveArgs,
+    config: EngineConfig,
+    sink: &mut K,
+    say_mode: SayMode,
+) -> Result<Option<Started>> {
+    let engine = match live::start(config, &live.source_options(), sink) {
         Ok(engine) => engine,
         Err(StartError::Ebpf(e)) => {
             stderr_line(&format!("tcpmon: eBPF unavailable: {e}"));
@@ -60,17 +83,31 @@ pub async fn run<K: Sink>(
         Err(e) => return Err(e.into()),
     };
     let mode = engine.mode().clone();
-    for note in &mode.notes {
-        stderr_line(&format!("tcpmon: note: {note}"));
+    if say_mode != SayMode::Nothing {
+        for note in &mode.notes {
+            stderr_line(&format!("tcpmon: note: {note}"));
+        }
     }
     if say_mode == SayMode::Always || (say_mode == SayMode::WhenFallenBack && mode.fell_back) {
         stderr_line(&format!("tcpmon: {}", mode.reason));
     }
+    Ok(Some(Started { engine, mode }))
+}
+
+/// Runs a started engine until `stop` (or `--duration`), detaches, writes the final
+/// tally.
+pub async fn run_started<K: Sink>(
+    started: Started,
+    live: &LiveArgs,
+    mut sink: K,
+    stop: &Stop,
+) -> Ended<K> {
+    let Started { mut engine, mode } = started;
     let ran = engine.run(&mut sink, until(stop, live.duration)).await;
     // Whatever ended the run, the programs are detached and the final tally attempted.
     stop.enter_finish();
     let finished = engine.finish(&mut sink).map(|_| ());
-    Ok(Some(Ended {
+    Ended {
         sink,
         result: ran.and(finished),
         seen: Seen {
@@ -80,7 +117,7 @@ pub async fn run<K: Sink>(
             lost: engine.lost(),
             reconciliations: engine.reconciliations(),
         },
-    }))
+    }
 }
 
 /// Completes at a stop request, or after `duration` when one is given.

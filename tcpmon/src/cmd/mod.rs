@@ -12,6 +12,7 @@ pub mod report;
 pub mod serve;
 pub mod states;
 pub mod timewait;
+pub mod top;
 mod usage;
 pub mod watch;
 
@@ -29,6 +30,7 @@ pub fn check(command: &Command) -> Result<(), String> {
         Command::Audit(a) => Some(a.thresholds.thresholds()),
         Command::Watch(a) => Some(a.live.thresholds.thresholds()),
         Command::Serve(a) => Some(a.live.thresholds.thresholds()),
+        Command::Top(a) => Some(a.live.thresholds.thresholds()),
         _ => None,
     };
     if let Some(t) = thresholds {
@@ -43,7 +45,9 @@ pub fn check(command: &Command) -> Result<(), String> {
         Command::PerIp(a) => ("per-ip", a),
         Command::PerPort(a) => ("per-port", a),
         Command::Timewait(a) => ("timewait", a),
-        Command::Watch(_) | Command::Serve(_) | Command::Generate(_) => return Ok(()),
+        Command::Watch(_) | Command::Serve(_) | Command::Top(_) | Command::Generate(_) => {
+            return Ok(())
+        }
     };
     usage::check_snapshot(name, args)
 }

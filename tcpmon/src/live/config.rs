@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub top: usize,
     /// Tally other network namespaces too, at most this many (`--all-netns`).
     pub max_netns: Option<usize>,
+    /// With `max_netns`: each namespace's tally record carries its listeners, remote IPs
+    /// and CLOSE_WAIT too (what `top` shows when scoped to a namespace).
+    pub namespace_detail: bool,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             own_netns: None,
             top: 5,
             max_netns: None,
+            namespace_detail: false,
         }
     }
 }

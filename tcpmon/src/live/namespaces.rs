@@ -2,20 +2,27 @@
 //! up to a bound (the rest are named, and their transitions counted together). Pure
 //! bookkeeping: the engine does the reading (through its [`super::host::Host`]) and
 //! hands the results in.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
 
 use super::{
-    record::{NamespaceTally, Untracked},
+    record::{
+        CloseWaitRecord, ListenerRecord, NamespaceDetail, NamespaceTally, PerIpTally, SynTotals,
+        Untracked,
+    },
     rules::{
         close_wait_owners, close_wait_severity, Alert, Detector, Inputs, Status, DETECTOR_TOP,
     },
-    syn::SynCoverage,
+    syn::{half_open_of, SynCoverage},
     tally::{Applied, Tally, TallyConfig},
 };
 use crate::{
     host::{netns::Namespace, proc_net::Socket},
     model::{
-        CloseWaitSide, PortRange, Process, Severity, StateCounts, TcpState, Thresholds, Transition,
+        endpoint, CloseWaitSide, PortRange, Process, Severity, StateCounts, TcpState, Thresholds,
+        Transition,
     },
     snapshot::namespaces::{label, Failure},
 };
@@ -37,6 +44,34 @@ struct Scope {
     /// How far the last reconciliation found the tally off.
     reconcile_error: Option<u64>,
     close_wait_owners: HashMap<CloseWaitSide, Vec<Process>>,
+}
+
+impl Scope {
+    fn detail(&self, top: usize, now_ns: u64) -> NamespaceDetail {
+        let view = self.tally.view(top);
+        let half_open: HashMap<(IpAddr, u16), u64> = view
+            .half_open
+            .iter()
+            .map(|(ip, port, h)| ((*ip, *port), h.count))
+            .collect();
+        NamespaceDetail {
+            listeners: view
+                .listeners
+                .iter()
+                .map(|&(ip, port, sockets)| ListenerRecord {
+                    listener: endpoint(ip, port),
+                    sockets,
+                    backlog: None,
+                    accept_queue: None,
+                    half_open: half_open_of(&half_open, ip, port),
+                    syn: SynTotals::default(),
+                    owners: None,
+                })
+                .collect(),
+            per_ip: PerIpTally::of(&view),
+            close_wait: CloseWaitRecord::of(&view, now_ns, top, &self.close_wait_owners),
+        }
+    }
 }
 
 /// What reading one namespace gave: its inode, when the read began, the sockets.
@@ -424,8 +459,9 @@ impl Namespaces {
         })
     }
 
-    /// Each tracked namespace, largest first.
-    pub fn tallies(&self) -> Vec<NamespaceTally> {
+    /// Each tracked namespace, largest first; with `detail` (lists of at most `top`
+    /// entries, ages at `now_ns`), what each holds beyond its state counts.
+    pub fn tallies(&self, detail: Option<(usize, u64)>) -> Vec<NamespaceTally> {
         let mut out: Vec<NamespaceTally> = self
             .tracked
             .values()
@@ -433,6 +469,7 @@ impl Namespaces {
             .map(|s| {
                 let states = StateCounts(s.tally.state_counts());
                 NamespaceTally {
+                    detail: detail.map(|(top, now_ns)| Box::new(s.detail(top, now_ns))),
                     inode: s.namespace.inode,
                     name: s.namespace.name.clone(),
                     owner: owner_text(&s.namespace),
@@ -556,7 +593,7 @@ mod tests {
         let (applied, _) = ns.transition(&transition(15, Established, CloseWait));
         assert!(applied.is_some());
         ns.reconcile(&[(NS, 20, Ok(established(CloseWait)))], false);
-        let tally = &ns.tallies()[0];
+        let tally = &ns.tallies(None)[0];
         assert_eq!(
             (tally.states.get(CloseWait), tally.states.get(Established)),
             (1, 1)

@@ -144,6 +144,19 @@ pub struct PerIpTally {
     pub tracked: usize,
     /// Sockets whose remote IP is not counted individually (the table is full).
     pub aggregated: u64,
+    /// The remote IPs of either list with both counts, most sockets first (for
+    /// in-process consumers such as `top`; not in the JSON record).
+    #[serde(skip)]
+    pub peers: Vec<PeerRecord>,
+}
+
+/// One remote IP's live connections and TIME_WAIT sockets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRecord {
+    pub ip: IpAddr,
+    /// SYN_SENT, SYN_RECV and ESTABLISHED.
+    pub connections: u64,
+    pub time_wait: u64,
 }
 
 /// Sockets per state, by address family (IPv4 includes v4-mapped IPv6 sockets, as per-IP
@@ -350,7 +363,6 @@ impl TallyRecord {
         let listed: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
         let (syn_by_listener, syn_elsewhere) = i.syn.totals_by_listener(&listed);
         let range = i.port_range.size() as f64;
-        let shown_per_ip: u64 = view.per_ip_top.iter().map(|(_, n)| n).sum();
         TallyRecord {
             schema_version: SCHEMA_VERSION,
             time: wall(i.now_ns),
@@ -387,39 +399,8 @@ impl TallyRecord {
                 total_abs_error: r.total_abs_error,
             }),
             reconciliations: i.reconciliations,
-            per_ip: PerIpTally {
-                top: view
-                    .per_ip_top
-                    .iter()
-                    .map(|&(ip, count)| IpCountRecord { ip, count })
-                    .collect(),
-                other: view.per_ip_total.saturating_sub(shown_per_ip),
-                time_wait_top: view
-                    .per_ip_time_wait_top
-                    .iter()
-                    .map(|&(ip, count)| IpCountRecord { ip, count })
-                    .collect(),
-                time_wait_other: view.per_ip_time_wait_total.saturating_sub(
-                    view.per_ip_time_wait_top
-                        .iter()
-                        .map(|(_, n)| n)
-                        .sum::<u64>(),
-                ),
-                tracked: view.per_ip_tracked,
-                aggregated: view.per_ip_aggregated,
-            },
-            close_wait: view
-                .close_wait
-                .iter()
-                .take(i.top)
-                .map(|group| CloseWaitRecord {
-                    side: group.side,
-                    count: group.count,
-                    oldest_secs: i.now_ns.saturating_sub(group.oldest_ns) as f64 / 1e9,
-                    since: group.since,
-                    owners: i.close_wait_owners.get(&group.side).cloned(),
-                })
-                .collect(),
+            per_ip: PerIpTally::of(view),
+            close_wait: CloseWaitRecord::of(view, i.now_ns, i.top, i.close_wait_owners),
             half_open: view
                 .half_open
                 .iter()
@@ -479,6 +460,60 @@ impl TallyRecord {
     }
 }
 
+impl PerIpTally {
+    pub(crate) fn of(view: &TallyView) -> Self {
+        let shown: u64 = view.per_ip_top.iter().map(|(_, n)| n).sum();
+        let shown_time_wait: u64 = view.per_ip_time_wait_top.iter().map(|(_, n)| n).sum();
+        PerIpTally {
+            top: view
+                .per_ip_top
+                .iter()
+                .map(|&(ip, count)| IpCountRecord { ip, count })
+                .collect(),
+            other: view.per_ip_total.saturating_sub(shown),
+            time_wait_top: view
+                .per_ip_time_wait_top
+                .iter()
+                .map(|&(ip, count)| IpCountRecord { ip, count })
+                .collect(),
+            time_wait_other: view.per_ip_time_wait_total.saturating_sub(shown_time_wait),
+            tracked: view.per_ip_tracked,
+            aggregated: view.per_ip_aggregated,
+            peers: view
+                .peers
+                .iter()
+                .map(|&(ip, connections, time_wait)| PeerRecord {
+                    ip,
+                    connections,
+                    time_wait,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl CloseWaitRecord {
+    /// The `top` largest groups of `view`, aged at `now_ns`.
+    pub(crate) fn of(
+        view: &TallyView,
+        now_ns: u64,
+        top: usize,
+        owners: &HashMap<CloseWaitSide, Vec<Process>>,
+    ) -> Vec<Self> {
+        view.close_wait
+            .iter()
+            .take(top)
+            .map(|group| CloseWaitRecord {
+                side: group.side,
+                count: group.count,
+                oldest_secs: now_ns.saturating_sub(group.oldest_ns) as f64 / 1e9,
+                since: group.since,
+                owners: owners.get(&group.side).cloned(),
+            })
+            .collect()
+    }
+}
+
 /// One namespace in a tally record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NamespaceTally {
@@ -495,6 +530,19 @@ pub struct NamespaceTally {
     pub time_wait_sockstat_error: Option<i64>,
     /// Sockets its last reconciliation corrected.
     pub reconcile_error: Option<u64>,
+    /// Its listeners, remote IPs and CLOSE_WAIT, when the engine was asked for them
+    /// (`EngineConfig::namespace_detail`; not in the JSON record).
+    #[serde(skip)]
+    pub detail: Option<Box<NamespaceDetail>>,
+}
+
+/// What a namespace's own tally holds beyond its state counts. Listener queues, SYN
+/// counts and listener owners are read in tcpmon's own namespace only: absent here.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamespaceDetail {
+    pub listeners: Vec<ListenerRecord>,
+    pub per_ip: PerIpTally,
+    pub close_wait: Vec<CloseWaitRecord>,
 }
 
 /// Namespaces beyond `--max-netns`: named by count, their transitions counted together.

@@ -550,6 +550,7 @@ mod tests {
             per_ip_total: 0,
             per_ip_time_wait_top: vec![],
             per_ip_time_wait_total: 0,
+            peers: vec![],
             close_wait: vec![],
             time_wait_by_dest: vec![],
             half_open: vec![],

@@ -15,7 +15,7 @@
 //! - Lost events make counts drift: [`Tally::reconcile`] rebuilds everything from a fresh
 //!   snapshot and reports how far off the live counts were.
 use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
+    collections::{hash_map::Entry, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -143,6 +143,9 @@ pub struct TallyView {
     /// TIME_WAIT of the remote IPs with the most, and of every remote IP.
     pub per_ip_time_wait_top: Vec<(IpAddr, u64)>,
     pub per_ip_time_wait_total: u64,
+    /// Every remote IP of either top list with both its counts (live connections,
+    /// TIME_WAIT), most sockets first.
+    pub peers: Vec<(IpAddr, u64, u64)>,
     /// CLOSE_WAIT sockets by what leaks them, largest first.
     pub close_wait: Vec<CloseWaitView>,
     /// Client-side TIME_WAIT toward one remote ip:port, largest first.
@@ -768,6 +771,16 @@ impl Tally {
         let counts = self.state_counts();
         let per_ip_top = self.per_ip.top(top);
         let per_ip_time_wait_top = self.per_ip_time_wait.top(top);
+        let peer_ips: BTreeSet<IpAddr> = per_ip_top
+            .iter()
+            .chain(&per_ip_time_wait_top)
+            .map(|&(ip, _)| ip)
+            .collect();
+        let mut peers: Vec<(IpAddr, u64, u64)> = peer_ips
+            .into_iter()
+            .map(|ip| (ip, self.per_ip(ip), self.per_ip_time_wait(ip)))
+            .collect();
+        peers.sort_by(|a, b| (b.1 + b.2).cmp(&(a.1 + a.2)).then(a.0.cmp(&b.0)));
         let listening: HashSet<u16> = self.listeners.keys().map(|&(_, port)| port).collect();
         let mut groups: HashMap<CloseWaitSide, CloseWaitView> = HashMap::new();
         for (tuple, entry) in &self.close_wait {
@@ -829,6 +842,7 @@ impl Tally {
             per_ip_total: self.per_ip.total(),
             per_ip_time_wait_top,
             per_ip_time_wait_total: self.per_ip_time_wait.total(),
+            peers,
             close_wait,
             time_wait_by_dest,
             half_open,

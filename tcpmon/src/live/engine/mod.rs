@@ -684,7 +684,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             received: self.received,
             kernel: self.kernel,
             lost: self.lost(),
-            namespaces: self.others.as_ref().map(Namespaces::tallies),
+            namespaces: self.others.as_ref().map(|others| {
+                others.tallies(self.cfg.namespace_detail.then_some((self.cfg.top, now)))
+            }),
             namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
         })

@@ -762,6 +762,7 @@ mod tests {
             transitions: 40,
             time_wait_sockstat_error: Some(0),
             reconcile_error: None,
+            detail: None,
         }]);
         tally.namespaces_untracked = Some(Untracked {
             namespaces: 3,
