@@ -28,6 +28,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("strace", "strace"),
     ("tmux", "tmux"),
+    ("script", "bsdutils"),
     ("buildah", "buildah"),
     ("readelf", "binutils"),
 ];

@@ -250,13 +250,19 @@ fn screen(
     let drill_source = Arc::new(DrillSource {
         proc_root: drill_source.proc_root.clone(),
     });
-    let mut next_frame = Instant::now();
+    let mut next_sample = Instant::now();
+    let mut drawn_generation = None;
     let mut dirty = true;
     while !done.load(Ordering::Acquire) && !stop.requested() {
         let now = Instant::now();
-        if now >= next_frame {
+        if now >= next_sample {
             top::lock(shared).cpu = cpu.sample();
-            next_frame = now + interval;
+            next_sample = now + interval;
+        }
+        // What the engine said since the last frame is drawn at once.
+        let generation = top::lock(shared).generation;
+        if drawn_generation != Some(generation) {
+            drawn_generation = Some(generation);
             dirty = true;
         }
         while let Ok((request, state)) = drill_rx.try_recv() {
@@ -269,9 +275,9 @@ fn screen(
             terminal.draw(|frame| top::draw(frame, &dash, &view, theme))?;
             dirty = false;
         }
-        let wait = next_frame
+        let wait = next_sample
             .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
+            .min(Duration::from_millis(50));
         if !event::poll(wait)? {
             continue;
         }

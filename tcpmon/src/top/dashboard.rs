@@ -59,6 +59,8 @@ pub struct Dashboard {
     recent: VecDeque<AlertEntry>,
     /// tcpmon's own CPU use, in cores (fed by the caller, which can measure it).
     pub cpu: Option<f64>,
+    /// Counts the records taken in: a screen redraws when it moves.
+    pub generation: u64,
 }
 
 impl Dashboard {
@@ -67,6 +69,7 @@ impl Dashboard {
     }
 
     pub fn on_alert(&mut self, record: &AlertRecord<'_>) {
+        self.generation += 1;
         let alert = record.alert;
         let at = record.time.0;
         let same = |e: &AlertEntry| e.rule == alert.rule && e.subject == alert.subject;
@@ -115,6 +118,7 @@ impl Dashboard {
     }
 
     pub fn on_tally(&mut self, record: TallyRecord) {
+        self.generation += 1;
         let now = record.time.0;
         let mut scopes: Vec<(Scope, StateCounts)> = vec![(None, record.states)];
         if let Some(namespaces) = &record.namespaces {

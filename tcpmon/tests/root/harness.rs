@@ -419,3 +419,27 @@ pub fn nonzero_states(has_states: &Value) -> std::collections::BTreeMap<String, 
         .filter(|(_, v)| *v > 0)
         .collect()
 }
+
+/// Sockets per state in the namespace at `ns_path`, as `ss -tan` counts them, by
+/// tcpmon's state names.
+pub fn ss_states(ns_path: &str) -> std::collections::BTreeMap<String, u64> {
+    let out = Command::new("nsenter")
+        .args([&format!("--net={ns_path}"), "ss", "-tan"])
+        .output()
+        .expect("nsenter ss");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut counts = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        let state = match line.split_whitespace().next().unwrap() {
+            "ESTAB" => "ESTABLISHED".to_owned(),
+            "UNCONN" | "CLOSED" => "CLOSE".to_owned(),
+            other => other.replace('-', "_").replace("FIN_WAIT_", "FIN_WAIT"),
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    counts
+}

@@ -7,5 +7,6 @@ mod harness;
 mod netns;
 mod prometheus;
 mod snapshot_vs_ss;
+mod top;
 mod watch_ebpf;
 mod watch_live;

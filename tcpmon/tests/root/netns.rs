@@ -3,7 +3,6 @@
 //! it, one unnamed that lives only through its process), each counted as `ss -tan` counts
 //! it from inside, each attributed, and the audit naming the namespace of a leak.
 use std::{
-    collections::BTreeMap,
     io::Read,
     net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
     process::Command,
@@ -12,7 +11,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{nonzero_states, require_root, run_in, tcpmon_bin, Holder, Netns};
+use crate::harness::{nonzero_states, require_root, run_in, ss_states, tcpmon_bin, Holder, Netns};
 
 /// Sockets kept open while the namespaces are looked at.
 struct Population {
@@ -72,28 +71,6 @@ fn established(v4: usize, v6: usize) -> Population {
 }
 
 /// Per-state counts of `ss -tan` run inside the namespace at `ns_path`.
-fn ss_states(ns_path: &str) -> BTreeMap<String, u64> {
-    let out = Command::new("nsenter")
-        .args([&format!("--net={ns_path}"), "ss", "-tan"])
-        .output()
-        .expect("nsenter ss");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut counts = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
-        let state = match line.split_whitespace().next().unwrap() {
-            "ESTAB" => "ESTABLISHED".to_owned(),
-            "UNCONN" | "CLOSED" => "CLOSE".to_owned(),
-            other => other.replace('-', "_").replace("FIN_WAIT_", "FIN_WAIT"),
-        };
-        *counts.entry(state).or_default() += 1;
-    }
-    counts
-}
-
 fn tcpmon(args: &[&str]) -> std::process::Output {
     Command::new(tcpmon_bin())
         .args(args)
