@@ -11,6 +11,9 @@
 # watch; "bpftrace-count" runs bpftrace counting transitions in a kernel map (a floor
 # for any tool that hooks every state change):
 #     watch_paired.sh -- "serve" "bpftrace-count"
+# One starting with "top" runs `tcpmon top` on a 200x60 terminal (a detached tmux
+# session), redrawing every second as a person would watch it:
+#     watch_paired.sh -- "serve" "top"
 # One starting with "spread4" spreads the churn over four namespaces (a quarter of the
 # threads in each; its no-tracer run is spread the same way) and runs watch in the
 # first with the rest of the options, e.g. --all-netns:
@@ -41,7 +44,9 @@ for extra in b c d; do
     ip netns exec "$ns-$extra" ip link set lo up
     spread+=("$ns-$extra")
 done
+tmux_socket="tcpmon-paired-$$"
 cleanup_spread() {
+    tmux -L "$tmux_socket" kill-server 2>/dev/null || true
     for n in "${spread[@]:1}"; do ip netns delete "$n" 2>/dev/null || true; done
     churn_netns_cleanup
 }
@@ -81,7 +86,15 @@ for ((r = 0; r < rounds; r++)); do
         fi
         base=$(run_churn)
         sleep 1
-        if [[ "${opts[0]:-}" == bpftrace-count ]]; then
+        if [[ "${opts[0]:-}" == top ]]; then
+            tmux -L "$tmux_socket" -f /dev/null new-session -d -s top -x 200 -y 60 \
+                "ip netns exec $ns $bin top --mode ebpf ${opts[*]:1} 2>$work/watch.err"
+            sleep 1.5
+            with=$(run_churn)
+            pkill -TERM -f -- "$bin top --mode ebpf" || true
+            while pgrep -f -- "$bin top --mode ebpf" >/dev/null; do sleep 0.1; done
+            tmux -L "$tmux_socket" kill-server 2>/dev/null || true
+        elif [[ "${opts[0]:-}" == bpftrace-count ]]; then
             [[ -d /sys/kernel/tracing/events ]] || mount -t tracefs tracefs /sys/kernel/tracing
             bpftrace -e 'tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }' >/dev/null 2>&1 &
             watcher=$!

@@ -56,6 +56,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// A live dashboard in the terminal: states, listeners, peers, CLOSE_WAIT, alerts and
     /// namespaces from the engine, redrawn every --interval (? shows the keys).
+    ///
+    /// Keys: q or Ctrl-C quit; Space or p pause the screen (the engine keeps counting);
+    /// Tab and the arrows move between panes and rows; s sorts by the next column, S
+    /// reverses; / filters by address, port or process (Esc clears); Enter opens a
+    /// peer's, port's or state's connections with tcp_info from a snapshot (Esc goes
+    /// back), or scopes every pane to a namespace; n goes to the namespaces (with
+    /// --all-netns); ? shows the keys. Needs a terminal: for pipes use `watch --json`.
     Top(TopArgs),
     /// Write the man pages and shell completions (for packaging).
     #[command(hide = true)]

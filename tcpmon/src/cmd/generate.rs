@@ -233,11 +233,25 @@ fn examples(subcommand: Option<&str>) -> Pairs {
         Some("serve") => &[
             (
                 "sudo tcpmon serve",
-                "Metrics on http://127.0.0.1:9464/metrics, alerts on /alerts, health on /healthz.",
+                "Metrics on http://127.0.0.1:29827/metrics, alerts on /alerts, health on /healthz.",
             ),
             (
                 "sudo tcpmon serve --all-netns",
                 "Every network namespace, labelled by container or pod.",
+            ),
+        ],
+        Some("top") => &[
+            (
+                "sudo tcpmon top",
+                "The dashboard, redrawn every second; ? lists the keys, q quits.",
+            ),
+            (
+                "sudo tcpmon top --all-netns",
+                "With a pane of every network namespace; n picks one, Enter scopes every pane to it.",
+            ),
+            (
+                "NO_COLOR=1 tcpmon top --mode poll",
+                "Without privilege or colour: polling the socket table every second.",
             ),
         ],
         Some(_) => &[],
@@ -254,6 +268,10 @@ fn exit_statuses(subcommand: Option<&str>) -> Pairs {
         Some("watch") => &[
             ("0", "Stopped by a signal or --duration, or the reader of the output went away."),
             ("2", "A usage error, or neither eBPF nor polling could start, or a failure while running."),
+        ],
+        Some("top") => &[
+            ("0", "Quit with q or Ctrl-C, stopped by a signal or by --duration."),
+            ("2", "Not on a terminal (stdin or stdout is a pipe or a file), a usage error, or the engine could not start or failed."),
         ],
         Some("serve") => &[
             ("0", "Stopped by SIGINT or SIGTERM, or by --duration."),
@@ -274,6 +292,7 @@ fn exit_statuses(subcommand: Option<&str>) -> Pairs {
 fn see_also(subcommand: Option<&str>) -> Pairs {
     match subcommand {
         Some("watch") => &[("bpftool", "8"), ("tcp", "7")],
+        Some("top") => &[("ss", "8"), ("htop", "1"), ("tcp", "7")],
         Some("serve") => &[
             ("prometheus", "1"),
             ("bpftool", "8"),

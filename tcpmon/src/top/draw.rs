@@ -4,7 +4,7 @@
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
-    text::{Line, Span},
+    text::{Line, Span, Text},
     widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap},
     Frame,
 };
@@ -407,14 +407,26 @@ fn draw_pane(
         Cell::from(*h).style(style)
     }));
     let gauge_width = 8;
+    // An alert's message is what says what is wrong: on two lines where one is short.
+    let message_width = usize::from(area.width.saturating_sub(2 + 8 + 6 + 13 + 3));
     let table_rows = rows.iter().map(|r| {
-        let cells = r.cells.iter().enumerate().map(|(i, text)| match r.gauge {
-            Some((filled, capacity)) if pane == Pane::Listeners && i == 1 => {
-                Cell::from(gauge(filled, capacity, gauge_width, text, theme, r.tone))
-            }
-            _ => Cell::from(text.as_str()),
-        });
-        Row::new(cells).style(theme.tone(r.tone))
+        let mut height = 1;
+        let cells: Vec<Cell<'_>> = r
+            .cells
+            .iter()
+            .enumerate()
+            .map(|(i, text)| match r.gauge {
+                Some((filled, capacity)) if pane == Pane::Listeners && i == 1 => {
+                    Cell::from(gauge(filled, capacity, gauge_width, text, theme, r.tone))
+                }
+                _ if pane == Pane::Alerts && i == 3 && text.chars().count() > message_width => {
+                    height = 2;
+                    Cell::from(Text::from_iter(two_lines(text, message_width)))
+                }
+                _ => Cell::from(text.as_str()),
+            })
+            .collect();
+        Row::new(cells).height(height).style(theme.tone(r.tone))
     });
     let table = Table::new(table_rows, widths)
         .header(header)
@@ -469,6 +481,17 @@ fn widths(pane: Pane) -> Vec<Constraint> {
             Fill(1),
         ],
     }
+}
+
+/// `text` cut into a first line of at most `width` characters (at a space when there is
+/// one) and the rest.
+fn two_lines(text: &str, width: usize) -> [String; 2] {
+    let cut = text
+        .char_indices()
+        .nth(width)
+        .map_or(text.len(), |(at, _)| at);
+    let at = text[..cut].rfind(' ').filter(|at| *at > 0).unwrap_or(cut);
+    [text[..at].to_owned(), text[at..].trim_start().to_owned()]
 }
 
 /// The accept queue against the backlog as a bar, then the figures.
