@@ -91,8 +91,12 @@ for ((r = 0; r < rounds; r++)); do
                 "ip netns exec $ns $bin top --mode ebpf ${opts[*]:1} 2>$work/watch.err"
             sleep 1.5
             with=$(run_churn)
-            pkill -TERM -f -- "$bin top --mode ebpf" || true
-            while pgrep -f -- "$bin top --mode ebpf" >/dev/null; do sleep 0.1; done
+            # Only tcpmon (its whole command line): the pane's shell dying first would
+            # hang up on it, a second signal.
+            rest=("${opts[@]:1}")
+            top_cmd="$bin top --mode ebpf${rest[*]:+ ${rest[*]}}"
+            pkill -TERM -x -f -- "$top_cmd" || true
+            while pgrep -x -f -- "$top_cmd" >/dev/null; do sleep 0.1; done
             tmux -L "$tmux_socket" kill-server 2>/dev/null || true
         elif [[ "${opts[0]:-}" == bpftrace-count ]]; then
             [[ -d /sys/kernel/tracing/events ]] || mount -t tracefs tracefs /sys/kernel/tracing
