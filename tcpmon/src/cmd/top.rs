@@ -23,7 +23,7 @@ use crossterm::{
 };
 use ratatui::{backend::CrosstermBackend, Terminal};
 use tcpmon::{
-    model::{EndpointFilter, TcpState},
+    model::{canonical_ip, EndpointFilter, TcpState},
     snapshot::{self, analysis::Filter, Info, NetnsChoice, ReadOptions, Want},
     top::{self, Action, DrillRequest, DrillState, Shared, Target, Theme, TopSink, View},
 };
@@ -196,8 +196,8 @@ impl DrillSource {
                 NetnsChoice::Own
             },
             filter,
-            // Another namespace's connections are picked out after the read.
-            limit: request.netns.is_none().then_some(DRILL_LIMIT),
+            // Picked out after the read: another namespace's, a peer's as the remote end.
+            limit: None,
             want: Want {
                 connections: TcpState::ALL.to_vec(),
                 connection_owners: true,
@@ -209,19 +209,17 @@ impl DrillSource {
         match snapshot::read(&options) {
             Err(e) => DrillState::Failed(format!("{:#}", anyhow::Error::from(e))),
             Ok(read) => {
-                let (mut connections, total) = match request.netns {
-                    None => (read.connections.items, read.connections.total as u64),
-                    Some(inode) => {
-                        let all: Vec<_> = read
-                            .connections
-                            .items
-                            .into_iter()
-                            .filter(|c| c.netns == Some(inode))
-                            .collect();
-                        let total = all.len() as u64;
-                        (all, total)
-                    }
-                };
+                let mut connections: Vec<_> = read
+                    .connections
+                    .items
+                    .into_iter()
+                    .filter(|c| request.netns.is_none_or(|inode| c.netns == Some(inode)))
+                    .filter(|c| match request.target {
+                        Target::Peer(ip) => canonical_ip(c.remote_ip) == canonical_ip(ip),
+                        _ => true,
+                    })
+                    .collect();
+                let total = connections.len() as u64;
                 connections.truncate(DRILL_LIMIT);
                 DrillState::Loaded {
                     connections,

@@ -494,6 +494,15 @@ fn two_lines(text: &str, width: usize) -> [String; 2] {
     [text[..at].to_owned(), text[at..].trim_start().to_owned()]
 }
 
+/// A round-trip time in ms: three decimals below 10 ms (loopback and LANs), one above.
+fn rtt_text(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.3}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
 /// The accept queue against the backlog as a bar, then the figures.
 fn gauge(
     filled: u64,
@@ -567,7 +576,7 @@ fn draw_drill(frame: &mut Frame<'_>, area: Rect, drill: &Drill, theme: Theme) {
                     crate::model::endpoint(c.remote_ip, c.remote_port),
                     c.send_queue.to_string(),
                     c.recv_queue.to_string(),
-                    info.map_or_else(|| "-".into(), |i| format!("{:.1}", i.rtt_ms)),
+                    info.map_or_else(|| "-".into(), |i| rtt_text(i.rtt_ms)),
                     info.map_or_else(|| "-".into(), |i| i.total_retrans.to_string()),
                     info.map_or_else(|| "-".into(), |i| i.snd_cwnd.to_string()),
                     c.process
