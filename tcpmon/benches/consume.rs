@@ -16,8 +16,7 @@ use tcpmon::{
     },
     host::clock::Clock,
     live::{
-        fake::{FakeHost, FakeSource},
-        record::{Mode, ModeRecord, SCHEMA_VERSION},
+        fake::{ebpf_mode, FakeHost, FakeSource},
         tally::{Tally, TallyConfig},
         Engine, EngineConfig,
     },
@@ -112,14 +111,7 @@ fn consume(c: &mut Criterion) {
     group.bench_function("engine+ndjson", |b| {
         b.iter(|| {
             let mut sink = NdjsonSink::new(std::io::sink());
-            let mode = ModeRecord {
-                schema_version: SCHEMA_VERSION,
-                mode: Mode::Ebpf,
-                reason: "bench".into(),
-                notes: Vec::new(),
-                fell_back: false,
-                poll_interval: None,
-            };
+            let mode = ebpf_mode("bench");
             let mut engine = Engine::start(
                 EngineConfig::default().validate().expect("a valid config"),
                 FakeHost::default(),

@@ -7,10 +7,9 @@ use std::{hint::black_box, net::IpAddr};
 use criterion::{criterion_group, criterion_main, Criterion};
 use tcpmon::{
     live::{
-        fake::{FakeHost, FakeSource, RecordingSink},
+        fake::{ebpf_mode, FakeHost, FakeSource, RecordingSink},
         record::{
-            CloseWaitRecord, DestinationRecord, IpCountRecord, ListenerRecord, Mode, ModeRecord,
-            PairCount, SynTotals, SCHEMA_VERSION,
+            CloseWaitRecord, DestinationRecord, IpCountRecord, ListenerRecord, PairCount, SynTotals,
         },
         tally::Since,
         Engine, EngineConfig,
@@ -20,14 +19,7 @@ use tcpmon::{
 };
 
 fn snapshot() -> MetricsSnapshot {
-    let mode = ModeRecord {
-        schema_version: SCHEMA_VERSION,
-        mode: Mode::Ebpf,
-        reason: "bench".into(),
-        notes: Vec::new(),
-        fell_back: false,
-        poll_interval: None,
-    };
+    let mode = ebpf_mode("bench");
     let mut sink = RecordingSink::default();
     let mut engine = Engine::start(
         EngineConfig::default().validate().expect("a valid config"),

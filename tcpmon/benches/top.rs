@@ -10,8 +10,7 @@ use ratatui::{backend::TestBackend, Terminal};
 use tcpmon::{
     host::proc_net::Socket,
     live::{
-        fake::{FakeHost, FakeSource},
-        record::{Mode, ModeRecord, SCHEMA_VERSION},
+        fake::{ebpf_mode, FakeHost, FakeSource},
         Engine, EngineConfig,
     },
     model::TcpState,
@@ -79,14 +78,7 @@ fn dashboard() -> Dashboard {
         top: 200,
         ..EngineConfig::default()
     };
-    let mode = ModeRecord {
-        schema_version: SCHEMA_VERSION,
-        mode: Mode::Ebpf,
-        reason: "bench".into(),
-        notes: Vec::new(),
-        fell_back: false,
-        poll_interval: None,
-    };
+    let mode = ebpf_mode("bench");
     let mut engine = Engine::start(
         config.validate().expect("a valid config"),
         host(),

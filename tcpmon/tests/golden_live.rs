@@ -4,24 +4,20 @@
 //! reviewed insta snapshots. The engine runs over the fake host and source, whose clocks
 //! are fixed, so nothing needs scrubbing. A last test holds docs/METRICS.md and the
 //! exposition to each other.
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
+mod common;
+
+use common::{ip, pod, transition, NETNS, POD_NETNS, SEC};
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use tcpmon::{
     ebpf::decode::encode_transition,
-    host::{
-        diag::ListenerQueues,
-        netns::{Access, Namespace},
-        proc_net::Socket,
-    },
+    host::{diag::ListenerQueues, proc_net::Socket},
     live::{
-        fake::{FakeHost, FakeSource},
-        record::{Mode, ModeRecord, SCHEMA_VERSION},
+        fake::{ebpf_mode, FakeHost, FakeSource},
         Engine, EngineConfig, Sink,
     },
-    model::{
-        owner::Owner, Endpoints, Family, Process, Task, TcpState, TcpState::*, Thresholds,
-        Transition,
-    },
+    model::{Process, Task, TcpState::*, Thresholds, Transition},
     output::{
         live::TextSink,
         metrics::{
@@ -31,39 +27,6 @@ use tcpmon::{
         table::Style,
     },
 };
-
-const SEC: u64 = 1_000_000_000;
-const NETNS: u32 = 4_026_531_840;
-const POD_NETNS: u64 = 4_026_532_571;
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
-
-fn transition(
-    sk: u64,
-    ts: u64,
-    local: (&str, u16),
-    remote: (&str, u16),
-    old: TcpState,
-    new: TcpState,
-) -> Transition {
-    Transition {
-        at: Endpoints {
-            ts_ns: ts,
-            skaddr: sk,
-            netns: NETNS,
-            family: Family::Ipv4,
-            local_ip: ip(local.0),
-            local_port: local.1,
-            remote_ip: ip(remote.0),
-            remote_port: remote.1,
-        },
-        old,
-        new,
-        task: None,
-    }
-}
 
 /// A small web host: the app on 8080 leaking CLOSE_WAIT, clients of a database that
 /// leave TIME_WAIT behind, a new listener, a lost event. Low TIME_WAIT thresholds make
@@ -100,16 +63,7 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
         s.rx_queue = 1;
         sockets.push(s);
     }
-    let pod = Namespace {
-        inode: POD_NETNS,
-        name: None,
-        owner: Owner::Pod {
-            uid: "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b".into(),
-            container: None,
-            name: Some("web-7d9".into()),
-        },
-        access: Access::Pids(vec![900]),
-    };
+    let pod = pod();
     let host = FakeHost {
         sockets,
         owners: [1, 10, 11, 12]
@@ -153,16 +107,9 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
         max_netns: Some(16),
         ..EngineConfig::default()
     };
-    let mode = ModeRecord {
-        schema_version: SCHEMA_VERSION,
-        mode: Mode::Ebpf,
-        reason:
-            "eBPF: BTF tracepoint sock:inet_sock_set_state, SYN-ACK retransmits, SYN counter (idle)"
-                .into(),
-        notes: Vec::new(),
-        fell_back: false,
-        poll_interval: None,
-    };
+    let mode = ebpf_mode(
+        "eBPF: BTF tracepoint sock:inet_sock_set_state, SYN-ACK retransmits, SYN counter (idle)",
+    );
     let mut engine = Engine::start(
         config.validate().expect("a valid config"),
         host,

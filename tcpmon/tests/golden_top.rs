@@ -3,39 +3,26 @@
 //! records go through top's own sink, keys go through the view as a person types them,
 //! and ratatui's TestBackend draws. Styles the text cannot show (dimmed, colours,
 //! NO_COLOR) are asserted on the buffer.
+mod common;
+
+use common::{ip, pod, transition, NETNS, POD_NETNS, SEC};
+
 use std::net::IpAddr;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::{backend::TestBackend, buffer::Buffer, style::Modifier, Terminal};
 use tcpmon::{
     ebpf::decode::{encode_endpoints, encode_transition},
-    host::{
-        diag::ListenerQueues,
-        netns::{Access, Namespace},
-        proc_net::Socket,
-        sock_diag::TcpInfo,
-    },
+    host::{diag::ListenerQueues, proc_net::Socket, sock_diag::TcpInfo},
     live::{
-        fake::{FakeHost, FakeSource},
-        record::{Mode, ModeRecord, SCHEMA_VERSION},
+        fake::{ebpf_mode, FakeHost, FakeSource},
         Engine, EngineConfig,
     },
-    model::{
-        owner::Owner, Endpoints, Family, HalfOpen, Process, TcpState, TcpState::*, Thresholds,
-        Transition,
-    },
+    model::{Endpoints, Family, HalfOpen, Process, TcpState::*, Thresholds},
     snapshot::analysis::Connection,
     top::{self, Action, DrillState, Theme, TopSink, View},
 };
 use tcpmon_common::kind;
-
-const SEC: u64 = 1_000_000_000;
-const NETNS: u32 = 4_026_531_840;
-const POD_NETNS: u64 = 4_026_532_571;
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
 
 fn process(pid: u32, comm: &str) -> Process {
     Process {
@@ -128,19 +115,6 @@ fn leaking(mut host: FakeHost) -> FakeHost {
     host
 }
 
-fn pod() -> Namespace {
-    Namespace {
-        inode: POD_NETNS,
-        name: None,
-        owner: Owner::Pod {
-            uid: "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b".into(),
-            container: None,
-            name: Some("web-7d9".into()),
-        },
-        access: Access::Pids(vec![900]),
-    }
-}
-
 type TestEngine = Engine<FakeHost, FakeSource>;
 
 /// The engine over `host` with top's sink, as `top` configures it, a first tally
@@ -157,14 +131,7 @@ fn start(host: FakeHost, all_netns: bool, thresholds: Thresholds) -> (TestEngine
         namespace_detail: all_netns,
         ..EngineConfig::default()
     };
-    let mode = ModeRecord {
-        schema_version: SCHEMA_VERSION,
-        mode: Mode::Ebpf,
-        reason: "eBPF".into(),
-        notes: Vec::new(),
-        fell_back: false,
-        poll_interval: None,
-    };
+    let mode = ebpf_mode("eBPF");
     let mut engine = Engine::start(
         config.validate().expect("a valid config"),
         host,
@@ -180,31 +147,6 @@ fn start(host: FakeHost, all_netns: bool, thresholds: Thresholds) -> (TestEngine
     engine.write_tally(&mut sink).unwrap();
     top::lock(&sink.shared).cpu = Some(0.012);
     (engine, sink)
-}
-
-fn transition(
-    sk: u64,
-    ts: u64,
-    local: (&str, u16),
-    remote: (&str, u16),
-    old: TcpState,
-    new: TcpState,
-) -> Transition {
-    Transition {
-        at: Endpoints {
-            ts_ns: ts,
-            skaddr: sk,
-            netns: NETNS,
-            family: Family::Ipv4,
-            local_ip: ip(local.0),
-            local_port: local.1,
-            remote_ip: ip(remote.0),
-            remote_port: remote.1,
-        },
-        old,
-        new,
-        task: None,
-    }
 }
 
 /// One second on: two new clients of nginx, one finishes (TIME_WAIT is the server's),
@@ -227,6 +169,18 @@ fn a_second_of_traffic(engine: &mut TestEngine, sink: &mut TopSink, round: u64) 
     engine.drain(sink).unwrap();
     engine.tick(sink).unwrap();
     engine.write_tally(sink).unwrap();
+}
+
+/// The leak on 9000, 31 s old: past the 30 s the close_wait rule is given here.
+fn leak_alerted() -> (TestEngine, TopSink) {
+    let thresholds = Thresholds {
+        close_wait_age_secs: 30.0,
+        ..Thresholds::DEFAULT
+    };
+    let (mut engine, mut sink) = start(leaking(web_host()), false, thresholds);
+    engine.host_mut().now_ns += 31 * SEC;
+    engine.tick(&mut sink).unwrap();
+    (engine, sink)
 }
 
 /// Two tallies of the web host: counts, a change, a sparkline.
@@ -301,13 +255,7 @@ fn a_terminal_below_the_smallest_says_so_and_nothing_breaks() {
 
 #[test]
 fn a_close_wait_leak_is_listed_with_its_owner_and_alerted() {
-    let thresholds = Thresholds {
-        close_wait_age_secs: 30.0,
-        ..Thresholds::DEFAULT
-    };
-    let (mut engine, mut sink) = start(leaking(web_host()), false, thresholds);
-    engine.host_mut().now_ns += 31 * SEC;
-    engine.tick(&mut sink).unwrap();
+    let (mut engine, mut sink) = leak_alerted();
     engine.write_tally(&mut sink).unwrap();
     let mut view = View::default();
     insta::assert_snapshot!("close_wait_200x60", screen(&sink, &view, 200, 60));
@@ -583,13 +531,7 @@ fn q_and_ctrl_c_quit_from_anywhere() {
 
 #[test]
 fn cleared_alerts_are_dimmed_and_no_color_draws_no_colour() {
-    let thresholds = Thresholds {
-        close_wait_age_secs: 30.0,
-        ..Thresholds::DEFAULT
-    };
-    let (mut engine, mut sink) = start(leaking(web_host()), false, thresholds);
-    engine.host_mut().now_ns += 31 * SEC;
-    engine.tick(&mut sink).unwrap();
+    let (mut engine, mut sink) = leak_alerted();
     // The leaking sockets go away: the alert clears.
     engine.host_mut().sockets.retain(|s| s.state != CloseWait);
     engine.host_mut().now_ns += 60 * SEC;

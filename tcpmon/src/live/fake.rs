@@ -168,6 +168,18 @@ impl Host for FakeHost {
     }
 }
 
+/// The mode record of an engine that loaded its eBPF programs, saying `reason`.
+pub fn ebpf_mode(reason: &str) -> super::record::ModeRecord {
+    super::record::ModeRecord {
+        schema_version: super::record::SCHEMA_VERSION,
+        mode: super::record::Mode::Ebpf,
+        reason: reason.to_owned(),
+        notes: Vec::new(),
+        fell_back: false,
+        poll_interval: None,
+    }
+}
+
 /// Records handed out in the order they were pushed.
 #[derive(Debug, Default)]
 pub struct FakeSource {

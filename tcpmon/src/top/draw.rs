@@ -70,6 +70,14 @@ impl Theme {
     }
 }
 
+/// What every part of the screen is drawn from.
+#[derive(Clone, Copy)]
+struct Screen<'a> {
+    dash: &'a Dashboard,
+    view: &'a View,
+    theme: Theme,
+}
+
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame<'_>, live: &Dashboard, view: &View, theme: Theme) {
     let area = frame.area();
@@ -82,13 +90,14 @@ pub fn draw(frame: &mut Frame<'_>, live: &Dashboard, view: &View, theme: Theme) 
         return;
     }
     let dash = view.shown(live);
+    let screen = Screen { dash, view, theme };
     let [status, body, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Fill(1),
         Constraint::Length(1),
     ])
     .areas(area);
-    draw_status(frame, status, dash, view, theme);
+    draw_status(frame, status, screen);
     draw_footer(frame, footer, view, theme);
     match &dash.latest {
         None => frame.render_widget(
@@ -104,7 +113,7 @@ pub fn draw(frame: &mut Frame<'_>, live: &Dashboard, view: &View, theme: Theme) 
                 )),
                 body,
             ),
-            (None, Some(data)) => draw_body(frame, body, dash, tally, &data, view, theme),
+            (None, Some(data)) => draw_body(frame, body, screen, tally, &data),
         },
     }
     if view.help {
@@ -115,12 +124,11 @@ pub fn draw(frame: &mut Frame<'_>, live: &Dashboard, view: &View, theme: Theme) 
 fn draw_body(
     frame: &mut Frame<'_>,
     area: Rect,
-    dash: &Dashboard,
+    screen: Screen<'_>,
     tally: &TallyRecord,
     data: &ScopeData<'_>,
-    view: &View,
-    theme: Theme,
 ) {
+    let Screen { dash, view, .. } = screen;
     let panes = View::panes(dash);
     let has_namespaces = panes.contains(&Pane::Namespaces);
     if area.width >= 120 && area.height >= 34 {
@@ -132,19 +140,19 @@ fn draw_body(
         .areas(area);
         let [states, alerts] =
             Layout::horizontal([Constraint::Percentage(50), Constraint::Fill(1)]).areas(top);
-        draw_states(frame, states, dash, tally, data, view, theme, false);
-        draw_pane(frame, alerts, Pane::Alerts, dash, view, theme, None);
+        draw_states(frame, states, screen, tally, data, false);
+        draw_pane(frame, alerts, screen, Pane::Alerts, None);
         let [listeners, peers] =
             Layout::horizontal([Constraint::Percentage(60), Constraint::Fill(1)]).areas(middle);
-        draw_pane(frame, listeners, Pane::Listeners, dash, view, theme, None);
-        draw_pane(frame, peers, Pane::Peers, dash, view, theme, None);
+        draw_pane(frame, listeners, screen, Pane::Listeners, None);
+        draw_pane(frame, peers, screen, Pane::Peers, None);
         if has_namespaces {
             let [close_wait, namespaces] =
                 Layout::horizontal([Constraint::Percentage(45), Constraint::Fill(1)]).areas(bottom);
-            draw_pane(frame, close_wait, Pane::CloseWait, dash, view, theme, None);
-            draw_pane(frame, namespaces, Pane::Namespaces, dash, view, theme, None);
+            draw_pane(frame, close_wait, screen, Pane::CloseWait, None);
+            draw_pane(frame, namespaces, screen, Pane::Namespaces, None);
         } else {
-            draw_pane(frame, bottom, Pane::CloseWait, dash, view, theme, None);
+            draw_pane(frame, bottom, screen, Pane::CloseWait, None);
         }
         return;
     }
@@ -153,14 +161,14 @@ fn draw_body(
     let tiny = area.width < 80 || area.height < 20;
     let [states, lower] =
         Layout::vertical([Constraint::Length(8), Constraint::Fill(1)]).areas(area);
-    draw_states(frame, states, dash, tally, data, view, theme, true);
+    draw_states(frame, states, screen, tally, data, true);
     if lower.height >= 4 {
         let shown = if view.focus == Pane::States {
             Pane::Alerts
         } else {
             view.focus
         };
-        draw_pane(frame, lower, shown, dash, view, theme, Some(&panes));
+        draw_pane(frame, lower, screen, shown, Some(&panes));
     } else if tiny {
         let active = dash
             .active_alerts()
@@ -176,7 +184,8 @@ fn draw_body(
     }
 }
 
-fn draw_status(frame: &mut Frame<'_>, area: Rect, dash: &Dashboard, view: &View, theme: Theme) {
+fn draw_status(frame: &mut Frame<'_>, area: Rect, screen: Screen<'_>) {
+    let Screen { dash, view, theme } = screen;
     let sep = || Span::raw(" │ ");
     let mut spans = vec![Span::styled("tcpmon top", theme.header())];
     let Some(tally) = &dash.latest else {
@@ -275,17 +284,15 @@ fn draw_footer(frame: &mut Frame<'_>, area: Rect, view: &View, theme: Theme) {
 
 /// The states: count, change over the last interval, and a sparkline of the history
 /// (`compact`: two columns, the sparkline only where it fits).
-#[allow(clippy::too_many_arguments)]
 fn draw_states(
     frame: &mut Frame<'_>,
     area: Rect,
-    dash: &Dashboard,
+    screen: Screen<'_>,
     tally: &TallyRecord,
     data: &ScopeData<'_>,
-    view: &View,
-    theme: Theme,
     compact: bool,
 ) {
+    let Screen { dash, view, theme } = screen;
     let focused = view.focus == Pane::States && view.drill.is_none();
     let mut block = Block::bordered()
         .title(format!(" States · {} sockets ", data.states.total()))
@@ -363,12 +370,11 @@ fn draw_states(
 fn draw_pane(
     frame: &mut Frame<'_>,
     area: Rect,
+    screen: Screen<'_>,
     pane: Pane,
-    dash: &Dashboard,
-    view: &View,
-    theme: Theme,
     tabs: Option<&[Pane]>,
 ) {
+    let Screen { dash, view, theme } = screen;
     let focused = view.focus == pane && view.drill.is_none();
     let rows = rows(pane, dash, view);
     let (column, descending) = view.sort(pane);
