@@ -13,6 +13,13 @@ pub mod kind {
     /// A SYN reached a listener (cgroup skb ingress), whether it got a request socket or
     /// a SYN cookie.
     pub const SYN_REQUEST: u8 = 3;
+    /// tcp:tcp_retransmit_skb: a packet was sent again; `oldstate` and `newstate` hold
+    /// how many segments it stands for (low and high byte; 0 when unknown, read as 1).
+    pub const RETRANSMIT: u8 = 4;
+    /// tcp:tcp_send_reset: a reset was sent (local is the sender).
+    pub const RESET_SENT: u8 = 5;
+    /// tcp:tcp_receive_reset: a connection was reset by its peer.
+    pub const RESET_RECEIVED: u8 = 6;
 }
 
 /// Address families as the kernel numbers them.
@@ -297,6 +304,83 @@ pub mod names {
     pub const TARGET_NETNS_COOKIE: &str = "TARGET_NETNS_COOKIE";
     pub const SYN_PROGRAM: &str = "syn_arrival";
     pub const SYNACK_PROGRAM: &str = "tcp_retransmit_synack";
+    pub const RETRANSMIT_PROGRAM: &str = "tcp_retransmit_skb";
+    pub const SEND_RESET_PROGRAM: &str = "tcp_send_reset";
+    pub const RECEIVE_RESET_PROGRAM: &str = "tcp_receive_reset";
+    /// Globals: `sk_buff.dev` and `net_device.nd_net.net` (from BTF; 0: unknown).
+    pub const SKB_DEV_OFFSET: &str = "SKB_DEV_OFFSET";
+    pub const DEV_NET_OFFSET: &str = "DEV_NET_OFFSET";
+    /// Globals: `sk_buff.cb` and `tcp_skb_cb.tcp_gso_segs` (from BTF; 0: unknown).
+    pub const SKB_CB_OFFSET: &str = "SKB_CB_OFFSET";
+    pub const GSO_SEGS_OFFSET: &str = "GSO_SEGS_OFFSET";
+    /// Global: offset of `err` in tcp:tcp_retransmit_skb's record (0: no such field).
+    pub const RETRANSMIT_ERR_OFFSET: &str = "RETRANSMIT_ERR_OFFSET";
+}
+
+/// Where the failure programs read their classic tracepoints' records, as this kernel's
+/// format files give them; the loader checks each (name, offset) against the running
+/// kernel's format file before attaching.
+pub mod tracepoints {
+    /// tcp:tcp_retransmit_skb
+    pub mod retransmit_skb {
+        pub const SKBADDR: usize = 8;
+        pub const SKADDR: usize = 16;
+        pub const SPORT: usize = 28;
+        pub const DPORT: usize = 30;
+        pub const FAMILY: usize = 32;
+        pub const SADDR: usize = 34;
+        pub const DADDR: usize = 38;
+        pub const SADDR_V6: usize = 42;
+        pub const DADDR_V6: usize = 58;
+        pub const FIELDS: [(&str, usize); 9] = [
+            ("skbaddr", SKBADDR),
+            ("skaddr", SKADDR),
+            ("sport", SPORT),
+            ("dport", DPORT),
+            ("family", FAMILY),
+            ("saddr", SADDR),
+            ("daddr", DADDR),
+            ("saddr_v6", SADDR_V6),
+            ("daddr_v6", DADDR_V6),
+        ];
+    }
+
+    /// tcp:tcp_receive_reset
+    pub mod receive_reset {
+        pub const SKADDR: usize = 8;
+        pub const SPORT: usize = 16;
+        pub const DPORT: usize = 18;
+        pub const FAMILY: usize = 20;
+        pub const SADDR: usize = 22;
+        pub const DADDR: usize = 26;
+        pub const SADDR_V6: usize = 30;
+        pub const DADDR_V6: usize = 46;
+        pub const FIELDS: [(&str, usize); 8] = [
+            ("skaddr", SKADDR),
+            ("sport", SPORT),
+            ("dport", DPORT),
+            ("family", FAMILY),
+            ("saddr", SADDR),
+            ("daddr", DADDR),
+            ("saddr_v6", SADDR_V6),
+            ("daddr_v6", DADDR_V6),
+        ];
+    }
+
+    /// tcp:tcp_send_reset: the sender's and the receiver's `struct sockaddr_in6` (or
+    /// `_in`), 28 bytes each.
+    pub mod send_reset {
+        pub const SKBADDR: usize = 8;
+        pub const SKADDR: usize = 16;
+        pub const SADDR: usize = 32;
+        pub const DADDR: usize = 60;
+        pub const FIELDS: [(&str, usize); 4] = [
+            ("skbaddr", SKBADDR),
+            ("skaddr", SKADDR),
+            ("saddr", SADDR),
+            ("daddr", DADDR),
+        ];
+    }
 }
 
 /// Records go to ring buffer `cpu % RING_COUNT`. One ring shared by every CPU made each

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod failures;
 mod maps;
 mod netns;
 mod state;

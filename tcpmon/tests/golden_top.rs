@@ -186,6 +186,32 @@ fn leak_alerted() -> (TestEngine, TopSink) {
 /// Two tallies of the web host: counts, a change, a sparkline.
 fn idle() -> (TestEngine, TopSink) {
     let (mut engine, mut sink) = start(web_host(), false, Thresholds::DEFAULT);
+    // A lossy client (7 segments sent again in two packets) and a scanner refused twice.
+    let at = |remote: &str, local_port, remote_port| Endpoints {
+        ts_ns: engine.host().now_ns,
+        skaddr: 0,
+        netns: NETNS,
+        family: Family::Ipv4,
+        local_ip: ip("10.0.0.5"),
+        local_port,
+        remote_ip: ip(remote),
+        remote_port,
+    };
+    let mut records = Vec::new();
+    for segments in [3, 4] {
+        let mut raw = encode_endpoints(&at("198.51.100.9", 8080, 51000), kind::RETRANSMIT);
+        raw.oldstate = segments;
+        records.push(raw);
+    }
+    for port in [23, 3389] {
+        records.push(encode_endpoints(
+            &at("192.0.2.99", port, 40000),
+            kind::RESET_SENT,
+        ));
+    }
+    for raw in records {
+        engine.source_mut().unwrap().push(raw);
+    }
     a_second_of_traffic(&mut engine, &mut sink, 1);
     (engine, sink)
 }
@@ -387,15 +413,22 @@ fn sort_cycles_columns_and_reverses() {
             "198.51.100.9",
             "203.0.113.7",
             "198.51.100.20",
-            "192.0.2.44"
+            "192.0.2.44",
+            "192.0.2.99"
         ]
     );
-    press(&mut view, &sink, &[KeyCode::Char('s')]);
+    // TOTAL, then RETRANS, RESETS, REMOTE.
+    press(
+        &mut view,
+        &sink,
+        &[KeyCode::Char('s'), KeyCode::Char('s'), KeyCode::Char('s')],
+    );
     insta::assert_snapshot!("sorted_by_remote_80x24", screen(&sink, &view, 80, 24));
     assert_eq!(
         order(&view),
         [
             "192.0.2.44",
+            "192.0.2.99",
             "198.51.100.7",
             "198.51.100.9",
             "198.51.100.20",

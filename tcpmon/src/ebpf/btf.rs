@@ -106,6 +106,23 @@ impl KernelTypes {
         })
     }
 
+    /// `sk_buff.dev` and `net_device.nd_net.net`: a packet's namespace through its device.
+    pub fn skb_offsets(&self) -> Result<(u32, u32), BtfError> {
+        Ok((
+            self.byte_offset("sk_buff", "dev")?,
+            self.byte_offset("net_device", "nd_net.net")?,
+        ))
+    }
+
+    /// `sk_buff.cb` and, inside it, `tcp_skb_cb.tcp_gso_segs`: how many segments a TCP
+    /// packet stands for (what the kernel adds to RetransSegs when it is sent again).
+    pub fn gso_segs_offsets(&self) -> Result<(u32, u32), BtfError> {
+        Ok((
+            self.byte_offset("sk_buff", "cb")?,
+            self.byte_offset("tcp_skb_cb", "tcp_gso_segs")?,
+        ))
+    }
+
     /// The raw and BTF programs' offsets, or why this kernel's layout does not fit them.
     pub fn raw_offsets(&self) -> Result<RawOffsets, BtfError> {
         let expect = |what: String, actual: u32, expected: u32| {
@@ -170,6 +187,15 @@ mod tests {
         // skc_net sits inside sock_common, well within the first cache lines.
         assert!(offsets.sk_net > 0 && offsets.sk_net < 128, "{offsets:?}");
         assert!(offsets.net_inum < 4096, "{offsets:?}");
+        let (skb_dev, dev_net) = types.skb_offsets().expect("sk_buff.dev and nd_net");
+        let (cb, gso_segs) = types
+            .gso_segs_offsets()
+            .expect("sk_buff.cb and tcp_gso_segs");
+        assert!(cb > 0 && gso_segs < 48, "{cb} {gso_segs}");
+        assert!(
+            skb_dev > 0 && skb_dev < 64 && dev_net > 0,
+            "{skb_dev} {dev_net}"
+        );
         assert!(matches!(
             types.byte_offset("no_such_struct", "x"),
             Err(BtfError::NoStruct(_))

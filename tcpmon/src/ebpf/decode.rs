@@ -14,6 +14,17 @@ pub enum Record {
     SynAckRetransmit(Endpoints),
     /// A SYN reached a listener (cgroup skb ingress), cookie or request socket.
     SynRequest(Endpoints),
+    /// A connection's segments were sent again (how many), a reset sent (local is the
+    /// sender) or received (1).
+    Failure(Failure, Endpoints, u32),
+}
+
+/// Why a connection is failing, as one kernel event says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    Retransmit,
+    ResetSent,
+    ResetReceived,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +90,12 @@ pub fn decode_event(raw: &SockEvent) -> Result<Record, DecodeError> {
         }
         kind::SYNACK_RETRANSMIT => Ok(Record::SynAckRetransmit(at)),
         kind::SYN_REQUEST => Ok(Record::SynRequest(at)),
+        kind::RETRANSMIT => {
+            let segments = u32::from(raw.oldstate) | u32::from(raw.newstate) << 8;
+            Ok(Record::Failure(Failure::Retransmit, at, segments.max(1)))
+        }
+        kind::RESET_SENT => Ok(Record::Failure(Failure::ResetSent, at, 1)),
+        kind::RESET_RECEIVED => Ok(Record::Failure(Failure::ResetReceived, at, 1)),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -184,6 +201,24 @@ mod tests {
         fn synack_records_round_trip(at in arb_endpoints()) {
             let raw = encode_endpoints(&at, kind::SYNACK_RETRANSMIT);
             prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::SynAckRetransmit(at)));
+        }
+
+        #[test]
+        fn failure_records_round_trip(at in arb_endpoints(), which in 0usize..3) {
+            let (record_kind, failure) = [
+                (kind::RETRANSMIT, Failure::Retransmit),
+                (kind::RESET_SENT, Failure::ResetSent),
+                (kind::RESET_RECEIVED, Failure::ResetReceived),
+            ][which];
+            let mut raw = encode_endpoints(&at, record_kind);
+            prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 1)));
+            if failure == Failure::Retransmit {
+                // A 45-segment burst: low byte in oldstate, high in newstate.
+                (raw.oldstate, raw.newstate) = (45, 0);
+                prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 45)));
+                (raw.oldstate, raw.newstate) = (0x2c, 0x01);
+                prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 300)));
+            }
         }
 
         #[test]

@@ -9,6 +9,7 @@
 //! rings. [`Probe::detach`] (or dropping the probe) detaches every program.
 pub mod btf;
 pub mod decode;
+pub mod format;
 pub mod mounts;
 pub mod order;
 pub mod ringbuf;
@@ -29,7 +30,7 @@ use aya::{
     },
     Btf, Ebpf, EbpfLoader,
 };
-use tcpmon_common::{counter, names, DEFAULT_RING_BYTES, RING_COUNT};
+use tcpmon_common::{counter, names, tracepoints, DEFAULT_RING_BYTES, RING_COUNT};
 
 use self::{
     btf::KernelTypes,
@@ -133,6 +134,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Also attach tcp:tcp_retransmit_synack and load the cgroup skb SYN counter.
     pub synack: bool,
+    /// Also attach tcp:tcp_retransmit_skb, tcp:tcp_send_reset and tcp:tcp_receive_reset.
+    pub failures: bool,
     /// Which hook delivers the state changes.
     pub state_hook: StateHook,
     /// State transitions go through per-CPU slot rings (see tcpmon_common::Slot)
@@ -173,6 +176,7 @@ impl Default for LoadOptions {
             netns: NetnsFilter::All,
             ring_bytes: DEFAULT_RING_BYTES,
             synack: true,
+            failures: true,
             state_hook: StateHook::Auto,
             slot_rings: cfg!(target_arch = "x86_64"),
         }
@@ -311,10 +315,12 @@ fn attach_classic(
         let text = chain(&e);
         if text.contains("No such file") {
             LoadError::MissingTracepoint(
-                if category == "sock" {
-                    "sock:inet_sock_set_state"
-                } else {
-                    "tcp:tcp_retransmit_synack"
+                match name {
+                    "inet_sock_set_state" => "sock:inet_sock_set_state",
+                    "tcp_retransmit_synack" => "tcp:tcp_retransmit_synack",
+                    "tcp_retransmit_skb" => "tcp:tcp_retransmit_skb",
+                    "tcp_send_reset" => "tcp:tcp_send_reset",
+                    _ => "tcp:tcp_receive_reset",
                 },
                 text,
             )
@@ -324,6 +330,14 @@ fn attach_classic(
     })?;
     owned_fd(prog.fd())
 }
+
+/// A failure program: its name, its tracepoint, the record fields it reads, what it counts.
+type FailureHook = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, usize)],
+    &'static str,
+);
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF memory to it; on 6.x memcg
 /// accounting makes this unnecessary, so failure is only worth a note.
@@ -370,6 +384,27 @@ impl Probe {
             _ => 0,
         };
         let (sk_net, net_inum) = offsets.map_or((0, 0), |o| (o.sk_net, o.net_inum));
+        // Resets sent without a socket (to a closed port) are placed by the packet's device.
+        let (skb_cb, gso_segs) = match types.as_ref().map(KernelTypes::gso_segs_offsets) {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) if options.failures => {
+                notes.push(format!(
+                    "a retransmitted packet counts as one segment ({e}): TSO bursts are undercounted against RetransSegs"
+                ));
+                (0, 0)
+            }
+            _ => (0, 0),
+        };
+        let (skb_dev, dev_net) = match types.as_ref().map(KernelTypes::skb_offsets) {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) if options.failures => {
+                notes.push(format!(
+                    "resets sent to closed ports cannot be placed in a namespace ({e}): they are counted as unreadable"
+                ));
+                (0, 0)
+            }
+            _ => (0, 0),
+        };
         // The BTF and raw programs read the socket at offsets compiled in or taken from
         // BTF; a kernel whose layout differs is left with the classic tracepoint.
         let sock_layout = match (&types, offsets) {
@@ -404,6 +439,19 @@ impl Probe {
             None => options.ring_bytes,
         };
         let layout = RingLayout::new(ring_share, cpus, page_size());
+        // Classic tracepoints are found through tracefs (the SYN-ACK one always is); what
+        // tcpmon mounts for that is unmounted once they are attached.
+        let tracefs = Tracefs::ensure().map_err(LoadError::from);
+        if tracefs.as_ref().is_ok_and(Tracefs::mounted_here) {
+            notes.push("mounted tracefs at /sys/kernel/tracing to attach, and unmounted it".into());
+        }
+        // Where the kernel says whether a retransmit went out (kernels that trace failed
+        // ones too have an `err` field; 0: no such field, every event counts).
+        let retransmit_err: u32 = format::read("tcp", "tcp_retransmit_skb")
+            .ok()
+            .and_then(|fields| fields.into_iter().find(|f| f.name == "err" && f.size == 4))
+            .and_then(|f| u32::try_from(f.offset).ok())
+            .unwrap_or(0);
         let mut loader = EbpfLoader::new();
         for (ring, name) in names::EVENTS_MAPS.iter().enumerate() {
             loader.map_max_entries(name, layout.size_of(ring));
@@ -421,15 +469,14 @@ impl Probe {
             .override_global(names::TARGET_NETNS_COOKIE, &cookie, true)
             .override_global(names::SK_PROTOCOL_OFFSET, &sk_protocol, true)
             .override_global(names::INET_SADDR_OFFSET, &inet_saddr, true)
+            .override_global(names::SKB_DEV_OFFSET, &skb_dev, true)
+            .override_global(names::DEV_NET_OFFSET, &dev_net, true)
+            .override_global(names::SKB_CB_OFFSET, &skb_cb, true)
+            .override_global(names::GSO_SEGS_OFFSET, &gso_segs, true)
+            .override_global(names::RETRANSMIT_ERR_OFFSET, &retransmit_err, true)
             .load(OBJECT)
             .map_err(|e| LoadError::classify("creating maps", e))?;
         let mut program_fds = Vec::new();
-        // Classic tracepoints are found through tracefs (the SYN-ACK one always is); what
-        // tcpmon mounts for that is unmounted once they are attached.
-        let tracefs = Tracefs::ensure().map_err(LoadError::from);
-        if tracefs.as_ref().is_ok_and(Tracefs::mounted_here) {
-            notes.push("mounted tracefs at /sys/kernel/tracing to attach, and unmounted it".into());
-        }
         let candidates: &[StateHook] = match options.state_hook {
             StateHook::Auto => &[StateHook::Btf, StateHook::Raw, StateHook::Classic],
             StateHook::Btf => &[StateHook::Btf],
@@ -497,6 +544,43 @@ impl Probe {
                     "SYN arrivals not counted (cgroup skb ingress: {e}): a flood answered with \
                      SYN cookies is measured by the cookies counter alone"
                 )),
+            }
+        }
+        if options.failures {
+            // (program, tracepoint, the fields it reads, what it counts)
+            let hooks: [FailureHook; 3] = [
+                (
+                    names::RETRANSMIT_PROGRAM,
+                    "tcp_retransmit_skb",
+                    &tracepoints::retransmit_skb::FIELDS,
+                    "retransmitted segments",
+                ),
+                (
+                    names::SEND_RESET_PROGRAM,
+                    "tcp_send_reset",
+                    &tracepoints::send_reset::FIELDS,
+                    "resets sent",
+                ),
+                (
+                    names::RECEIVE_RESET_PROGRAM,
+                    "tcp_receive_reset",
+                    &tracepoints::receive_reset::FIELDS,
+                    "resets received",
+                ),
+            ];
+            for (program, tracepoint, fields, what) in hooks {
+                let attached = match &tracefs {
+                    Ok(_) => format::check("tcp", tracepoint, fields)
+                        .map_err(LoadError::Other)
+                        .and_then(|()| attach_classic(&mut ebpf, program, "tcp", tracepoint)),
+                    Err(e) => Err(e.clone()),
+                };
+                match attached {
+                    Ok(fd) => program_fds.push(fd),
+                    Err(e) => notes.push(format!(
+                        "{what} not watched per connection (tcp:{tracepoint}: {e}): the totals come from the kernel's counters only"
+                    )),
+                }
             }
         }
         drop(tracefs);

@@ -23,6 +23,9 @@ pub struct Received {
     pub decode_errors: u64,
     /// Transitions from other namespaces (shown with --all-netns, never tallied).
     pub foreign: u64,
+    /// Retransmits and resets from other namespaces (with --all-netns): not tallied.
+    #[serde(default)]
+    pub foreign_failures: u64,
     /// CLOSE -> SYN_SENT and LISTEN -> SYN_RECV seen, to compare with the kernel's
     /// ActiveOpens / PassiveOpens.
     pub active_opens: u64,

@@ -25,6 +25,7 @@
 //! ```
 mod config;
 mod engine;
+pub mod failures;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod host;

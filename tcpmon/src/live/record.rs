@@ -10,6 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
+    failures::FailuresRecord,
     loss::Received,
     rules::Alert,
     syn::{half_open_of, SynState},
@@ -25,8 +26,9 @@ use crate::{
 };
 
 /// The version of the NDJSON record schemas; it changes when a field changes meaning or
-/// goes away (new fields do not change it).
-pub const SCHEMA_VERSION: u32 = 2;
+/// goes away, and when the tally gains a section a strict validator would refuse (3: the
+/// tally's `failures`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Which engine feeds the tallies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +313,10 @@ pub struct TallyRecord {
     /// With --all-netns: namespaces beyond --max-netns, not tallied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces_untracked: Option<Untracked>,
+    /// Retransmits and resets in tcpmon's namespace since the start (eBPF only; zero
+    /// when polling or where the hooks did not attach, which the mode's notes say).
+    #[serde(default)]
+    pub failures: FailuresRecord,
     /// How often it polls, in poll mode (the text line says it).
     #[serde(skip)]
     pub poll_interval: Option<Duration>,
@@ -346,6 +352,7 @@ pub(crate) struct TallyInputs<'a> {
     pub lost: u64,
     pub namespaces: Option<Vec<NamespaceTally>>,
     pub namespaces_untracked: Option<Untracked>,
+    pub failures: FailuresRecord,
     pub poll_interval: Option<Duration>,
 }
 
@@ -455,6 +462,7 @@ impl TallyRecord {
             transitions_per_sec: i.transitions_per_sec,
             namespaces: i.namespaces,
             namespaces_untracked: i.namespaces_untracked,
+            failures: i.failures,
             poll_interval: i.poll_interval,
         }
     }

@@ -115,10 +115,21 @@ pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
         }
         _ => format!("lost {} {}", r.lost, loss_breakdown(&r.kernel, &r.received)),
     };
+    // Polling sees no retransmit or reset: nothing is said rather than zeros.
+    let failures = match r.mode {
+        Mode::Ebpf => {
+            let f = &r.failures.totals;
+            format!(
+                " | retransmits {} resets sent {} received {}",
+                f.retransmits, f.resets_sent, f.resets_received
+            )
+        }
+        Mode::Poll => String::new(),
+    };
     let time = humantime::format_rfc3339_millis(r.time.0).to_string();
     writeln!(
         w,
-        "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {:.0} transitions/s | {loss}{recon}{top}{aggregated}",
+        "{} tally [{}] ESTAB {} SYN_SENT {} SYN_RECV {} FIN_WAIT1 {} FIN_WAIT2 {} TIME_WAIT {}{tw_check} CLOSE_WAIT {} LAST_ACK {} CLOSING {} LISTEN {} | {:.0} transitions/s{failures} | {loss}{recon}{top}{aggregated}",
         time_of_day(&time, 3),
         r.mode.name(),
         s(Established),

@@ -474,7 +474,14 @@ fn widths(pane: Pane) -> Vec<Constraint> {
             Length(7),
             Fill(1),
         ],
-        Pane::Peers => vec![Length(39), Length(11), Length(9), Length(7)],
+        Pane::Peers => vec![
+            Length(28),
+            Length(11),
+            Length(9),
+            Length(7),
+            Length(8),
+            Length(7),
+        ],
         Pane::CloseWait => vec![Length(24), Length(7), Length(8), Fill(1)],
         Pane::Alerts => vec![Length(8), Length(6), Length(13), Fill(1)],
         Pane::Namespaces => vec![

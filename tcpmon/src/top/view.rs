@@ -7,7 +7,10 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::dashboard::{AlertEntry, Dashboard, Scope};
 use crate::{
-    live::record::{CloseWaitRecord, ListenerRecord, PerIpTally, TallyRecord},
+    live::{
+        failures::FailuresRecord,
+        record::{CloseWaitRecord, ListenerRecord, Mode, PerIpTally, TallyRecord},
+    },
     model::{
         printable, printable_clipped, CloseWaitSide, Process, Severity, StateCounts, TcpState,
     },
@@ -58,7 +61,14 @@ impl Pane {
                 "SOCKETS",
                 "OWNER",
             ],
-            Pane::Peers => &["REMOTE", "CONNECTIONS", "TIME_WAIT", "TOTAL"],
+            Pane::Peers => &[
+                "REMOTE",
+                "CONNECTIONS",
+                "TIME_WAIT",
+                "TOTAL",
+                "RETRANS",
+                "RESETS",
+            ],
             Pane::CloseWait => &["LEAK", "SOCKETS", "OLDEST", "PROCESSES"],
             Pane::Alerts => &["SEVERITY", "AGE", "RULE", "MESSAGE"],
             Pane::Namespaces => &[
@@ -456,6 +466,8 @@ pub struct ScopeData<'a> {
     pub listeners: &'a [ListenerRecord],
     pub per_ip: &'a PerIpTally,
     pub close_wait: &'a [CloseWaitRecord],
+    /// Retransmits and resets (tcpmon's own namespace only).
+    pub failures: Option<&'a FailuresRecord>,
     /// Its name as the status line says it.
     pub label: String,
 }
@@ -469,6 +481,7 @@ pub fn scope_data(tally: &TallyRecord, scope: Scope) -> Option<ScopeData<'_>> {
             listeners: &tally.listeners,
             per_ip: &tally.per_ip,
             close_wait: &tally.close_wait,
+            failures: (tally.mode == Mode::Ebpf).then_some(&tally.failures),
             label: "tcpmon's namespace".into(),
         }),
         Some(inode) => {
@@ -483,6 +496,7 @@ pub fn scope_data(tally: &TallyRecord, scope: Scope) -> Option<ScopeData<'_>> {
                 listeners: &detail.listeners,
                 per_ip: &detail.per_ip,
                 close_wait: &detail.close_wait,
+                failures: None,
                 label: namespace_label(ns.name.as_deref(), &ns.owner, inode),
             })
         }
@@ -663,26 +677,53 @@ fn sortable_endpoint(text: &str) -> String {
 }
 
 fn peer_rows(data: &ScopeData<'_>) -> Vec<PaneRow> {
-    data.per_ip
+    let failures_of = |ip: IpAddr| {
+        data.failures
+            .and_then(|f| f.by_peer.iter().find(|p| p.ip == ip))
+            .map(|p| p.counts)
+    };
+    // The peers of either tally, those with only failures (a client refused) too.
+    let mut peers: Vec<(IpAddr, u64, u64)> = data
+        .per_ip
         .peers
         .iter()
-        .map(|p| {
-            let total = p.connections + p.time_wait;
+        .map(|p| (p.ip, p.connections, p.time_wait))
+        .collect();
+    for failed in data.failures.iter().flat_map(|f| &f.by_peer) {
+        if !peers.iter().any(|(ip, _, _)| *ip == failed.ip) {
+            peers.push((failed.ip, 0, 0));
+        }
+    }
+    peers
+        .into_iter()
+        .map(|(ip, connections, time_wait)| {
+            let total = connections + time_wait;
+            let failed = failures_of(ip);
+            let counted = |n: Option<u64>| match (data.failures, n) {
+                (None, _) => "-".to_owned(),
+                (Some(_), n) => n.unwrap_or(0).to_string(),
+            };
+            let retransmits = failed.map(|c| c.retransmits);
+            let resets = failed.map(|c| c.resets_sent + c.resets_received);
             row(
-                p.ip.to_string(),
+                ip.to_string(),
                 vec![
-                    p.ip.to_string(),
-                    p.connections.to_string(),
-                    p.time_wait.to_string(),
+                    ip.to_string(),
+                    connections.to_string(),
+                    time_wait.to_string(),
                     total.to_string(),
+                    counted(retransmits),
+                    counted(resets),
                 ],
                 vec![
-                    SortValue::Text(format!("{:?}", sortable_ip(p.ip))),
-                    num(p.connections as f64),
-                    num(p.time_wait as f64),
+                    SortValue::Text(format!("{:?}", sortable_ip(ip))),
+                    num(connections as f64),
+                    num(time_wait as f64),
                     num(total as f64),
+                    num(retransmits.unwrap_or(0) as f64),
+                    num(resets.unwrap_or(0) as f64),
                 ],
-                Some(Target::Peer(p.ip)),
+                Some(Target::Peer(ip)),
             )
         })
         .collect()

@@ -3,6 +3,7 @@
 //! isolates itself in a private network namespace and filters by it.
 mod agent;
 mod agree;
+mod failures;
 mod harness;
 mod netns;
 mod prometheus;

@@ -17,6 +17,7 @@ use tcpmon_common::SockEvent;
 
 use super::{
     config::{ConfigError, EngineConfig, ValidConfig},
+    failures::FailureTally,
     host::Host,
     loss::{self, LossTracker, Received},
     namespaces::Namespaces,
@@ -134,6 +135,8 @@ pub struct Engine<H: Host, S: EventSource> {
     kernel: KernelCounters,
     loss: LossTracker,
     syn: SynState,
+    /// Retransmits and resets in tcpmon's namespace.
+    failures: FailureTally,
     last_eval_ns: u64,
     time_wait_check: Option<(u64, i64)>,
     last_reconcile: Option<(ReconcileReport, Reason)>,
@@ -191,6 +194,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         });
         let now = host.now_ns();
         let clock = Clock::fixed(host.wall_now(), now);
+        let failures = FailureTally::new(cfg.max_ips);
         let mut engine = Self {
             detector: Detector::new(cfg.thresholds.clone()),
             cfg,
@@ -206,6 +210,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             kernel: KernelCounters::default(),
             loss: LossTracker::default(),
             syn: SynState::default(),
+            failures,
             last_eval_ns: now,
             time_wait_check: None,
             last_reconcile: None,
@@ -339,6 +344,19 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 self.syn
                     .tracker
                     .syn(local_of(&at), canonical_ip(at.remote_ip));
+            }
+            Ok(Record::Failure(failure, at, count)) => {
+                if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
+                    self.failures.add(
+                        failure,
+                        u64::from(count),
+                        at.local_port,
+                        (at.remote_ip, at.remote_port),
+                        self.port_range,
+                    );
+                } else {
+                    self.received.foreign_failures += 1;
+                }
             }
             Err(e) => {
                 self.received.decode_errors += 1;
@@ -688,6 +706,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 others.tallies(self.cfg.namespace_detail.then_some((self.cfg.top, now)))
             }),
             namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
+            failures: self.failures.record(self.cfg.top),
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
         })
     }

@@ -10,7 +10,10 @@ use prometheus_client::{
 
 use super::{MetricsSnapshot, ProcessUsage, ScrapeFigures, MAX_LISTENERS};
 use crate::{
-    live::record::{IpCountRecord, TallyRecord},
+    live::{
+        failures::FailureCounts,
+        record::{IpCountRecord, TallyRecord},
+    },
     model::{printable, CloseWaitSide, Process, TcpState},
 };
 
@@ -64,6 +67,12 @@ struct CloseWaitOwnerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IpLabels {
     ip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: String,
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -392,6 +401,7 @@ fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
         to_i64(t.states_by_family.unknown.get(TcpState::TimeWait)),
     );
     listener_metrics(r, t);
+    failure_metrics(r, t);
     namespace_metrics(r, t);
     close_wait_metrics(r, t);
     per_ip_family(
@@ -597,6 +607,69 @@ fn self_metrics(r: &mut Registry, t: &TallyRecord) {
 }
 
 /// A gauge per remote IP of `top`, and `ip="other"` for the rest.
+/// Which count of a [`FailureCounts`] a series shows.
+type CountOf = fn(&FailureCounts) -> u64;
+
+/// Retransmits and resets: totals (counters), and per remote IP and service port since
+/// the start (gauges: the ones with the most, --top, and "other" for the rest, which
+/// moves both ways as the listed ones change; rates come from the totals).
+fn failure_metrics(r: &mut Registry, t: &TallyRecord) {
+    let f = &t.failures;
+    let kinds: [(&str, &str, CountOf); 3] = [
+        ("retransmit_segments", "Segments retransmitted", |c| {
+            c.retransmits
+        }),
+        ("resets_sent", "Resets sent", |c| c.resets_sent),
+        (
+            "resets_received",
+            "Resets received (connections reset by their peer)",
+            |c| c.resets_received,
+        ),
+    ];
+    for (name, help, count) in kinds {
+        counter(
+            r,
+            &format!("tcpmon_{name}"),
+            &format!("{help} in tcpmon's namespace since it started (eBPF)"),
+            count(&f.totals),
+        );
+        let by_ip = gauge_family::<IpLabels>(
+            r,
+            &format!("tcpmon_remote_ip_{name}"),
+            &format!("{help} since tcpmon started, per remote IP: the IPs with the most failures (--top); ip=\"other\" for every other one"),
+        );
+        for p in &f.by_peer {
+            by_ip
+                .get_or_create(&IpLabels {
+                    ip: p.ip.to_string(),
+                })
+                .set(to_i64(count(&p.counts)));
+        }
+        by_ip
+            .get_or_create(&IpLabels { ip: "other".into() })
+            .set(to_i64(count(&f.peers_other)));
+        let by_port = gauge_family::<PortLabels>(
+            r,
+            &format!("tcpmon_port_{name}"),
+            &format!("{help} since tcpmon started, per service port (direction=\"in\": a local port, \"out\": a remote one), the ports with the most (--top); port=\"other\" for the rest"),
+        );
+        for p in &f.by_port {
+            by_port
+                .get_or_create(&PortLabels {
+                    port: p.port.to_string(),
+                    direction: p.direction.name(),
+                })
+                .set(to_i64(count(&p.counts)));
+        }
+        by_port
+            .get_or_create(&PortLabels {
+                port: "other".into(),
+                direction: "",
+            })
+            .set(to_i64(count(&f.ports_other)));
+    }
+}
+
 fn per_ip_family(r: &mut Registry, name: &str, help: &str, top: &[IpCountRecord], other: u64) {
     let family = gauge_family::<IpLabels>(r, name, help);
     for ip in top {

@@ -1,0 +1,263 @@
+//! Why connections fail, tallied: segments retransmitted and resets sent and received,
+//! in all, per remote IP and per service port (as `established_by_port` counts them:
+//! inbound under the local port, outbound under the remote one). Each table holds its
+//! first `cap` keys exactly and the rest together, and says how much went there. Pure.
+use std::net::IpAddr;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    ebpf::decode::Failure,
+    model::{canonical_ip, Direction, PortRange},
+};
+
+/// Counts of each kind of failure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCounts {
+    /// Segments sent again, as the kernel's RetransSegs counts them (a retransmitted TSO
+    /// packet counts its segments).
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+}
+
+impl FailureCounts {
+    pub fn add(&mut self, failure: Failure, count: u64) {
+        match failure {
+            Failure::Retransmit => self.retransmits += count,
+            Failure::ResetSent => self.resets_sent += count,
+            Failure::ResetReceived => self.resets_received += count,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.retransmits + self.resets_sent + self.resets_received
+    }
+}
+
+/// One remote IP's failures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerFailures {
+    pub ip: IpAddr,
+    #[serde(flatten)]
+    pub counts: FailureCounts,
+}
+
+/// One service port's failures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortFailures {
+    pub port: u16,
+    /// `in`: on this local port; `out`: toward this remote port.
+    pub direction: Direction,
+    #[serde(flatten)]
+    pub counts: FailureCounts,
+}
+
+/// The failures of a tally record: totals since the start and the largest lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailuresRecord {
+    #[serde(flatten)]
+    pub totals: FailureCounts,
+    /// The remote IPs with the most failures, most first.
+    pub by_peer: Vec<PeerFailures>,
+    /// Every other remote IP's (those beyond the list and those not counted one by one).
+    pub peers_other: FailureCounts,
+    pub by_port: Vec<PortFailures>,
+    pub ports_other: FailureCounts,
+}
+
+/// Keys counted one by one up to a bound, the rest together.
+#[derive(Clone, Debug)]
+struct Bounded<K> {
+    exact: FxHashMap<K, FailureCounts>,
+    beyond: FailureCounts,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy + Ord> Bounded<K> {
+    fn new(cap: usize) -> Self {
+        Self {
+            exact: FxHashMap::default(),
+            beyond: FailureCounts::default(),
+            cap,
+        }
+    }
+
+    fn add(&mut self, key: K, failure: Failure, count: u64) {
+        if let Some(counts) = self.exact.get_mut(&key) {
+            counts.add(failure, count);
+        } else if self.exact.len() < self.cap {
+            self.exact.entry(key).or_default().add(failure, count);
+        } else {
+            self.beyond.add(failure, count);
+        }
+    }
+
+    /// The `top` keys with the most, most first (ties by key), and everything else.
+    fn top(&self, top: usize) -> (Vec<(K, FailureCounts)>, FailureCounts) {
+        let mut all: Vec<(K, FailureCounts)> = self.exact.iter().map(|(k, c)| (*k, *c)).collect();
+        all.sort_unstable_by(|a, b| b.1.total().cmp(&a.1.total()).then(a.0.cmp(&b.0)));
+        let mut other = self.beyond;
+        for (_, c) in all.iter().skip(top) {
+            other.retransmits += c.retransmits;
+            other.resets_sent += c.resets_sent;
+            other.resets_received += c.resets_received;
+        }
+        all.truncate(top);
+        (all, other)
+    }
+}
+
+/// Failures since the start.
+#[derive(Clone, Debug)]
+pub struct FailureTally {
+    totals: FailureCounts,
+    by_peer: Bounded<IpAddr>,
+    by_port: Bounded<(Direction, u16)>,
+}
+
+impl FailureTally {
+    /// `cap`: keys counted one by one in each table.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            totals: FailureCounts::default(),
+            by_peer: Bounded::new(cap),
+            by_port: Bounded::new(cap),
+        }
+    }
+
+    /// `count` failures (segments retransmitted, or one reset) on the connection from
+    /// `local` to `remote`.
+    pub fn add(
+        &mut self,
+        failure: Failure,
+        count: u64,
+        local: u16,
+        remote: (IpAddr, u16),
+        range: PortRange,
+    ) {
+        self.totals.add(failure, count);
+        self.by_peer.add(canonical_ip(remote.0), failure, count);
+        self.by_port
+            .add(Direction::of(local, remote.1, range), failure, count);
+    }
+
+    pub fn totals(&self) -> FailureCounts {
+        self.totals
+    }
+
+    /// What a tally record carries: the totals and lists of at most `top` entries.
+    pub fn record(&self, top: usize) -> FailuresRecord {
+        let (peers, peers_other) = self.by_peer.top(top);
+        let (ports, ports_other) = self.by_port.top(top);
+        FailuresRecord {
+            totals: self.totals,
+            by_peer: peers
+                .into_iter()
+                .map(|(ip, counts)| PeerFailures { ip, counts })
+                .collect(),
+            peers_other,
+            by_port: ports
+                .into_iter()
+                .map(|((direction, port), counts)| PortFailures {
+                    port,
+                    direction,
+                    counts,
+                })
+                .collect(),
+            ports_other,
+        }
+    }
+
+    /// Entries held (for the bounded-memory promise).
+    pub fn entries(&self) -> usize {
+        self.by_peer.exact.len() + self.by_port.exact.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn failures_are_counted_per_peer_and_service_port() {
+        let range = PortRange::LINUX_DEFAULT;
+        let mut t = FailureTally::new(100);
+        // Retransmits from a server on 8080 to a client's ephemeral port.
+        for _ in 0..5 {
+            t.add(Failure::Retransmit, 1, 8080, (ip(1), 50000), range);
+        }
+        // Resets to connects to a closed port 9 (sent), and a client reset by 10.0.0.2:443.
+        for _ in 0..3 {
+            t.add(Failure::ResetSent, 1, 9, (ip(2), 40000 + 1), range);
+        }
+        t.add(Failure::ResetReceived, 1, 40001, (ip(2), 443), range);
+        // A v4-mapped address is its IPv4 peer.
+        t.add(
+            Failure::Retransmit,
+            1,
+            8080,
+            ("::ffff:10.0.0.1".parse().unwrap(), 50001),
+            range,
+        );
+        let r = t.record(10);
+        assert_eq!(
+            r.totals,
+            FailureCounts {
+                retransmits: 6,
+                resets_sent: 3,
+                resets_received: 1
+            }
+        );
+        assert_eq!(r.by_peer[0].ip, ip(1));
+        assert_eq!(r.by_peer[0].counts.retransmits, 6);
+        assert_eq!(r.by_peer[1].counts.resets_sent, 3);
+        assert_eq!(r.by_peer[1].counts.resets_received, 1);
+        let port = |port: u16, direction| {
+            r.by_port
+                .iter()
+                .find(|p| p.port == port && p.direction == direction)
+                .map(|p| p.counts)
+        };
+        assert_eq!(port(8080, Direction::In).map(|c| c.retransmits), Some(6));
+        assert_eq!(port(9, Direction::In).map(|c| c.resets_sent), Some(3));
+        assert_eq!(
+            port(443, Direction::Out).map(|c| c.resets_received),
+            Some(1)
+        );
+        assert_eq!(r.peers_other, FailureCounts::default());
+    }
+
+    #[test]
+    fn tables_are_bounded_and_say_what_went_beyond() {
+        let range = PortRange::LINUX_DEFAULT;
+        let mut t = FailureTally::new(4);
+        for last in 0..10u8 {
+            t.add(
+                Failure::Retransmit,
+                u64::from(last) + 1,
+                80,
+                (ip(last), 50000),
+                range,
+            );
+        }
+        assert_eq!(t.entries(), 4 + 1);
+        let r = t.record(2);
+        // The first four peers are exact; the two largest of them are listed.
+        assert_eq!(
+            r.by_peer
+                .iter()
+                .map(|p| (p.ip, p.counts.retransmits))
+                .collect::<Vec<_>>(),
+            vec![(ip(3), 4), (ip(2), 3)]
+        );
+        let listed: u64 = r.by_peer.iter().map(|p| p.counts.retransmits).sum();
+        assert_eq!(listed + r.peers_other.retransmits, r.totals.retransmits);
+        assert_eq!(r.totals.retransmits, (1..=10).sum::<u64>());
+    }
+}

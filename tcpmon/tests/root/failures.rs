@@ -1,0 +1,187 @@
+//! Why connections fail, with real traffic in private namespaces: nftables dropping a
+//! share of one port's packets on input (this kernel has no netem) makes retransmits,
+//! connects to a closed port make resets sent and received. What tcpmon's tally says is
+//! compared with the namespace's own counters (nstat) and with what the test did.
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::harness::{records, require_root, Netns, Watcher};
+
+/// `names` from `nstat` in `ns`, absolute (since the namespace was made), history left
+/// alone.
+fn nstat(ns: &Netns, names: &[&str]) -> Vec<u64> {
+    let mut args = vec!["nstat", "-asz"];
+    args.extend_from_slice(names);
+    let out = ns.exec_ok(&args);
+    names
+        .iter()
+        .map(|name| {
+            out.lines()
+                .find_map(|l| {
+                    let mut words = l.split_whitespace();
+                    (words.next() == Some(*name)).then(|| words.next()?.parse().ok())?
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The `failures` of a tally written at least one interval from now.
+fn failures_now(watcher: &Watcher) -> Value {
+    let tallies_before = watcher.count("tally");
+    let started = Instant::now();
+    while watcher.count("tally") <= tallies_before + 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no tally");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let lines = watcher.lines();
+    records(&lines, "tally")
+        .last()
+        .map(|t| t["failures"].clone())
+        .expect("a tally")
+}
+
+fn watch(ns: &Netns) -> Watcher {
+    let watcher = Watcher::start(
+        Some(ns),
+        &[
+            "watch",
+            "--json",
+            "--quiet-transitions",
+            "--mode",
+            "ebpf",
+            "--tally-interval",
+            "500ms",
+        ],
+        |line| line.contains("\"type\":\"mode\""),
+    );
+    // The ready signal comes as the mode line is read, before it is kept.
+    let started = Instant::now();
+    let mode = loop {
+        if let Some(mode) = records(&watcher.lines(), "mode").next() {
+            break mode;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "no mode record");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let notes = mode["notes"].to_string();
+    assert!(!notes.contains("not watched"), "{notes}");
+    watcher
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn retransmits_are_counted_as_the_kernel_counts_them_and_placed() {
+    if !require_root("retransmits_are_counted_as_the_kernel_counts_them_and_placed") {
+        return;
+    }
+    let ns = Netns::new("retrans");
+    // An Ethernet-sized MTU: thousands of segments for the drops to hit, not 64 KiB ones.
+    ns.exec_ok(&["ip", "link", "set", "lo", "mtu", "1500"]);
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:7070").unwrap());
+    // A tenth of the packets toward the server's port are dropped on input.
+    ns.exec_ok(&["nft", "add", "table", "inet", "tcpmon_test"]);
+    ns.exec_ok(&[
+        "nft",
+        "add chain inet tcpmon_test input { type filter hook input priority 0; }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "add rule inet tcpmon_test input tcp dport 7070 numgen random mod 10 < 1 drop",
+    ]);
+    let watcher = watch(&ns);
+    let [before] = nstat(&ns, &["TcpRetransSegs"])[..] else {
+        unreachable!()
+    };
+    // 4 MiB in 16 KiB writes, read to the end by the server.
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => break total,
+                n => total += n,
+            }
+        }
+    });
+    ns.run(|| {
+        let mut c = TcpStream::connect("127.0.0.1:7070").unwrap();
+        let chunk = vec![7u8; 16 << 10];
+        for _ in 0..256 {
+            c.write_all(&chunk).unwrap();
+        }
+    });
+    assert_eq!(server.join().unwrap(), 4 << 20);
+    let [after] = nstat(&ns, &["TcpRetransSegs"])[..] else {
+        unreachable!()
+    };
+    let failures = failures_now(&watcher);
+    let kernel = after - before;
+    let seen = failures["retransmits"].as_u64().unwrap();
+    eprintln!("retransmits: tcpmon {seen}, TcpRetransSegs {kernel}");
+    assert!(kernel >= 50, "the drops made retransmits: {kernel}");
+    let off = seen.abs_diff(kernel) as f64 / kernel as f64;
+    assert!(off <= 0.03, "tcpmon {seen} vs kernel {kernel}");
+    // The client retransmitted toward the server's port: an outbound service port.
+    let by_port = failures["by_port"].as_array().unwrap();
+    let port = by_port
+        .iter()
+        .find(|p| p["port"] == 7070)
+        .unwrap_or_else(|| panic!("{failures}"));
+    assert_eq!(port["direction"], "out");
+    assert_eq!(failures["by_peer"][0]["ip"], "127.0.0.1");
+    drop(watcher);
+}
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn connects_to_a_closed_port_are_resets_sent_and_received() {
+    if !require_root("connects_to_a_closed_port_are_resets_sent_and_received") {
+        return;
+    }
+    let ns = Netns::new("resets");
+    let watcher = watch(&ns);
+    let [out_rsts, attempt_fails] = nstat(&ns, &["TcpOutRsts", "TcpAttemptFails"])[..] else {
+        unreachable!()
+    };
+    let refused = ns.run(|| {
+        (0..300)
+            .filter(|_| {
+                TcpStream::connect("127.0.0.1:9")
+                    .err()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .count() as u64
+    });
+    assert_eq!(refused, 300);
+    let after = nstat(&ns, &["TcpOutRsts", "TcpAttemptFails"]);
+    let failures = failures_now(&watcher);
+    let (sent, received) = (
+        failures["resets_sent"].as_u64().unwrap(),
+        failures["resets_received"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "resets: sent {sent} (TcpOutRsts +{}), received {received} (TcpAttemptFails +{})",
+        after[0] - out_rsts,
+        after[1] - attempt_fails
+    );
+    assert_eq!(sent, after[0] - out_rsts);
+    assert_eq!(received, refused);
+    assert_eq!(received, after[1] - attempt_fails);
+    let port = failures["by_port"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 9 && p["direction"] == "in")
+        .cloned()
+        .unwrap_or_else(|| panic!("{failures}"));
+    assert_eq!(port["resets_sent"], 300);
+    drop(watcher);
+}
