@@ -30,6 +30,7 @@ pub mod failures;
 pub mod fake;
 pub mod host;
 mod ip_table;
+pub mod latency;
 pub mod loss;
 pub mod namespaces;
 pub mod poll;

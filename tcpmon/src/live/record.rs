@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     failures::FailuresRecord,
+    latency::ConnectLatency,
     loss::Received,
     rules::Alert,
     syn::{half_open_of, SynState},
@@ -317,6 +318,10 @@ pub struct TallyRecord {
     /// when polling or where the hooks did not attach, which the mode's notes say).
     #[serde(default)]
     pub failures: FailuresRecord,
+    /// How long connects in tcpmon's namespace took (SYN_SENT -> ESTABLISHED), per
+    /// destination (eBPF only).
+    #[serde(default)]
+    pub connect_latency: ConnectLatency,
     /// How often it polls, in poll mode (the text line says it).
     #[serde(skip)]
     pub poll_interval: Option<Duration>,
@@ -353,6 +358,7 @@ pub(crate) struct TallyInputs<'a> {
     pub namespaces: Option<Vec<NamespaceTally>>,
     pub namespaces_untracked: Option<Untracked>,
     pub failures: FailuresRecord,
+    pub connect_latency: ConnectLatency,
     pub poll_interval: Option<Duration>,
 }
 
@@ -463,6 +469,7 @@ impl TallyRecord {
             namespaces: i.namespaces,
             namespaces_untracked: i.namespaces_untracked,
             failures: i.failures,
+            connect_latency: i.connect_latency,
             poll_interval: i.poll_interval,
         }
     }

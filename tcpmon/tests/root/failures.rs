@@ -185,3 +185,61 @@ fn connects_to_a_closed_port_are_resets_sent_and_received() {
     assert_eq!(port["resets_sent"], 300);
     drop(watcher);
 }
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn connect_times_fall_in_the_buckets_the_client_measured() {
+    if !require_root("connect_times_fall_in_the_buckets_the_client_measured") {
+        return;
+    }
+    let ns = Netns::new("connect");
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:7171").unwrap());
+    // Every third SYN toward the port is dropped (a counter, so the test ends within
+    // ~3 s: 3 of the 8 first SYNs, 1 of their retransmits): those connects wait for the
+    // kernel's SYN retransmit (1 s, then 3 s), the others take microseconds.
+    ns.exec_ok(&["nft", "add", "table", "inet", "tcpmon_test"]);
+    ns.exec_ok(&[
+        "nft",
+        "add chain inet tcpmon_test input { type filter hook input priority 0; }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "add rule inet tcpmon_test input tcp dport 7171 tcp flags & (syn | ack) == syn numgen inc mod 3 == 0 drop",
+    ]);
+    let watcher = watch(&ns);
+    let took: Vec<f64> = ns.run(|| {
+        let connects: Vec<_> = (0..8)
+            .map(|_| {
+                thread::spawn(|| {
+                    let started = Instant::now();
+                    let stream = TcpStream::connect("127.0.0.1:7171").unwrap();
+                    (started.elapsed().as_secs_f64(), stream)
+                })
+            })
+            .collect();
+        connects.into_iter().map(|c| c.join().unwrap().0).collect()
+    });
+    drop(listener);
+    let lines = {
+        let before = watcher.count("tally");
+        let started = Instant::now();
+        while watcher.count("tally") <= before + 1 {
+            assert!(started.elapsed() < Duration::from_secs(10), "no tally");
+            thread::sleep(Duration::from_millis(50));
+        }
+        watcher.lines()
+    };
+    let tally = records(&lines, "tally").last().unwrap();
+    let latency = &tally["connect_latency"]["by_destination"][0];
+    assert_eq!(latency["destination"], "127.0.0.1:7171", "{tally}");
+    assert_eq!(latency["count"], 8);
+    // Buckets 0..=11 are up to 0.5 s; above it, the connects that waited for a retransmit.
+    let slow_seen: u64 = latency["buckets"].as_array().unwrap()[12..]
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .sum();
+    let slow_measured = took.iter().filter(|t| **t > 0.5).count() as u64;
+    eprintln!("connect times {took:?}: {slow_seen} above 0.5 s in the histogram");
+    assert_eq!(slow_seen, slow_measured);
+    drop(watcher);
+}

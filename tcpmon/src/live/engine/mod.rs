@@ -19,6 +19,7 @@ use super::{
     config::{ConfigError, EngineConfig, ValidConfig},
     failures::FailureTally,
     host::Host,
+    latency::Connects,
     loss::{self, LossTracker, Received},
     namespaces::Namespaces,
     poll,
@@ -137,6 +138,8 @@ pub struct Engine<H: Host, S: EventSource> {
     syn: SynState,
     /// Retransmits and resets in tcpmon's namespace.
     failures: FailureTally,
+    /// Connect times in tcpmon's namespace (eBPF: polling sees no handshake).
+    connects: Connects,
     last_eval_ns: u64,
     time_wait_check: Option<(u64, i64)>,
     last_reconcile: Option<(ReconcileReport, Reason)>,
@@ -195,6 +198,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let now = host.now_ns();
         let clock = Clock::fixed(host.wall_now(), now);
         let failures = FailureTally::new(cfg.max_ips);
+        let connects = Connects::new(cfg.max_ips);
         let mut engine = Self {
             detector: Detector::new(cfg.thresholds.clone()),
             cfg,
@@ -211,6 +215,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             loss: LossTracker::default(),
             syn: SynState::default(),
             failures,
+            connects,
             last_eval_ns: now,
             time_wait_check: None,
             last_reconcile: None,
@@ -396,6 +401,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             self.received.transitions += 1;
             self.pairs[t.old.index()][t.new.index()] += 1;
             if origin == Origin::Ebpf {
+                self.connects.on_transition(t);
                 match (t.old, t.new) {
                     (TcpState::Listen, TcpState::SynRecv) => {
                         self.received.passive_opens += 1;
@@ -707,6 +713,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             }),
             namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
             failures: self.failures.record(self.cfg.top),
+            connect_latency: self.connects.record(self.cfg.top),
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
         })
     }

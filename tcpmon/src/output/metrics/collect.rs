@@ -3,8 +3,8 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, MetricType},
     registry::Registry,
 };
 
@@ -12,6 +12,7 @@ use super::{MetricsSnapshot, ProcessUsage, ScrapeFigures, MAX_LISTENERS};
 use crate::{
     live::{
         failures::FailureCounts,
+        latency::{Histogram, BOUNDS_SECS},
         record::{IpCountRecord, TallyRecord},
     },
     model::{printable, CloseWaitSide, Process, TcpState},
@@ -402,6 +403,7 @@ fn tally_metrics(r: &mut Registry, t: &TallyRecord) {
     );
     listener_metrics(r, t);
     failure_metrics(r, t);
+    connect_latency_metrics(r, t);
     namespace_metrics(r, t);
     close_wait_metrics(r, t);
     per_ip_family(
@@ -607,6 +609,60 @@ fn self_metrics(r: &mut Registry, t: &TallyRecord) {
 }
 
 /// A gauge per remote IP of `top`, and `ip="other"` for the rest.
+/// Histograms the engine has already counted, one per label set: exposed as they are.
+#[derive(Debug)]
+struct CountedHistograms(Vec<(DestinationLabels, Histogram)>);
+
+impl EncodeMetric for CountedHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.0 {
+            let buckets: Vec<(f64, u64)> = BOUNDS_SECS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(h.buckets.iter().copied())
+                .collect();
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_secs, h.count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Connect times (SYN_SENT -> ESTABLISHED) per destination: the --top with the most
+/// connects and destination="other".
+fn connect_latency_metrics(r: &mut Registry, t: &TallyRecord) {
+    let c = &t.connect_latency;
+    let mut all: Vec<(DestinationLabels, Histogram)> = c
+        .by_destination
+        .iter()
+        .map(|d| {
+            (
+                DestinationLabels {
+                    destination: d.destination.clone(),
+                },
+                d.histogram.clone(),
+            )
+        })
+        .collect();
+    all.push((
+        DestinationLabels {
+            destination: "other".into(),
+        },
+        c.other.clone(),
+    ));
+    r.register(
+        "tcpmon_connect_duration_seconds",
+        "Time from connect() to ESTABLISHED (SYN_SENT -> ESTABLISHED) in tcpmon's namespace, per destination ip:port: the --top with the most connects; destination=\"other\" for the rest (eBPF)",
+        CountedHistograms(all),
+    );
+}
+
 /// Which count of a [`FailureCounts`] a series shows.
 type CountOf = fn(&FailureCounts) -> u64;
 
