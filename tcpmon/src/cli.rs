@@ -430,6 +430,16 @@ pub struct LiveThresholdArgs {
     #[arg(long, value_name = "N", value_parser = parse_rate,
           default_value_t = Thresholds::DEFAULT.syn_rate)]
     pub syn_rate: f64,
+    /// Segments retransmitted per second toward one remote IP that raise a warning
+    /// (critical at ten times it).
+    #[arg(long, value_name = "N", value_parser = parse_rate,
+          default_value_t = Thresholds::DEFAULT.retransmit_rate)]
+    pub retransmit_rate: f64,
+    /// Resets per second sent on one local port (connections refused), or exchanged with
+    /// one remote IP, that raise a warning (critical at ten times it).
+    #[arg(long, value_name = "N", value_parser = parse_rate,
+          default_value_t = Thresholds::DEFAULT.reset_rate)]
+    pub reset_rate: f64,
 }
 
 impl LiveThresholdArgs {
@@ -438,6 +448,8 @@ impl LiveThresholdArgs {
         t.close_wait_age_secs = self.close_wait_age.as_secs_f64();
         t.synack_retransmit_rate = self.synack_retransmit_rate;
         t.syn_rate = self.syn_rate;
+        t.retransmit_rate = self.retransmit_rate;
+        t.reset_rate = self.reset_rate;
         t
     }
 }

@@ -109,12 +109,22 @@ impl<K: std::hash::Hash + Eq + Copy + Ord> Bounded<K> {
     }
 }
 
-/// Failures since the start.
+/// Failures since the start, and since the detectors last looked.
 #[derive(Clone, Debug)]
 pub struct FailureTally {
     totals: FailureCounts,
     by_peer: Bounded<IpAddr>,
     by_port: Bounded<(Direction, u16)>,
+    window_peer: Bounded<IpAddr>,
+    window_port: Bounded<(Direction, u16)>,
+}
+
+/// Failures per remote IP and service port over one evaluation window (what the
+/// detectors judge); keys beyond the bound are not judged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FailureWindow {
+    pub peers: Vec<(IpAddr, FailureCounts)>,
+    pub ports: Vec<((Direction, u16), FailureCounts)>,
 }
 
 impl FailureTally {
@@ -124,6 +134,19 @@ impl FailureTally {
             totals: FailureCounts::default(),
             by_peer: Bounded::new(cap),
             by_port: Bounded::new(cap),
+            window_peer: Bounded::new(cap),
+            window_port: Bounded::new(cap),
+        }
+    }
+
+    /// What came since the last call, and a new window.
+    pub fn take_window(&mut self) -> FailureWindow {
+        let cap = self.window_peer.cap;
+        let peers = std::mem::replace(&mut self.window_peer, Bounded::new(cap));
+        let ports = std::mem::replace(&mut self.window_port, Bounded::new(cap));
+        FailureWindow {
+            peers: peers.exact.into_iter().collect(),
+            ports: ports.exact.into_iter().collect(),
         }
     }
 
@@ -137,10 +160,15 @@ impl FailureTally {
         remote: (IpAddr, u16),
         range: PortRange,
     ) {
+        let (peer, port) = (
+            canonical_ip(remote.0),
+            Direction::of(local, remote.1, range),
+        );
         self.totals.add(failure, count);
-        self.by_peer.add(canonical_ip(remote.0), failure, count);
-        self.by_port
-            .add(Direction::of(local, remote.1, range), failure, count);
+        self.by_peer.add(peer, failure, count);
+        self.by_port.add(port, failure, count);
+        self.window_peer.add(peer, failure, count);
+        self.window_port.add(port, failure, count);
     }
 
     pub fn totals(&self) -> FailureCounts {

@@ -433,6 +433,8 @@ impl Namespaces {
                 somaxconn: None,
                 port_range: scope.port_range,
                 close_wait_owners: std::mem::take(&mut scope.close_wait_owners),
+                // Retransmits and resets are tallied in tcpmon's namespace only.
+                failures: Default::default(),
             };
             let owner = owner_text(&scope.namespace);
             alerts.extend(

@@ -8,14 +8,15 @@ use std::{
 use serde::Serialize;
 
 use super::{
+    failures::FailureWindow,
     syn::{SynCoverage, SynWindow},
     tally::{CloseWaitView, Since, TallyView},
 };
 use crate::{
     host::{kstats::SynCounters, proc_net::Socket},
     model::{
-        at_least, endpoint, listener_of, severity, CloseWaitSide, PortRange, Process, Severity,
-        TcpState, Thresholds,
+        at_least, endpoint, listener_of, severity, CloseWaitSide, Direction, PortRange, Process,
+        Severity, TcpState, Thresholds,
     },
 };
 
@@ -37,7 +38,13 @@ pub struct Inputs {
     pub port_range: PortRange,
     /// Owners of CLOSE_WAIT sockets by leak, when known.
     pub close_wait_owners: HashMap<CloseWaitSide, Vec<Process>>,
+    /// Retransmits and resets over the window (eBPF; empty when polling).
+    pub failures: FailureWindow,
 }
+
+/// Retransmits or resets in a window below which no rate is judged: a few events in a
+/// short window make a high rate that says nothing.
+pub const MIN_WINDOW_FAILURES: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -389,6 +396,50 @@ impl Detector {
                 None => break,
             }
         }
+        // Retransmit and reset storms.
+        let secs = inputs.window_secs.max(1e-3);
+        let storm = |n: u64, threshold: f64| {
+            let rate = n as f64 / secs;
+            (n >= MIN_WINDOW_FAILURES)
+                .then(|| severity(rate, threshold, threshold * 10.0))
+                .flatten()
+                .map(|sev| (sev, rate))
+        };
+        for (ip, c) in &inputs.failures.peers {
+            if let Some((sev, rate)) = storm(c.retransmits, t.retransmit_rate) {
+                firing.insert(
+                    ("retransmits", ip.to_string()),
+                    (sev, format!(
+                        "{rate:.0} segments/s retransmitted toward {ip} ({} in {secs:.1}s; warning above {}/s, critical above {}/s): packets to or from it are being lost",
+                        c.retransmits, t.retransmit_rate, t.retransmit_rate * 10.0
+                    )),
+                );
+            }
+            let resets = c.resets_sent + c.resets_received;
+            if let Some((sev, rate)) = storm(resets, t.reset_rate) {
+                firing.insert(
+                    ("resets", ip.to_string()),
+                    (sev, format!(
+                        "{rate:.0} resets/s with {ip} ({} sent, {} received in {secs:.1}s; warning above {}/s): it is refused, or refuses, connections",
+                        c.resets_sent, c.resets_received, t.reset_rate
+                    )),
+                );
+            }
+        }
+        for ((direction, port), c) in &inputs.failures.ports {
+            if *direction != Direction::In {
+                continue;
+            }
+            if let Some((sev, rate)) = storm(c.resets_sent, t.reset_rate) {
+                firing.insert(
+                    ("resets", format!("port {port}")),
+                    (sev, format!(
+                        "{rate:.0} connections/s refused on local port {port} ({} resets sent in {secs:.1}s; warning above {}/s): a scan, or a service that is down",
+                        c.resets_sent, t.reset_rate
+                    )),
+                );
+            }
+        }
         // SYN floods, per listener: requests to an address count for the listener that
         // takes them (the same key as the listener series).
         let keys: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
@@ -570,6 +621,64 @@ mod tests {
 
     fn localhost() -> IpAddr {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+
+    #[test]
+    fn retransmit_and_reset_storms_need_a_rate_and_a_count() {
+        use crate::live::failures::FailureCounts;
+        let peer = IpAddr::from([10, 0, 0, 9]);
+        let mut d = Detector::new(Thresholds::DEFAULT);
+        let mut i = inputs(SEC);
+        i.failures.peers = vec![(
+            peer,
+            FailureCounts {
+                retransmits: 150,
+                resets_received: 3,
+                ..Default::default()
+            },
+        )];
+        // 600 connections refused on port 9 in a second: over ten times the rate.
+        i.failures.ports = vec![(
+            (Direction::In, 9),
+            FailureCounts {
+                resets_sent: 600,
+                ..Default::default()
+            },
+        )];
+        let a = d.evaluate(&view(), &i);
+        let fired: Vec<(&str, &str, Severity)> = a
+            .iter()
+            .map(|a| (a.rule, a.subject.as_str(), a.severity))
+            .collect();
+        assert!(
+            fired.contains(&("retransmits", "10.0.0.9", Severity::Warning)),
+            "{fired:?}"
+        );
+        assert!(
+            fired.contains(&("resets", "port 9", Severity::Critical)),
+            "{fired:?}"
+        );
+        assert_eq!(
+            fired.len(),
+            2,
+            "3 resets with the peer are not a storm: {fired:?}"
+        );
+        assert!(a[0].message.contains("/s"), "{}", a[0].message);
+        // The next window is quiet: both clear.
+        let a = d.evaluate(&view(), &inputs(2 * SEC));
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().all(|a| a.status == Status::Cleared));
+        // Nine in a hundredth of a second is a high rate of too few to judge.
+        let mut i = inputs(3 * SEC);
+        i.window_secs = 0.01;
+        i.failures.peers = vec![(
+            peer,
+            FailureCounts {
+                retransmits: 9,
+                ..Default::default()
+            },
+        )];
+        assert!(d.evaluate(&view(), &i).is_empty());
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub struct Thresholds {
     /// Live: SYNs per second on one listener, with under half completing, that mean a
     /// SYN flood.
     pub syn_rate: f64,
+    /// Live: segments retransmitted per second toward one remote IP above which to warn
+    /// (critical at ten times it).
+    pub retransmit_rate: f64,
+    /// Live: resets per second sent on one local port (connections refused), or
+    /// exchanged with one remote IP, above which to warn (critical at ten times it).
+    pub reset_rate: f64,
     /// Connections from one remote IP above which to warn.
     pub per_ip_warn: u64,
     /// ... above which it is critical.
@@ -56,6 +62,8 @@ impl Thresholds {
         syn_backlog_crit_pct: 90.0,
         synack_retransmit_rate: 100.0,
         syn_rate: 1000.0,
+        retransmit_rate: 100.0,
+        reset_rate: 50.0,
         per_ip_warn: 200,
         per_ip_crit: 1000,
         port_exhaustion_warn_pct: 50.0,
@@ -96,6 +104,8 @@ impl Thresholds {
         pct("retrans-crit", self.retrans_crit_pct)?;
         rate("synack-retransmit-rate", self.synack_retransmit_rate)?;
         rate("syn-rate", self.syn_rate)?;
+        rate("retransmit-rate", self.retransmit_rate)?;
+        rate("reset-rate", self.reset_rate)?;
         if !(self.close_wait_age_secs.is_finite()
             && self.close_wait_age_secs > 0.0
             && self.close_wait_age_secs <= Self::MAX_AGE_SECS)

@@ -183,6 +183,19 @@ fn connects_to_a_closed_port_are_resets_sent_and_received() {
         .cloned()
         .unwrap_or_else(|| panic!("{failures}"));
     assert_eq!(port["resets_sent"], 300);
+    // 300 refused within a second or two: over the default 50/s.
+    let lines = watcher.lines();
+    let alert = records(&lines, "alert")
+        .find(|a| a["rule"] == "resets" && a["subject"] == "port 9")
+        .unwrap_or_else(|| panic!("no reset alert: {lines:?}"));
+    assert_eq!(alert["status"], "raised");
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused on local port 9"),
+        "{alert}"
+    );
     drop(watcher);
 }
 

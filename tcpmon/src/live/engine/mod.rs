@@ -560,6 +560,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             somaxconn: self.somaxconn,
             port_range: self.port_range,
             close_wait_owners: std::mem::take(&mut self.owners.by_side),
+            failures: self.failures.take_window(),
         };
         let mut alerts = self.detector.evaluate(&view, &inputs);
         (self.backlogs, self.owners.by_side) = (inputs.backlogs, inputs.close_wait_owners);
