@@ -33,7 +33,7 @@ use aya::{
 use tcpmon_common::{counter, names, tracepoints, DEFAULT_RING_BYTES, RING_COUNT};
 
 use self::{
-    btf::KernelTypes,
+    btf::{BtfError, KernelTypes},
     mounts::{MountError, Tracefs},
     ringbuf::RingReader,
     slots::{SlotLayout, SlotRings},
@@ -384,27 +384,27 @@ impl Probe {
             _ => 0,
         };
         let (sk_net, net_inum) = offsets.map_or((0, 0), |o| (o.sk_net, o.net_inum));
+        // Offsets only the failure programs read: (0, 0) and a note when BTF lacks them.
+        let mut failure_offsets = |find: fn(&KernelTypes) -> Result<(u32, u32), BtfError>,
+                                   without: &str| {
+            match types.as_ref().map(find) {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) if options.failures => {
+                    notes.push(format!("{without} ({e})"));
+                    (0, 0)
+                }
+                _ => (0, 0),
+            }
+        };
+        let (skb_cb, gso_segs) = failure_offsets(
+            KernelTypes::gso_segs_offsets,
+            "a retransmitted packet counts as one segment: TSO bursts are undercounted against RetransSegs",
+        );
         // Resets sent without a socket (to a closed port) are placed by the packet's device.
-        let (skb_cb, gso_segs) = match types.as_ref().map(KernelTypes::gso_segs_offsets) {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) if options.failures => {
-                notes.push(format!(
-                    "a retransmitted packet counts as one segment ({e}): TSO bursts are undercounted against RetransSegs"
-                ));
-                (0, 0)
-            }
-            _ => (0, 0),
-        };
-        let (skb_dev, dev_net) = match types.as_ref().map(KernelTypes::skb_offsets) {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) if options.failures => {
-                notes.push(format!(
-                    "resets sent to closed ports cannot be placed in a namespace ({e}): they are counted as unreadable"
-                ));
-                (0, 0)
-            }
-            _ => (0, 0),
-        };
+        let (skb_dev, dev_net) = failure_offsets(
+            KernelTypes::skb_offsets,
+            "resets sent to closed ports cannot be placed in a namespace: they are counted as unreadable",
+        );
         // The BTF and raw programs read the socket at offsets compiled in or taken from
         // BTF; a kernel whose layout differs is left with the classic tracepoint.
         let sock_layout = match (&types, offsets) {

@@ -47,6 +47,19 @@ fn failures_now(watcher: &Watcher) -> Value {
         .expect("a tally")
 }
 
+/// Drops the packets `matching` on input in `ns` (the rules go with the namespace).
+fn drop_on_input(ns: &Netns, matching: &str) {
+    ns.exec_ok(&["nft", "add", "table", "inet", "tcpmon_test"]);
+    ns.exec_ok(&[
+        "nft",
+        "add chain inet tcpmon_test input { type filter hook input priority 0; }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        &format!("add rule inet tcpmon_test input {matching} drop"),
+    ]);
+}
+
 fn watch(ns: &Netns) -> Watcher {
     let watcher = Watcher::start(
         Some(ns),
@@ -86,15 +99,7 @@ fn retransmits_are_counted_as_the_kernel_counts_them_and_placed() {
     ns.exec_ok(&["ip", "link", "set", "lo", "mtu", "1500"]);
     let listener = ns.run(|| TcpListener::bind("127.0.0.1:7070").unwrap());
     // A tenth of the packets toward the server's port are dropped on input.
-    ns.exec_ok(&["nft", "add", "table", "inet", "tcpmon_test"]);
-    ns.exec_ok(&[
-        "nft",
-        "add chain inet tcpmon_test input { type filter hook input priority 0; }",
-    ]);
-    ns.exec_ok(&[
-        "nft",
-        "add rule inet tcpmon_test input tcp dport 7070 numgen random mod 10 < 1 drop",
-    ]);
+    drop_on_input(&ns, "tcp dport 7070 numgen random mod 10 < 1");
     let watcher = watch(&ns);
     let [before] = nstat(&ns, &["TcpRetransSegs"])[..] else {
         unreachable!()
@@ -210,15 +215,10 @@ fn connect_times_fall_in_the_buckets_the_client_measured() {
     // Every third SYN toward the port is dropped (a counter, so the test ends within
     // ~3 s: 3 of the 8 first SYNs, 1 of their retransmits): those connects wait for the
     // kernel's SYN retransmit (1 s, then 3 s), the others take microseconds.
-    ns.exec_ok(&["nft", "add", "table", "inet", "tcpmon_test"]);
-    ns.exec_ok(&[
-        "nft",
-        "add chain inet tcpmon_test input { type filter hook input priority 0; }",
-    ]);
-    ns.exec_ok(&[
-        "nft",
-        "add rule inet tcpmon_test input tcp dport 7171 tcp flags & (syn | ack) == syn numgen inc mod 3 == 0 drop",
-    ]);
+    drop_on_input(
+        &ns,
+        "tcp dport 7171 tcp flags & (syn | ack) == syn numgen inc mod 3 == 0",
+    );
     let watcher = watch(&ns);
     let took: Vec<f64> = ns.run(|| {
         let connects: Vec<_> = (0..8)
