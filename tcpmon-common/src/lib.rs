@@ -20,6 +20,10 @@ pub mod kind {
     pub const RESET_SENT: u8 = 5;
     /// tcp:tcp_receive_reset: a connection was reset by its peer.
     pub const RESET_RECEIVED: u8 = 6;
+    /// skb:kfree_skb of a TCP packet: the kernel dropped it; `oldstate` and `newstate`
+    /// hold the reason (`enum skb_drop_reason`, low and high byte). `saddr`/`sport` are
+    /// the packet's source, `daddr`/`dport` its destination.
+    pub const DROP: u8 = 7;
 }
 
 /// Address families as the kernel numbers them.
@@ -315,6 +319,10 @@ pub mod names {
     pub const GSO_SEGS_OFFSET: &str = "GSO_SEGS_OFFSET";
     /// Global: offset of `err` in tcp:tcp_retransmit_skb's record (0: no such field).
     pub const RETRANSMIT_ERR_OFFSET: &str = "RETRANSMIT_ERR_OFFSET";
+    pub const DROP_PROGRAM: &str = "kfree_skb";
+    /// Globals: `sk_buff.head` and `sk_buff.network_header` (from BTF; 0: unknown).
+    pub const SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
+    pub const SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
 }
 
 /// Where the failure programs read their classic tracepoints' records, as this kernel's
@@ -364,6 +372,18 @@ pub mod tracepoints {
             ("daddr", DADDR),
             ("saddr_v6", SADDR_V6),
             ("daddr_v6", DADDR_V6),
+        ];
+    }
+
+    /// skb:kfree_skb
+    pub mod kfree_skb {
+        pub const SKBADDR: usize = 8;
+        pub const PROTOCOL: usize = 32;
+        pub const REASON: usize = 36;
+        pub const FIELDS: [(&str, usize); 3] = [
+            ("skbaddr", SKBADDR),
+            ("protocol", PROTOCOL),
+            ("reason", REASON),
         ];
     }
 

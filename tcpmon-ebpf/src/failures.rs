@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use tcpmon_common::{
     kind,
-    tracepoints::{receive_reset, retransmit_skb, send_reset},
-    AF_INET,
+    tracepoints::{kfree_skb, receive_reset, retransmit_skb, send_reset},
+    AF_INET, AF_INET6,
 };
 
 use crate::{
@@ -212,4 +212,94 @@ fn netns_of_skb(skbaddr: u64) -> u32 {
         Ok(net) => inum_of(net),
         Err(_) => 0,
     }
+}
+
+/// `sk_buff.head` and `sk_buff.network_header`, from BTF: where a dropped packet's IP
+/// header is (0: unknown, and drops are not watched).
+#[unsafe(no_mangle)]
+pub(crate) static SKB_HEAD_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static SKB_NETWORK_HEADER_OFFSET: Global<u32> = Global::new(0);
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+
+/// A TCP packet the kernel dropped, with its reason. Every other protocol is left at
+/// the first check.
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    use kfree_skb as f;
+    // SAFETY: aligned offsets inside the record, from the format file.
+    let (skbaddr, protocol, reason): (u64, u16, u32) = unsafe {
+        (
+            field(&ctx, f::SKBADDR),
+            field(&ctx, f::PROTOCOL),
+            field(&ctx, f::REASON),
+        )
+    };
+    if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
+        return 0;
+    }
+    let _ = dropped_tcp(skbaddr, protocol == ETH_P_IPV6, reason);
+    0
+}
+
+#[inline(always)]
+fn dropped_tcp(skbaddr: u64, v6: bool, reason: u32) -> Option<()> {
+    let (head_offset, nh_offset) = (SKB_HEAD_OFFSET.load(), SKB_NETWORK_HEADER_OFFSET.load());
+    if head_offset == 0 || nh_offset == 0 {
+        return None;
+    }
+    // SAFETY: probe reads tolerate any address; a failure ends the check.
+    unsafe {
+        let head: u64 =
+            bpf_probe_read_kernel((skbaddr + u64::from(head_offset)) as *const u64).ok()?;
+        let nh: u16 = bpf_probe_read_kernel((skbaddr + u64::from(nh_offset)) as *const u16).ok()?;
+        if head == 0 || nh == u16::MAX {
+            return None;
+        }
+        let ip = head + u64::from(nh);
+        let read_u8 = |at: u64| bpf_probe_read_kernel(at as *const u8).ok();
+        let read_u64 = |at: u64| bpf_probe_read_kernel(at as *const u64).ok();
+        let (family, saddr, daddr, tcp) = if v6 {
+            if read_u8(ip + 6)? != IPPROTO_TCP {
+                return None;
+            }
+            (
+                AF_INET6,
+                (read_u64(ip + 8)?, read_u64(ip + 16)?),
+                (read_u64(ip + 24)?, read_u64(ip + 32)?),
+                ip + 40,
+            )
+        } else {
+            let version_ihl = read_u8(ip)?;
+            if read_u8(ip + 9)? != IPPROTO_TCP {
+                return None;
+            }
+            let src = bpf_probe_read_kernel((ip + 12) as *const u32).ok()?;
+            let dst = bpf_probe_read_kernel((ip + 16) as *const u32).ok()?;
+            (
+                AF_INET,
+                (u64::from(src), 0),
+                (u64::from(dst), 0),
+                ip + u64::from(version_ihl & 0x0f) * 4,
+            )
+        };
+        let sport = u16::from_be(bpf_probe_read_kernel(tcp as *const u16).ok()?);
+        let dport = u16::from_be(bpf_probe_read_kernel((tcp + 2) as *const u16).ok()?);
+        // A packet without a device (built locally and dropped early) has no namespace
+        // here: counted as unreadable, never logged (drops come in floods).
+        let netns = crate::netns::netns_filter(netns_of_skb(skbaddr))?;
+        record(
+            kind::DROP,
+            0,
+            netns,
+            family,
+            (sport, dport),
+            [saddr, daddr],
+            reason as u16,
+        );
+    }
+    Some(())
 }

@@ -93,6 +93,7 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
             ],
         )]
         .into(),
+        drop_reasons: vec![(12, "netfilter_drop".into())],
         ..FakeHost::default()
     };
     let config = EngineConfig {
@@ -187,7 +188,19 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
     engine.host_mut().now_ns = now + 2 * SEC;
     engine.drain(sink).unwrap();
     engine.tick(sink).unwrap();
-    // The CLOSE_WAIT leak gets old; one event is lost in the kernel.
+    // A firewall drops a packet from a client; the CLOSE_WAIT leak gets old; one event
+    // is lost in the kernel.
+    let mut dropped = encode_transition(&transition(
+        0,
+        now + 30 * SEC,
+        ("198.51.100.7", 53000),
+        ("10.0.0.5", 8080),
+        Established,
+        Established,
+    ));
+    (dropped.kind, dropped.oldstate, dropped.newstate) = (tcpmon_common::kind::DROP, 12, 0);
+    engine.source_mut().unwrap().push(dropped);
+    engine.drain(sink).unwrap();
     engine.host_mut().now_ns = now + 31 * SEC;
     engine.source_mut().unwrap().counters.ringbuf_full = 1;
     engine.tick(sink).unwrap();

@@ -123,6 +123,38 @@ impl KernelTypes {
         ))
     }
 
+    /// `sk_buff.head` and `sk_buff.network_header`: where a packet's IP header is.
+    pub fn skb_header_offsets(&self) -> Result<(u32, u32), BtfError> {
+        Ok((
+            self.byte_offset("sk_buff", "head")?,
+            self.byte_offset("sk_buff", "network_header")?,
+        ))
+    }
+
+    /// The names of `enum name`'s values, by value, with `prefix` taken off and in lower
+    /// case (`SKB_DROP_REASON_NETFILTER_DROP` -> `netfilter_drop`): what this kernel calls
+    /// them, as their numbers change between kernels.
+    pub fn enum_names(&self, name: &str, prefix: &str) -> Result<Vec<(u32, String)>, BtfError> {
+        let id = self
+            .0
+            .id_of(name)
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))?;
+        let Some(btfparse::TypeVariant::Enum(e)) = self.0.from_id(id) else {
+            return Err(BtfError::NoStruct(format!("enum {name}")));
+        };
+        Ok(e.named_value_list()
+            .iter()
+            .map(|v| {
+                let value = match v.value {
+                    btfparse::Integer32Value::Signed(n) => n as u32,
+                    btfparse::Integer32Value::Unsigned(n) => n,
+                };
+                let short = v.name.strip_prefix(prefix).unwrap_or(&v.name);
+                (value, short.to_ascii_lowercase())
+            })
+            .collect())
+    }
+
     /// The raw and BTF programs' offsets, or why this kernel's layout does not fit them.
     pub fn raw_offsets(&self) -> Result<RawOffsets, BtfError> {
         let expect = |what: String, actual: u32, expected: u32| {

@@ -17,6 +17,9 @@ pub enum Record {
     /// A connection's segments were sent again (how many), a reset sent (local is the
     /// sender) or received (1).
     Failure(Failure, Endpoints, u32),
+    /// The kernel dropped a TCP packet: its source as `remote`, its destination as
+    /// `local`, and the reason (`enum skb_drop_reason`'s value on this kernel).
+    Drop(Endpoints, u16),
 }
 
 /// Why a connection is failing, as one kernel event says it.
@@ -96,6 +99,21 @@ pub fn decode_event(raw: &SockEvent) -> Result<Record, DecodeError> {
         }
         kind::RESET_SENT => Ok(Record::Failure(Failure::ResetSent, at, 1)),
         kind::RESET_RECEIVED => Ok(Record::Failure(Failure::ResetReceived, at, 1)),
+        kind::DROP => {
+            // The kernel writes the packet's source first: the other way round from a
+            // socket's local-first records.
+            let packet = Endpoints {
+                local_ip: at.remote_ip,
+                local_port: at.remote_port,
+                remote_ip: at.local_ip,
+                remote_port: at.local_port,
+                ..at
+            };
+            Ok(Record::Drop(
+                packet,
+                u16::from(raw.oldstate) | u16::from(raw.newstate) << 8,
+            ))
+        }
         other => Err(DecodeError::Kind(other)),
     }
 }

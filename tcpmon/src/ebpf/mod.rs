@@ -320,6 +320,7 @@ fn attach_classic(
                     "tcp_retransmit_synack" => "tcp:tcp_retransmit_synack",
                     "tcp_retransmit_skb" => "tcp:tcp_retransmit_skb",
                     "tcp_send_reset" => "tcp:tcp_send_reset",
+                    "kfree_skb" => "skb:kfree_skb",
                     _ => "tcp:tcp_receive_reset",
                 },
                 text,
@@ -400,6 +401,10 @@ impl Probe {
             KernelTypes::gso_segs_offsets,
             "a retransmitted packet counts as one segment: TSO bursts are undercounted against RetransSegs",
         );
+        let (skb_head, skb_network_header) = failure_offsets(
+            KernelTypes::skb_header_offsets,
+            "drops are not watched: a dropped packet's header cannot be found",
+        );
         // Resets sent without a socket (to a closed port) are placed by the packet's device.
         let (skb_dev, dev_net) = failure_offsets(
             KernelTypes::skb_offsets,
@@ -474,6 +479,8 @@ impl Probe {
             .override_global(names::SKB_CB_OFFSET, &skb_cb, true)
             .override_global(names::GSO_SEGS_OFFSET, &gso_segs, true)
             .override_global(names::RETRANSMIT_ERR_OFFSET, &retransmit_err, true)
+            .override_global(names::SKB_HEAD_OFFSET, &skb_head, true)
+            .override_global(names::SKB_NETWORK_HEADER_OFFSET, &skb_network_header, true)
             .load(OBJECT)
             .map_err(|e| LoadError::classify("creating maps", e))?;
         let mut program_fds = Vec::new();
@@ -548,7 +555,7 @@ impl Probe {
         }
         if options.failures {
             // (program, tracepoint, the fields it reads, what it counts)
-            let hooks: [FailureHook; 3] = [
+            let hooks: [FailureHook; 4] = [
                 (
                     names::RETRANSMIT_PROGRAM,
                     "tcp_retransmit_skb",
@@ -567,18 +574,32 @@ impl Probe {
                     &tracepoints::receive_reset::FIELDS,
                     "resets received",
                 ),
+                (
+                    names::DROP_PROGRAM,
+                    "kfree_skb",
+                    &tracepoints::kfree_skb::FIELDS,
+                    "drops",
+                ),
             ];
             for (program, tracepoint, fields, what) in hooks {
+                let category = if tracepoint == "kfree_skb" {
+                    "skb"
+                } else {
+                    "tcp"
+                };
                 let attached = match &tracefs {
-                    Ok(_) => format::check("tcp", tracepoint, fields)
+                    Ok(_) if tracepoint == "kfree_skb" && skb_head == 0 => {
+                        Err(LoadError::Other("no sk_buff offsets".into()))
+                    }
+                    Ok(_) => format::check(category, tracepoint, fields)
                         .map_err(LoadError::Other)
-                        .and_then(|()| attach_classic(&mut ebpf, program, "tcp", tracepoint)),
+                        .and_then(|()| attach_classic(&mut ebpf, program, category, tracepoint)),
                     Err(e) => Err(e.clone()),
                 };
                 match attached {
                     Ok(fd) => program_fds.push(fd),
                     Err(e) => notes.push(format!(
-                        "{what} not watched per connection (tcp:{tracepoint}: {e}): the totals come from the kernel's counters only"
+                        "{what} not watched per connection ({category}:{tracepoint}: {e}): the totals come from the kernel's counters only"
                     )),
                 }
             }

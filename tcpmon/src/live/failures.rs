@@ -54,11 +54,25 @@ pub struct PortFailures {
     pub counts: FailureCounts,
 }
 
+/// TCP packets the kernel dropped for one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropCount {
+    /// The kernel's name, without `SKB_DROP_REASON_`, in lower case (`reason_N` when this
+    /// kernel's BTF did not name the value).
+    pub reason: String,
+    pub count: u64,
+}
+
 /// The failures of a tally record: totals since the start and the largest lists.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailuresRecord {
     #[serde(flatten)]
     pub totals: FailureCounts,
+    /// TCP packets dropped by the kernel, in all and per reason (most first).
+    #[serde(default)]
+    pub drops: u64,
+    #[serde(default)]
+    pub drops_by_reason: Vec<DropCount>,
     /// The remote IPs with the most failures, most first.
     pub by_peer: Vec<PeerFailures>,
     /// Every other remote IP's (those beyond the list and those not counted one by one).
@@ -113,6 +127,8 @@ impl<K: std::hash::Hash + Eq + Copy + Ord> Bounded<K> {
 #[derive(Clone, Debug)]
 pub struct FailureTally {
     totals: FailureCounts,
+    /// Drops by the kernel's reason value (at most the enum's few hundred values).
+    drops: std::collections::BTreeMap<u16, u64>,
     by_peer: Bounded<IpAddr>,
     by_port: Bounded<(Direction, u16)>,
     window_peer: Bounded<IpAddr>,
@@ -132,6 +148,7 @@ impl FailureTally {
     pub fn new(cap: usize) -> Self {
         Self {
             totals: FailureCounts::default(),
+            drops: Default::default(),
             by_peer: Bounded::new(cap),
             by_port: Bounded::new(cap),
             window_peer: Bounded::new(cap),
@@ -171,16 +188,36 @@ impl FailureTally {
         self.window_port.add(port, failure, count);
     }
 
+    /// A TCP packet the kernel dropped for `reason`.
+    pub fn add_drop(&mut self, reason: u16) {
+        *self.drops.entry(reason).or_default() += 1;
+    }
+
     pub fn totals(&self) -> FailureCounts {
         self.totals
     }
 
-    /// What a tally record carries: the totals and lists of at most `top` entries.
-    pub fn record(&self, top: usize) -> FailuresRecord {
+    /// What a tally record carries: the totals and lists of at most `top` entries, drop
+    /// reasons named by `reasons` (this kernel's, by value).
+    pub fn record(&self, top: usize, reasons: &[(u32, String)]) -> FailuresRecord {
+        let mut drops_by_reason: Vec<DropCount> = self
+            .drops
+            .iter()
+            .map(|(value, count)| DropCount {
+                reason: reasons
+                    .iter()
+                    .find(|(v, _)| *v == u32::from(*value))
+                    .map_or_else(|| format!("reason_{value}"), |(_, name)| name.clone()),
+                count: *count,
+            })
+            .collect();
+        drops_by_reason.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
         let (peers, peers_other) = self.by_peer.top(top);
         let (ports, ports_other) = self.by_port.top(top);
         FailuresRecord {
             totals: self.totals,
+            drops: self.drops.values().sum(),
+            drops_by_reason,
             by_peer: peers
                 .into_iter()
                 .map(|(ip, counts)| PeerFailures { ip, counts })
@@ -233,7 +270,7 @@ mod tests {
             ("::ffff:10.0.0.1".parse().unwrap(), 50001),
             range,
         );
-        let r = t.record(10);
+        let r = t.record(10, &[]);
         assert_eq!(
             r.totals,
             FailureCounts {
@@ -262,6 +299,33 @@ mod tests {
     }
 
     #[test]
+    fn drops_are_named_as_this_kernel_names_their_reasons() {
+        let mut t = FailureTally::new(4);
+        for _ in 0..3 {
+            t.add_drop(12);
+        }
+        t.add_drop(200);
+        let r = t.record(
+            5,
+            &[(12, "netfilter_drop".into()), (2, "not_specified".into())],
+        );
+        assert_eq!(r.drops, 4);
+        assert_eq!(
+            r.drops_by_reason,
+            vec![
+                DropCount {
+                    reason: "netfilter_drop".into(),
+                    count: 3
+                },
+                DropCount {
+                    reason: "reason_200".into(),
+                    count: 1
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn tables_are_bounded_and_say_what_went_beyond() {
         let range = PortRange::LINUX_DEFAULT;
         let mut t = FailureTally::new(4);
@@ -275,7 +339,7 @@ mod tests {
             );
         }
         assert_eq!(t.entries(), 4 + 1);
-        let r = t.record(2);
+        let r = t.record(2, &[]);
         // The first four peers are exact; the two largest of them are listed.
         assert_eq!(
             r.by_peer

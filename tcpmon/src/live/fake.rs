@@ -53,6 +53,8 @@ pub struct FakeHost {
     pub namespaces: Vec<Namespace>,
     pub other_sockets: HashMap<u64, Vec<Socket>>,
     pub other_time_wait: HashMap<u64, u64>,
+    /// The kernel's drop reasons by value.
+    pub drop_reasons: Vec<(u32, String)>,
 }
 
 impl Default for FakeHost {
@@ -75,6 +77,7 @@ impl Default for FakeHost {
             namespaces: Vec::new(),
             other_sockets: HashMap::new(),
             other_time_wait: HashMap::new(),
+            drop_reasons: Vec::new(),
         }
     }
 }
@@ -134,6 +137,10 @@ impl Host for FakeHost {
 
     fn port_range(&mut self) -> PortRange {
         self.port_range
+    }
+
+    fn drop_reason_names(&mut self) -> Vec<(u32, String)> {
+        self.drop_reasons.clone()
     }
 
     fn max_time_wait(&mut self) -> Option<usize> {

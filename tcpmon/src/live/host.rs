@@ -48,6 +48,11 @@ pub trait Host {
     /// The processes holding these socket inodes (those found).
     fn owners(&mut self, inodes: &HashSet<u64>) -> HashMap<u64, Process>;
     fn port_range(&mut self) -> PortRange;
+    /// This kernel's names of its drop reasons (`enum skb_drop_reason`), by value;
+    /// empty when its BTF cannot be read.
+    fn drop_reason_names(&mut self) -> Vec<(u32, String)> {
+        Vec::new()
+    }
     /// net.ipv4.tcp_max_tw_buckets.
     fn max_time_wait(&mut self) -> Option<usize>;
     /// Hands freed heap back to the system after a large read (a no-op for fakes).
@@ -137,6 +142,12 @@ impl Host for SystemHost {
 
     fn port_range(&mut self) -> PortRange {
         self.proc.port_range()
+    }
+
+    fn drop_reason_names(&mut self) -> Vec<(u32, String)> {
+        crate::ebpf::btf::KernelTypes::read(std::path::Path::new("/sys/kernel/btf/vmlinux"))
+            .and_then(|types| types.enum_names("skb_drop_reason", "SKB_DROP_REASON_"))
+            .unwrap_or_default()
     }
 
     fn max_time_wait(&mut self) -> Option<usize> {

@@ -120,8 +120,8 @@ pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
         Mode::Ebpf => {
             let f = &r.failures.totals;
             format!(
-                " | retransmits {} resets sent {} received {}",
-                f.retransmits, f.resets_sent, f.resets_received
+                " | retransmits {} resets sent {} received {} drops {}",
+                f.retransmits, f.resets_sent, f.resets_received, r.failures.drops
             )
         }
         Mode::Poll => String::new(),

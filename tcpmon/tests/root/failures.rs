@@ -56,8 +56,19 @@ fn drop_on_input(ns: &Netns, matching: &str) {
     ]);
     ns.exec_ok(&[
         "nft",
-        &format!("add rule inet tcpmon_test input {matching} drop"),
+        &format!("add rule inet tcpmon_test input {matching} counter drop"),
     ]);
+}
+
+/// Packets the rule of [`drop_on_input`] dropped so far.
+fn dropped_on_input(ns: &Netns) -> u64 {
+    let rules = ns.exec_ok(&["nft", "list", "chain", "inet", "tcpmon_test", "input"]);
+    let words: Vec<&str> = rules.split_whitespace().collect();
+    words
+        .windows(3)
+        .find(|w| w[0] == "counter" && w[1] == "packets")
+        .and_then(|w| w[2].parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {rules}"))
 }
 
 fn watch(ns: &Netns) -> Watcher {
@@ -142,6 +153,16 @@ fn retransmits_are_counted_as_the_kernel_counts_them_and_placed() {
         .unwrap_or_else(|| panic!("{failures}"));
     assert_eq!(port["direction"], "out");
     assert_eq!(failures["by_peer"][0]["ip"], "127.0.0.1");
+    // Every packet the rule dropped is a drop with the kernel's own reason.
+    let nft_dropped = dropped_on_input(&ns);
+    let netfilter = failures["drops_by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["reason"] == "netfilter_drop")
+        .map(|d| d["count"].as_u64().unwrap());
+    eprintln!("drops: netfilter_drop {netfilter:?}, nft counter {nft_dropped}");
+    assert_eq!(netfilter, Some(nft_dropped), "{failures}");
     drop(watcher);
 }
 

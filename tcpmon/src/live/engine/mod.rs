@@ -140,6 +140,8 @@ pub struct Engine<H: Host, S: EventSource> {
     failures: FailureTally,
     /// Connect times in tcpmon's namespace (eBPF: polling sees no handshake).
     connects: Connects,
+    /// This kernel's drop reason names, by value.
+    drop_reasons: Vec<(u32, String)>,
     last_eval_ns: u64,
     time_wait_check: Option<(u64, i64)>,
     last_reconcile: Option<(ReconcileReport, Reason)>,
@@ -216,6 +218,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             syn: SynState::default(),
             failures,
             connects,
+            drop_reasons: Vec::new(),
             last_eval_ns: now,
             time_wait_check: None,
             last_reconcile: None,
@@ -232,6 +235,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             others_io: others::OthersIo::new(now),
             reads: ReadHealth::default(),
         };
+        if engine.source.is_some() {
+            engine.drop_reasons = engine.host.drop_reason_names();
+        }
         engine.host.release_memory();
         if engine.source.is_some() {
             let opens = engine.host.snmp_opens();
@@ -349,6 +355,13 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 self.syn
                     .tracker
                     .syn(local_of(&at), canonical_ip(at.remote_ip));
+            }
+            Ok(Record::Drop(at, reason)) => {
+                if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
+                    self.failures.add_drop(reason);
+                } else {
+                    self.received.foreign_failures += 1;
+                }
             }
             Ok(Record::Failure(failure, at, count)) => {
                 if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
@@ -713,7 +726,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 others.tallies(self.cfg.namespace_detail.then_some((self.cfg.top, now)))
             }),
             namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
-            failures: self.failures.record(self.cfg.top),
+            failures: self.failures.record(self.cfg.top, &self.drop_reasons),
             connect_latency: self.connects.record(self.cfg.top),
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
         })

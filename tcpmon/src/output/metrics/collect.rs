@@ -71,6 +71,11 @@ struct IpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
     port: String,
     direction: &'static str,
@@ -682,6 +687,18 @@ fn failure_metrics(r: &mut Registry, t: &TallyRecord) {
             |c| c.resets_received,
         ),
     ];
+    let drops = counter_family::<DropLabels>(
+        r,
+        "tcpmon_drops",
+        "TCP packets the kernel dropped in tcpmon's namespace since it started, by the kernel's reason (skb:kfree_skb; its enum skb_drop_reason, in lower case without SKB_DROP_REASON_)",
+    );
+    for d in &f.drops_by_reason {
+        drops
+            .get_or_create(&DropLabels {
+                reason: d.reason.clone(),
+            })
+            .inc_by(d.count);
+    }
     for (name, help, count) in kinds {
         counter(
             r,
