@@ -36,6 +36,7 @@ fn snapshot() -> MetricsSnapshot {
             sockets: 1,
             backlog: Some(4096),
             accept_queue: Some(p.into()),
+            drops: Some(u64::from(p % 3)),
             half_open: u64::from(p % 7),
             syn: SynTotals {
                 syns: u64::from(p) * 31,

@@ -76,6 +76,7 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
             ListenerQueues {
                 backlog: 511,
                 accept_queue: 2,
+                drops: Some(4),
             },
         )]
         .into(),

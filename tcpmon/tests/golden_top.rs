@@ -78,6 +78,7 @@ fn web_host() -> FakeHost {
                 ListenerQueues {
                     backlog: 511,
                     accept_queue: 2,
+                    drops: None,
                 },
             ),
             (
@@ -85,6 +86,7 @@ fn web_host() -> FakeHost {
                 ListenerQueues {
                     backlog: 128,
                     accept_queue: 0,
+                    drops: None,
                 },
             ),
             (
@@ -92,6 +94,7 @@ fn web_host() -> FakeHost {
                 ListenerQueues {
                     backlog: 16,
                     accept_queue: 14,
+                    drops: None,
                 },
             ),
         ]

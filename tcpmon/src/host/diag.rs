@@ -8,7 +8,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -22,17 +22,23 @@ pub struct ListenerQueues {
     pub backlog: u32,
     /// Connections completed and waiting for accept().
     pub accept_queue: u32,
+    /// Packets the listener dropped since it was made (its `sk_drops`: SYNs and ACKs
+    /// turned away because the accept queue was full, mostly); `None` when the kernel
+    /// did not say.
+    pub drops: Option<u64>,
 }
 
 /// Backlogs of every listening TCP socket in this process's network namespace, by inode.
 pub fn listener_queues() -> io::Result<HashMap<u64, ListenerQueues>> {
     let mut queues = HashMap::new();
-    dump_states(StateFlags::LISTEN, |h| {
+    dump_states(StateFlags::LISTEN, ExtensionFlags::empty(), |r| {
+        let h = &r.header;
         queues.insert(
             u64::from(h.inode),
             ListenerQueues {
                 backlog: h.send_queue,
                 accept_queue: h.recv_queue,
+                drops: None,
             },
         );
     })?;
@@ -44,7 +50,8 @@ pub fn listener_queues() -> io::Result<HashMap<u64, ListenerQueues>> {
 /// add up.
 pub fn listener_queues_by_address() -> io::Result<HashMap<(IpAddr, u16), ListenerQueues>> {
     let mut out: HashMap<(IpAddr, u16), ListenerQueues> = HashMap::new();
-    dump_states(StateFlags::LISTEN, |h| {
+    dump_states(StateFlags::LISTEN, ExtensionFlags::SKMEMINFO, |r| {
+        let h = &r.header;
         let key = (
             canonical_ip(h.socket_id.source_address),
             h.socket_id.source_port,
@@ -52,9 +59,17 @@ pub fn listener_queues_by_address() -> io::Result<HashMap<(IpAddr, u16), Listene
         let q = out.entry(key).or_insert(ListenerQueues {
             backlog: 0,
             accept_queue: 0,
+            drops: None,
         });
         q.backlog += h.send_queue;
         q.accept_queue += h.recv_queue;
+        let drops = r.nlas.iter().find_map(|nla| match nla {
+            Nla::MemInfo(m) => Some(u64::from(m.drops)),
+            _ => None,
+        });
+        if let Some(n) = drops {
+            q.drops = Some(q.drops.unwrap_or(0) + n);
+        }
     })?;
     Ok(out)
 }
@@ -64,7 +79,8 @@ pub fn listener_queues_by_address() -> io::Result<HashMap<(IpAddr, u16), Listene
 pub fn half_open() -> io::Result<HashMap<(IpAddr, u16), HalfOpen>> {
     let mut counters: HashMap<(IpAddr, u16), HalfOpenCounter> = HashMap::new();
     // inet_diag widens SYN_RECV to include request sockets (TCP_NEW_SYN_RECV).
-    dump_states(StateFlags::SYN_RECV, |h| {
+    dump_states(StateFlags::SYN_RECV, ExtensionFlags::empty(), |r| {
+        let h = &r.header;
         counters
             .entry((
                 canonical_ip(h.socket_id.source_address),
@@ -79,7 +95,11 @@ pub fn half_open() -> io::Result<HashMap<(IpAddr, u16), HalfOpen>> {
         .collect())
 }
 
-fn dump_states(states: StateFlags, mut each: impl FnMut(&InetResponseHeader)) -> io::Result<()> {
+fn dump_states(
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    mut each: impl FnMut(&InetResponse),
+) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
@@ -94,7 +114,7 @@ fn dump_states(states: StateFlags, mut each: impl FnMut(&InetResponseHeader)) ->
             SockDiagMessage::InetRequest(InetRequest {
                 family,
                 protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
+                extensions: extensions.clone(),
                 states: states.clone(),
                 socket_id,
             })
@@ -109,7 +129,7 @@ fn dump_states(states: StateFlags, mut each: impl FnMut(&InetResponseHeader)) ->
     Ok(())
 }
 
-fn dump(socket: &Socket, each: &mut impl FnMut(&InetResponseHeader)) -> io::Result<()> {
+fn dump(socket: &Socket, each: &mut impl FnMut(&InetResponse)) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let size = socket.recv(&mut &mut buf[..], 0)?;
@@ -122,7 +142,7 @@ fn dump(socket: &Socket, each: &mut impl FnMut(&InetResponseHeader)) -> io::Resu
             let length = message.header.length as usize;
             match message.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    each(&response.header)
+                    each(&response)
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {
@@ -164,7 +184,8 @@ mod tests {
             queues[&inode],
             ListenerQueues {
                 backlog: 128.min(somaxconn),
-                accept_queue: 0
+                accept_queue: 0,
+                drops: None,
             }
         );
     }

@@ -63,6 +63,7 @@ impl Scope {
                     sockets,
                     backlog: None,
                     accept_queue: None,
+                    drops: None,
                     half_open: half_open_of(&half_open, ip, port),
                     syn: SynTotals::default(),
                     owners: None,
@@ -433,8 +434,9 @@ impl Namespaces {
                 somaxconn: None,
                 port_range: scope.port_range,
                 close_wait_owners: std::mem::take(&mut scope.close_wait_owners),
-                // Retransmits and resets are tallied in tcpmon's namespace only.
+                // Retransmits, resets and listener drops: tcpmon's namespace only.
                 failures: Default::default(),
+                listener_drops: Vec::new(),
             };
             let owner = owner_text(&scope.namespace);
             alerts.extend(

@@ -230,6 +230,10 @@ pub struct ListenerRecord {
     pub backlog: Option<u32>,
     #[serde(default)]
     pub accept_queue: Option<u32>,
+    /// Packets the listener dropped since it was made (`sk_drops`: a full accept queue,
+    /// mostly; sock_diag; null when not known).
+    #[serde(default)]
+    pub drops: Option<u64>,
     /// Half-open requests at the last count.
     #[serde(default)]
     pub half_open: u64,
@@ -443,6 +447,7 @@ impl TallyRecord {
                         sockets,
                         backlog: queues.map(|q| q.backlog),
                         accept_queue: queues.map(|q| q.accept_queue),
+                        drops: queues.and_then(|q| q.drops),
                         half_open: half_open_of(&half_open, ip, port),
                         syn,
                         owners: i.listener_owners.get(&(ip, port)).cloned(),

@@ -40,6 +40,9 @@ pub struct Inputs {
     pub close_wait_owners: HashMap<CloseWaitSide, Vec<Process>>,
     /// Retransmits and resets over the window (eBPF; empty when polling).
     pub failures: FailureWindow,
+    /// Packets each listener dropped over the window (its `sk_drops`: a full accept
+    /// queue, mostly).
+    pub listener_drops: Vec<((IpAddr, u16), u64)>,
 }
 
 /// Retransmits or resets in a window below which no rate is judged: a few events in a
@@ -440,6 +443,27 @@ impl Detector {
                 );
             }
         }
+        // Accept queues that overflowed in the window, per listener.
+        let listening: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
+        let mut overflowed: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
+        for (addr, n) in &inputs.listener_drops {
+            let key = listener_of(&listening, *addr).map_or(*addr, |i| listening[i]);
+            *overflowed.entry(key).or_default() += n;
+        }
+        for ((ip, port), n) in overflowed {
+            let backlog = inputs
+                .backlogs
+                .get(&(ip, port))
+                .map_or_else(String::new, |b| format!(" (backlog {b})"));
+            firing.insert(
+                ("listen_overflow", endpoint(ip, port)),
+                (Severity::Warning, format!(
+                    "{n} packet{} to {} dropped in {secs:.1}s: its accept queue{backlog} is full (or the listener is otherwise overrun), the application does not accept() fast enough",
+                    plural(n),
+                    endpoint(ip, port)
+                )),
+            );
+        }
         // SYN floods, per listener: requests to an address count for the listener that
         // takes them (the same key as the listener series).
         let keys: Vec<(IpAddr, u16)> = view.listeners.iter().map(|l| (l.0, l.1)).collect();
@@ -679,6 +703,25 @@ mod tests {
             },
         )];
         assert!(d.evaluate(&view(), &i).is_empty());
+    }
+
+    #[test]
+    fn overflows_are_alerted_on_the_listener_that_takes_them() {
+        let mut v = view();
+        v.listeners = vec![(IpAddr::from([0, 0, 0, 0]), 8080, 1)];
+        let mut i = inputs(SEC);
+        i.listener_drops = vec![((localhost(), 8080), 7)];
+        i.backlogs.insert((IpAddr::from([0, 0, 0, 0]), 8080), 16);
+        let mut d = Detector::new(Thresholds::DEFAULT);
+        let a = d.evaluate(&v, &i);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            (a[0].rule, a[0].subject.as_str()),
+            ("listen_overflow", "0.0.0.0:8080")
+        );
+        assert!(a[0].message.contains("7 packets") && a[0].message.contains("backlog 16"));
+        let a = d.evaluate(&v, &inputs(2 * SEC));
+        assert_eq!(a[0].status, Status::Cleared);
     }
 
     #[test]

@@ -277,3 +277,72 @@ fn connect_times_fall_in_the_buckets_the_client_measured() {
     assert_eq!(slow_seen, slow_measured);
     drop(watcher);
 }
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn a_listener_that_never_accepts_drops_and_is_alerted() {
+    if !require_root("a_listener_that_never_accepts_drops_and_is_alerted") {
+        return;
+    }
+    let ns = Netns::new("overflow");
+    // A backlog of one, never accepted.
+    let listener = ns.run(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 7373)).into())
+            .unwrap();
+        s.listen(1).unwrap();
+        s
+    });
+    let watcher = watch(&ns);
+    let [before] = nstat(&ns, &["TcpExtListenDrops"])[..] else {
+        unreachable!()
+    };
+    let held: Vec<TcpStream> = ns.run(|| {
+        let connects: Vec<_> = (0..20)
+            .map(|_| {
+                thread::spawn(|| {
+                    TcpStream::connect_timeout(
+                        &std::net::SocketAddr::from(([127, 0, 0, 1], 7373)),
+                        Duration::from_millis(1500),
+                    )
+                    .ok()
+                })
+            })
+            .collect();
+        connects
+            .into_iter()
+            .filter_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let [after] = nstat(&ns, &["TcpExtListenDrops"])[..] else {
+        unreachable!()
+    };
+    failures_now(&watcher);
+    let lines = watcher.lines();
+    let tally = records(&lines, "tally").last().unwrap();
+    let seen = tally["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["listener"] == "127.0.0.1:7373")
+        .and_then(|l| l["drops"].as_u64())
+        .unwrap_or_else(|| panic!("{tally}"));
+    eprintln!(
+        "listener drops: tcpmon {seen}, TcpExtListenDrops +{}, {} connects held",
+        after - before,
+        held.len()
+    );
+    assert!(after - before > 0, "the full queue dropped nothing");
+    assert_eq!(seen, after - before);
+    let alert = records(&lines, "alert")
+        .find(|a| a["rule"] == "listen_overflow" && a["subject"] == "127.0.0.1:7373")
+        .unwrap_or_else(|| panic!("no listen_overflow alert: {lines:?}"));
+    assert!(
+        alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("accept queue (backlog 1) is full"),
+        "{alert}"
+    );
+    drop((held, listener, watcher));
+}

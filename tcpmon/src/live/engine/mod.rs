@@ -142,6 +142,8 @@ pub struct Engine<H: Host, S: EventSource> {
     connects: Connects,
     /// This kernel's drop reason names, by value.
     drop_reasons: Vec<(u32, String)>,
+    /// Each listener's drops (`sk_drops`) at the last evaluation.
+    listener_drops_seen: HashMap<(IpAddr, u16), u64>,
     last_eval_ns: u64,
     time_wait_check: Option<(u64, i64)>,
     last_reconcile: Option<(ReconcileReport, Reason)>,
@@ -219,6 +221,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             failures,
             connects,
             drop_reasons: Vec::new(),
+            listener_drops_seen: HashMap::new(),
             last_eval_ns: now,
             time_wait_check: None,
             last_reconcile: None,
@@ -574,6 +577,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             port_range: self.port_range,
             close_wait_owners: std::mem::take(&mut self.owners.by_side),
             failures: self.failures.take_window(),
+            listener_drops: self.listener_drops_window(),
         };
         let mut alerts = self.detector.evaluate(&view, &inputs);
         (self.backlogs, self.owners.by_side) = (inputs.backlogs, inputs.close_wait_owners);
@@ -582,6 +586,25 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             self.emit_alert(&alert, sink)?;
         }
         Ok(())
+    }
+
+    /// Each listener's drops since the last evaluation (none for one seen the first time:
+    /// its count covers its whole life).
+    fn listener_drops_window(&mut self) -> Vec<((IpAddr, u16), u64)> {
+        let now: HashMap<(IpAddr, u16), u64> = self
+            .queues
+            .iter()
+            .filter_map(|(k, q)| Some((*k, q.drops?)))
+            .collect();
+        let window = now
+            .iter()
+            .filter_map(|(k, n)| {
+                let before = self.listener_drops_seen.get(k)?;
+                (n > before).then(|| (*k, n - before))
+            })
+            .collect();
+        self.listener_drops_seen = now;
+        window
     }
 
     fn refresh_listener_info(&mut self) {

@@ -753,6 +753,7 @@ fn listeners_carry_their_queues_and_syn_totals() {
                 crate::host::diag::ListenerQueues {
                     backlog: 511,
                     accept_queue: 3,
+                    drops: None,
                 },
             )]
             .into(),

@@ -502,6 +502,11 @@ fn listener_metrics(r: &mut Registry, t: &TallyRecord) {
         "tcpmon_listener_synack_retransmits",
         "SYN-ACK retransmits per listener",
     );
+    let drops = counter_family::<ListenerLabels>(
+        r,
+        "tcpmon_listener_drops",
+        "Packets each listener dropped since it was made (its sk_drops: SYNs and ACKs turned away because the accept queue was full, mostly)",
+    );
     let info = gauge_family::<ListenerInfoLabels>(
         r,
         "tcpmon_listener_info",
@@ -529,6 +534,9 @@ fn listener_metrics(r: &mut Registry, t: &TallyRecord) {
         }
         if let Some(q) = l.accept_queue {
             accept_queue.get_or_create(&labels).set(i64::from(q));
+        }
+        if let Some(n) = l.drops {
+            drops.get_or_create(&labels).inc_by(n);
         }
         syns.get_or_create(&labels).inc_by(l.syn.syns);
         retransmits

@@ -730,6 +730,7 @@ mod tests {
                     sockets: 1,
                     backlog: Some(128),
                     accept_queue: Some(0),
+                    drops: None,
                     half_open: 1,
                     syn: SynTotals::default(),
                     owners: None,
