@@ -16,7 +16,8 @@ pub mod kind {
     /// tcp:tcp_retransmit_skb: a packet was sent again; `oldstate` and `newstate` hold
     /// how many segments it stands for (low and high byte; 0 when unknown, read as 1).
     pub const RETRANSMIT: u8 = 4;
-    /// tcp:tcp_send_reset: a reset was sent (local is the sender).
+    /// tcp:tcp_send_reset: a reset was sent (local is the sender); `oldstate` and
+    /// `newstate` hold its reason (`enum sk_rst_reason`) plus one, 0 when unknown.
     pub const RESET_SENT: u8 = 5;
     /// tcp:tcp_receive_reset: a connection was reset by its peer.
     pub const RESET_RECEIVED: u8 = 6;
@@ -320,6 +321,8 @@ pub mod names {
     /// Global: offset of `err` in tcp:tcp_retransmit_skb's record (0: no such field).
     pub const RETRANSMIT_ERR_OFFSET: &str = "RETRANSMIT_ERR_OFFSET";
     pub const DROP_PROGRAM: &str = "kfree_skb";
+    /// Global: offset of `reason` in tcp:tcp_send_reset's record (0: no such field).
+    pub const SEND_RESET_REASON_OFFSET: &str = "SEND_RESET_REASON_OFFSET";
     /// Globals: `sk_buff.head` and `sk_buff.network_header` (from BTF; 0: unknown).
     pub const SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
     pub const SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";

@@ -36,6 +36,10 @@ pub(crate) static GSO_SEGS_OFFSET: Global<u32> = Global::new(0);
 /// in RetransSegs.
 #[unsafe(no_mangle)]
 pub(crate) static RETRANSMIT_ERR_OFFSET: Global<u32> = Global::new(0);
+/// Offset of the reset's `reason` in tcp:tcp_send_reset's record (0: this kernel's has
+/// none).
+#[unsafe(no_mangle)]
+pub(crate) static SEND_RESET_REASON_OFFSET: Global<u32> = Global::new(0);
 
 /// Addresses of a record in the common tracepoint layout (IPv4 at `v4`, IPv6 at `v6`).
 #[inline(always)]
@@ -182,6 +186,14 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     // sockaddr_in: the address at 4; sockaddr_in6: at 8.
     let saddr = addresses(&ctx, family, f::SADDR + 4, f::SADDR + 8);
     let daddr = addresses(&ctx, family, f::DADDR + 4, f::DADDR + 8);
+    let reason_offset = SEND_RESET_REASON_OFFSET.load();
+    let reason = if reason_offset == 0 {
+        0
+    } else {
+        // SAFETY: a probe read inside the record.
+        unsafe { ctx.read_at::<u32>(reason_offset as usize) }
+            .map_or(0, |r| (r as u16).saturating_add(1))
+    };
     record(
         kind::RESET_SENT,
         skaddr,
@@ -189,7 +201,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         family,
         (sport, dport),
         [saddr, daddr],
-        1,
+        reason,
     );
     0
 }

@@ -94,7 +94,10 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
             ],
         )]
         .into(),
-        drop_reasons: vec![(12, "netfilter_drop".into())],
+        reasons: tcpmon::live::host::ReasonNames {
+            drops: vec![(12, "netfilter_drop".into())],
+            resets: vec![(2, "no_socket".into())],
+        },
         ..FakeHost::default()
     };
     let config = EngineConfig {
@@ -201,6 +204,18 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
     ));
     (dropped.kind, dropped.oldstate, dropped.newstate) = (tcpmon_common::kind::DROP, 12, 0);
     engine.source_mut().unwrap().push(dropped);
+    // ... and a scanner's connect to a closed port is refused.
+    let mut refused = encode_transition(&transition(
+        0,
+        now + 30 * SEC,
+        ("10.0.0.5", 23),
+        ("192.0.2.99", 40000),
+        Established,
+        Established,
+    ));
+    // Reason 2 (no_socket), plus one on the wire.
+    (refused.kind, refused.oldstate, refused.newstate) = (tcpmon_common::kind::RESET_SENT, 3, 0);
+    engine.source_mut().unwrap().push(refused);
     engine.drain(sink).unwrap();
     engine.host_mut().now_ns = now + 31 * SEC;
     engine.source_mut().unwrap().counters.ringbuf_full = 1;

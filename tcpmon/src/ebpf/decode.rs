@@ -17,6 +17,9 @@ pub enum Record {
     /// A connection's segments were sent again (how many), a reset sent (local is the
     /// sender) or received (1).
     Failure(Failure, Endpoints, u32),
+    /// A reset was sent (local is the sender), with its reason (`enum sk_rst_reason`'s
+    /// value on this kernel) when the kernel says it.
+    ResetSent(Endpoints, Option<u16>),
     /// The kernel dropped a TCP packet: its source as `remote`, its destination as
     /// `local`, and the reason (`enum skb_drop_reason`'s value on this kernel).
     Drop(Endpoints, u16),
@@ -97,7 +100,10 @@ pub fn decode_event(raw: &SockEvent) -> Result<Record, DecodeError> {
             let segments = u32::from(raw.oldstate) | u32::from(raw.newstate) << 8;
             Ok(Record::Failure(Failure::Retransmit, at, segments.max(1)))
         }
-        kind::RESET_SENT => Ok(Record::Failure(Failure::ResetSent, at, 1)),
+        kind::RESET_SENT => {
+            let coded = u16::from(raw.oldstate) | u16::from(raw.newstate) << 8;
+            Ok(Record::ResetSent(at, coded.checked_sub(1)))
+        }
         kind::RESET_RECEIVED => Ok(Record::Failure(Failure::ResetReceived, at, 1)),
         kind::DROP => {
             // The kernel writes the packet's source first: the other way round from a
@@ -229,6 +235,13 @@ mod tests {
                 (kind::RESET_RECEIVED, Failure::ResetReceived),
             ][which];
             let mut raw = encode_endpoints(&at, record_kind);
+            if failure == Failure::ResetSent {
+                prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::ResetSent(at, None)));
+                // Reason 2 (+1 on the wire).
+                raw.oldstate = 3;
+                prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::ResetSent(at, Some(2))));
+                return Ok(());
+            }
             prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 1)));
             if failure == Failure::Retransmit {
                 // A 45-segment burst: low byte in oldstate, high in newstate.

@@ -457,6 +457,15 @@ impl Probe {
             .and_then(|fields| fields.into_iter().find(|f| f.name == "err" && f.size == 4))
             .and_then(|f| u32::try_from(f.offset).ok())
             .unwrap_or(0);
+        let send_reset_reason: u32 = format::read("tcp", "tcp_send_reset")
+            .ok()
+            .and_then(|fields| {
+                fields
+                    .into_iter()
+                    .find(|f| f.name == "reason" && f.size == 4)
+            })
+            .and_then(|f| u32::try_from(f.offset).ok())
+            .unwrap_or(0);
         let mut loader = EbpfLoader::new();
         for (ring, name) in names::EVENTS_MAPS.iter().enumerate() {
             loader.map_max_entries(name, layout.size_of(ring));
@@ -479,6 +488,7 @@ impl Probe {
             .override_global(names::SKB_CB_OFFSET, &skb_cb, true)
             .override_global(names::GSO_SEGS_OFFSET, &gso_segs, true)
             .override_global(names::RETRANSMIT_ERR_OFFSET, &retransmit_err, true)
+            .override_global(names::SEND_RESET_REASON_OFFSET, &send_reset_reason, true)
             .override_global(names::SKB_HEAD_OFFSET, &skb_head, true)
             .override_global(names::SKB_NETWORK_HEADER_OFFSET, &skb_network_header, true)
             .load(OBJECT)

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::host::ReasonNames;
 use crate::{
     ebpf::decode::Failure,
     model::{canonical_ip, Direction, PortRange},
@@ -54,11 +55,11 @@ pub struct PortFailures {
     pub counts: FailureCounts,
 }
 
-/// TCP packets the kernel dropped for one reason.
+/// Drops or resets for one of the kernel's reasons.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DropCount {
-    /// The kernel's name, without `SKB_DROP_REASON_`, in lower case (`reason_N` when this
-    /// kernel's BTF did not name the value).
+pub struct ReasonCount {
+    /// The kernel's name, without its prefix (`SKB_DROP_REASON_`, `SK_RST_REASON_`), in
+    /// lower case (`reason_N` when this kernel's BTF did not name the value).
     pub reason: String,
     pub count: u64,
 }
@@ -72,7 +73,10 @@ pub struct FailuresRecord {
     #[serde(default)]
     pub drops: u64,
     #[serde(default)]
-    pub drops_by_reason: Vec<DropCount>,
+    pub drops_by_reason: Vec<ReasonCount>,
+    /// Resets sent per reason, most first (kernels whose reset record has a reason).
+    #[serde(default)]
+    pub resets_sent_by_reason: Vec<ReasonCount>,
     /// The remote IPs with the most failures, most first.
     pub by_peer: Vec<PeerFailures>,
     /// Every other remote IP's (those beyond the list and those not counted one by one).
@@ -129,6 +133,8 @@ pub struct FailureTally {
     totals: FailureCounts,
     /// Drops by the kernel's reason value (at most the enum's few hundred values).
     drops: std::collections::BTreeMap<u16, u64>,
+    /// Resets sent by the kernel's reason value.
+    reset_reasons: std::collections::BTreeMap<u16, u64>,
     by_peer: Bounded<IpAddr>,
     by_port: Bounded<(Direction, u16)>,
     window_peer: Bounded<IpAddr>,
@@ -149,6 +155,7 @@ impl FailureTally {
         Self {
             totals: FailureCounts::default(),
             drops: Default::default(),
+            reset_reasons: Default::default(),
             by_peer: Bounded::new(cap),
             by_port: Bounded::new(cap),
             window_peer: Bounded::new(cap),
@@ -188,6 +195,11 @@ impl FailureTally {
         self.window_port.add(port, failure, count);
     }
 
+    /// A reset sent for `reason` (counted by [`Self::add`] too).
+    pub fn add_reset_reason(&mut self, reason: u16) {
+        *self.reset_reasons.entry(reason).or_default() += 1;
+    }
+
     /// A TCP packet the kernel dropped for `reason`.
     pub fn add_drop(&mut self, reason: u16) {
         *self.drops.entry(reason).or_default() += 1;
@@ -198,26 +210,15 @@ impl FailureTally {
     }
 
     /// What a tally record carries: the totals and lists of at most `top` entries, drop
-    /// reasons named by `reasons` (this kernel's, by value).
-    pub fn record(&self, top: usize, reasons: &[(u32, String)]) -> FailuresRecord {
-        let mut drops_by_reason: Vec<DropCount> = self
-            .drops
-            .iter()
-            .map(|(value, count)| DropCount {
-                reason: reasons
-                    .iter()
-                    .find(|(v, _)| *v == u32::from(*value))
-                    .map_or_else(|| format!("reason_{value}"), |(_, name)| name.clone()),
-                count: *count,
-            })
-            .collect();
-        drops_by_reason.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+    /// and reset reasons named as this kernel names them.
+    pub fn record(&self, top: usize, names: &ReasonNames) -> FailuresRecord {
         let (peers, peers_other) = self.by_peer.top(top);
         let (ports, ports_other) = self.by_port.top(top);
         FailuresRecord {
             totals: self.totals,
             drops: self.drops.values().sum(),
-            drops_by_reason,
+            drops_by_reason: named(&self.drops, &names.drops),
+            resets_sent_by_reason: named(&self.reset_reasons, &names.resets),
             by_peer: peers
                 .into_iter()
                 .map(|(ip, counts)| PeerFailures { ip, counts })
@@ -239,6 +240,25 @@ impl FailureTally {
     pub fn entries(&self) -> usize {
         self.by_peer.exact.len() + self.by_port.exact.len()
     }
+}
+
+/// Counts by reason value, named by `names`, most first.
+fn named(
+    counts: &std::collections::BTreeMap<u16, u64>,
+    names: &[(u32, String)],
+) -> Vec<ReasonCount> {
+    let mut out: Vec<ReasonCount> = counts
+        .iter()
+        .map(|(value, count)| ReasonCount {
+            reason: names
+                .iter()
+                .find(|(v, _)| *v == u32::from(*value))
+                .map_or_else(|| format!("reason_{value}"), |(_, name)| name.clone()),
+            count: *count,
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+    out
 }
 
 #[cfg(test)]
@@ -270,7 +290,7 @@ mod tests {
             ("::ffff:10.0.0.1".parse().unwrap(), 50001),
             range,
         );
-        let r = t.record(10, &[]);
+        let r = t.record(10, &ReasonNames::default());
         assert_eq!(
             r.totals,
             FailureCounts {
@@ -305,19 +325,28 @@ mod tests {
             t.add_drop(12);
         }
         t.add_drop(200);
-        let r = t.record(
-            5,
-            &[(12, "netfilter_drop".into()), (2, "not_specified".into())],
+        t.add_reset_reason(2);
+        let names = ReasonNames {
+            drops: vec![(12, "netfilter_drop".into()), (2, "not_specified".into())],
+            resets: vec![(2, "no_socket".into())],
+        };
+        let r = t.record(5, &names);
+        assert_eq!(
+            r.resets_sent_by_reason,
+            vec![ReasonCount {
+                reason: "no_socket".into(),
+                count: 1
+            }]
         );
         assert_eq!(r.drops, 4);
         assert_eq!(
             r.drops_by_reason,
             vec![
-                DropCount {
+                ReasonCount {
                     reason: "netfilter_drop".into(),
                     count: 3
                 },
-                DropCount {
+                ReasonCount {
                     reason: "reason_200".into(),
                     count: 1
                 },
@@ -339,7 +368,7 @@ mod tests {
             );
         }
         assert_eq!(t.entries(), 4 + 1);
-        let r = t.record(2, &[]);
+        let r = t.record(2, &ReasonNames::default());
         // The first four peers are exact; the two largest of them are listed.
         assert_eq!(
             r.by_peer

@@ -53,8 +53,8 @@ pub struct FakeHost {
     pub namespaces: Vec<Namespace>,
     pub other_sockets: HashMap<u64, Vec<Socket>>,
     pub other_time_wait: HashMap<u64, u64>,
-    /// The kernel's drop reasons by value.
-    pub drop_reasons: Vec<(u32, String)>,
+    /// The kernel's drop and reset reasons by value.
+    pub reasons: super::host::ReasonNames,
 }
 
 impl Default for FakeHost {
@@ -77,7 +77,7 @@ impl Default for FakeHost {
             namespaces: Vec::new(),
             other_sockets: HashMap::new(),
             other_time_wait: HashMap::new(),
-            drop_reasons: Vec::new(),
+            reasons: Default::default(),
         }
     }
 }
@@ -139,8 +139,8 @@ impl Host for FakeHost {
         self.port_range
     }
 
-    fn drop_reason_names(&mut self) -> Vec<(u32, String)> {
-        self.drop_reasons.clone()
+    fn reason_names(&mut self) -> super::host::ReasonNames {
+        self.reasons.clone()
     }
 
     fn max_time_wait(&mut self) -> Option<usize> {

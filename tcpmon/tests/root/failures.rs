@@ -209,6 +209,11 @@ fn connects_to_a_closed_port_are_resets_sent_and_received() {
         .cloned()
         .unwrap_or_else(|| panic!("{failures}"));
     assert_eq!(port["resets_sent"], 300);
+    // This kernel says why: nobody listens there.
+    assert_eq!(
+        failures["resets_sent_by_reason"],
+        serde_json::json!([{"reason": "no_socket", "count": 300}])
+    );
     // 300 refused within a second or two: over the default 50/s.
     let lines = watcher.lines();
     let alert = records(&lines, "alert")

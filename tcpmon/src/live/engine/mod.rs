@@ -18,7 +18,7 @@ use tcpmon_common::SockEvent;
 use super::{
     config::{ConfigError, EngineConfig, ValidConfig},
     failures::FailureTally,
-    host::Host,
+    host::{Host, ReasonNames},
     latency::Connects,
     loss::{self, LossTracker, Received},
     namespaces::Namespaces,
@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     ebpf::{
-        decode::{decode_event, Record},
+        decode::{decode_event, Failure, Record},
         KernelCounters,
     },
     host::{clock::Clock, diag::ListenerQueues, proc_net::Socket},
@@ -140,8 +140,8 @@ pub struct Engine<H: Host, S: EventSource> {
     failures: FailureTally,
     /// Connect times in tcpmon's namespace (eBPF: polling sees no handshake).
     connects: Connects,
-    /// This kernel's drop reason names, by value.
-    drop_reasons: Vec<(u32, String)>,
+    /// This kernel's drop and reset reason names, by value.
+    reasons: ReasonNames,
     /// Each listener's drops (`sk_drops`) at the last evaluation.
     listener_drops_seen: HashMap<(IpAddr, u16), u64>,
     last_eval_ns: u64,
@@ -220,7 +220,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             syn: SynState::default(),
             failures,
             connects,
-            drop_reasons: Vec::new(),
+            reasons: ReasonNames::default(),
             listener_drops_seen: HashMap::new(),
             last_eval_ns: now,
             time_wait_check: None,
@@ -239,7 +239,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             reads: ReadHealth::default(),
         };
         if engine.source.is_some() {
-            engine.drop_reasons = engine.host.drop_reason_names();
+            engine.reasons = engine.host.reason_names();
         }
         engine.host.release_memory();
         if engine.source.is_some() {
@@ -362,6 +362,22 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             Ok(Record::Drop(at, reason)) => {
                 if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
                     self.failures.add_drop(reason);
+                } else {
+                    self.received.foreign_failures += 1;
+                }
+            }
+            Ok(Record::ResetSent(at, reason)) => {
+                if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
+                    self.failures.add(
+                        Failure::ResetSent,
+                        1,
+                        at.local_port,
+                        (at.remote_ip, at.remote_port),
+                        self.port_range,
+                    );
+                    if let Some(reason) = reason {
+                        self.failures.add_reset_reason(reason);
+                    }
                 } else {
                     self.received.foreign_failures += 1;
                 }
@@ -749,7 +765,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                 others.tallies(self.cfg.namespace_detail.then_some((self.cfg.top, now)))
             }),
             namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
-            failures: self.failures.record(self.cfg.top, &self.drop_reasons),
+            failures: self.failures.record(self.cfg.top, &self.reasons),
             connect_latency: self.connects.record(self.cfg.top),
             poll_interval: self.source.is_none().then_some(self.cfg.interval),
         })

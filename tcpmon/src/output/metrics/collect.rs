@@ -707,6 +707,18 @@ fn failure_metrics(r: &mut Registry, t: &TallyRecord) {
             })
             .inc_by(d.count);
     }
+    let reset_reasons = counter_family::<DropLabels>(
+        r,
+        "tcpmon_resets_sent_by_reason",
+        "Resets sent in tcpmon's namespace since it started, by the kernel's reason (its enum sk_rst_reason, lower case, without SK_RST_REASON_; kernels whose tcp_send_reset says it)",
+    );
+    for d in &f.resets_sent_by_reason {
+        reset_reasons
+            .get_or_create(&DropLabels {
+                reason: d.reason.clone(),
+            })
+            .inc_by(d.count);
+    }
     for (name, help, count) in kinds {
         counter(
             r,
