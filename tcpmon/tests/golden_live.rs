@@ -216,6 +216,11 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
     // Reason 2 (no_socket), plus one on the wire.
     (refused.kind, refused.oldstate, refused.newstate) = (tcpmon_common::kind::RESET_SENT, 3, 0);
     engine.source_mut().unwrap().push(refused);
+    // The pod retransmits toward a client: tallied in its namespace.
+    let mut pod_retransmit = refused;
+    (pod_retransmit.kind, pod_retransmit.oldstate) = (tcpmon_common::kind::RETRANSMIT, 2);
+    pod_retransmit.netns = POD_NETNS as u32;
+    engine.source_mut().unwrap().push(pod_retransmit);
     engine.drain(sink).unwrap();
     engine.host_mut().now_ns = now + 31 * SEC;
     engine.source_mut().unwrap().counters.ringbuf_full = 1;

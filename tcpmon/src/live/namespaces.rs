@@ -8,6 +8,8 @@ use std::{
 };
 
 use super::{
+    failures::FailureTally,
+    host::ReasonNames,
     record::{
         CloseWaitRecord, ListenerRecord, NamespaceDetail, NamespaceTally, PerIpTally, SynTotals,
         Untracked,
@@ -19,10 +21,11 @@ use super::{
     tally::{Applied, Tally, TallyConfig},
 };
 use crate::{
+    ebpf::decode::Failure as FailureKind,
     host::{netns::Namespace, proc_net::Socket},
     model::{
-        endpoint, CloseWaitSide, PortRange, Process, Severity, StateCounts, TcpState, Thresholds,
-        Transition,
+        endpoint, CloseWaitSide, Endpoints, PortRange, Process, Severity, StateCounts, TcpState,
+        Thresholds, Transition,
     },
     snapshot::namespaces::{label, Failure},
 };
@@ -44,10 +47,15 @@ struct Scope {
     /// How far the last reconciliation found the tally off.
     reconcile_error: Option<u64>,
     close_wait_owners: HashMap<CloseWaitSide, Vec<Process>>,
+    /// Its retransmits, resets and drops.
+    failures: FailureTally,
 }
 
+/// Remote IPs and ports each other namespace counts failures for one by one.
+const NAMESPACE_FAILURE_KEYS: usize = 1024;
+
 impl Scope {
-    fn detail(&self, top: usize, now_ns: u64) -> NamespaceDetail {
+    fn detail(&self, top: usize, now_ns: u64, names: &ReasonNames) -> NamespaceDetail {
         let view = self.tally.view(top);
         let half_open: HashMap<(IpAddr, u16), u64> = view
             .half_open
@@ -71,6 +79,7 @@ impl Scope {
                 .collect(),
             per_ip: PerIpTally::of(&view),
             close_wait: CloseWaitRecord::of(&view, now_ns, top, &self.close_wait_owners),
+            failures: self.failures.record(top, names),
         }
     }
 }
@@ -212,11 +221,43 @@ impl Namespaces {
                     time_wait_error: None,
                     reconcile_error: None,
                     close_wait_owners: HashMap::new(),
+                    failures: FailureTally::new(NAMESPACE_FAILURE_KEYS),
                     namespace: ns,
                 },
             );
         }
         events
+    }
+
+    /// A retransmit or reset (with its reason, if any) in another namespace: tallied
+    /// when that namespace is; false when it is not.
+    pub fn failure(
+        &mut self,
+        failure: FailureKind,
+        count: u64,
+        at: &Endpoints,
+        reset_reason: Option<u16>,
+    ) -> bool {
+        let Some(scope) = self.tracked.get_mut(&u64::from(at.netns)) else {
+            return false;
+        };
+        let remote = (at.remote_ip, at.remote_port);
+        scope
+            .failures
+            .add(failure, count, at.local_port, remote, scope.port_range);
+        if let Some(reason) = reset_reason {
+            scope.failures.add_reset_reason(reason);
+        }
+        true
+    }
+
+    /// A TCP packet dropped in another namespace: tallied when that namespace is.
+    pub fn dropped(&mut self, netns: u32, reason: u16) -> bool {
+        let Some(scope) = self.tracked.get_mut(&u64::from(netns)) else {
+            return false;
+        };
+        scope.failures.add_drop(reason);
+        true
     }
 
     /// Whether a transition from an unknown namespace asks for discovery again.
@@ -434,8 +475,8 @@ impl Namespaces {
                 somaxconn: None,
                 port_range: scope.port_range,
                 close_wait_owners: std::mem::take(&mut scope.close_wait_owners),
-                // Retransmits, resets and listener drops: tcpmon's namespace only.
-                failures: Default::default(),
+                failures: scope.failures.take_window(),
+                // Listener queues are read in tcpmon's namespace only.
                 listener_drops: Vec::new(),
             };
             let owner = owner_text(&scope.namespace);
@@ -465,7 +506,11 @@ impl Namespaces {
 
     /// Each tracked namespace, largest first; with `detail` (lists of at most `top`
     /// entries, ages at `now_ns`), what each holds beyond its state counts.
-    pub fn tallies(&self, detail: Option<(usize, u64)>) -> Vec<NamespaceTally> {
+    pub fn tallies(
+        &self,
+        detail: Option<(usize, u64)>,
+        names: &ReasonNames,
+    ) -> Vec<NamespaceTally> {
         let mut out: Vec<NamespaceTally> = self
             .tracked
             .values()
@@ -473,7 +518,8 @@ impl Namespaces {
             .map(|s| {
                 let states = StateCounts(s.tally.state_counts());
                 NamespaceTally {
-                    detail: detail.map(|(top, now_ns)| Box::new(s.detail(top, now_ns))),
+                    detail: detail.map(|(top, now_ns)| Box::new(s.detail(top, now_ns, names))),
+                    failures: s.failures.totals(),
                     inode: s.namespace.inode,
                     name: s.namespace.name.clone(),
                     owner: owner_text(&s.namespace),
@@ -597,7 +643,7 @@ mod tests {
         let (applied, _) = ns.transition(&transition(15, Established, CloseWait));
         assert!(applied.is_some());
         ns.reconcile(&[(NS, 20, Ok(established(CloseWait)))], false);
-        let tally = &ns.tallies(None)[0];
+        let tally = &ns.tallies(None, &ReasonNames::default())[0];
         assert_eq!(
             (tally.states.get(CloseWait), tally.states.get(Established)),
             (1, 1)

@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    failures::FailuresRecord,
+    failures::{FailureCounts, FailuresRecord},
     latency::ConnectLatency,
     loss::Received,
     rules::Alert,
@@ -554,6 +554,9 @@ pub struct NamespaceTally {
     /// (`EngineConfig::namespace_detail`; not in the JSON record).
     #[serde(skip)]
     pub detail: Option<Box<NamespaceDetail>>,
+    /// Its retransmits, resets received and sent since it was first seen (eBPF).
+    #[serde(default)]
+    pub failures: FailureCounts,
 }
 
 /// What a namespace's own tally holds beyond its state counts. Listener queues, SYN
@@ -563,6 +566,7 @@ pub struct NamespaceDetail {
     pub listeners: Vec<ListenerRecord>,
     pub per_ip: PerIpTally,
     pub close_wait: Vec<CloseWaitRecord>,
+    pub failures: FailuresRecord,
 }
 
 /// Namespaces beyond `--max-netns`: named by count, their transitions counted together.

@@ -466,7 +466,7 @@ pub struct ScopeData<'a> {
     pub listeners: &'a [ListenerRecord],
     pub per_ip: &'a PerIpTally,
     pub close_wait: &'a [CloseWaitRecord],
-    /// Retransmits and resets (tcpmon's own namespace only).
+    /// Retransmits and resets (eBPF only).
     pub failures: Option<&'a FailuresRecord>,
     /// Its name as the status line says it.
     pub label: String,
@@ -496,7 +496,7 @@ pub fn scope_data(tally: &TallyRecord, scope: Scope) -> Option<ScopeData<'_>> {
                 listeners: &detail.listeners,
                 per_ip: &detail.per_ip,
                 close_wait: &detail.close_wait,
-                failures: None,
+                failures: (tally.mode == Mode::Ebpf).then_some(&detail.failures),
                 label: namespace_label(ns.name.as_deref(), &ns.owner, inode),
             })
         }

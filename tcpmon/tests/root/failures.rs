@@ -351,3 +351,68 @@ fn a_listener_that_never_accepts_drops_and_is_alerted() {
     );
     drop((held, listener, watcher));
 }
+
+#[test]
+#[ignore = "needs root: run by `cargo xtask test`"]
+fn another_namespaces_resets_are_tallied_and_alerted_as_its_own() {
+    if !require_root("another_namespaces_resets_are_tallied_and_alerted_as_its_own") {
+        return;
+    }
+    let ns = Netns::new("nsfail");
+    let inode = ns.inode();
+    // tcpmon in the test's namespace, watching every other one.
+    let watcher = Watcher::start(
+        None,
+        &[
+            "watch",
+            "--json",
+            "--quiet-transitions",
+            "--mode",
+            "ebpf",
+            "--tally-interval",
+            "500ms",
+            "--all-netns",
+        ],
+        |line| line.contains("\"type\":\"mode\""),
+    );
+    let tallied = |watcher: &Watcher| {
+        records(&watcher.lines(), "tally").last().and_then(|t| {
+            t["namespaces"]
+                .as_array()?
+                .iter()
+                .find(|n| n["inode"] == inode)
+                .cloned()
+        })
+    };
+    let started = Instant::now();
+    while tallied(&watcher).is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "netns not tallied"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let [out_rsts] = nstat(&ns, &["TcpOutRsts"])[..] else {
+        unreachable!()
+    };
+    let refused = ns.run(|| {
+        (0..300)
+            .filter(|_| TcpStream::connect("127.0.0.1:9").is_err())
+            .count() as u64
+    });
+    let [after] = nstat(&ns, &["TcpOutRsts"])[..] else {
+        unreachable!()
+    };
+    failures_now(&watcher);
+    let theirs = tallied(&watcher).unwrap();
+    eprintln!("netns {inode}: {}", theirs["failures"]);
+    assert_eq!(theirs["failures"]["resets_sent"], after - out_rsts);
+    assert_eq!(theirs["failures"]["resets_received"], refused);
+    let lines = watcher.lines();
+    let subject = format!("port 9 in netns {inode}");
+    assert!(
+        records(&lines, "alert").any(|a| a["rule"] == "resets" && a["subject"] == subject),
+        "no resets alert for {subject}"
+    );
+    drop(watcher);
+}

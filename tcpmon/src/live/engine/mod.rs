@@ -74,6 +74,15 @@ pub enum EngineError {
     Config(#[from] ConfigError),
 }
 
+/// A failure event as the tallies take it.
+#[derive(Clone, Copy, Debug)]
+enum FailureEvent {
+    /// Segments retransmitted, or a reset (sent, with its reason when known).
+    Counted(Failure, u64, Option<u16>),
+    /// A TCP packet dropped, for the kernel's reason.
+    Dropped(u16),
+}
+
 /// Why the tallies were rebuilt from a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -359,41 +368,12 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                     .tracker
                     .syn(local_of(&at), canonical_ip(at.remote_ip));
             }
-            Ok(Record::Drop(at, reason)) => {
-                if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
-                    self.failures.add_drop(reason);
-                } else {
-                    self.received.foreign_failures += 1;
-                }
-            }
+            Ok(Record::Drop(at, reason)) => self.failure_event(&at, FailureEvent::Dropped(reason)),
             Ok(Record::ResetSent(at, reason)) => {
-                if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
-                    self.failures.add(
-                        Failure::ResetSent,
-                        1,
-                        at.local_port,
-                        (at.remote_ip, at.remote_port),
-                        self.port_range,
-                    );
-                    if let Some(reason) = reason {
-                        self.failures.add_reset_reason(reason);
-                    }
-                } else {
-                    self.received.foreign_failures += 1;
-                }
+                self.failure_event(&at, FailureEvent::Counted(Failure::ResetSent, 1, reason));
             }
             Ok(Record::Failure(failure, at, count)) => {
-                if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
-                    self.failures.add(
-                        failure,
-                        u64::from(count),
-                        at.local_port,
-                        (at.remote_ip, at.remote_port),
-                        self.port_range,
-                    );
-                } else {
-                    self.received.foreign_failures += 1;
-                }
+                self.failure_event(&at, FailureEvent::Counted(failure, u64::from(count), None));
             }
             Err(e) => {
                 self.received.decode_errors += 1;
@@ -401,6 +381,34 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             }
         }
         Ok(())
+    }
+
+    /// A retransmit, reset or drop: tallied in tcpmon's namespace, else in the other
+    /// namespace's when it is tallied (`--all-netns`), else counted as foreign.
+    fn failure_event(&mut self, at: &Endpoints, event: FailureEvent) {
+        if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
+            match event {
+                FailureEvent::Dropped(reason) => self.failures.add_drop(reason),
+                FailureEvent::Counted(failure, count, reset_reason) => {
+                    let remote = (at.remote_ip, at.remote_port);
+                    self.failures
+                        .add(failure, count, at.local_port, remote, self.port_range);
+                    if let Some(reason) = reset_reason {
+                        self.failures.add_reset_reason(reason);
+                    }
+                }
+            }
+            return;
+        }
+        let tallied = self.others.as_mut().is_some_and(|others| match event {
+            FailureEvent::Dropped(reason) => others.dropped(at.netns, reason),
+            FailureEvent::Counted(failure, count, reset_reason) => {
+                others.failure(failure, count, at, reset_reason)
+            }
+        });
+        if !tallied {
+            self.received.foreign_failures += 1;
+        }
     }
 
     fn transition(
@@ -762,7 +770,10 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             kernel: self.kernel,
             lost: self.lost(),
             namespaces: self.others.as_ref().map(|others| {
-                others.tallies(self.cfg.namespace_detail.then_some((self.cfg.top, now)))
+                others.tallies(
+                    self.cfg.namespace_detail.then_some((self.cfg.top, now)),
+                    &self.reasons,
+                )
             }),
             namespaces_untracked: self.others.as_ref().map(Namespaces::untracked),
             failures: self.failures.record(self.cfg.top, &self.reasons),

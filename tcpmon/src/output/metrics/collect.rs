@@ -32,6 +32,12 @@ struct NetnsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetnsOwnerLabels {
+    netns: String,
+    owner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairLabels {
     from: String,
     to: String,
@@ -346,6 +352,28 @@ fn namespace_metrics(r: &mut Registry, t: &TallyRecord) {
                     state: state_label(state),
                 })
                 .set(to_i64(count));
+        }
+    }
+    let kinds: [(&str, &str, CountOf); 3] = [
+        ("retransmit_segments", "Segments retransmitted", |c| {
+            c.retransmits
+        }),
+        ("resets_sent", "Resets sent", |c| c.resets_sent),
+        ("resets_received", "Resets received", |c| c.resets_received),
+    ];
+    for (name, help, count) in kinds {
+        let family = counter_family::<NetnsOwnerLabels>(
+            r,
+            &format!("tcpmon_netns_{name}"),
+            &format!("{help} in each other network namespace tallied since it was first seen (--all-netns; eBPF)"),
+        );
+        for n in namespaces {
+            family
+                .get_or_create(&NetnsOwnerLabels {
+                    netns: n.inode.to_string(),
+                    owner: n.owner.clone(),
+                })
+                .inc_by(count(&n.failures));
         }
     }
     let untracked = t.namespaces_untracked.clone().unwrap_or_default();

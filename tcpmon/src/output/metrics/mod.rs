@@ -764,6 +764,11 @@ mod tests {
             time_wait_sockstat_error: Some(0),
             reconcile_error: None,
             detail: None,
+            failures: crate::live::failures::FailureCounts {
+                retransmits: 9,
+                resets_sent: 2,
+                resets_received: 1,
+            },
         }]);
         tally.namespaces_untracked = Some(Untracked {
             namespaces: 3,
