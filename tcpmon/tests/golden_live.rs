@@ -94,10 +94,6 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
             ],
         )]
         .into(),
-        reasons: tcpmon::live::host::ReasonNames {
-            drops: vec![(12, "netfilter_drop".into())],
-            resets: vec![(2, "no_socket".into())],
-        },
         ..FakeHost::default()
     };
     let config = EngineConfig {
@@ -120,6 +116,10 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
         host,
         Some(FakeSource {
             syn_counter_loaded: true,
+            reasons: tcpmon::live::host::ReasonNames {
+                drops: vec![(12, "netfilter_drop".into())],
+                resets: vec![(2, "no_socket".into())],
+            },
             ..FakeSource::default()
         }),
         mode,

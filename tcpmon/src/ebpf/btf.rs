@@ -53,6 +53,14 @@ const SOCK_COMMON_HEAD: [(&str, u32); 8] = [
     ("__sk_common.skc_v6_rcv_saddr", 72),
 ];
 
+/// How the running kernel names its drop reasons (`enum skb_drop_reason`) and reset
+/// reasons (`enum sk_rst_reason`), by value: their numbers change between kernels.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReasonNames {
+    pub drops: Vec<(u32, String)>,
+    pub resets: Vec<(u32, String)>,
+}
+
 /// The running kernel's type information.
 pub struct KernelTypes(btfparse::TypeInformation);
 

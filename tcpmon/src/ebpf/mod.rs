@@ -25,15 +25,18 @@ use std::{
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::{
-        cgroup_skb::CgroupSkbLinkId, links::CgroupAttachMode, BtfTracePoint, CgroupSkb,
-        CgroupSkbAttachType, ProgramError, ProgramFd, RawTracePoint, TracePoint,
+        cgroup_skb::CgroupSkbLinkId,
+        links::CgroupAttachMode,
+        trace_point::{TracePointLink, TracePointLinkId},
+        BtfTracePoint, CgroupSkb, CgroupSkbAttachType, ProgramError, ProgramFd, RawTracePoint,
+        TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
 use tcpmon_common::{counter, names, tracepoints, DEFAULT_RING_BYTES, RING_COUNT};
 
 use self::{
-    btf::{BtfError, KernelTypes},
+    btf::{BtfError, KernelTypes, ReasonNames},
     mounts::{MountError, Tracefs},
     ringbuf::RingReader,
     slots::{SlotLayout, SlotRings},
@@ -224,6 +227,10 @@ pub struct Probe {
     syn_link: Option<CgroupSkbLinkId>,
     /// Which hook delivers the state changes (never `Auto`).
     pub state_hook: StateHook,
+    /// The kernel's names of its drop and reset reasons.
+    pub reason_names: ReasonNames,
+    /// The failure programs' links: detached in parallel (each waits out a grace period).
+    failure_links: Vec<(&'static str, TracePointLinkId)>,
 }
 
 /// Loads the SYN counter and opens the root of the cgroup v2 hierarchy, where it sees
@@ -303,7 +310,7 @@ fn attach_classic(
     program: &str,
     category: &'static str,
     name: &'static str,
-) -> Result<std::os::fd::OwnedFd, LoadError> {
+) -> Result<(std::os::fd::OwnedFd, TracePointLinkId), LoadError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| LoadError::Other(format!("program {program} missing from the object")))?
@@ -311,7 +318,7 @@ fn attach_classic(
         .map_err(|e| LoadError::Other(format!("{program}: {e}")))?;
     prog.load()
         .map_err(|e| LoadError::classify(&format!("loading {program}"), e))?;
-    prog.attach(category, name).map_err(|e| {
+    let link = prog.attach(category, name).map_err(|e| {
         let text = chain(&e);
         if text.contains("No such file") {
             LoadError::MissingTracepoint(
@@ -329,7 +336,7 @@ fn attach_classic(
             LoadError::classify(&format!("attaching {category}:{name}"), e)
         }
     })?;
-    owned_fd(prog.fd())
+    Ok((owned_fd(prog.fd())?, link))
 }
 
 /// A failure program: its name, its tracepoint, the record fields it reads, what it counts.
@@ -420,6 +427,18 @@ impl Probe {
         let (sk_protocol, inet_saddr) = sock_layout
             .as_ref()
             .map_or((0, 0), |r| (r.sk_protocol, r.inet_saddr));
+        // The kernel's names of its drop and reset reasons, from the types already parsed.
+        let reason_names = types.as_ref().map_or_else(
+            |_| ReasonNames::default(),
+            |types| ReasonNames {
+                drops: types
+                    .enum_names("skb_drop_reason", "SKB_DROP_REASON_")
+                    .unwrap_or_default(),
+                resets: types
+                    .enum_names("sk_rst_reason", "SK_RST_REASON_")
+                    .unwrap_or_default(),
+            },
+        );
         // The parsed types are tens of MiB; aya parses BTF again to load the BTF program,
         // so they go now rather than double the start-up peak.
         drop(types);
@@ -515,7 +534,8 @@ impl Probe {
                     names::STATE_PROGRAM,
                     "sock",
                     "inet_sock_set_state",
-                ),
+                )
+                .map(|(fd, _)| fd),
             };
             match attached {
                 Ok(fd) => {
@@ -545,7 +565,8 @@ impl Probe {
                     names::SYNACK_PROGRAM,
                     "tcp",
                     "tcp_retransmit_synack",
-                ),
+                )
+                .map(|(fd, _)| fd),
                 Err(e) => Err(e.clone()),
             };
             match synack {
@@ -563,6 +584,7 @@ impl Probe {
                 )),
             }
         }
+        let mut failure_links = Vec::new();
         if options.failures {
             // (program, tracepoint, the fields it reads, what it counts)
             let hooks: [FailureHook; 4] = [
@@ -607,7 +629,10 @@ impl Probe {
                     Err(e) => Err(e.clone()),
                 };
                 match attached {
-                    Ok(fd) => program_fds.push(fd),
+                    Ok((fd, link)) => {
+                        program_fds.push(fd);
+                        failure_links.push((program, link));
+                    }
                     Err(e) => notes.push(format!(
                         "{what} not watched per connection ({category}:{tracepoint}: {e}): the totals come from the kernel's counters only"
                     )),
@@ -653,6 +678,8 @@ impl Probe {
             program_fds,
             notes,
             netns_readable: offsets.is_some(),
+            reason_names,
+            failure_links,
             syn_cgroup,
             syn_link: None,
         })
@@ -689,7 +716,26 @@ impl Probe {
     /// counters, which the probe keeps). Idempotent.
     pub fn detach(&mut self) {
         self.syn_link = None;
-        self.ebpf = None;
+        let Some(mut ebpf) = self.ebpf.take() else {
+            return;
+        };
+        // Closing a classic tracepoint's link waits for the kernel to be done with the
+        // program (a grace period): the failure programs' are closed at the same time,
+        // beside the rest, so a stop does not wait for them one after another.
+        let links: Vec<TracePointLink> = self
+            .failure_links
+            .drain(..)
+            .filter_map(|(name, id)| {
+                let prog: &mut TracePoint = ebpf.program_mut(name)?.try_into().ok()?;
+                prog.take_link(id).ok()
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+            drop(ebpf);
+        });
     }
 
     /// The aya-log channel, for callers that forward kernel diagnostics to `log`.

@@ -53,8 +53,6 @@ pub struct FakeHost {
     pub namespaces: Vec<Namespace>,
     pub other_sockets: HashMap<u64, Vec<Socket>>,
     pub other_time_wait: HashMap<u64, u64>,
-    /// The kernel's drop and reset reasons by value.
-    pub reasons: super::host::ReasonNames,
 }
 
 impl Default for FakeHost {
@@ -77,7 +75,6 @@ impl Default for FakeHost {
             namespaces: Vec::new(),
             other_sockets: HashMap::new(),
             other_time_wait: HashMap::new(),
-            reasons: Default::default(),
         }
     }
 }
@@ -139,10 +136,6 @@ impl Host for FakeHost {
         self.port_range
     }
 
-    fn reason_names(&mut self) -> super::host::ReasonNames {
-        self.reasons.clone()
-    }
-
     fn max_time_wait(&mut self) -> Option<usize> {
         None
     }
@@ -199,6 +192,8 @@ pub struct FakeSource {
     /// Attaching the SYN counter fails.
     pub syn_counter_fails: bool,
     pub detached: bool,
+    /// The kernel's drop and reset reasons by value.
+    pub reasons: super::host::ReasonNames,
 }
 
 impl FakeSource {
@@ -248,6 +243,10 @@ impl EventSource for FakeSource {
 
     fn detach(&mut self) {
         self.detached = true;
+    }
+
+    fn reason_names(&self) -> super::host::ReasonNames {
+        self.reasons.clone()
     }
 }
 

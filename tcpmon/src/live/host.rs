@@ -27,6 +27,8 @@ use crate::{
 pub type NamespaceReader = Box<dyn FnMut(&Namespace) -> (u64, Result<Vec<Socket>, Failure>) + Send>;
 
 /// The machine as the engine sees it.
+pub use crate::ebpf::btf::ReasonNames;
+
 pub trait Host {
     /// CLOCK_MONOTONIC nanoseconds: the clock the kernel stamps events with.
     fn now_ns(&self) -> u64;
@@ -48,11 +50,6 @@ pub trait Host {
     /// The processes holding these socket inodes (those found).
     fn owners(&mut self, inodes: &HashSet<u64>) -> HashMap<u64, Process>;
     fn port_range(&mut self) -> PortRange;
-    /// This kernel's names of its drop and reset reasons, by value; empty when its BTF
-    /// cannot be read.
-    fn reason_names(&mut self) -> ReasonNames {
-        ReasonNames::default()
-    }
     /// net.ipv4.tcp_max_tw_buckets.
     fn max_time_wait(&mut self) -> Option<usize>;
     /// Hands freed heap back to the system after a large read (a no-op for fakes).
@@ -144,23 +141,6 @@ impl Host for SystemHost {
         self.proc.port_range()
     }
 
-    fn reason_names(&mut self) -> ReasonNames {
-        // One parse of the kernel's types (tens of MiB) for both.
-        let Ok(types) =
-            crate::ebpf::btf::KernelTypes::read(std::path::Path::new("/sys/kernel/btf/vmlinux"))
-        else {
-            return ReasonNames::default();
-        };
-        ReasonNames {
-            drops: types
-                .enum_names("skb_drop_reason", "SKB_DROP_REASON_")
-                .unwrap_or_default(),
-            resets: types
-                .enum_names("sk_rst_reason", "SK_RST_REASON_")
-                .unwrap_or_default(),
-        }
-    }
-
     fn max_time_wait(&mut self) -> Option<usize> {
         self.proc.max_time_wait()
     }
@@ -244,12 +224,4 @@ mod tests {
         assert_eq!(through_netlink, through_proc);
         drop(listener);
     }
-}
-
-/// How the running kernel names its drop reasons (`enum skb_drop_reason`) and reset
-/// reasons (`enum sk_rst_reason`), by value: their numbers change between kernels.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReasonNames {
-    pub drops: Vec<(u32, String)>,
-    pub resets: Vec<(u32, String)>,
 }

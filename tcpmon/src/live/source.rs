@@ -5,6 +5,7 @@ use std::{io, sync::Arc};
 use tcpmon_common::SockEvent;
 use tokio::sync::Notify;
 
+use super::host::ReasonNames;
 use crate::{
     ebpf::{
         decode::DecodeError, rings::Rings, KernelCounters, LoadError, LoadOptions, NetnsFilter,
@@ -30,6 +31,10 @@ pub trait EventSource {
     fn wakeup(&self) -> Option<Arc<Notify>>;
     /// The SYN counter loaded and can be attached.
     fn syn_counter_loaded(&self) -> bool;
+    /// How the kernel names the reasons its drop and reset records carry.
+    fn reason_names(&self) -> ReasonNames {
+        ReasonNames::default()
+    }
     fn syn_counter_attached(&self) -> bool;
     fn set_syn_counter(&mut self, attached: bool) -> Result<(), SynCounterError>;
     /// Stops the kernel side producing records; what is queued stays readable.
@@ -106,6 +111,10 @@ impl EbpfSource {
 }
 
 impl EventSource for EbpfSource {
+    fn reason_names(&self) -> ReasonNames {
+        self.probe.reason_names.clone()
+    }
+
     #[inline]
     fn read<F: FnMut(&SockEvent)>(
         &mut self,

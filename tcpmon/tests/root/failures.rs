@@ -32,6 +32,24 @@ fn nstat(ns: &Netns, names: &[&str]) -> Vec<u64> {
         .collect()
 }
 
+/// One counter of `nstat` in `ns`.
+fn nstat_one(ns: &Netns, name: &str) -> u64 {
+    nstat(ns, &[name])[0]
+}
+
+/// `n` connects from `ns` to its closed port 9: how many were refused.
+fn refused_connects(ns: &Netns, n: usize) -> u64 {
+    ns.run(move || {
+        (0..n)
+            .filter(|_| {
+                TcpStream::connect("127.0.0.1:9")
+                    .err()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .count() as u64
+    })
+}
+
 /// The `failures` of a tally written at least one interval from now.
 fn failures_now(watcher: &Watcher) -> Value {
     let tallies_before = watcher.count("tally");
@@ -112,9 +130,7 @@ fn retransmits_are_counted_as_the_kernel_counts_them_and_placed() {
     // A tenth of the packets toward the server's port are dropped on input.
     drop_on_input(&ns, "tcp dport 7070 numgen random mod 10 < 1");
     let watcher = watch(&ns);
-    let [before] = nstat(&ns, &["TcpRetransSegs"])[..] else {
-        unreachable!()
-    };
+    let before = nstat_one(&ns, "TcpRetransSegs");
     // 4 MiB in 16 KiB writes, read to the end by the server.
     let server = thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
@@ -135,9 +151,7 @@ fn retransmits_are_counted_as_the_kernel_counts_them_and_placed() {
         }
     });
     assert_eq!(server.join().unwrap(), 4 << 20);
-    let [after] = nstat(&ns, &["TcpRetransSegs"])[..] else {
-        unreachable!()
-    };
+    let after = nstat_one(&ns, "TcpRetransSegs");
     let failures = failures_now(&watcher);
     let kernel = after - before;
     let seen = failures["retransmits"].as_u64().unwrap();
@@ -177,15 +191,7 @@ fn connects_to_a_closed_port_are_resets_sent_and_received() {
     let [out_rsts, attempt_fails] = nstat(&ns, &["TcpOutRsts", "TcpAttemptFails"])[..] else {
         unreachable!()
     };
-    let refused = ns.run(|| {
-        (0..300)
-            .filter(|_| {
-                TcpStream::connect("127.0.0.1:9")
-                    .err()
-                    .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
-            })
-            .count() as u64
-    });
+    let refused = refused_connects(&ns, 300);
     assert_eq!(refused, 300);
     let after = nstat(&ns, &["TcpOutRsts", "TcpAttemptFails"]);
     let failures = failures_now(&watcher);
@@ -299,9 +305,7 @@ fn a_listener_that_never_accepts_drops_and_is_alerted() {
         s
     });
     let watcher = watch(&ns);
-    let [before] = nstat(&ns, &["TcpExtListenDrops"])[..] else {
-        unreachable!()
-    };
+    let before = nstat_one(&ns, "TcpExtListenDrops");
     let held: Vec<TcpStream> = ns.run(|| {
         let connects: Vec<_> = (0..20)
             .map(|_| {
@@ -319,9 +323,7 @@ fn a_listener_that_never_accepts_drops_and_is_alerted() {
             .filter_map(|c| c.join().unwrap())
             .collect()
     });
-    let [after] = nstat(&ns, &["TcpExtListenDrops"])[..] else {
-        unreachable!()
-    };
+    let after = nstat_one(&ns, "TcpExtListenDrops");
     failures_now(&watcher);
     let lines = watcher.lines();
     let tally = records(&lines, "tally").last().unwrap();
@@ -392,17 +394,10 @@ fn another_namespaces_resets_are_tallied_and_alerted_as_its_own() {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    let [out_rsts] = nstat(&ns, &["TcpOutRsts"])[..] else {
-        unreachable!()
-    };
-    let refused = ns.run(|| {
-        (0..300)
-            .filter(|_| TcpStream::connect("127.0.0.1:9").is_err())
-            .count() as u64
-    });
-    let [after] = nstat(&ns, &["TcpOutRsts"])[..] else {
-        unreachable!()
-    };
+    let out_rsts = nstat_one(&ns, "TcpOutRsts");
+    let refused = refused_connects(&ns, 300);
+    assert_eq!(refused, 300);
+    let after = nstat_one(&ns, "TcpOutRsts");
     failures_now(&watcher);
     let theirs = tallied(&watcher).unwrap();
     eprintln!("netns {inode}: {}", theirs["failures"]);

@@ -248,7 +248,11 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             reads: ReadHealth::default(),
         };
         if engine.source.is_some() {
-            engine.reasons = engine.host.reason_names();
+            engine.reasons = engine
+                .source
+                .as_ref()
+                .map(EventSource::reason_names)
+                .unwrap_or_default();
         }
         engine.host.release_memory();
         if engine.source.is_some() {
