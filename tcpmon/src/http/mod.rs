@@ -443,7 +443,17 @@ pub fn max_connections(fd_limit: u64) -> usize {
 
 /// Binds `addr` (here, so that an address in use is an error before anything starts).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    // A deep accept queue: under a connection flood the server accepts (and evicts) as
+    // fast as it can, and a scraper's SYN must not be dropped meanwhile (a drop costs it
+    // a second-long retransmit).
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
+
+/// The accept queue asked for (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
