@@ -78,9 +78,10 @@ for fd in /proc/"$watcher"/fdinfo/*; do
          END {if (id != "" && n > 0) print id, n, ns}' "$fd"
 done | sort -u -k1,1n > "$work/progs"
 # Named while the programs still exist.
-while read -r id n ns; do
+# (run_ns, not ns: that names the namespace the cleanup deletes)
+while read -r id n run_ns; do
     name=$(bpftool prog show id "$id" 2>/dev/null | sed -n 's/.* name \([^ ]*\) .*/\1/p' | head -1 || true)
-    awk -v name="${name:-$id}" -v n="$n" -v ns="$ns" 'BEGIN { printf "%-28s %10d runs %8.0f ns/run\n", name, n, ns / n }'
+    awk -v name="${name:-$id}" -v n="$n" -v ns="$run_ns" 'BEGIN { printf "%-28s %10d runs %8.0f ns/run\n", name, n, ns / n }'
 done < "$work/progs" > "$work/named"
 kill -TERM "$watcher"; wait "$watcher" || true; watcher=""
 echo "kernel counters before: $before_nstat"
