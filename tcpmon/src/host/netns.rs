@@ -87,10 +87,8 @@ pub fn parse_ns_link(link: &str) -> Option<u64> {
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Processes under `proc_root` in the namespace `inode` now, lowest pid first, at most
-/// [`PIDS_KEPT`]: when the processes a namespace was found through have exited, another
-/// may hold it still.
-pub fn holders(proc_root: &ProcRoot, inode: u64) -> Vec<u32> {
+/// Every pid under `proc_root`, lowest first.
+fn pids(proc_root: &ProcRoot) -> Vec<u32> {
     let mut pids: Vec<u32> = fs::read_dir(proc_root.path())
         .map(|entries| {
             entries
@@ -100,6 +98,14 @@ pub fn holders(proc_root: &ProcRoot, inode: u64) -> Vec<u32> {
         })
         .unwrap_or_default();
     pids.sort_unstable();
+    pids
+}
+
+/// Processes under `proc_root` in the namespace `inode` now, lowest pid first, at most
+/// [`PIDS_KEPT`]: when the processes a namespace was found through have exited, another
+/// may hold it still.
+pub fn holders(proc_root: &ProcRoot, inode: u64) -> Vec<u32> {
+    let pids = pids(proc_root);
     pids.into_iter()
         .filter(|pid| {
             fs::read_link(proc_root.pid_dir(*pid).join("ns/net"))
@@ -116,15 +122,7 @@ pub fn holders(proc_root: &ProcRoot, inode: u64) -> Vec<u32> {
 pub fn discover(proc_root: &ProcRoot, run_netns: &Path) -> Discovery {
     let mut by_inode: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut refused = Refused::default();
-    let mut pids: Vec<u32> = fs::read_dir(proc_root.path())
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort_unstable();
+    let pids = pids(proc_root);
     for pid in pids {
         match fs::read_link(proc_root.pid_dir(pid).join("ns/net")) {
             Ok(link) => {
