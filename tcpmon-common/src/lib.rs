@@ -14,7 +14,9 @@ pub mod kind {
     /// a SYN cookie.
     pub const SYN_REQUEST: u8 = 3;
     /// tcp:tcp_retransmit_skb: a packet was sent again; `oldstate` and `newstate` hold
-    /// how many segments it stands for (low and high byte; 0 when unknown, read as 1).
+    /// how many segments it stands for (low and high byte; 0 when unknown, read as 1),
+    /// and `tgid` the connection's segments sent in all (`tcp_sock.segs_out`, 0 when
+    /// unknown).
     pub const RETRANSMIT: u8 = 4;
     /// tcp:tcp_send_reset: a reset was sent (local is the sender); `oldstate` and
     /// `newstate` hold its reason (`enum sk_rst_reason`) plus one, 0 when unknown.
@@ -318,6 +320,8 @@ pub mod names {
     /// Globals: `sk_buff.cb` and `tcp_skb_cb.tcp_gso_segs` (from BTF; 0: unknown).
     pub const SKB_CB_OFFSET: &str = "SKB_CB_OFFSET";
     pub const GSO_SEGS_OFFSET: &str = "GSO_SEGS_OFFSET";
+    /// Global: `tcp_sock.segs_out` (from BTF; 0: unknown).
+    pub const SEGS_OUT_OFFSET: &str = "SEGS_OUT_OFFSET";
     /// Global: offset of `err` in tcp:tcp_retransmit_skb's record (0: no such field).
     pub const RETRANSMIT_ERR_OFFSET: &str = "RETRANSMIT_ERR_OFFSET";
     pub const DROP_PROGRAM: &str = "kfree_skb";

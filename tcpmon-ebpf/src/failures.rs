@@ -31,6 +31,10 @@ pub(crate) static DEV_NET_OFFSET: Global<u32> = Global::new(0);
 pub(crate) static SKB_CB_OFFSET: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 pub(crate) static GSO_SEGS_OFFSET: Global<u32> = Global::new(0);
+/// `tcp_sock.segs_out`, from BTF: the connection's segments sent in all, against which
+/// user space judges what share it retransmits (0: unknown).
+#[unsafe(no_mangle)]
+pub(crate) static SEGS_OUT_OFFSET: Global<u32> = Global::new(0);
 /// Offset of the record's `err` on kernels that trace failed retransmits too (0: the
 /// field does not exist and every event went out). Only those that went out count, as
 /// in RetransSegs.
@@ -65,7 +69,8 @@ fn record(
     family: u16,
     ports: (u16, u16),
     addrs: [(u64, u64); 2],
-    count: u16,
+    // How many (segments, or 1), and the connection's segments sent (0: none, unknown).
+    (count, segs_out): (u16, u32),
 ) {
     submit(&Fields {
         // SAFETY: helper without preconditions.
@@ -74,7 +79,7 @@ fn record(
         saddr: addrs[0],
         daddr: addrs[1],
         netns,
-        tgid: 0,
+        tgid: segs_out,
         sport: ports.0,
         dport: ports.1,
         family,
@@ -83,6 +88,17 @@ fn record(
         newstate: (count >> 8) as u8,
         comm: (0, 0),
     });
+}
+
+/// `tcp_sk(sk)->segs_out`, 0 when it cannot be read.
+#[inline(always)]
+fn segs_out_of(skaddr: u64) -> u32 {
+    let offset = SEGS_OUT_OFFSET.load();
+    if skaddr == 0 || offset == 0 {
+        return 0;
+    }
+    // SAFETY: probe reads tolerate any address.
+    unsafe { bpf_probe_read_kernel((skaddr + u64::from(offset)) as *const u32) }.unwrap_or(0)
 }
 
 /// `TCP_SKB_CB(skb)->tcp_gso_segs`, 0 when it cannot be read.
@@ -127,7 +143,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
         family,
         (sport, dport),
         [saddr, daddr],
-        segments_of(skbaddr),
+        (segments_of(skbaddr), segs_out_of(skaddr)),
     );
     0
 }
@@ -156,7 +172,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
         family,
         (sport, dport),
         [saddr, daddr],
-        1,
+        (1, 0),
     );
     0
 }
@@ -201,7 +217,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         family,
         (sport, dport),
         [saddr, daddr],
-        reason,
+        (reason, 0),
     );
     0
 }
@@ -310,7 +326,7 @@ fn dropped_tcp(skbaddr: u64, v6: bool, reason: u32) -> Option<()> {
             family,
             (sport, dport),
             [saddr, daddr],
-            reason as u16,
+            (reason as u16, 0),
         );
     }
     Some(())

@@ -357,6 +357,15 @@ pub struct ThresholdArgs {
     #[arg(long, value_name = "PCT", value_parser = parse_pct,
           default_value_t = Thresholds::DEFAULT.port_exhaustion_crit_pct)]
     pub port_exhaustion_crit: f64,
+    /// Segments retransmitted toward one remote IP, % of those sent, to warn (snapshots:
+    /// tcp_info; live: the connections that retransmitted in the window).
+    #[arg(long, value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.retrans_warn_pct)]
+    pub retrans_warn: f64,
+    /// ... and to call it critical.
+    #[arg(long, value_name = "PCT", value_parser = parse_pct,
+          default_value_t = Thresholds::DEFAULT.retrans_crit_pct)]
+    pub retrans_crit: f64,
 }
 
 impl ThresholdArgs {
@@ -370,6 +379,8 @@ impl ThresholdArgs {
         t.per_ip_crit = self.per_ip_crit;
         t.port_exhaustion_warn_pct = self.port_exhaustion_warn;
         t.port_exhaustion_crit_pct = self.port_exhaustion_crit;
+        t.retrans_warn_pct = self.retrans_warn;
+        t.retrans_crit_pct = self.retrans_crit;
     }
 
     pub fn thresholds(&self) -> Thresholds {
@@ -385,14 +396,6 @@ impl ThresholdArgs {
 pub struct AuditThresholdArgs {
     #[command(flatten)]
     pub shared: ThresholdArgs,
-    /// Segments retransmitted toward one remote IP, % of those sent, to warn (tcp_info).
-    #[arg(long, value_name = "PCT", value_parser = parse_pct,
-          default_value_t = Thresholds::DEFAULT.retrans_warn_pct)]
-    pub retrans_warn: f64,
-    /// ... and to call it critical.
-    #[arg(long, value_name = "PCT", value_parser = parse_pct,
-          default_value_t = Thresholds::DEFAULT.retrans_crit_pct)]
-    pub retrans_crit: f64,
     /// Segments sent toward a remote IP below which its retransmit ratio is not judged.
     #[arg(long, value_name = "N", default_value_t = Thresholds::DEFAULT.retrans_min_segs)]
     pub retrans_min_segs: u64,
@@ -405,8 +408,6 @@ pub struct AuditThresholdArgs {
 impl AuditThresholdArgs {
     pub fn thresholds(&self) -> Thresholds {
         let mut t = self.shared.thresholds();
-        t.retrans_warn_pct = self.retrans_warn;
-        t.retrans_crit_pct = self.retrans_crit;
         t.retrans_min_segs = self.retrans_min_segs;
         t.stuck_crit_bytes = self.stuck_crit_bytes;
         t
@@ -431,7 +432,8 @@ pub struct LiveThresholdArgs {
           default_value_t = Thresholds::DEFAULT.syn_rate)]
     pub syn_rate: f64,
     /// Segments retransmitted per second toward one remote IP that raise a warning
-    /// (critical at ten times it).
+    /// (critical at ten times it), where the kernel does not say the segments sent (else
+    /// the share is judged, --retrans-warn).
     #[arg(long, value_name = "N", value_parser = parse_rate,
           default_value_t = Thresholds::DEFAULT.retransmit_rate)]
     pub retransmit_rate: f64,

@@ -204,6 +204,19 @@ fn scenario<K: Sink>(sink: &mut K, until_drained: bool) -> Engine<FakeHost, Fake
     ));
     (dropped.kind, dropped.oldstate, dropped.newstate) = (tcpmon_common::kind::DROP, 12, 0);
     engine.source_mut().unwrap().push(dropped);
+    // The server sends 3 segments again to a client, on a connection that sent 40.
+    let mut retransmit = encode_transition(&transition(
+        0,
+        now + 30 * SEC,
+        ("10.0.0.5", 8080),
+        ("198.51.100.7", 53000),
+        Established,
+        Established,
+    ));
+    (retransmit.kind, retransmit.oldstate, retransmit.newstate) =
+        (tcpmon_common::kind::RETRANSMIT, 3, 0);
+    retransmit.tgid = 40;
+    engine.source_mut().unwrap().push(retransmit);
     // ... and a scanner's connect to a closed port is refused.
     let mut refused = encode_transition(&transition(
         0,

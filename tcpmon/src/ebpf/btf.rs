@@ -131,6 +131,12 @@ impl KernelTypes {
         ))
     }
 
+    /// `tcp_sock.segs_out`: a connection's segments sent in all, retransmissions included
+    /// (what tcp_info's `tcpi_segs_out` reports).
+    pub fn segs_out_offset(&self) -> Result<u32, BtfError> {
+        self.byte_offset("tcp_sock", "segs_out")
+    }
+
     /// `sk_buff.head` and `sk_buff.network_header`: where a packet's IP header is.
     pub fn skb_header_offsets(&self) -> Result<(u32, u32), BtfError> {
         Ok((
@@ -232,6 +238,11 @@ mod tests {
             .gso_segs_offsets()
             .expect("sk_buff.cb and tcp_gso_segs");
         assert!(cb > 0 && gso_segs < 48, "{cb} {gso_segs}");
+        let segs_out = types.segs_out_offset().expect("tcp_sock.segs_out");
+        assert!(
+            segs_out > 1000,
+            "{segs_out}: past struct sock inside tcp_sock"
+        );
         assert!(
             skb_dev > 0 && skb_dev < 64 && dev_net > 0,
             "{skb_dev} {dev_net}"

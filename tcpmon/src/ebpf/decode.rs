@@ -14,8 +14,10 @@ pub enum Record {
     SynAckRetransmit(Endpoints),
     /// A SYN reached a listener (cgroup skb ingress), cookie or request socket.
     SynRequest(Endpoints),
-    /// A connection's segments were sent again (how many), a reset sent (local is the
-    /// sender) or received (1).
+    /// A connection's segments were sent again: how many, and the connection's segments
+    /// sent in all when the kernel's layout let them be read.
+    Retransmit(Endpoints, u32, Option<u32>),
+    /// A reset was sent (local is the sender) or received: one each.
     Failure(Failure, Endpoints, u32),
     /// A reset was sent (local is the sender), with its reason (`enum sk_rst_reason`'s
     /// value on this kernel) when the kernel says it.
@@ -98,7 +100,8 @@ pub fn decode_event(raw: &SockEvent) -> Result<Record, DecodeError> {
         kind::SYN_REQUEST => Ok(Record::SynRequest(at)),
         kind::RETRANSMIT => {
             let segments = u32::from(raw.oldstate) | u32::from(raw.newstate) << 8;
-            Ok(Record::Failure(Failure::Retransmit, at, segments.max(1)))
+            let sent = (raw.tgid != 0).then_some(raw.tgid);
+            Ok(Record::Retransmit(at, segments.max(1), sent))
         }
         kind::RESET_SENT => {
             let coded = u16::from(raw.oldstate) | u16::from(raw.newstate) << 8;
@@ -242,14 +245,21 @@ mod tests {
                 prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::ResetSent(at, Some(2))));
                 return Ok(());
             }
-            prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 1)));
-            if failure == Failure::Retransmit {
-                // A 45-segment burst: low byte in oldstate, high in newstate.
-                (raw.oldstate, raw.newstate) = (45, 0);
-                prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 45)));
-                (raw.oldstate, raw.newstate) = (0x2c, 0x01);
-                prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 300)));
+            if failure == Failure::ResetReceived {
+                prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Failure(failure, at, 1)));
+                return Ok(());
             }
+            prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Retransmit(at, 1, None)));
+            // A 45-segment burst: low byte in oldstate, high in newstate.
+            (raw.oldstate, raw.newstate) = (45, 0);
+            prop_assert_eq!(decode(raw.as_bytes()), Ok(Record::Retransmit(at, 45, None)));
+            (raw.oldstate, raw.newstate) = (0x2c, 0x01);
+            // ... on a connection that sent 70,000 segments in all.
+            raw.tgid = 70_000;
+            prop_assert_eq!(
+                decode(raw.as_bytes()),
+                Ok(Record::Retransmit(at, 300, Some(70_000)))
+            );
         }
 
         #[test]

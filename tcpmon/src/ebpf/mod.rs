@@ -392,6 +392,15 @@ impl Probe {
             _ => 0,
         };
         let (sk_net, net_inum) = offsets.map_or((0, 0), |o| (o.sk_net, o.net_inum));
+        // A connection's segments sent, for the share of them it retransmits.
+        let segs_out = match types.as_ref().map(KernelTypes::segs_out_offset) {
+            Ok(Ok(offset)) => offset,
+            Ok(Err(e)) if options.failures => {
+                notes.push(format!("retransmit storms are judged by rate, not by their share of the segments sent ({e})"));
+                0
+            }
+            _ => 0,
+        };
         // Offsets only the failure programs read: (0, 0) and a note when BTF lacks them.
         let mut failure_offsets = |find: fn(&KernelTypes) -> Result<(u32, u32), BtfError>,
                                    without: &str| {
@@ -506,6 +515,7 @@ impl Probe {
             .override_global(names::DEV_NET_OFFSET, &dev_net, true)
             .override_global(names::SKB_CB_OFFSET, &skb_cb, true)
             .override_global(names::GSO_SEGS_OFFSET, &gso_segs, true)
+            .override_global(names::SEGS_OUT_OFFSET, &segs_out, true)
             .override_global(names::RETRANSMIT_ERR_OFFSET, &retransmit_err, true)
             .override_global(names::SEND_RESET_REASON_OFFSET, &send_reset_reason, true)
             .override_global(names::SKB_HEAD_OFFSET, &skb_head, true)

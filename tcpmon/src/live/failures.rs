@@ -21,6 +21,11 @@ pub struct FailureCounts {
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
+    /// Segments sent by connections that retransmitted, each counted from its previous
+    /// retransmit (or from its start, at its first): what the retransmits are a share of.
+    /// 0 where the kernel's layout did not let them be read.
+    #[serde(default)]
+    pub segments_sent: u64,
 }
 
 impl FailureCounts {
@@ -32,8 +37,23 @@ impl FailureCounts {
         }
     }
 
+    pub fn merge(&mut self, other: &Self) {
+        self.retransmits += other.retransmits;
+        self.resets_sent += other.resets_sent;
+        self.resets_received += other.resets_received;
+        self.segments_sent += other.segments_sent;
+    }
+
+    /// Failures in all (segments sent are not failures).
     pub fn total(&self) -> u64 {
         self.retransmits + self.resets_sent + self.resets_received
+    }
+
+    /// Retransmitted segments as a percentage of the segments those connections sent,
+    /// when known.
+    pub fn retransmit_pct(&self) -> Option<f64> {
+        (self.segments_sent > 0)
+            .then(|| (self.retransmits as f64 * 100.0 / self.segments_sent as f64).min(100.0))
     }
 }
 
@@ -103,12 +123,14 @@ impl<K: std::hash::Hash + Eq + Copy + Ord> Bounded<K> {
     }
 
     fn add(&mut self, key: K, failure: Failure, count: u64) {
-        if let Some(counts) = self.exact.get_mut(&key) {
-            counts.add(failure, count);
-        } else if self.exact.len() < self.cap {
-            self.exact.entry(key).or_default().add(failure, count);
+        self.counts_of(key).add(failure, count);
+    }
+
+    fn counts_of(&mut self, key: K) -> &mut FailureCounts {
+        if self.exact.len() < self.cap || self.exact.contains_key(&key) {
+            self.exact.entry(key).or_default()
         } else {
-            self.beyond.add(failure, count);
+            &mut self.beyond
         }
     }
 
@@ -118,9 +140,7 @@ impl<K: std::hash::Hash + Eq + Copy + Ord> Bounded<K> {
         all.sort_unstable_by(|a, b| b.1.total().cmp(&a.1.total()).then(a.0.cmp(&b.0)));
         let mut other = self.beyond;
         for (_, c) in all.iter().skip(top) {
-            other.retransmits += c.retransmits;
-            other.resets_sent += c.resets_sent;
-            other.resets_received += c.resets_received;
+            other.merge(c);
         }
         all.truncate(top);
         (all, other)
@@ -139,7 +159,18 @@ pub struct FailureTally {
     by_port: Bounded<(Direction, u16)>,
     window_peer: Bounded<IpAddr>,
     window_port: Bounded<(Direction, u16)>,
+    /// Each retransmitting connection's segments sent when it last retransmitted, by
+    /// socket address, with the window it was seen in (to forget it when idle).
+    last_sent: FxHashMap<u64, (u32, u64)>,
+    windows: u64,
 }
+
+/// Connections whose segments sent are remembered between their retransmits; beyond,
+/// a connection's are counted from its start each time (a larger denominator: a
+/// smaller share, never a false alarm).
+const LAST_SENT_CAP: usize = 65_536;
+/// Windows after which a connection that stopped retransmitting is forgotten.
+const LAST_SENT_IDLE_WINDOWS: u64 = 60;
 
 /// Failures per remote IP and service port over one evaluation window (what the
 /// detectors judge); keys beyond the bound are not judged.
@@ -160,6 +191,8 @@ impl FailureTally {
             by_port: Bounded::new(cap),
             window_peer: Bounded::new(cap),
             window_port: Bounded::new(cap),
+            last_sent: FxHashMap::default(),
+            windows: 0,
         }
     }
 
@@ -168,6 +201,11 @@ impl FailureTally {
         let cap = self.window_peer.cap;
         let peers = std::mem::replace(&mut self.window_peer, Bounded::new(cap));
         let ports = std::mem::replace(&mut self.window_port, Bounded::new(cap));
+        self.windows += 1;
+        if self.windows.is_multiple_of(LAST_SENT_IDLE_WINDOWS) {
+            let oldest = self.windows - LAST_SENT_IDLE_WINDOWS;
+            self.last_sent.retain(|_, (_, seen)| *seen >= oldest);
+        }
         FailureWindow {
             peers: peers.exact.into_iter().collect(),
             ports: ports.exact.into_iter().collect(),
@@ -193,6 +231,48 @@ impl FailureTally {
         self.by_port.add(port, failure, count);
         self.window_peer.add(peer, failure, count);
         self.window_port.add(port, failure, count);
+    }
+
+    /// Segments retransmitted on the connection at `skaddr`, which has sent `segs_out` in
+    /// all (when the kernel said): its segments sent since its previous retransmit are
+    /// added where its retransmits are.
+    pub fn add_retransmit(
+        &mut self,
+        segments: u64,
+        sent: Option<(u64, u32)>,
+        local: u16,
+        remote: (IpAddr, u16),
+        range: PortRange,
+    ) {
+        self.add(Failure::Retransmit, segments, local, remote, range);
+        let Some((skaddr, segs_out)) = sent else {
+            return;
+        };
+        let since = match self.last_sent.get(&skaddr) {
+            // Fewer than before: the address holds a new connection.
+            Some(&(last, _)) if segs_out >= last => segs_out - last,
+            _ => segs_out,
+        };
+        if self.last_sent.len() < LAST_SENT_CAP || self.last_sent.contains_key(&skaddr) {
+            self.last_sent.insert(skaddr, (segs_out, self.windows));
+        }
+        let since = u64::from(since);
+        let (peer, port) = (
+            canonical_ip(remote.0),
+            Direction::of(local, remote.1, range),
+        );
+        self.totals.segments_sent += since;
+        self.by_peer.counts_of(peer).segments_sent += since;
+        self.by_port.counts_of(port).segments_sent += since;
+        self.window_peer.counts_of(peer).segments_sent += since;
+        self.window_port.counts_of(port).segments_sent += since;
+    }
+
+    /// The connection at `skaddr` closed: a later one there starts afresh.
+    pub fn forget(&mut self, skaddr: u64) {
+        if !self.last_sent.is_empty() {
+            self.last_sent.remove(&skaddr);
+        }
     }
 
     /// A reset sent for `reason` (counted by [`Self::add`] too).
@@ -238,7 +318,7 @@ impl FailureTally {
 
     /// Entries held (for the bounded-memory promise).
     pub fn entries(&self) -> usize {
-        self.by_peer.exact.len() + self.by_port.exact.len()
+        self.by_peer.exact.len() + self.by_port.exact.len() + self.last_sent.len()
     }
 }
 
@@ -296,7 +376,8 @@ mod tests {
             FailureCounts {
                 retransmits: 6,
                 resets_sent: 3,
-                resets_received: 1
+                resets_received: 1,
+                segments_sent: 0,
             }
         );
         assert_eq!(r.by_peer[0].ip, ip(1));
@@ -316,6 +397,64 @@ mod tests {
             Some(1)
         );
         assert_eq!(r.peers_other, FailureCounts::default());
+    }
+
+    #[test]
+    fn segments_sent_are_counted_between_a_connections_retransmits() {
+        let range = PortRange::LINUX_DEFAULT;
+        let mut t = FailureTally::new(100);
+        let server = (ip(9), 443);
+        let (a, b) = (0xa000, 0xb000);
+        // A's first retransmit: everything it sent since it opened.
+        t.add_retransmit(2, Some((a, 100)), 50000, server, range);
+        // Its next: only what it sent since.
+        t.add_retransmit(1, Some((a, 150)), 50000, server, range);
+        t.add_retransmit(1, Some((b, 40)), 50001, server, range);
+        let w = t.take_window();
+        assert_eq!(w.peers[0].1.retransmits, 4);
+        assert_eq!(w.peers[0].1.segments_sent, 190);
+        assert_eq!(w.peers[0].1.retransmit_pct(), Some(4.0 * 100.0 / 190.0));
+        // A closed; a new connection at its address counts from its start.
+        t.forget(a);
+        t.add_retransmit(1, Some((a, 30)), 50002, server, range);
+        // B's address holds a new connection too (fewer segments than before), unseen
+        // close or not.
+        t.add_retransmit(1, Some((b, 10)), 50003, server, range);
+        // A kernel that does not say: the retransmit counts, no segments.
+        t.add_retransmit(3, None, 50004, server, range);
+        let w = t.take_window();
+        assert_eq!(
+            (w.peers[0].1.retransmits, w.peers[0].1.segments_sent),
+            (5, 40)
+        );
+        let r = t.record(10, &ReasonNames::default());
+        assert_eq!((r.totals.retransmits, r.totals.segments_sent), (9, 230));
+        assert_eq!(r.by_port[0].port, 443);
+        assert_eq!(r.by_port[0].counts.segments_sent, 230);
+        assert_eq!(FailureCounts::default().retransmit_pct(), None);
+    }
+
+    #[test]
+    fn connections_that_stop_retransmitting_are_forgotten() {
+        let range = PortRange::LINUX_DEFAULT;
+        let mut t = FailureTally::new(10);
+        for sk in 0..100u64 {
+            t.add_retransmit(1, Some((sk, 10)), 50000, (ip(1), 443), range);
+        }
+        assert_eq!(t.entries(), 2 + 100);
+        for _ in 0..LAST_SENT_IDLE_WINDOWS {
+            t.take_window();
+        }
+        assert_eq!(
+            t.entries(),
+            2 + 100,
+            "idle for fewer windows than the limit"
+        );
+        t.add_retransmit(1, Some((7, 20)), 50000, (ip(1), 443), range);
+        for _ in 0..LAST_SENT_IDLE_WINDOWS {
+            t.take_window();
+        }
+        assert_eq!(t.entries(), 2 + 1, "only the one seen since is kept");
     }
 
     #[test]

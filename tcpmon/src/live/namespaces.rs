@@ -251,6 +251,21 @@ impl Namespaces {
         true
     }
 
+    /// Segments retransmitted in another namespace: tallied when that namespace is.
+    pub fn retransmitted(&mut self, segments: u64, sent: Option<u32>, at: &Endpoints) -> bool {
+        let Some(scope) = self.tracked.get_mut(&u64::from(at.netns)) else {
+            return false;
+        };
+        scope.failures.add_retransmit(
+            segments,
+            sent.map(|s| (at.skaddr, s)),
+            at.local_port,
+            (at.remote_ip, at.remote_port),
+            scope.port_range,
+        );
+        true
+    }
+
     /// A TCP packet dropped in another namespace: tallied when that namespace is.
     pub fn dropped(&mut self, netns: u32, reason: u16) -> bool {
         let Some(scope) = self.tracked.get_mut(&u64::from(netns)) else {

@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    failures::FailureWindow,
+    failures::{FailureCounts, FailureWindow},
     syn::{SynCoverage, SynWindow},
     tally::{CloseWaitView, Since, TallyView},
 };
@@ -247,6 +247,42 @@ pub fn listener_owners(
 }
 
 /// The plural ending for a count of `n`.
+/// `n` failures in `secs` against a per-second threshold (critical at ten times it):
+/// the severity and rate, with at least [`MIN_WINDOW_FAILURES`] to judge.
+fn failure_rate(n: u64, secs: f64, threshold: f64) -> Option<(Severity, f64)> {
+    let rate = n as f64 / secs;
+    (n >= MIN_WINDOW_FAILURES)
+        .then(|| severity(rate, threshold, threshold * 10.0))
+        .flatten()
+        .map(|sev| (sev, rate))
+}
+
+/// A remote IP's retransmits over a window: judged as a share of the segments its
+/// retransmitting connections sent (as the snapshot audit judges tcp_info's), or by
+/// rate where the kernel did not say the segments sent.
+fn retransmit_storm(
+    ip: &IpAddr,
+    c: &FailureCounts,
+    secs: f64,
+    t: &Thresholds,
+) -> Option<(Severity, String)> {
+    if c.retransmits < MIN_WINDOW_FAILURES {
+        return None;
+    }
+    let Some(pct) = c.retransmit_pct() else {
+        let (sev, rate) = failure_rate(c.retransmits, secs, t.retransmit_rate)?;
+        return Some((sev, format!(
+            "{rate:.0} segments/s retransmitted toward {ip} ({} in {secs:.1}s; warning above {}/s, critical above {}/s): packets to or from it are being lost",
+            c.retransmits, t.retransmit_rate, t.retransmit_rate * 10.0
+        )));
+    };
+    let sev = severity(pct, t.retrans_warn_pct, t.retrans_crit_pct)?;
+    Some((sev, format!(
+        "{pct:.1}% of the segments sent toward {ip} were retransmitted ({} of {} in {secs:.1}s, on the connections that retransmitted; warning above {}%, critical above {}%): packets to or from it are being lost",
+        c.retransmits, c.segments_sent, t.retrans_warn_pct, t.retrans_crit_pct
+    )))
+}
+
 pub fn plural(n: u64) -> &'static str {
     if n == 1 {
         ""
@@ -401,22 +437,10 @@ impl Detector {
         }
         // Retransmit and reset storms.
         let secs = inputs.window_secs.max(1e-3);
-        let storm = |n: u64, threshold: f64| {
-            let rate = n as f64 / secs;
-            (n >= MIN_WINDOW_FAILURES)
-                .then(|| severity(rate, threshold, threshold * 10.0))
-                .flatten()
-                .map(|sev| (sev, rate))
-        };
+        let storm = |n: u64, threshold: f64| failure_rate(n, secs, threshold);
         for (ip, c) in &inputs.failures.peers {
-            if let Some((sev, rate)) = storm(c.retransmits, t.retransmit_rate) {
-                firing.insert(
-                    ("retransmits", ip.to_string()),
-                    (sev, format!(
-                        "{rate:.0} segments/s retransmitted toward {ip} ({} in {secs:.1}s; warning above {}/s, critical above {}/s): packets to or from it are being lost",
-                        c.retransmits, t.retransmit_rate, t.retransmit_rate * 10.0
-                    )),
-                );
+            if let Some((sev, message)) = retransmit_storm(ip, c, secs, t) {
+                firing.insert(("retransmits", ip.to_string()), (sev, message));
             }
             let resets = c.resets_sent + c.resets_received;
             if let Some((sev, rate)) = storm(resets, t.reset_rate) {
@@ -703,6 +727,54 @@ mod tests {
             },
         )];
         assert!(d.evaluate(&view(), &i).is_empty());
+    }
+
+    #[test]
+    fn retransmits_are_judged_by_their_share_where_the_segments_sent_are_known() {
+        use crate::live::failures::FailureCounts;
+        let peers = |list: &[(u8, u64, u64)]| {
+            list.iter()
+                .map(|&(last, retransmits, segments_sent)| {
+                    (
+                        IpAddr::from([10, 0, 0, last]),
+                        FailureCounts {
+                            retransmits,
+                            segments_sent,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mut d = Detector::new(Thresholds::DEFAULT);
+        let mut i = inputs(SEC);
+        i.failures.peers = peers(&[
+            // 5% of 2,000 segments: a warning (above 2%), though only 100 segments/s.
+            (1, 100, 2_000),
+            // 15%: critical (above 10%).
+            (2, 30, 200),
+            // 2,000 segments/s retransmitted, but 1% of a fast link's: not a storm.
+            (3, 2_000, 200_000),
+            // 9 of 10: too few to judge.
+            (4, 9, 10),
+        ]);
+        let a = d.evaluate(&view(), &i);
+        let fired: Vec<(&str, Severity)> =
+            a.iter().map(|a| (a.subject.as_str(), a.severity)).collect();
+        assert_eq!(
+            fired,
+            vec![
+                ("10.0.0.1", Severity::Warning),
+                ("10.0.0.2", Severity::Critical)
+            ]
+        );
+        assert!(
+            a[0].message
+                .starts_with("5.0% of the segments sent toward 10.0.0.1"),
+            "{}",
+            a[0].message
+        );
+        assert!(a[0].message.contains("100 of 2000"), "{}", a[0].message);
     }
 
     #[test]

@@ -24,8 +24,9 @@ pub struct Thresholds {
     /// Live: SYNs per second on one listener, with under half completing, that mean a
     /// SYN flood.
     pub syn_rate: f64,
-    /// Live: segments retransmitted per second toward one remote IP above which to warn
-    /// (critical at ten times it).
+    /// Live, on kernels that do not say a connection's segments sent: segments
+    /// retransmitted per second toward one remote IP above which to warn (critical at ten
+    /// times it). Elsewhere the share is judged, as `retrans_warn_pct`.
     pub retransmit_rate: f64,
     /// Live: resets per second sent on one local port (connections refused), or
     /// exchanged with one remote IP, above which to warn (critical at ten times it).
@@ -38,8 +39,9 @@ pub struct Thresholds {
     pub port_exhaustion_warn_pct: f64,
     /// ... and to call it critical.
     pub port_exhaustion_crit_pct: f64,
-    /// Snapshot (tcp_info): segments retransmitted toward one remote IP, % of those sent,
-    /// to warn ...
+    /// Segments retransmitted toward one remote IP, % of those sent, to warn: in a
+    /// snapshot from tcp_info, live over a window of the connections that retransmitted
+    /// (with at least 10 retransmitted) ...
     pub retrans_warn_pct: f64,
     /// ... and to call it critical.
     pub retrans_crit_pct: f64,

@@ -119,8 +119,11 @@ pub fn tally_line(w: &mut dyn Write, r: &TallyRecord) -> io::Result<()> {
     let failures = match r.mode {
         Mode::Ebpf => {
             let f = &r.failures.totals;
+            let share = f.retransmit_pct().map_or_else(String::new, |pct| {
+                format!(" ({pct:.1}% of those connections' segments)")
+            });
             format!(
-                " | retransmits {} resets sent {} received {} drops {}",
+                " | retransmits {}{share} resets sent {} received {} drops {}",
                 f.retransmits, f.resets_sent, f.resets_received, r.failures.drops
             )
         }

@@ -131,28 +131,48 @@ fn retransmits_are_counted_as_the_kernel_counts_them_and_placed() {
     drop_on_input(&ns, "tcp dport 7070 numgen random mod 10 < 1");
     let watcher = watch(&ns);
     let before = nstat_one(&ns, "TcpRetransSegs");
-    // 4 MiB in 16 KiB writes, read to the end by the server.
+    // 4 MiB in 16 KiB writes, all read by the server; the connection stays open.
     let server = thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 0usize;
-        loop {
+        while total < 4 << 20 {
             match s.read(&mut buf).unwrap() {
-                0 => break total,
+                0 => break,
                 n => total += n,
             }
         }
+        (total, s)
     });
-    ns.run(|| {
+    let client = ns.run(|| {
         let mut c = TcpStream::connect("127.0.0.1:7070").unwrap();
         let chunk = vec![7u8; 16 << 10];
         for _ in 0..256 {
             c.write_all(&chunk).unwrap();
         }
+        c
     });
-    assert_eq!(server.join().unwrap(), 4 << 20);
-    let after = nstat_one(&ns, "TcpRetransSegs");
-    let failures = failures_now(&watcher);
+    let (received, server_side) = server.join().unwrap();
+    assert_eq!(received, 4 << 20);
+    // The connection stays open (for its tcp_info) and may still send a late retransmit:
+    // the figures are compared once a tally came with no drop before or after it.
+    let (after, failures, nft_dropped, segs_out) = (0..5)
+        .find_map(|_| {
+            let nft_before = dropped_on_input(&ns);
+            let after = nstat_one(&ns, "TcpRetransSegs");
+            let failures = failures_now(&watcher);
+            // What the client sent in all, as tcp_info says it, read after tcpmon's
+            // tally (its count only grows).
+            let ss = ns.exec_ok(&["ss", "-tinH", "dport = :7070"]);
+            let segs_out: u64 = ss
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("segs_out:"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no segs_out in {ss}"));
+            (dropped_on_input(&ns) == nft_before).then_some((after, failures, nft_before, segs_out))
+        })
+        .expect("a quiet tally in five");
+    drop((client, server_side));
     let kernel = after - before;
     let seen = failures["retransmits"].as_u64().unwrap();
     eprintln!("retransmits: tcpmon {seen}, TcpRetransSegs {kernel}");
@@ -167,8 +187,26 @@ fn retransmits_are_counted_as_the_kernel_counts_them_and_placed() {
         .unwrap_or_else(|| panic!("{failures}"));
     assert_eq!(port["direction"], "out");
     assert_eq!(failures["by_peer"][0]["ip"], "127.0.0.1");
+    // The share: the segments sent are the client's, counted up to its last retransmit.
+    // Loopback drops whole GSO packets of dozens of segments, so the last one can come
+    // hundreds of segments before the end.
+    let sent = failures["by_peer"][0]["segments_sent"].as_u64().unwrap();
+    eprintln!("segments sent: tcpmon {sent} up to the last retransmit, tcp_info {segs_out}");
+    assert!(
+        sent <= segs_out && sent * 10 >= segs_out * 4,
+        "tcpmon {sent} vs tcp_info {segs_out}"
+    );
+    // A tenth dropped: a share well above the 2% that warns, and alerted as a share.
+    let lines = watcher.lines();
+    let alert = records(&lines, "alert")
+        .find(|a| a["rule"] == "retransmits" && a["subject"] == "127.0.0.1")
+        .unwrap_or_else(|| panic!("no retransmits alert: {lines:?}"));
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("% of the segments sent toward 127.0.0.1"),
+        "{message}"
+    );
     // Every packet the rule dropped is a drop with the kernel's own reason.
-    let nft_dropped = dropped_on_input(&ns);
     let netfilter = failures["drops_by_reason"]
         .as_array()
         .unwrap()

@@ -77,7 +77,9 @@ pub enum EngineError {
 /// A failure event as the tallies take it.
 #[derive(Clone, Copy, Debug)]
 enum FailureEvent {
-    /// Segments retransmitted, or a reset (sent, with its reason when known).
+    /// Segments retransmitted, and the connection's segments sent in all when known.
+    Retransmitted(u64, Option<u32>),
+    /// A reset (sent, with its reason when known).
     Counted(Failure, u64, Option<u16>),
     /// A TCP packet dropped, for the kernel's reason.
     Dropped(u16),
@@ -376,6 +378,9 @@ impl<H: Host, S: EventSource> Engine<H, S> {
             Ok(Record::ResetSent(at, reason)) => {
                 self.failure_event(&at, FailureEvent::Counted(Failure::ResetSent, 1, reason));
             }
+            Ok(Record::Retransmit(at, segments, sent)) => {
+                self.failure_event(&at, FailureEvent::Retransmitted(u64::from(segments), sent));
+            }
             Ok(Record::Failure(failure, at, count)) => {
                 self.failure_event(&at, FailureEvent::Counted(failure, u64::from(count), None));
             }
@@ -393,6 +398,13 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         if at.netns == 0 || self.cfg.own_netns.is_none_or(|own| own == at.netns) {
             match event {
                 FailureEvent::Dropped(reason) => self.failures.add_drop(reason),
+                FailureEvent::Retransmitted(segments, sent) => self.failures.add_retransmit(
+                    segments,
+                    sent.map(|s| (at.skaddr, s)),
+                    at.local_port,
+                    (at.remote_ip, at.remote_port),
+                    self.port_range,
+                ),
                 FailureEvent::Counted(failure, count, reset_reason) => {
                     let remote = (at.remote_ip, at.remote_port);
                     self.failures
@@ -406,6 +418,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         }
         let tallied = self.others.as_mut().is_some_and(|others| match event {
             FailureEvent::Dropped(reason) => others.dropped(at.netns, reason),
+            FailureEvent::Retransmitted(segments, sent) => others.retransmitted(segments, sent, at),
             FailureEvent::Counted(failure, count, reset_reason) => {
                 others.failure(failure, count, at, reset_reason)
             }
@@ -452,6 +465,7 @@ impl<H: Host, S: EventSource> Engine<H, S> {
                         self.syn.tracker.completed(local_of(&t.at));
                     }
                     (TcpState::Close, TcpState::SynSent) => self.received.active_opens += 1,
+                    (_, TcpState::Close) => self.failures.forget(t.at.skaddr),
                     _ => {}
                 }
             }

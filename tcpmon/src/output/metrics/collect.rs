@@ -712,10 +712,15 @@ type CountOf = fn(&FailureCounts) -> u64;
 /// moves both ways as the listed ones change; rates come from the totals).
 fn failure_metrics(r: &mut Registry, t: &TallyRecord) {
     let f = &t.failures;
-    let kinds: [(&str, &str, CountOf); 3] = [
+    let kinds: [(&str, &str, CountOf); 4] = [
         ("retransmit_segments", "Segments retransmitted", |c| {
             c.retransmits
         }),
+        (
+            "retransmitting_segments_sent",
+            "Segments sent by connections that retransmitted (from each one's previous retransmit, or its start: what retransmit_segments is a share of)",
+            |c| c.segments_sent,
+        ),
         ("resets_sent", "Resets sent", |c| c.resets_sent),
         (
             "resets_received",

@@ -768,6 +768,7 @@ mod tests {
                 retransmits: 9,
                 resets_sent: 2,
                 resets_received: 1,
+                segments_sent: 120,
             },
         }]);
         tally.namespaces_untracked = Some(Untracked {
