@@ -27,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 pub mod ebpf;
+pub mod history;
 pub mod host;
 pub mod live;
 pub mod model;
