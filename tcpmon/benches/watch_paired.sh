@@ -45,8 +45,10 @@ for extra in b c d; do
     spread+=("$ns-$extra")
 done
 tmux_socket="tcpmon-paired-$$"
+work="$(mktemp -d)"
 cleanup_spread() {
     tmux -L "$tmux_socket" kill-server 2>/dev/null || true
+    rm -rf "$work"
     for n in "${spread[@]:1}"; do ip netns delete "$n" 2>/dev/null || true; done
     churn_netns_cleanup
 }
@@ -77,6 +79,11 @@ for ((r = 0; r < rounds; r++)); do
         fi
         if [[ "${opts[0]:-}" == serve ]]; then
             cmd="serve --listen 127.0.0.1:0"
+            # Builds that record a history do, as serve does by default, in a file of
+            # this run's.
+            if "$bin" serve --help 2>/dev/null | grep -q -- --history-interval; then
+                cmd="$cmd --history $work/history-$RANDOM.db"
+            fi
             opts=("${opts[@]:1}")
         fi
         run_churn() { in_ns "$churn" "$seconds" "$threads" | rate_of; }

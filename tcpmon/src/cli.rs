@@ -7,7 +7,8 @@ use tcpmon::{
     host::ProcRoot,
     live::{EngineConfig, ModeChoice, SourceOptions, TransitionFilter},
     model::{
-        duration::parse_duration, parse_net, EndpointFilter, Family, Severity, TcpState, Thresholds,
+        duration::{parse_duration, parse_moment, Moment},
+        parse_net, EndpointFilter, Family, Severity, TcpState, Thresholds,
     },
     snapshot::{
         analysis::{Filter, SortKey},
@@ -64,9 +65,56 @@ pub enum Command {
     /// back), or scopes every pane to a namespace; n goes to the namespaces (with
     /// --all-netns); ? shows the keys. Needs a terminal: for pipes use `watch --json`.
     Top(TopArgs),
+    /// Trends from the history serve (or watch --history) records: min/avg/max per
+    /// bucket, a chart, and capacity findings (TIME_WAIT headroom, CLOSE_WAIT growth,
+    /// the busiest hour, per-IP peaks), against the period before with --compare.
+    Trends(TrendsArgs),
     /// Write the man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrendsArgs {
+    /// The history file (default: serve's, $STATE_DIRECTORY/history.db or
+    /// /var/lib/tcpmon/history.db).
+    #[arg(long, value_name = "PATH")]
+    pub history: Option<PathBuf>,
+    /// Start of the period: a duration before now (24h, 7d) or a time (2026-12-07 08:00,
+    /// UTC).
+    #[arg(long, value_name = "WHEN", default_value = "24h", value_parser = parse_moment)]
+    pub since: Moment,
+    /// End of the period, as --since.
+    #[arg(long, value_name = "WHEN", default_value = "now", value_parser = parse_moment)]
+    pub until: Moment,
+    /// Bucket width.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub every: Duration,
+    /// What to show per bucket: states (ss names work) or other recorded series
+    /// (ipv4, ipv6, retransmits, resets_sent, resets_received, drops, transitions).
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        default_value = "ESTABLISHED,TIME_WAIT,CLOSE_WAIT"
+    )]
+    pub state: Vec<String>,
+    /// The namespace: `host` (the recorder's own) or another's inode (with serve
+    /// --all-netns).
+    #[arg(long, value_name = "host|INODE", default_value = "host")]
+    pub netns: String,
+    /// Also the period this long before (1d, 1w), side by side.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub compare: Option<Duration>,
+    /// List the listeners that appeared or went in the period.
+    #[arg(long)]
+    pub listeners: bool,
+    /// Machine-readable output (docs/schema/trends.schema.json).
+    #[arg(long)]
+    pub json: bool,
+    /// Unix seconds to take as now (tests pin their output with it).
+    #[arg(long, hide = true)]
+    pub now: Option<i64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -509,6 +557,27 @@ pub enum Mode {
     Poll,
 }
 
+/// Recording a history (`watch`, `serve`); `tcpmon trends` reads it.
+#[derive(Args, Debug, Clone)]
+pub struct HistoryArgs {
+    /// Record samples of the tallies in this SQLite file (WAL; `tcpmon trends` reads it
+    /// while this runs).
+    #[arg(long, value_name = "PATH")]
+    pub history: Option<PathBuf>,
+    /// How often a sample is recorded (no more often than a tally is made).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub history_interval: Duration,
+    /// The file's bound: over it, the oldest samples go first (raw, then minutes, then
+    /// hours).
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 20,
+          value_parser = clap::value_parser!(u64).range(65_536..))]
+    pub history_max_bytes: u64,
+    /// Move the history file aside (PATH.TIME.old) and start a new one: for a file
+    /// tcpmon refuses as damaged or not its own.
+    #[arg(long)]
+    pub history_reset: bool,
+}
+
 /// The live engine's flags, shared by `watch` and `serve`.
 #[derive(Args, Debug, Clone)]
 pub struct LiveArgs {
@@ -627,6 +696,8 @@ pub struct WatchArgs {
     pub top: u32,
     #[command(flatten)]
     pub live: LiveArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
 }
 
 impl WatchArgs {
@@ -663,6 +734,12 @@ pub struct ServeArgs {
     pub top: u32,
     #[command(flatten)]
     pub live: LiveArgs,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+    /// Record no history (serve records by default, in its state directory:
+    /// $STATE_DIRECTORY/history.db under systemd, else /var/lib/tcpmon/history.db).
+    #[arg(long, conflicts_with = "history")]
+    pub no_history: bool,
 }
 
 impl ServeArgs {

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         Command::PerPort(a) => cmd::per_port::run(a, &mut out, style),
         Command::Timewait(a) => cmd::timewait::run(a, &mut out, style),
         Command::Audit(a) => cmd::audit::run(a, &mut out, style),
+        Command::Trends(a) => cmd::trends::run(a, &mut out, style),
         Command::Watch(_) | Command::Serve(_) | Command::Top(_) | Command::Generate(_) => {
             unreachable!("handled above")
         }

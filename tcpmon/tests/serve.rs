@@ -42,7 +42,15 @@ impl Server {
     fn start_with_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
-            .args(["serve", "--mode", "poll", "--interval", "200ms", "--listen"])
+            .args([
+                "serve",
+                "--no-history",
+                "--mode",
+                "poll",
+                "--interval",
+                "200ms",
+                "--listen",
+            ])
             .arg(addr.to_string())
             .args(extra)
             .envs(env.iter().copied())
@@ -275,7 +283,7 @@ fn sigterm_during_scrapes_ends_serve_cleanly() {
 fn a_taken_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tcpmon"))
-        .args(["serve", "--mode", "poll", "--listen"])
+        .args(["serve", "--no-history", "--mode", "poll", "--listen"])
         .arg(taken.local_addr().unwrap().to_string())
         .output()
         .unwrap();
@@ -570,7 +578,15 @@ fn held_connections_cannot_starve_the_engine_of_file_descriptors() {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_tcpmon"));
     command
-        .args(["serve", "--mode", "poll", "--interval", "200ms", "--listen"])
+        .args([
+            "serve",
+            "--no-history",
+            "--mode",
+            "poll",
+            "--interval",
+            "200ms",
+            "--listen",
+        ])
         .arg(addr.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

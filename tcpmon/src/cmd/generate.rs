@@ -254,6 +254,24 @@ fn examples(subcommand: Option<&str>) -> Pairs {
                 "Without privilege or colour: polling the socket table every second.",
             ),
         ],
+        Some("trends") => &[
+            (
+                "tcpmon trends",
+                "The last day from serve's history, hour by hour, with capacity findings.",
+            ),
+            (
+                "tcpmon trends --since 30d --every 1d --compare 30d",
+                "A month day by day, against the month before.",
+            ),
+            (
+                "tcpmon trends --since 7d --listeners",
+                "The listeners that appeared or went in the last week.",
+            ),
+            (
+                "tcpmon trends --history ./h.db --json",
+                "A history watch --history ./h.db recorded, as JSON.",
+            ),
+        ],
         Some(_) => &[],
     }
 }
@@ -272,6 +290,10 @@ fn exit_statuses(subcommand: Option<&str>) -> Pairs {
         Some("top") => &[
             ("0", "Quit with q or Ctrl-C, stopped by a signal or by --duration."),
             ("2", "Not on a terminal (stdin or stdout is a pipe or a file), a usage error, or the engine could not start or failed."),
+        ],
+        Some("trends") => &[
+            ("0", "The history was read and printed (an empty period says so)."),
+            ("2", "A usage error, or the history is missing, damaged or not tcpmon's."),
         ],
         Some("serve") => &[
             ("0", "Stopped by SIGINT or SIGTERM, or by --duration."),

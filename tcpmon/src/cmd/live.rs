@@ -185,3 +185,83 @@ impl Seen {
         ));
     }
 }
+
+/// Where `serve` records when no `--history` is given: the unit's state directory.
+pub fn default_history_path() -> std::path::PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        // systemd may list several, colon-separated: the first is tcpmon's.
+        .and_then(|dirs| {
+            dirs.to_str()
+                .and_then(|d| d.split(':').next())
+                .map(std::path::PathBuf::from)
+        })
+        .unwrap_or_else(|| "/var/lib/tcpmon".into())
+        .join("history.db")
+}
+
+/// Opens the history the flags ask for and starts its writer. `default`: the path used
+/// without `--history` (serve's), where a directory that cannot be made only turns
+/// history off, with a note. A file tcpmon refuses (not its own, damaged, newer) is an
+/// error: it is never written over.
+pub fn open_history(
+    args: &crate::cli::HistoryArgs,
+    default: Option<std::path::PathBuf>,
+) -> Result<Option<tcpmon::history::recorder::Recorder>> {
+    use tcpmon::history::{recorder::Recorder, History, HistoryError};
+    let explicit = args.history.is_some();
+    let Some(path) = args.history.clone().or(default) else {
+        return Ok(None);
+    };
+    if args.history_reset {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Some(aside) = History::reset(&path, now)? {
+            stderr_line(&format!(
+                "tcpmon: the old history was moved to {}",
+                aside.display()
+            ));
+        }
+    }
+    let history = match History::open(&path, args.history_max_bytes) {
+        Ok(history) => history,
+        Err(e @ (HistoryError::Io { .. } | HistoryError::Sqlite { .. })) if !explicit => {
+            stderr_line(&format!(
+                "tcpmon: note: no history recorded ({e}); give --history PATH, or --no-history"
+            ));
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let recorder = Recorder::start(history, Box::new(stderr_line))?;
+    Ok(Some(recorder))
+}
+
+/// The sink that records into `recorder` (when there is one) around `inner`.
+pub fn history_sink<K: Sink>(
+    recorder: Option<&tcpmon::history::recorder::Recorder>,
+    args: &crate::cli::HistoryArgs,
+    inner: K,
+) -> tcpmon::history::recorder::HistorySink<K> {
+    use tcpmon::history::{recorder::HistorySink, Sampler};
+    match recorder {
+        Some(r) => {
+            let range = tcpmon::host::ProcRoot::default().port_range().size();
+            r.sink(inner, args.history_interval, Sampler::new(range))
+        }
+        None => HistorySink::without(inner),
+    }
+}
+
+/// Waits for the history's last samples to be written and says what was skipped.
+pub fn finish_history(recorder: Option<tcpmon::history::recorder::Recorder>) {
+    if let Some(recorder) = recorder {
+        let recorded = recorder.finish();
+        if recorded.skipped > 0 {
+            stderr_line(&format!(
+                "tcpmon: history: {} samples and {} alerts recorded, {} skipped (the file could not be written, or its writer was behind)",
+                recorded.samples, recorded.alerts, recorded.skipped
+            ));
+        }
+    }
+}

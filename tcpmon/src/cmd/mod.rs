@@ -13,6 +13,7 @@ pub mod serve;
 pub mod states;
 pub mod timewait;
 pub mod top;
+pub mod trends;
 mod usage;
 pub mod watch;
 
@@ -45,9 +46,11 @@ pub fn check(command: &Command) -> Result<(), String> {
         Command::PerIp(a) => ("per-ip", a),
         Command::PerPort(a) => ("per-port", a),
         Command::Timewait(a) => ("timewait", a),
-        Command::Watch(_) | Command::Serve(_) | Command::Top(_) | Command::Generate(_) => {
-            return Ok(())
-        }
+        Command::Watch(_)
+        | Command::Serve(_)
+        | Command::Top(_)
+        | Command::Generate(_)
+        | Command::Trends(_) => return Ok(()),
     };
     usage::check_snapshot(name, args)
 }

@@ -18,6 +18,10 @@ use crate::{
 pub fn run(args: &ServeArgs) -> Result<Status> {
     let stop = Stop::new();
     signals::install(&stop).context("installing signal handlers")?;
+    let recorder = live::open_history(
+        &args.history,
+        (!args.no_history).then(live::default_history_path),
+    )?;
     let listener =
         http::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let bound = listener.local_addr().unwrap_or(args.listen);
@@ -56,7 +60,11 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
         .build()
         .context("starting the async runtime")?;
     let status = runtime.block_on(async {
-        let sink = MetricsSink::new(published);
+        let sink = live::history_sink(
+            recorder.as_ref(),
+            &args.history,
+            MetricsSink::new(published),
+        );
         let Some(ended) = live::run(
             &args.live,
             args.engine_config(),
@@ -72,6 +80,7 @@ pub fn run(args: &ServeArgs) -> Result<Status> {
         ended.result?;
         Ok::<_, anyhow::Error>(Status::Clean)
     });
+    live::finish_history(recorder);
     // In-flight scrapes finish (they see the engine stopped), then the server ends.
     let _ = stop_http.send(true);
     match server.join() {

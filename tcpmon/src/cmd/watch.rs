@@ -25,16 +25,22 @@ pub fn run(args: &WatchArgs, style: Style) -> Result<Status> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let recorder = live::open_history(&args.history, None)?;
     let out = QueuedStdout::new(stop.clone()).context("starting the output thread")?;
-    if args.json {
-        runtime.block_on(watch(args, NdjsonSink::new(out), &stop, |s| {
-            s.into_inner().ok()
+    let recording = recorder.as_ref();
+    let status = if args.json {
+        let sink = live::history_sink(recording, &args.history, NdjsonSink::new(out));
+        runtime.block_on(watch(args, sink, &stop, |s| {
+            s.into_inner().into_inner().ok()
         }))
     } else {
-        runtime.block_on(watch(args, TextSink::new(out, style), &stop, |s| {
-            Some(s.into_inner())
+        let sink = live::history_sink(recording, &args.history, TextSink::new(out, style));
+        runtime.block_on(watch(args, sink, &stop, |s| {
+            Some(s.into_inner().into_inner())
         }))
-    }
+    };
+    live::finish_history(recorder);
+    status
 }
 
 async fn watch<K: Sink>(

@@ -7,9 +7,12 @@
 //!
 //! Times are Unix seconds taken from the records, never from a clock here: a test runs
 //! two years through the store in seconds.
+pub mod recorder;
+pub mod report;
 pub mod sample;
 pub mod store;
 pub mod trends;
 
 pub use sample::{Metric, NamespaceSample, Sample, Sampler, METRICS};
+pub use store::{Bucket, ListenerHistory, TopPeak};
 pub use store::{History, HistoryError, Tier};

@@ -106,7 +106,7 @@ pub struct ListenerSeen {
 }
 
 /// An alert raised or cleared.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AlertChange {
     pub time: i64,
     pub status: String,

@@ -33,10 +33,17 @@ pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
 
 /// Formats Unix seconds as `YYYY-MM-DD HH:MM` UTC.
 pub fn time_text(unix: i64) -> String {
+    time_text_to(unix, 60)
+}
+
+/// Formats Unix seconds as `YYYY-MM-DD HH:MM`, with seconds when `resolution` (seconds)
+/// is under a minute.
+pub fn time_text_to(unix: i64, resolution: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
     let s = humantime::format_rfc3339_seconds(t).to_string();
-    // 2026-12-07T08:01:31Z -> 2026-12-07 08:01
-    format!("{} {}", &s[..10], &s[11..16])
+    // 2026-12-07T08:01:31Z -> 2026-12-07 08:01(:31)
+    let end = if resolution < 60 { 19 } else { 16 };
+    format!("{} {}", &s[..10], &s[11..end])
 }
 
 /// TIME_WAIT toward the busiest destination at its peak, against the ephemeral range:

@@ -223,6 +223,7 @@ fn audit_watch_and_serve_judge_one_scenario_alike() {
         .command(tcpmon_bin().to_str().unwrap())
         .args([
             "serve",
+            "--no-history",
             "--listen",
             "127.0.0.1:29832",
             "--interval",

@@ -533,7 +533,13 @@ fn the_alerts_of_deleted_namespaces_end_with_them() {
     let home = Netns::new("gone-home");
     let child = home
         .command(tcpmon_bin().to_str().unwrap())
-        .args(["serve", "--all-netns", "--listen", "127.0.0.1:29833"])
+        .args([
+            "serve",
+            "--no-history",
+            "--all-netns",
+            "--listen",
+            "127.0.0.1:29833",
+        ])
         .args(["--interval", "500ms", "--reconcile-interval", "1s"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

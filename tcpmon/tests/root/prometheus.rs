@@ -163,6 +163,7 @@ fn prometheus_scrapes_serve_and_the_close_wait_rule_fires() {
         ns.command(tcpmon_bin().to_str().unwrap())
             .args([
                 "serve",
+                "--no-history",
                 "--interval",
                 "500ms",
                 "--listen",
@@ -329,6 +330,10 @@ fn serve_works_with_exactly_the_units_capabilities() {
     let list = format!("-all,{}", caps.join(","));
     let ns = Netns::new("unit");
     let _sockets = population(&ns);
+    // StateDirectory=: a directory of the unit's user, named in $STATE_DIRECTORY.
+    let state = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(state.path(), Some(65534), Some(65534)).unwrap();
+    let state_dir = state.path().to_owned();
     // The unit has no CAP_SYS_ADMIN: it relies on systemd having mounted tracefs.
     let _tracefs = SystemdLikeTracefs::ensure();
     // In this process's mount namespace (tracefs and cgroup2 mounted, as systemd does),
@@ -344,6 +349,7 @@ fn serve_works_with_exactly_the_units_capabilities() {
                 &format!("--bounding-set={list}"),
             ])
             .arg(tcpmon_bin())
+            .env("STATE_DIRECTORY", &state_dir)
             .args([
                 "serve",
                 "--interval",
@@ -388,6 +394,10 @@ fn serve_works_with_exactly_the_units_capabilities() {
     // Every feature on: no note at all.
     let notes: Vec<&str> = err.lines().filter(|l| l.contains("note:")).collect();
     assert!(notes.is_empty(), "{notes:?}");
+    // It recorded its history in the state directory, as its user.
+    let history = state.path().join("history.db");
+    let meta = std::fs::metadata(&history).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 }
 
 /// The DaemonSet's container, as a runtime starts it: uid 0 with only the capabilities
@@ -410,6 +420,7 @@ fn serve_works_with_exactly_the_daemonsets_capabilities_and_args() {
         .map(|c| format!("+{}", c.trim().trim_matches('"').to_ascii_lowercase()))
         .collect();
     let list = format!("-all,{}", caps.join(","));
+    let history_dir = tempfile::tempdir().unwrap();
     let args: Vec<String> = manifest
         .lines()
         .skip_while(|l| l.trim() != "args:")
@@ -418,6 +429,8 @@ fn serve_works_with_exactly_the_daemonsets_capabilities_and_args() {
         .map(|a| {
             a.replace("$(NODE_IP)", "127.0.0.1")
                 .replace(":29827", ":29831")
+                // The node's history directory (a hostPath volume): a temporary one here.
+                .replace("/var/lib/tcpmon", &history_dir.path().display().to_string())
         })
         .collect();
     assert!(args.iter().any(|a| a == "--all-netns"), "{args:?}");
