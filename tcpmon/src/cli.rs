@@ -451,6 +451,10 @@ pub struct AuditThresholdArgs {
     /// is critical; any is a warning.
     #[arg(long, value_name = "BYTES", default_value_t = Thresholds::DEFAULT.stuck_crit_bytes)]
     pub stuck_crit_bytes: u64,
+    /// The listeners expected, one `[ADDR:]PORT [PROCESS]` per line (# comments): each
+    /// other one is an unexpected_listener finding.
+    #[arg(long, value_name = "FILE")]
+    pub listeners_allow: Option<PathBuf>,
 }
 
 impl AuditThresholdArgs {
@@ -581,6 +585,10 @@ pub struct HistoryArgs {
 /// The live engine's flags, shared by `watch` and `serve`.
 #[derive(Args, Debug, Clone)]
 pub struct LiveArgs {
+    /// The listeners expected, one `[ADDR:]PORT [PROCESS]` per line (# comments): a new
+    /// listener none allows is a warning that says so.
+    #[arg(long, value_name = "FILE")]
+    pub listeners_allow: Option<PathBuf>,
     /// auto: eBPF, else poll the socket table (saying why); ebpf: fail if eBPF cannot load; poll: never load eBPF.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
@@ -647,6 +655,8 @@ impl LiveArgs {
             top,
             max_netns: self.all_netns.then_some(self.max_netns as usize),
             namespace_detail: false,
+            // Read from --listeners-allow when the engine starts.
+            listeners_allow: None,
         }
     }
 

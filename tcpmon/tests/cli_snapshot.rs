@@ -511,3 +511,52 @@ fn established_names_each_connection_s_process() {
     let doc = json(&["established", "--all"], "golden");
     assert!(doc["established"]["items"][0].get("process").is_none());
 }
+
+#[test]
+fn listeners_are_judged_against_an_allowlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let allow = dir.path().join("allow");
+    // The fixture listens on [::]:80, 0.0.0.0:22 and 127.0.0.1:5432; its processes are
+    // not known (a fixture /proc has no such process), so a line naming one cannot
+    // allow it.
+    std::fs::write(&allow, "# expected\n22\n127.0.0.1:5432 postgres\n").unwrap();
+    let allow = allow.to_str().unwrap();
+    let r = json(&["audit", "--listeners-allow", allow], "mixed");
+    let unexpected: Vec<&str> = r["findings"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == "unexpected_listener")
+        .map(|f| f["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(unexpected, vec!["[::]:80", "127.0.0.1:5432"]);
+    let report = text(&["report", "--listeners-allow", allow], "mixed");
+    assert!(
+        report.contains(
+            "listening on [::]:80 (its process is not known): not in the listener allowlist"
+        ),
+        "{report}"
+    );
+    // Warnings: audit fails on them when told.
+    tcpmon(
+        &["audit", "--fail-on", "warning", "--listeners-allow", allow],
+        "mixed",
+    )
+    .code(1);
+    // A bad line is a usage error naming its number.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "22\n# fine\nhttp nginx\n").unwrap();
+    let err = tcpmon(
+        &["audit", "--listeners-allow", bad.to_str().unwrap()],
+        "mixed",
+    )
+    .code(2)
+    .get_output()
+    .stderr
+    .clone();
+    let err = String::from_utf8(err).unwrap();
+    assert!(
+        err.contains("line 3: 'http nginx' is not [ADDR:]PORT [PROCESS]"),
+        "{err}"
+    );
+}

@@ -19,9 +19,10 @@ use crate::{
 };
 
 pub fn run(args: &AuditArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
+    let allow = super::allowlist_of(&args.thresholds)?;
     let loaded = super::read(&args.snapshot, Want::audit())?;
     let thresholds = args.thresholds.thresholds();
-    let findings = loaded.audit(&thresholds);
+    let findings = super::audited(&loaded, &thresholds, allow.as_ref());
     // The status covers every finding; the output shows --limit of each rule.
     let failed = fails(&findings, args.fail_on);
     let shown = cut(&findings, args.snapshot.limit());

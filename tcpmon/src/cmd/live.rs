@@ -70,10 +70,13 @@ pub async fn run<K: Sink>(
 /// `say_mode` asks on stderr; `None` as for [`run`].
 pub fn start<K: Sink>(
     live: &LiveArgs,
-    config: EngineConfig,
+    mut config: EngineConfig,
     sink: &mut K,
     say_mode: SayMode,
 ) -> Result<Option<Started>> {
+    if let Some(path) = &live.listeners_allow {
+        config.listeners_allow = Some(super::read_allowlist(path)?);
+    }
     let engine = match live::start(config, &live.source_options(), sink) {
         Ok(engine) => engine,
         Err(StartError::Ebpf(e)) => {

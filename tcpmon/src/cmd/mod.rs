@@ -55,6 +55,38 @@ pub fn check(command: &Command) -> Result<(), String> {
     usage::check_snapshot(name, args)
 }
 
+/// Reads `--listeners-allow FILE`; a bad line is an error naming its number.
+pub fn read_allowlist(path: &std::path::Path) -> Result<tcpmon::model::allowlist::Allowlist> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--listeners-allow {}", path.display()))?;
+    tcpmon::model::allowlist::Allowlist::parse(&text)
+        .with_context(|| format!("--listeners-allow {}", path.display()))
+}
+
+/// The audit's findings over `loaded`, listeners judged against `allow` too.
+pub fn audited(
+    loaded: &SnapshotRead,
+    thresholds: &tcpmon::model::Thresholds,
+    allow: Option<&tcpmon::model::allowlist::Allowlist>,
+) -> Vec<tcpmon::snapshot::audit::Finding> {
+    let mut findings = loaded.audit(thresholds);
+    if let Some(allow) = allow {
+        tcpmon::snapshot::audit::judge_listeners(&mut findings, &loaded.summary.listeners, allow);
+    }
+    findings
+}
+
+/// `--listeners-allow`, read before the sockets are (a bad file fails fast).
+pub fn allowlist_of(
+    args: &crate::cli::AuditThresholdArgs,
+) -> Result<Option<tcpmon::model::allowlist::Allowlist>> {
+    args.listeners_allow
+        .as_deref()
+        .map(read_allowlist)
+        .transpose()
+}
+
 /// Reads the snapshot a command needs, as its flags say.
 pub fn read(args: &SnapshotArgs, want: Want) -> Result<SnapshotRead> {
     Ok(snapshot::read(&args.read_options(want))?)

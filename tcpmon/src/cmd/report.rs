@@ -22,10 +22,14 @@ use crate::{
 };
 
 pub fn run(args: &ReportArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
+    let allow = super::allowlist_of(&args.thresholds)?;
     let loaded = super::read(&args.snapshot, Want::audit())?;
     let s = &loaded.summary;
     let limit = args.snapshot.limit();
-    let findings = cut(&loaded.audit(&args.thresholds.thresholds()), limit);
+    let findings = cut(
+        &super::audited(&loaded, &args.thresholds.thresholds(), allow.as_ref()),
+        limit,
+    );
     let listeners = Listed::cut(&s.listeners, limit);
     let per_ip = Listed::cut(&s.per_ip, limit);
     let per_port = Listed::cut(&s.per_port, limit);

@@ -51,6 +51,9 @@ pub struct EngineConfig {
     /// With `max_netns`: each namespace's tally record carries its listeners, remote IPs
     /// and CLOSE_WAIT too (what `top` shows when scoped to a namespace).
     pub namespace_detail: bool,
+    /// The listeners expected: a new one no line allows is a warning that says so (and an
+    /// allowed one only information).
+    pub listeners_allow: Option<crate::model::allowlist::Allowlist>,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             top: 5,
             max_netns: None,
             namespace_detail: false,
+            listeners_allow: None,
         }
     }
 }

@@ -15,8 +15,8 @@ use super::{
 use crate::{
     host::{kstats::SynCounters, proc_net::Socket},
     model::{
-        at_least, endpoint, listener_of, severity, CloseWaitSide, Direction, PortRange, Process,
-        Severity, TcpState, Thresholds,
+        allowlist::Allowlist, at_least, endpoint, listener_of, severity, CloseWaitSide, Direction,
+        PortRange, Process, Severity, TcpState, Thresholds,
     },
 };
 
@@ -94,6 +94,8 @@ impl Alert {
 pub struct Detector {
     pub thresholds: Thresholds,
     active: BTreeMap<(&'static str, String), (Severity, String)>,
+    /// Listeners expected (`--listeners-allow`).
+    allow: Option<Allowlist>,
 }
 
 /// What a cleared alert's subject looks like now: the figures of this evaluation, never
@@ -296,7 +298,14 @@ impl Detector {
         Self {
             thresholds,
             active: BTreeMap::new(),
+            allow: None,
         }
+    }
+
+    /// New listeners judged against `allow`.
+    pub fn with_allowlist(mut self, allow: Option<Allowlist>) -> Self {
+        self.allow = allow;
+        self
     }
 
     pub fn active(&self) -> impl Iterator<Item = (&str, &str, Severity)> {
@@ -322,20 +331,31 @@ impl Detector {
             .collect()
     }
 
-    /// A listener appeared: reported once, as it happens.
+    /// A listener appeared: reported once, as it happens. Against an allowlist, one it
+    /// does not allow is a warning that says so, an allowed one information.
     pub fn new_listener(&self, ip: IpAddr, port: u16, by: Option<&Process>) -> Alert {
         let who = by.map(|p| format!(" by {p}")).unwrap_or_default();
+        let allowed = self.allow.as_ref().map(|a| {
+            let names: Vec<&str> = by.map(|p| p.comm.as_str()).into_iter().collect();
+            a.allows(ip, port, &names)
+        });
+        let (severity, verdict) = match allowed {
+            Some(true) => (Severity::Info, ": in the listener allowlist"),
+            Some(false) if by.is_none() => (
+                Severity::Warning,
+                ": not in the listener allowlist (its process is not known)",
+            ),
+            Some(false) => (Severity::Warning, ": not in the listener allowlist"),
+            None if ip.is_unspecified() => (Severity::Warning, ""),
+            None => (Severity::Info, ""),
+        };
         Alert {
             status: Status::Event,
-            severity: if ip.is_unspecified() {
-                Severity::Warning
-            } else {
-                Severity::Info
-            },
+            severity,
             rule: "new_listener",
             subject: endpoint(ip, port),
             message: format!(
-                "new listener on {}{who}{}",
+                "new listener on {}{who}{}{verdict}",
                 endpoint(ip, port),
                 if ip.is_unspecified() {
                     " (all addresses)"

@@ -1,6 +1,7 @@
 //! The shared vocabulary: TCP states, address families, endpoints and tuples, port
 //! ranges, severities, processes, thresholds and the transitions the live engine applies.
 //! No I/O here: every other module may depend on this one, and it depends on none.
+pub mod allowlist;
 pub mod duration;
 mod listed;
 pub mod owner;

@@ -12,7 +12,7 @@ pub struct Finding {
     pub severity: Severity,
     /// Stable identifier of the rule: time_wait, close_wait, syn_flood, per_ip,
     /// port_exhaustion, retransmits, stuck_send_queue, wildcard_listener, unparsed_lines,
-    /// owners_hidden, netns_unread.
+    /// owners_hidden, netns_unread, unexpected_listener.
     pub rule: String,
     /// What it is about: "total", a local port or remote ip:port (CLOSE_WAIT), a
     /// listener, a remote IP, a destination, a namespace.
@@ -83,6 +83,47 @@ impl Facts {
 /// Runs every rule; findings come back most severe first.
 pub fn audit(summary: &Summary, t: &Thresholds) -> Vec<Finding> {
     audit_in(summary, t, None)
+}
+
+/// Listeners no line of `allow` allows: an `unexpected_listener` warning each (one per
+/// address, however many sockets share it), added to `findings` in severity order.
+pub fn judge_listeners(
+    findings: &mut Vec<Finding>,
+    listeners: &[crate::snapshot::analysis::Listener],
+    allow: &crate::model::allowlist::Allowlist,
+) {
+    let mut seen = std::collections::BTreeSet::new();
+    for l in listeners {
+        if !seen.insert((l.netns, l.ip, l.port)) {
+            continue;
+        }
+        let names: Vec<&str> = l.process.iter().map(|p| p.comm.as_str()).collect();
+        if allow.allows(l.ip, l.port, &names) {
+            continue;
+        }
+        let owner = l.process.as_ref().map_or_else(
+            || " (its process is not known)".to_owned(),
+            |p| format!(" by {p}"),
+        );
+        let facts = Facts::about(endpoint(l.ip, l.port)).held_by(l.process.as_ref());
+        findings.push(Finding {
+            severity: Severity::Warning,
+            rule: "unexpected_listener".into(),
+            subject: facts.subject,
+            message: format!(
+                "listening on {}{owner}: not in the listener allowlist",
+                endpoint(l.ip, l.port)
+            ),
+            value: None,
+            unit: None,
+            warning_above: None,
+            critical_above: None,
+            process: facts.process,
+            netns: l.netns,
+            netns_owner: None,
+        });
+    }
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 }
 
 /// The rules over one namespace's summary; `place` names it in every message.

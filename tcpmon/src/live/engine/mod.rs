@@ -215,7 +215,8 @@ impl<H: Host, S: EventSource> Engine<H, S> {
         let failures = FailureTally::new(cfg.max_ips);
         let connects = Connects::new(cfg.max_ips);
         let mut engine = Self {
-            detector: Detector::new(cfg.thresholds.clone()),
+            detector: Detector::new(cfg.thresholds.clone())
+                .with_allowlist(cfg.listeners_allow.clone()),
             cfg,
             host,
             source,

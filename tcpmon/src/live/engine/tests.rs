@@ -363,6 +363,60 @@ fn a_new_listener_is_an_event_naming_its_process() {
 }
 
 #[test]
+fn new_listeners_are_judged_against_the_allowlist() {
+    let mut sink = RecordingSink::default();
+    let mut cfg = config();
+    cfg.listeners_allow =
+        Some(crate::model::allowlist::Allowlist::parse("22 sshd\n8080 nc\n").unwrap());
+    let mut engine = Engine::start(
+        cfg.validate().unwrap(),
+        FakeHost::default(),
+        Some(FakeSource::default()),
+        mode(Mode::Ebpf),
+        &mut sink,
+    )
+    .unwrap();
+    let listener = |port, name: &[u8]| {
+        let mut listen = transition(u64::from(port), SEC, port, 0, Close, Listen);
+        listen.at.local_ip = IpAddr::from([0, 0, 0, 0]);
+        let mut comm = [0u8; 16];
+        comm[..name.len()].copy_from_slice(name);
+        listen.task = Some(crate::model::Task { pid: 42, comm });
+        listen
+    };
+    // Allowed (on all addresses: a warning without a list); a process the line does not
+    // name; a port no line names.
+    push(
+        &mut engine,
+        &[
+            listener(8080, b"nc"),
+            listener(22, b"nc"),
+            listener(4444, b"nc"),
+        ],
+    );
+    engine.drain(&mut sink).unwrap();
+    let judged: Vec<(&str, Severity, bool)> = sink
+        .alerts
+        .iter()
+        .map(|a| {
+            (
+                a.subject.as_str(),
+                a.severity,
+                a.message.ends_with(": not in the listener allowlist"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        vec![
+            ("0.0.0.0:8080", Severity::Info, false),
+            ("0.0.0.0:22", Severity::Warning, true),
+            ("0.0.0.0:4444", Severity::Warning, true),
+        ]
+    );
+}
+
+#[test]
 fn a_reconciliation_corrects_drift_and_says_by_how_much() {
     let mut sink = RecordingSink::default();
     let mut engine = ebpf_engine(
