@@ -37,6 +37,16 @@ pub fn check(command: &Command) -> Result<(), String> {
     if let Some(t) = thresholds {
         t.validate().map_err(|e| e.to_string())?;
     }
+    let history = match command {
+        Command::Watch(a) => Some(&a.history),
+        Command::Serve(a) => Some(&a.history),
+        _ => None,
+    };
+    if history.is_some_and(|h| h.history_interval < std::time::Duration::from_secs(1)) {
+        return Err(
+            "--history-interval is at least 1s: a history keeps one sample a second at most".into(),
+        );
+    }
     let (name, args) = match command {
         Command::Report(a) => ("report", &a.snapshot),
         Command::Audit(a) => ("audit", &a.snapshot),

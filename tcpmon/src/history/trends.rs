@@ -100,9 +100,10 @@ pub fn close_wait_growth(buckets: &[Bucket], column: usize, leaks: &[TopPeak]) -
     let grew = per_hour * span_hours;
     let holder = leaks.first().map_or_else(String::new, |l| {
         format!(
-            "; largest leak {} ({} sockets{})",
+            "; largest leak {} ({} socket{}{})",
             l.key,
             l.max,
+            if l.max == 1 { "" } else { "s" },
             if l.owners.is_empty() {
                 String::new()
             } else {
