@@ -44,10 +44,28 @@ fn host() -> FakeHost {
             ));
         }
     };
-    add(TcpState::Established, 8000, &|i| 8000 + (i % 100) as u16, 10_000, 1000);
+    add(
+        TcpState::Established,
+        8000,
+        &|i| 8000 + (i % 100) as u16,
+        10_000,
+        1000,
+    );
     add(TcpState::TimeWait, 1500, &|i| 40_000 + i as u16, 5432, 0);
-    add(TcpState::CloseWait, 300, &|i| 8000 + (i % 30) as u16, 20_000, 200_000);
-    add(TcpState::SynRecv, 100, &|i| 8000 + (i % 100) as u16, 30_000, 0);
+    add(
+        TcpState::CloseWait,
+        300,
+        &|i| 8000 + (i % 30) as u16,
+        20_000,
+        200_000,
+    );
+    add(
+        TcpState::SynRecv,
+        100,
+        &|i| 8000 + (i % 100) as u16,
+        30_000,
+        0,
+    );
     FakeHost {
         sockets,
         own_netns: Some(4_026_531_840),

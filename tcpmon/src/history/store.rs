@@ -21,6 +21,13 @@ pub const RAW_KEEP: i64 = 48 * 3600;
 pub const MINUTE_KEEP: i64 = 30 * 86_400;
 /// ... and 1-hour rollups this long.
 pub const HOUR_KEEP: i64 = 2 * 365 * 86_400;
+/// Raw lists (top peers, CLOSE_WAIT leaks of every sample) are kept this long; older
+/// periods read the hourly lists.
+pub const RAW_LISTS_KEEP: i64 = 6 * 3600;
+/// Keys of each list kept per hour (the largest).
+pub const HOURLY_LIST_KEYS: i64 = 10;
+/// A listener's last sighting is written at least this often (and whenever it changes).
+pub const LISTENER_REFRESH: i64 = 30;
 /// Alerts raised and cleared are kept this long.
 pub const ALERT_KEEP: i64 = 90 * 86_400;
 
@@ -167,6 +174,7 @@ fn migrations() -> Vec<String> {
              CREATE TABLE tops_1h (ts INTEGER NOT NULL, kind TEXT NOT NULL, netns INTEGER NOT NULL,
                  key TEXT NOT NULL, value INTEGER NOT NULL, value2 INTEGER NOT NULL, owners TEXT NOT NULL,
                  PRIMARY KEY (kind, netns, key, ts)) WITHOUT ROWID;
+             CREATE INDEX tops_1h_ts ON tops_1h (ts);
              CREATE TABLE listeners (netns INTEGER NOT NULL, listener TEXT NOT NULL, process TEXT NOT NULL,
                  first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, backlog INTEGER,
                  max_accept_queue INTEGER, PRIMARY KEY (netns, listener, process)) WITHOUT ROWID;
@@ -187,6 +195,11 @@ pub fn schema_version() -> i64 {
     migrations().len() as i64
 }
 
+/// A listener's row: namespace, address, owners.
+type ListenerKey = (u64, String, String);
+/// What was last written of a listener: when, its backlog and its largest queue.
+type ListenerWritten = (i64, Option<u32>, u32);
+
 /// An open history file.
 pub struct History {
     conn: Connection,
@@ -194,6 +207,8 @@ pub struct History {
     max_bytes: u64,
     rolled_minute: Option<i64>,
     rolled_hour: Option<i64>,
+    /// What was last written of each listener.
+    listeners_written: std::collections::HashMap<ListenerKey, ListenerWritten>,
 }
 
 /// One bucket of a query: per metric asked, the min, mean and max over its rows.
@@ -224,11 +239,11 @@ pub struct ListenerHistory {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TopPeak {
     pub key: String,
-    /// The highest value, and when (the first time it was reached).
+    /// The highest value, and when (a time it was reached).
     pub max: i64,
     pub at: i64,
+    /// The second value (a peer's TIME_WAIT, a leak's age) and the owners then.
     pub max2: i64,
-    /// The owners last seen with it.
     pub owners: String,
 }
 
@@ -290,6 +305,7 @@ impl History {
             max_bytes,
             rolled_minute: None,
             rolled_hour: None,
+            listeners_written: Default::default(),
         };
         history.check()?;
         history.migrate()?;
@@ -334,6 +350,7 @@ impl History {
             max_bytes: u64::MAX,
             rolled_minute: None,
             rolled_hour: None,
+            listeners_written: Default::default(),
         };
         history.check()?;
         let version = history.version()?;
@@ -543,6 +560,22 @@ impl History {
                 )
                 .map_err(&err)?;
             for l in &s.listeners {
+                // Written when new or changed, else every LISTENER_REFRESH seconds: a
+                // hundred listeners need not be rewritten every sample.
+                let key = (l.netns, l.listener.clone(), l.process.clone());
+                let queue = l.accept_queue.unwrap_or(0);
+                let due = self
+                    .listeners_written
+                    .get(&key)
+                    .is_none_or(|&(at, backlog, max)| {
+                        s.time - at >= LISTENER_REFRESH
+                            || s.time < at
+                            || backlog != l.backlog
+                            || queue > max
+                    });
+                if !due {
+                    continue;
+                }
                 listener
                     .execute(params![
                         l.netns as i64,
@@ -553,6 +586,12 @@ impl History {
                         l.accept_queue
                     ])
                     .map_err(&err)?;
+                let max = self
+                    .listeners_written
+                    .get(&key)
+                    .map_or(0, |w| w.2)
+                    .max(queue);
+                self.listeners_written.insert(key, (s.time, l.backlog, max));
             }
             if s.port_range > 0 {
                 tx.prepare_cached("INSERT OR REPLACE INTO port_ranges (ts, size) VALUES (?1, ?2)")
@@ -633,15 +672,20 @@ impl History {
             .map_err(&err)?;
             tx.execute(
                 "INSERT OR REPLACE INTO tops_1h (ts, kind, netns, key, value, value2, owners)
-                 SELECT (ts / 3600) * 3600, kind, netns, key, max(value), max(value2), max(owners)
-                 FROM tops WHERE ts >= ?1 AND ts < ?2 GROUP BY 1, 2, 3, 4",
-                params![from_hour, hour],
+                 SELECT hour, kind, netns, key, value, value2, owners FROM (
+                     SELECT (ts / 3600) * 3600 AS hour, kind, netns, key, max(value) AS value,
+                         max(value2) AS value2, max(owners) AS owners,
+                         row_number() OVER (PARTITION BY (ts / 3600) * 3600, kind, netns
+                             ORDER BY max(value) DESC, key) AS rank
+                     FROM tops WHERE ts >= ?1 AND ts < ?2 GROUP BY 1, 2, 3, 4)
+                 WHERE rank <= ?3",
+                params![from_hour, hour, HOURLY_LIST_KEYS],
             )
             .map_err(&err)?;
         }
         for (sql, keep) in [
             ("DELETE FROM samples WHERE ts < ?1", RAW_KEEP),
-            ("DELETE FROM tops WHERE ts < ?1", RAW_KEEP),
+            ("DELETE FROM tops WHERE ts < ?1", RAW_LISTS_KEEP),
             ("DELETE FROM port_ranges WHERE ts < ?1", RAW_KEEP),
             ("DELETE FROM rollup_1m WHERE ts < ?1", MINUTE_KEEP),
             ("DELETE FROM rollup_1h WHERE ts < ?1", HOUR_KEEP),
@@ -817,9 +861,9 @@ impl History {
                      SELECT ts, key, value, value2, owners FROM tops_1h
                          WHERE kind = ?1 AND netns = ?2 AND ts >= ?3 AND ts < ?4
                            AND ts < coalesce((SELECT min(ts) FROM tops WHERE kind = ?1), ?4))
-                 SELECT key, max(value), max(value2),
-                     (SELECT min(ts) FROM rows r2 WHERE r2.key = rows.key AND r2.value = max(rows.value)),
-                     (SELECT owners FROM rows r3 WHERE r3.key = rows.key ORDER BY ts DESC LIMIT 1)
+                 -- With one max() per group, SQLite takes the other columns from the
+                 -- row that holds it: the peak's time, its second value and owners.
+                 SELECT key, max(value), value2, ts, owners
                  FROM rows GROUP BY key ORDER BY max(value) DESC, key LIMIT ?5",
             )
             .map_err(&err)?;

@@ -140,6 +140,7 @@ fn older_files_are_migrated_and_keep_their_samples() {
             max_bytes: u64::MAX,
             rolled_minute: None,
             rolled_hour: None,
+            listeners_written: Default::default(),
         };
         v1.migrate_to(1).unwrap();
         assert_eq!(v1.version().unwrap(), 1);
@@ -242,8 +243,9 @@ fn listeners_keep_first_and_last_seen_and_lists_their_peaks() {
     }
     let l = h.listeners((t0, t0 + 1000)).unwrap();
     assert_eq!(l.len(), 2);
+    // Last seen to within LISTENER_REFRESH (rewritten when it changes, else every 30 s).
     let debug = l.iter().find(|l| l.listener == "0.0.0.0:9999").unwrap();
-    assert_eq!((debug.first_seen, debug.last_seen), (t0, t0 + 40));
+    assert_eq!((debug.first_seen, debug.last_seen), (t0, t0 + 30));
     let web = l.iter().find(|l| l.listener == "0.0.0.0:80").unwrap();
     assert_eq!(web.max_accept_queue, Some(9));
     let peaks = h.top_peaks("peer", 0, (t0, t0 + 1000), 5).unwrap();

@@ -158,7 +158,7 @@ pub fn per_ip_peaks(peers: &[TopPeak]) -> Vec<Finding> {
             kind: "per_ip_peak",
             severity: Severity::Info,
             message: format!(
-                "{} peaked at {} live connections ({} TIME_WAIT at most) at {}",
+                "{} peaked at {} live connections ({} TIME_WAIT then) at {}",
                 p.key,
                 p.max,
                 p.max2,

@@ -5,6 +5,7 @@ mod agent;
 mod agree;
 mod failures;
 mod harness;
+mod history;
 mod netns;
 mod prometheus;
 mod snapshot_vs_ss;
