@@ -117,6 +117,12 @@ fn write_all(mut history: History, rx: &Receiver<Message>, say: &Say) -> Recorde
             }
         }
     }
+    if let Err(e) = history.close() {
+        recorded.skipped += 1;
+        say(&format!(
+            "tcpmon: history: the listeners' last sighting was not written ({e})"
+        ));
+    }
     recorded
 }
 

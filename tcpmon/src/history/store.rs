@@ -209,6 +209,8 @@ pub struct History {
     rolled_hour: Option<i64>,
     /// What was last written of each listener.
     listeners_written: std::collections::HashMap<ListenerKey, ListenerWritten>,
+    /// The listeners of the last sample, and its time (written exactly on close).
+    last_listeners: (i64, Vec<ListenerKey>),
 }
 
 /// One bucket of a query: per metric asked, the min, mean and max over its rows.
@@ -306,6 +308,7 @@ impl History {
             rolled_minute: None,
             rolled_hour: None,
             listeners_written: Default::default(),
+            last_listeners: (0, Vec::new()),
         };
         history.check()?;
         history.migrate()?;
@@ -351,6 +354,7 @@ impl History {
             rolled_minute: None,
             rolled_hour: None,
             listeners_written: Default::default(),
+            last_listeners: (0, Vec::new()),
         };
         history.check()?;
         let version = history.version()?;
@@ -559,6 +563,13 @@ impl History {
                          max_accept_queue = max(coalesce(max_accept_queue, 0), coalesce(excluded.max_accept_queue, 0))",
                 )
                 .map_err(&err)?;
+            self.last_listeners = (
+                s.time,
+                s.listeners
+                    .iter()
+                    .map(|l| (l.netns, l.listener.clone(), l.process.clone()))
+                    .collect(),
+            );
             for l in &s.listeners {
                 // Written when new or changed, else every LISTENER_REFRESH seconds: a
                 // hundred listeners need not be rewritten every sample.
@@ -602,6 +613,29 @@ impl History {
         }
         tx.commit().map_err(&err)?;
         self.roll_up(s.time)
+    }
+
+    /// Writes the last sample's listeners' last sighting exactly (between refreshes it
+    /// may be up to LISTENER_REFRESH behind). For a writer that stops.
+    pub fn close(&mut self) -> Result<(), HistoryError> {
+        let (time, keys) = std::mem::take(&mut self.last_listeners);
+        let path = self.path.clone();
+        let err = sqlite(&path);
+        let tx = self.conn.transaction().map_err(&err)?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE listeners SET last_seen = max(last_seen, ?4)
+                     WHERE netns = ?1 AND listener = ?2 AND process = ?3",
+                )
+                .map_err(&err)?;
+            for (netns, listener, process) in &keys {
+                update
+                    .execute(params![*netns as i64, listener, process, time])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 
     /// An alert raised or cleared.

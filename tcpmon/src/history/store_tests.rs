@@ -141,6 +141,7 @@ fn older_files_are_migrated_and_keep_their_samples() {
             rolled_minute: None,
             rolled_hour: None,
             listeners_written: Default::default(),
+            last_listeners: (0, Vec::new()),
         };
         v1.migrate_to(1).unwrap();
         assert_eq!(v1.version().unwrap(), 1);
@@ -246,6 +247,11 @@ fn listeners_keep_first_and_last_seen_and_lists_their_peaks() {
     // Last seen to within LISTENER_REFRESH (rewritten when it changes, else every 30 s).
     let debug = l.iter().find(|l| l.listener == "0.0.0.0:9999").unwrap();
     assert_eq!((debug.first_seen, debug.last_seen), (t0, t0 + 30));
+    // A writer that stops writes the last sighting exactly.
+    h.close().unwrap();
+    let l = h.listeners((t0, t0 + 1000)).unwrap();
+    let web = l.iter().find(|l| l.listener == "0.0.0.0:80").unwrap();
+    assert_eq!(web.last_seen, t0 + 90);
     let web = l.iter().find(|l| l.listener == "0.0.0.0:80").unwrap();
     assert_eq!(web.max_accept_queue, Some(9));
     let peaks = h.top_peaks("peer", 0, (t0, t0 + 1000), 5).unwrap();
