@@ -296,6 +296,23 @@ fn a_killed_writer_leaves_a_sound_history() {
             .unwrap();
         // At moments spread over a second of steady writing.
         thread::sleep(Duration::from_millis(1500 + 130 * round));
+        if round == 3 {
+            // Read while it writes.
+            Command::cargo_bin("tcpmon")
+                .unwrap()
+                .args([
+                    "trends",
+                    "--json",
+                    "--since",
+                    "1h",
+                    "--every",
+                    "1m",
+                    "--history",
+                ])
+                .arg(&path)
+                .assert()
+                .success();
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         let conn = rusqlite::Connection::open(&path).unwrap();
@@ -335,4 +352,59 @@ fn a_killed_writer_leaves_a_sound_history() {
         .map(|b| b["samples"].as_i64().unwrap())
         .sum();
     assert_eq!(counted, samples);
+}
+
+/// A file that is not a history is refused by the writers too, untouched; with
+/// --history-reset it is moved aside and a new history starts.
+#[test]
+fn a_foreign_file_is_never_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    std::fs::write(&path, "my notes\n").unwrap();
+    let watch = |extra: &[&str]| {
+        Command::cargo_bin("tcpmon")
+            .unwrap()
+            .args([
+                "watch",
+                "--mode",
+                "poll",
+                "--quiet-transitions",
+                "--duration",
+                "1s",
+            ])
+            .args(["--tally-interval", "200ms", "--history-interval", "1s"])
+            .args(extra)
+            .arg("--history")
+            .arg(&path)
+            .assert()
+    };
+    let out = watch(&[]).code(2).get_output().stderr.clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(
+        err.contains("not a tcpmon history (not an SQLite database)"),
+        "{err}"
+    );
+    assert!(err.contains("--history-reset"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "my notes\n");
+    let out = watch(&["--history-reset"])
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+    let err = String::from_utf8(out).unwrap();
+    assert!(err.contains("the old history was moved to"), "{err}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".old"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), "my notes\n");
+    assert!(History::open_read(&path).is_ok());
+    // Under a second: at least the sample of the final tally.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let samples: i64 = conn
+        .query_row("SELECT count(*) FROM samples", [], |r| r.get(0))
+        .unwrap();
+    assert!(samples >= 1);
 }

@@ -29,6 +29,9 @@ const QUEUE: usize = 8;
 enum Message {
     Sample(Box<Sample>),
     Alert(AlertChange),
+    /// Tests act on the file between writes (give a full file room again).
+    #[cfg(test)]
+    Run(Box<dyn FnOnce(&History) + Send>),
 }
 
 /// What the writer did, for the exit line.
@@ -84,21 +87,32 @@ impl Recorder {
     }
 }
 
+/// Writes in a row after which a paused history is said to have resumed: a nearly full
+/// disk makes writes fail and succeed in turn, which would otherwise fill stderr.
+const RESUMED_AFTER: u64 = 3;
+
 fn write_all(mut history: History, rx: &Receiver<Message>, say: &Say) -> Recorded {
     let mut recorded = Recorded::default();
     let mut paused = false;
+    let mut in_a_row = 0u64;
     for message in rx {
-        let written = match &message {
-            Message::Sample(s) => history.record(s),
-            Message::Alert(a) => history.record_alert(a),
+        let written = match message {
+            Message::Sample(ref s) => history.record(s),
+            Message::Alert(ref a) => history.record_alert(a),
+            #[cfg(test)]
+            Message::Run(f) => {
+                f(&history);
+                continue;
+            }
         };
         match written {
             Ok(()) => {
                 match message {
-                    Message::Sample(_) => recorded.samples += 1,
                     Message::Alert(_) => recorded.alerts += 1,
+                    _ => recorded.samples += 1,
                 }
-                if paused {
+                in_a_row += 1;
+                if paused && in_a_row >= RESUMED_AFTER {
                     paused = false;
                     say(&format!(
                         "tcpmon: history resumed in {}",
@@ -108,6 +122,7 @@ fn write_all(mut history: History, rx: &Receiver<Message>, say: &Say) -> Recorde
             }
             Err(e) => {
                 recorded.skipped += 1;
+                in_a_row = 0;
                 if !paused {
                     paused = true;
                     say(&format!(
@@ -226,4 +241,72 @@ impl<K: Sink> Sink for HistorySink<K> {
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::history::{sample::NamespaceSample, METRICS};
+
+    fn sample(time: i64) -> Sample {
+        Sample {
+            time,
+            port_range: 0,
+            namespaces: vec![NamespaceSample {
+                netns: 0,
+                owner: String::new(),
+                values: [time % 100; METRICS.len()],
+            }],
+            tops: vec![],
+            listeners: vec![],
+        }
+    }
+
+    /// A file that cannot grow (SQLite's own "disk full", from a page limit) pauses the
+    /// history, said once; when it can grow again, recording resumes, said too.
+    #[test]
+    fn a_full_file_pauses_history_and_it_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        let mut history = History::open(&path, u64::MAX).unwrap();
+        let pages = history.page_count().unwrap();
+        history.set_max_pages(pages).unwrap();
+        let said = Arc::new(Mutex::new(Vec::<String>::new()));
+        let lines = Arc::clone(&said);
+        let say: Say = Box::new(move |line| lines.lock().unwrap().push(line.to_owned()));
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let writer = thread::spawn(move || write_all(history, &rx, &say));
+        // Hours of samples cannot fit in the pages the empty file has.
+        for k in 0..400 {
+            tx.send(Message::Sample(Box::new(sample(1_700_000_000 + 10 * k))))
+                .unwrap();
+        }
+        // Room again: the next samples are written, and it says so.
+        tx.send(Message::Run(Box::new(|h| {
+            h.set_max_pages(1 << 30).unwrap()
+        })))
+        .unwrap();
+        for k in 0..5 {
+            tx.send(Message::Sample(Box::new(sample(1_800_000_000 + 10 * k))))
+                .unwrap();
+        }
+        drop(tx);
+        let recorded = writer.join().unwrap();
+        assert!(recorded.skipped > 0, "{recorded:?}");
+        let said = said.lock().unwrap().clone();
+        let paused: Vec<&String> = said.iter().filter(|l| l.contains("paused")).collect();
+        assert_eq!(paused.len(), 1, "said once: {said:?}");
+        assert!(paused[0].contains("database or disk is full"), "{said:?}");
+        assert!(
+            said.last()
+                .unwrap()
+                .starts_with("tcpmon: history resumed in"),
+            "{said:?}"
+        );
+        let h = History::open_read(&path).unwrap();
+        let (_, last) = h.span(crate::history::Tier::Raw, 0).unwrap().unwrap();
+        assert_eq!(last, 1_800_000_040);
+    }
 }

@@ -742,6 +742,21 @@ impl History {
         self.hold_bound()
     }
 
+    /// Pages the file has.
+    pub fn page_count(&self) -> Result<i64, HistoryError> {
+        self.conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(sqlite(&self.path))
+    }
+
+    /// Caps the file at `pages` (SQLite then answers "database or disk is full", as a
+    /// full file system does): for tests of what a full disk does.
+    pub fn set_max_pages(&self, pages: i64) -> Result<(), HistoryError> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(sqlite(&self.path))
+    }
+
     /// Bytes the file's live pages take.
     pub fn used_bytes(&self) -> Result<u64, HistoryError> {
         let err = sqlite(&self.path);
