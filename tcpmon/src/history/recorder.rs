@@ -270,7 +270,7 @@ mod tests {
     fn a_full_file_pauses_history_and_it_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.db");
-        let mut history = History::open(&path, u64::MAX).unwrap();
+        let history = History::open(&path, u64::MAX).unwrap();
         let pages = history.page_count().unwrap();
         history.set_max_pages(pages).unwrap();
         let said = Arc::new(Mutex::new(Vec::<String>::new()));
