@@ -236,6 +236,11 @@ pub fn open_history(
         }
         Err(e) => return Err(e.into()),
     };
+    stderr_line(&format!(
+        "tcpmon: recording history in {} every {} (tcpmon trends --history {0} reads it)",
+        path.display(),
+        humantime::format_duration(args.history_interval)
+    ));
     let recorder = Recorder::start(history, Box::new(stderr_line))?;
     Ok(Some(recorder))
 }
