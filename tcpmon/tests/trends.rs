@@ -131,32 +131,33 @@ fn history() -> (tempfile::TempDir, PathBuf, i64) {
 #[test]
 fn trends_text() {
     let (_dir, path, now) = history();
-    let out = trends(
-        &path,
-        now,
-        &[
+    // The file's name changes from run to run.
+    let text = |args: &[&str]| {
+        let out = trends(&path, now, args)
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        String::from_utf8(out)
+            .unwrap()
+            .replace(&path.display().to_string(), "HISTORY")
+    };
+    insta::assert_snapshot!(
+        "trends_text",
+        text(&[
             "--since",
             "24h",
             "--every",
             "3h",
             "--compare",
             "1d",
-            "--listeners",
-        ],
-    )
-    .success()
-    .get_output()
-    .stdout
-    .clone();
-    let text = String::from_utf8(out)
-        .unwrap()
-        .replace(&path.display().to_string(), "HISTORY");
-    insta::assert_snapshot!("trends_text", text);
+            "--listeners"
+        ])
+    );
     // The second day, with its debug listener and its TIME_WAIT peak.
-    let out = trends(
-        &path,
-        now,
-        &[
+    insta::assert_snapshot!(
+        "trends_second_day",
+        text(&[
             "--since",
             "2026-12-02",
             "--until",
@@ -166,16 +167,8 @@ fn trends_text() {
             "--state",
             "time-wait,retransmits",
             "--listeners",
-        ],
-    )
-    .success()
-    .get_output()
-    .stdout
-    .clone();
-    let text = String::from_utf8(out)
-        .unwrap()
-        .replace(&path.display().to_string(), "HISTORY");
-    insta::assert_snapshot!("trends_second_day", text);
+        ])
+    );
 }
 
 #[test]
@@ -276,6 +269,23 @@ fn what_trends_cannot_read_is_said() {
         .contains("No samples in this period."));
 }
 
+/// `trends --json` of the last hour, minute by minute, from `path` (now: the clock's).
+fn last_hour(path: &Path) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("tcpmon")
+        .unwrap()
+        .args([
+            "trends",
+            "--json",
+            "--since",
+            "1h",
+            "--every",
+            "1m",
+            "--history",
+        ])
+        .arg(path)
+        .assert()
+}
+
 /// `watch --history` killed with SIGKILL at moments spread over its writes: each time
 /// the file passes integrity_check, and the next run goes on appending to it.
 #[test]
@@ -298,20 +308,7 @@ fn a_killed_writer_leaves_a_sound_history() {
         thread::sleep(Duration::from_millis(1500 + 130 * round));
         if round == 3 {
             // Read while it writes.
-            Command::cargo_bin("tcpmon")
-                .unwrap()
-                .args([
-                    "trends",
-                    "--json",
-                    "--since",
-                    "1h",
-                    "--every",
-                    "1m",
-                    "--history",
-                ])
-                .arg(&path)
-                .assert()
-                .success();
+            last_hour(&path).success();
         }
         child.kill().unwrap();
         child.wait().unwrap();
@@ -327,23 +324,7 @@ fn a_killed_writer_leaves_a_sound_history() {
         samples = now;
     }
     assert!(samples >= 8, "{samples} samples written");
-    let out = Command::cargo_bin("tcpmon")
-        .unwrap()
-        .args([
-            "trends",
-            "--json",
-            "--since",
-            "1h",
-            "--every",
-            "1m",
-            "--history",
-        ])
-        .arg(&path)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = last_hour(&path).success().get_output().stdout.clone();
     let doc: Value = serde_json::from_slice(&out).unwrap();
     let counted: i64 = doc["buckets"]
         .as_array()

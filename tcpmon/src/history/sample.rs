@@ -49,20 +49,20 @@ pub const METRICS: [Metric; 19] = [
 ];
 
 /// The states in [`METRICS`], in order (SYN_RECV includes the request sockets).
-pub const STATE_METRICS: [TcpState; 11] = [
-    TcpState::Established,
-    TcpState::SynSent,
-    TcpState::SynRecv,
-    TcpState::FinWait1,
-    TcpState::FinWait2,
-    TcpState::TimeWait,
-    TcpState::Close,
-    TcpState::CloseWait,
-    TcpState::LastAck,
-    TcpState::Listen,
-    TcpState::Closing,
-];
+pub const STATE_METRICS: [TcpState; 11] = TcpState::REPORTED;
 
+/// A namespace's per-state values, in [`METRICS`]' order (the rest zero).
+fn state_values(states: &crate::model::StateCounts) -> [i64; METRICS.len()] {
+    let mut values = [0i64; METRICS.len()];
+    for (i, state) in STATE_METRICS.iter().enumerate() {
+        let mut n = states.get(*state);
+        if *state == TcpState::SynRecv {
+            n += states.get(TcpState::NewSynRecv);
+        }
+        values[i] = count(n);
+    }
+    values
+}
 /// Index of a metric by its column name or a state's name (`TIME_WAIT`, `time-wait`).
 pub fn metric_index(name: &str) -> Option<usize> {
     let wanted = name.to_ascii_lowercase().replace('-', "_");
@@ -175,14 +175,7 @@ impl Sampler {
         ];
         let since = |now: u64, before: Option<u64>| count(now.saturating_sub(before.unwrap_or(0)));
         let transitions = t.received.transitions;
-        let mut own = [0i64; METRICS.len()];
-        for (i, state) in STATE_METRICS.iter().enumerate() {
-            let mut n = t.states.get(*state);
-            if *state == TcpState::SynRecv {
-                n += t.states.get(TcpState::NewSynRecv);
-            }
-            own[i] = count(n);
-        }
+        let mut own = state_values(&t.states);
         own[11] = count(t.states_by_family.ipv4.total());
         own[12] = count(t.states_by_family.ipv6.total());
         own[13] = count(
@@ -204,18 +197,10 @@ impl Sampler {
             values: own,
         }];
         for n in t.namespaces.iter().flatten() {
-            let mut values = [0i64; METRICS.len()];
-            for (i, state) in STATE_METRICS.iter().enumerate() {
-                let mut c = n.states.get(*state);
-                if *state == TcpState::SynRecv {
-                    c += n.states.get(TcpState::NewSynRecv);
-                }
-                values[i] = count(c);
-            }
             namespaces.push(NamespaceSample {
                 netns: n.inode,
                 owner: n.owner.clone(),
-                values,
+                values: state_values(&n.states),
             });
         }
         let mut tops = Vec::new();

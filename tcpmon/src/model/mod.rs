@@ -91,6 +91,19 @@ impl TcpState {
         Self::NewSynRecv,
     ];
 
+    /// The states reported as node_exporter's tcpstat reports them: every one but
+    /// NEW_SYN_RECV, a request socket, which is counted as SYN_RECV.
+    pub const REPORTED: [TcpState; 11] = {
+        // ALL without its last, NEW_SYN_RECV.
+        let mut out = [Self::Established; 11];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = Self::ALL[i];
+            i += 1;
+        }
+        out
+    };
+
     /// The name /proc-reading tools and the kernel's tracepoint print.
     pub const fn name(self) -> &'static str {
         match self {

@@ -132,20 +132,7 @@ fn state_label(state: TcpState) -> String {
 
 /// The states node_exporter's tcpstat reports (NEW_SYN_RECV is a request socket, counted
 /// as SYN_RECV).
-const STATES: [TcpState; 11] = [
-    TcpState::Established,
-    TcpState::SynSent,
-    TcpState::SynRecv,
-    TcpState::FinWait1,
-    TcpState::FinWait2,
-    TcpState::TimeWait,
-    TcpState::Close,
-    TcpState::CloseWait,
-    TcpState::LastAck,
-    TcpState::Listen,
-    TcpState::Closing,
-];
-
+const STATES: [TcpState; 11] = TcpState::REPORTED;
 fn gauge_family<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Gauge>
 where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
