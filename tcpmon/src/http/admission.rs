@@ -5,9 +5,13 @@
 //! A scraper connects and sends its request at once; an attacker's connection either
 //! sends nothing, or requests and never reads. So when a peer reaches its share, or the
 //! server its bound, the oldest connection that is not being served usefully gives way
-//! to the new one: one that never completed a request, or one that has made no progress
-//! for [`STALL_EVICTABLE_MS`]. Only when every connection is busy making progress is the
-//! new one refused.
+//! to the new one: one that never sent a byte of a request (nothing parsed, nothing
+//! waiting to be read), or one that has made no progress for [`STALL_EVICTABLE_MS`].
+//! Only when every connection is busy making progress is the new one refused.
+//!
+//! "Nothing waiting" matters under a flood: the server accepts a burst before it runs
+//! any connection's task, and a scraper's request can sit unread in its socket while
+//! newer attackers arrive; it must not be taken for an idle connection.
 use std::{collections::BTreeMap, net::IpAddr};
 
 /// A connection that moved no byte for this long may be closed for a newcomer.
@@ -20,11 +24,14 @@ pub struct Activity {
     pub requests: u64,
     /// When it last read or wrote a byte (ms on the caller's monotonic clock).
     pub last_progress_ms: u64,
+    /// Bytes from the peer are waiting in its socket, not read yet.
+    pub waiting_input: bool,
 }
 
 impl Activity {
     fn evictable(self, now_ms: u64) -> bool {
-        self.requests == 0 || now_ms.saturating_sub(self.last_progress_ms) >= STALL_EVICTABLE_MS
+        (self.requests == 0 && !self.waiting_input)
+            || now_ms.saturating_sub(self.last_progress_ms) >= STALL_EVICTABLE_MS
     }
 }
 
@@ -143,6 +150,7 @@ mod tests {
                     Activity {
                         requests: 0,
                         last_progress_ms: self.now,
+                        waiting_input: false,
                     },
                 );
                 if let Some(gone) = evict {
@@ -191,6 +199,27 @@ mod tests {
             w.connect(ip(1));
         }
         assert!(w.activity.contains_key(&scraper));
+    }
+
+    #[test]
+    fn a_request_waiting_unread_is_not_idle() {
+        // The server accepts a burst before any connection's task runs: the scraper's
+        // request is in its socket, not parsed yet, while attackers keep arriving.
+        let mut w = World::new(16, 4);
+        let Decision::Admit { id: scraper, .. } = w.connect(ip(1)) else {
+            panic!("admitted")
+        };
+        w.activity.get_mut(&scraper).unwrap().waiting_input = true;
+        for _ in 0..50 {
+            assert!(matches!(w.connect(ip(1)), Decision::Admit { .. }));
+        }
+        assert!(w.activity.contains_key(&scraper), "the scraper was evicted");
+        // Unread for a whole stall: then it may go too.
+        w.now += STALL_EVICTABLE_MS;
+        for _ in 0..4 {
+            w.connect(ip(1));
+        }
+        assert!(!w.activity.contains_key(&scraper));
     }
 
     #[test]

@@ -227,7 +227,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let progress = Arc::new(Progress::new(clock));
+        let progress = Arc::new(Progress::new(clock, &stream));
         let (evict_tx, evict_rx) = oneshot::channel::<()>();
         let id = {
             let mut guard = open.lock().unwrap_or_else(|p| p.into_inner());
@@ -241,6 +241,7 @@ pub async fn serve(
                     Activity {
                         requests: 0,
                         last_progress_ms: 0,
+                        waiting_input: false,
                     },
                     |(p, _)| p.activity(),
                 )
@@ -347,15 +348,29 @@ struct Progress {
     clock: Instant,
     requests: AtomicU64,
     last_progress_ms: AtomicU64,
+    /// Its socket, to ask whether input waits unread (the connection's task owns it; the
+    /// entry goes when the task ends, so a late ask at worst finds nothing waiting).
+    fd: std::os::fd::RawFd,
 }
 
 impl Progress {
-    fn new(clock: Instant) -> Self {
+    fn new(clock: Instant, stream: &tokio::net::TcpStream) -> Self {
+        use std::os::fd::AsRawFd as _;
         Self {
             clock,
             requests: AtomicU64::new(0),
             last_progress_ms: AtomicU64::new(millis_since(clock)),
+            fd: stream.as_raw_fd(),
         }
+    }
+
+    /// Whether the peer's bytes wait in the socket (FIONREAD), unread.
+    fn waiting_input(&self) -> bool {
+        let mut waiting: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; on a closed or reused descriptor it fails or
+        // answers for that socket, which only changes whom an eviction picks.
+        let ok = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut waiting) } == 0;
+        ok && waiting > 0
     }
 
     fn moved(&self) {
@@ -364,9 +379,13 @@ impl Progress {
     }
 
     fn activity(&self) -> Activity {
+        let requests = self.requests.load(Ordering::Relaxed);
         Activity {
-            requests: self.requests.load(Ordering::Relaxed),
+            requests,
             last_progress_ms: self.last_progress_ms.load(Ordering::Relaxed),
+            // Asked only where it decides: a connection with a request is judged by its
+            // progress.
+            waiting_input: requests == 0 && self.waiting_input(),
         }
     }
 }
