@@ -146,7 +146,8 @@ fn dump(socket: &Socket, each: &mut impl FnMut(&InetResponse)) -> io::Result<()>
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {
-                    return Err(io::Error::other(format!("sock_diag error: {e:?}")));
+                    let code = e.code.map_or(0, |c| -c.get());
+                    return Err(io::Error::other(super::sock_diag::refusal(code)));
                 }
                 _ => {}
             }

@@ -82,7 +82,7 @@ pub enum DumpError {
     Open(io::Error),
     #[error("sock_diag: {0}")]
     Io(#[from] io::Error),
-    #[error("sock_diag answered with error {0}")]
+    #[error("{}", refusal(*.0))]
     Kernel(i32),
     #[error("sock_diag sent a malformed message: {0}")]
     Malformed(String),
@@ -99,6 +99,20 @@ pub struct DumpStats {
     pub recvs: u64,
     /// Dump requests sent: 1 when the kernel dumps both families at once.
     pub requests: u32,
+}
+
+/// What a sock_diag refusal with errno `code` means, in words: the kernel's text, and
+/// what to do about the commonest.
+pub fn refusal(code: i32) -> String {
+    let text = io::Error::from_raw_os_error(code);
+    let hint = match code {
+        libc::ENOENT => {
+            ": this kernel has no TCP sock_diag (inet_diag and tcp_diag are modules: `modprobe tcp_diag`)"
+        }
+        libc::EPERM | libc::EACCES => ": not permitted here",
+        _ => "",
+    };
+    format!("the kernel refused the sock_diag request ({text}){hint}")
 }
 
 /// Dumps every TCP socket of this thread's network namespace that `request` selects,
@@ -590,5 +604,15 @@ mod tests {
             decode_chunk(&chunk, &mut stats, &mut each),
             Err(DumpError::Kernel(1))
         ));
+    }
+
+    #[test]
+    fn refusals_are_said_in_words() {
+        // A kernel whose inet_diag and tcp_diag are modules not loaded answers ENOENT.
+        assert_eq!(
+            DumpError::Kernel(libc::ENOENT).to_string(),
+            "the kernel refused the sock_diag request (No such file or directory (os error 2)): this kernel has no TCP sock_diag (inet_diag and tcp_diag are modules: `modprobe tcp_diag`)"
+        );
+        assert!(!refusal(libc::EINVAL).contains("ErrorMessage"));
     }
 }
