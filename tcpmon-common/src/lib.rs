@@ -301,6 +301,7 @@ pub mod names {
     /// Globals: `struct sock` offsets the raw program reads (from BTF).
     pub const SK_PROTOCOL_OFFSET: &str = "SK_PROTOCOL_OFFSET";
     pub const INET_SADDR_OFFSET: &str = "INET_SADDR_OFFSET";
+    pub const INET_SPORT_OFFSET: &str = "INET_SPORT_OFFSET";
     /// Global: netns inode to keep (0 keeps every namespace).
     pub const TARGET_NETNS: &str = "TARGET_NETNS";
     /// Global: offset of `__sk_common.skc_net` in `struct sock` (0: unknown).

@@ -138,10 +138,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// `struct sock` offsets the raw program reads, from BTF.
 #[unsafe(no_mangle)]
 static SK_PROTOCOL_OFFSET: Global<u32> = Global::new(0);
-/// Offset of `inet_sock.inet_saddr`; `inet_sport` follows 6 bytes later (the loader
-/// checks), so one 8-byte read yields both.
+/// Offsets of `inet_sock.inet_saddr` and `inet_sport`, from BTF. Where the port follows
+/// the address by 6 bytes (6.x since the fields were regrouped) one 8-byte read yields
+/// both; elsewhere (6.1) the port is read apart.
 #[unsafe(no_mangle)]
 static INET_SADDR_OFFSET: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static INET_SPORT_OFFSET: Global<u32> = Global::new(0);
 
 /// The head of `struct sock_common` the raw program copies in one read. The loader
 /// checks these offsets against the running kernel's BTF and attaches the classic
@@ -196,9 +199,15 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
         // inet_saddr (4 bytes), uc_ttl (2), inet_sport (2, network order). The source
         // port comes from inet_sport, as in the classic tracepoint: skc_num is already
         // 0 when a socket moves to CLOSE.
-        let inet =
-            bpf_probe_read_kernel((skaddr + u64::from(INET_SADDR_OFFSET.load())) as *const u64)
-                .unwrap_or(0);
+        let saddr_at = INET_SADDR_OFFSET.load();
+        let sport_at = INET_SPORT_OFFSET.load();
+        let mut inet =
+            bpf_probe_read_kernel((skaddr + u64::from(saddr_at)) as *const u64).unwrap_or(0);
+        if sport_at != saddr_at + 6 {
+            let sport =
+                bpf_probe_read_kernel((skaddr + u64::from(sport_at)) as *const u16).unwrap_or(0);
+            inet = (inet & 0xffff_ffff) | u64::from(sport) << 48;
+        }
         let family: u16 = head_field(&head, c::FAMILY);
         let (saddr, daddr) = if family == AF_INET {
             (
@@ -295,7 +304,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
             if tcp.is_null() {
                 0
             } else {
-                u16::from_be(load(tcp, INET_SADDR_OFFSET.load() as usize + 6))
+                u16::from_be(load(tcp, INET_SPORT_OFFSET.load() as usize))
             }
         };
         submit_transition(Transition {

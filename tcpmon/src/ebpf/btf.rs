@@ -38,6 +38,7 @@ pub struct NetnsOffsets {
 pub struct RawOffsets {
     pub sk_protocol: u32,
     pub inet_saddr: u32,
+    pub inet_sport: u32,
 }
 
 /// The `struct sock_common` head layout compiled into the raw and BTF programs (field,
@@ -189,21 +190,25 @@ impl KernelTypes {
                 expected,
             )?;
         }
+        // Each read at its own offset: where inet_sport sits differs between kernels
+        // (6 bytes after inet_saddr since 6.x regrouped them, 20 on 6.1).
         let inet_saddr = self.byte_offset("inet_sock", "inet_saddr")?;
-        expect(
-            "inet_sock.inet_sport (inet_saddr + 6)".into(),
-            self.byte_offset("inet_sock", "inet_sport")?,
-            inet_saddr + 6,
-        )?;
+        let inet_sport = self.byte_offset("inet_sock", "inet_sport")?;
         // The BTF program reads them through a tcp_sock pointer.
         expect(
             "tcp_sock's inet_saddr (as in inet_sock)".into(),
             self.byte_offset("tcp_sock", "inet_conn.icsk_inet.inet_saddr")?,
             inet_saddr,
         )?;
+        expect(
+            "tcp_sock's inet_sport (as in inet_sock)".into(),
+            self.byte_offset("tcp_sock", "inet_conn.icsk_inet.inet_sport")?,
+            inet_sport,
+        )?;
         Ok(RawOffsets {
             sk_protocol: self.byte_offset("sock", "sk_protocol")?,
             inet_saddr,
+            inet_sport,
         })
     }
 }
@@ -227,7 +232,9 @@ mod tests {
             .raw_offsets()
             .expect("sock_common head as compiled in");
         assert!(
-            raw.sk_protocol > 88 && raw.inet_saddr > raw.sk_protocol,
+            raw.sk_protocol > 88
+                && raw.inet_saddr > raw.sk_protocol
+                && raw.inet_sport > raw.inet_saddr,
             "{raw:?}"
         );
         // skc_net sits inside sock_common, well within the first cache lines.

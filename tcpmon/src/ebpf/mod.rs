@@ -433,9 +433,9 @@ impl Probe {
             (Err(e), _) => Err(e.to_string()),
             (Ok(_), None) => Err("no namespace offsets".to_owned()),
         };
-        let (sk_protocol, inet_saddr) = sock_layout
+        let (sk_protocol, inet_saddr, inet_sport) = sock_layout
             .as_ref()
-            .map_or((0, 0), |r| (r.sk_protocol, r.inet_saddr));
+            .map_or((0, 0, 0), |r| (r.sk_protocol, r.inet_saddr, r.inet_sport));
         // The kernel's names of its drop and reset reasons, from the types already parsed.
         let reason_names = types.as_ref().map_or_else(
             |_| ReasonNames::default(),
@@ -511,6 +511,7 @@ impl Probe {
             .override_global(names::TARGET_NETNS_COOKIE, &cookie, true)
             .override_global(names::SK_PROTOCOL_OFFSET, &sk_protocol, true)
             .override_global(names::INET_SADDR_OFFSET, &inet_saddr, true)
+            .override_global(names::INET_SPORT_OFFSET, &inet_sport, true)
             .override_global(names::SKB_DEV_OFFSET, &skb_dev, true)
             .override_global(names::DEV_NET_OFFSET, &dev_net, true)
             .override_global(names::SKB_CB_OFFSET, &skb_cb, true)
