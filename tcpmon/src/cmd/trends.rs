@@ -28,11 +28,8 @@ pub fn run(args: &TrendsArgs, out: &mut dyn Write, style: Style) -> Result<Statu
         tcpmon::model::duration::Moment::Ago(d) => now - d.as_secs() as i64,
         m => unix(m.resolve(now_time)),
     };
-    let (since, mut until) = (at(args.since), at(args.until));
-    // The period ends before --until; "now" takes in the samples of this second too.
-    if args.until == tcpmon::model::duration::Moment::Ago(std::time::Duration::ZERO) {
-        until += 1;
-    }
+    // Periods are half-open: [since, until).
+    let (since, until) = (at(args.since), at(args.until));
     if since >= until {
         bail!(
             "--since ({}) is not before --until ({})",
