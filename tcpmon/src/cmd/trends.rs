@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use tcpmon::{
     history::{
         report::{trends, TrendsQuery, TrendsReport},
-        sample::metric_index,
+        sample::{metric_index, unix_seconds},
         store::Tier,
         trends::{sparkline, time_text, time_text_to},
         History,
@@ -16,17 +16,12 @@ use tcpmon::{
 
 use crate::{cli::TrendsArgs, exit::Status};
 
-fn unix(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 pub fn run(args: &TrendsArgs, out: &mut dyn Write, style: Style) -> Result<Status> {
     let now_time = std::time::SystemTime::now();
-    let now = args.now.unwrap_or_else(|| unix(now_time));
+    let now = args.now.unwrap_or_else(|| unix_seconds(now_time));
     let at = |m: tcpmon::model::duration::Moment| match m {
         tcpmon::model::duration::Moment::Ago(d) => now - d.as_secs() as i64,
-        m => unix(m.resolve(now_time)),
+        m => unix_seconds(m.resolve(now_time)),
     };
     // Periods are half-open: [since, until).
     let (since, until) = (at(args.since), at(args.until));

@@ -198,7 +198,7 @@ impl<K: Sink> Sink for HistorySink<K> {
         if self.to_writer.is_some() {
             let a = record.alert;
             self.send(Message::Alert(AlertChange {
-                time: unix(record.time.0),
+                time: super::sample::unix_seconds(record.time.0),
                 status: format!("{:?}", a.status).to_lowercase(),
                 severity: a.severity.name().to_owned(),
                 rule: a.rule.to_owned(),
@@ -236,11 +236,6 @@ impl<K: Sink> Sink for HistorySink<K> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -138,7 +138,8 @@ fn names(owners: Option<&Vec<Process>>) -> String {
     names.join(",")
 }
 
-fn unix_seconds(t: std::time::SystemTime) -> i64 {
+/// Unix seconds of `t` (0 before the epoch): every time in the history.
+pub fn unix_seconds(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

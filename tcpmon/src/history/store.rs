@@ -93,6 +93,12 @@ pub enum HistoryError {
         found: i64,
         known: i64,
     },
+    #[error("{path}: written by an older tcpmon (history schema {found}; this one reads {known}): serve or watch of this version migrates it when it opens it")]
+    Older {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("{path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -359,12 +365,10 @@ impl History {
         history.check()?;
         let version = history.version()?;
         if version < schema_version() {
-            return Err(HistoryError::Corrupt {
+            return Err(HistoryError::Older {
                 path: path.to_owned(),
-                what: format!(
-                    "history schema {version}, older than this tcpmon's {}: serve or watch of this version migrates it when it opens it",
-                    schema_version()
-                ),
+                found: version,
+                known: schema_version(),
             });
         }
         Ok(history)

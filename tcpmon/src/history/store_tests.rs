@@ -150,6 +150,9 @@ fn older_files_are_migrated_and_keep_their_samples() {
         s.port_range = 0;
         v1.record(&s).unwrap();
     }
+    // A reader does not migrate: it says who does.
+    let e = History::open_read(&path).err().unwrap();
+    assert!(matches!(e, HistoryError::Older { found: 1, .. }), "{e}");
     let h = History::open(&path, u64::MAX).unwrap();
     assert_eq!(h.version().unwrap(), schema_version());
     let b = h
